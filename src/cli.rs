@@ -1,0 +1,144 @@
+//! The command line: every flag is defined once here, and this definition drives --help, the man
+//! page and the shell completions.
+
+use crate::{duration, exit, key};
+use clap::{ArgGroup, Parser, ValueEnum};
+use std::time::Duration;
+
+const EXAMPLES: &str = "\
+Examples:
+  # Nightly job on every host; only one runs, the others skip quietly
+  pglock --key nightly-report --nowait --quiet -- ./job.sh
+
+  # Wait up to ten minutes for another deploy to finish
+  pglock --key deploy-prod --timeout 10m -- ./deploy.sh
+
+  # A shell pipeline under the lock
+  pglock --key backup -c 'pg_dump app | gzip > /backup/app.sql.gz'
+
+  # Readers share, writers exclude
+  pglock --key catalog --shared -- ./read-catalog.sh";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pglock",
+    version,
+    about = "Run a command while holding a PostgreSQL advisory lock",
+    long_about = "Run a command while holding a PostgreSQL advisory lock: flock(1) for a whole \
+                  fleet. pglock opens one dedicated connection, takes the lock, runs the command, \
+                  forwards signals to it and releases the lock when it exits.",
+    after_help = format!("{EXAMPLES}\n\n{}", exit::TABLE),
+    group(ArgGroup::new("lock").required(true).args(["key", "lock_id"])),
+    group(ArgGroup::new("what").required(true).args(["command", "args"])),
+)]
+pub struct Cli {
+    /// Name of the lock; any UTF-8 string of 1 to 1024 bytes.
+    ///
+    /// Its lock id is the first 8 bytes of SHA-256(KEY), big-endian, as a signed 64-bit integer.
+    #[arg(short, long, value_name = "KEY", value_parser = key::check_key)]
+    pub key: Option<String>,
+
+    /// A raw lock id instead of a key: one signed 64-bit integer, or A,B (two signed 32-bit).
+    #[arg(long, value_name = "ID", value_parser = key::LockId::parse, allow_hyphen_values = true)]
+    pub lock_id: Option<key::LockId>,
+
+    /// Run STRING with /bin/sh -c instead of a COMMAND after --.
+    #[arg(short = 'c', long, value_name = "STRING")]
+    pub command: Option<String>,
+
+    /// Do not wait: if the lock is busy, exit with the conflict status at once.
+    #[arg(short, long)]
+    pub nowait: bool,
+
+    /// Wait at most this long for the lock (30, 0.5, 500ms, 10m, 1h30m); 0 means --nowait.
+    #[arg(short = 'w', long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+
+    /// Exit status when the lock was not obtained.
+    #[arg(short = 'E', long, value_name = "N", default_value_t = exit::CONFLICT_DEFAULT)]
+    pub conflict_exit_code: u8,
+
+    /// Take a shared lock: shared holders coexist, an exclusive holder excludes them all.
+    #[arg(short, long)]
+    pub shared: bool,
+
+    /// Lock scope: a session-level lock, or a transaction-level lock inside BEGIN ... COMMIT.
+    #[arg(long, value_enum, value_name = "SCOPE", default_value_t = Scope::Session)]
+    pub scope: Scope,
+
+    /// PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql.
+    #[arg(
+        short,
+        long,
+        value_name = "CONNINFO",
+        env = "PGLOCK_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+
+    /// Log each step to stderr with a timestamp.
+    #[arg(short, long, conflicts_with = "quiet")]
+    pub verbose: bool,
+
+    /// Print nothing when the lock is busy.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// The command to run while holding the lock, after --.
+    #[arg(last = true, value_name = "COMMAND", num_args = 1..)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scope {
+    /// pg_advisory_lock, released with pg_advisory_unlock.
+    Session,
+    /// pg_advisory_xact_lock inside a transaction, released by COMMIT or ROLLBACK.
+    Xact,
+}
+
+impl Scope {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Session => "session",
+            Scope::Xact => "xact",
+        }
+    }
+}
+
+/// lock_timeout is an int of milliseconds on the server.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let d = duration::parse(text)?;
+    if d.as_millis() > i32::MAX as u128 {
+        return Err(format!(
+            "'{text}' is longer than the server allows (about 24 days)"
+        ));
+    }
+    Ok(d)
+}
+
+impl Cli {
+    /// The command and arguments to spawn.
+    pub fn program(&self) -> (String, Vec<String>) {
+        match &self.command {
+            Some(script) => ("/bin/sh".into(), vec!["-c".into(), script.clone()]),
+            None => (self.args[0].clone(), self.args[1..].to_vec()),
+        }
+    }
+
+    /// --nowait, or a zero --timeout.
+    pub fn no_wait(&self) -> bool {
+        self.nowait || self.timeout == Some(Duration::ZERO)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,155 @@
+//! Exit statuses: the one place where pglock decides what number it exits with.
+//!
+//! Code deep inside attaches a [`Failure`] to an `anyhow::Error`; `main` asks [`code_for`] which
+//! number that means. Everything without a `Failure` is an ordinary failure (1).
+
+use std::fmt;
+use std::process::ExitStatus;
+
+/// Default status when the lock was not obtained (EX_TEMPFAIL: "try again later").
+pub const CONFLICT_DEFAULT: u8 = 75;
+/// Could not connect to or authenticate with PostgreSQL (EX_UNAVAILABLE).
+pub const UNAVAILABLE: u8 = 69;
+/// The lock was lost while the command ran (EX_IOERR).
+pub const LOCK_LOST: u8 = 74;
+/// Usage error, as clap exits.
+pub const USAGE: u8 = 2;
+/// The command exists but cannot be executed (shell convention).
+pub const NOT_EXECUTABLE: u8 = 126;
+/// The command was not found (shell convention).
+pub const NOT_FOUND: u8 = 127;
+/// Any other pglock failure.
+pub const FAILURE: u8 = 1;
+
+/// Why pglock is giving up, when that reason has its own exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Usage,
+    Unavailable,
+    /// The lock is busy (--nowait) or --timeout expired.
+    Conflict,
+    LockLost,
+    NotExecutable,
+    NotFound,
+    /// Interrupted by this signal while waiting.
+    Signal(i32),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self {
+            Failure::Usage => "usage error",
+            Failure::Unavailable => "database unavailable",
+            Failure::Conflict => "lock not obtained",
+            Failure::LockLost => "lock lost",
+            Failure::NotExecutable => "command not executable",
+            Failure::NotFound => "command not found",
+            Failure::Signal(_) => "interrupted",
+        };
+        f.write_str(text)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Extension for attaching a [`Failure`] to results while keeping anyhow's context chain.
+pub trait FailWith<T> {
+    fn fail_with(self, failure: Failure) -> anyhow::Result<T>;
+}
+
+impl<T, E> FailWith<T> for Result<T, E>
+where
+    E: Into<anyhow::Error>,
+{
+    fn fail_with(self, failure: Failure) -> anyhow::Result<T> {
+        self.map_err(|e| tag(e.into(), failure))
+    }
+}
+
+/// Marks an error with the exit status it stands for, keeping its message.
+pub fn tag(err: anyhow::Error, failure: Failure) -> anyhow::Error {
+    // The Failure sits at the bottom of the chain; `message` leaves it out.
+    if err.downcast_ref::<Failure>().is_some() {
+        return err;
+    }
+    let message = format!("{err:#}");
+    anyhow::Error::new(failure).context(message)
+}
+
+/// A bare failure with a message.
+pub fn fail(failure: Failure, message: impl fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(failure).context(message.to_string())
+}
+
+/// The exit status for an error that ended pglock.
+pub fn code_for(err: &anyhow::Error, conflict_code: u8) -> u8 {
+    match err.downcast_ref::<Failure>() {
+        Some(Failure::Usage) => USAGE,
+        Some(Failure::Unavailable) => UNAVAILABLE,
+        Some(Failure::Conflict) => conflict_code,
+        Some(Failure::LockLost) => LOCK_LOST,
+        Some(Failure::NotExecutable) => NOT_EXECUTABLE,
+        Some(Failure::NotFound) => NOT_FOUND,
+        Some(Failure::Signal(sig)) => signal_code(*sig),
+        None => FAILURE,
+    }
+}
+
+/// The one-line message for an error: its context chain, without the [`Failure`] tag.
+pub fn message(err: &anyhow::Error) -> String {
+    err.chain()
+        .filter(|e| e.downcast_ref::<Failure>().is_none())
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// The shell's convention for "killed by signal N".
+pub fn signal_code(sig: i32) -> u8 {
+    (128 + sig).clamp(0, 255) as u8
+}
+
+/// The status pglock passes on for a command that ran: its exit code, or 128+N for a signal.
+pub fn child_code(status: ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(sig)) => signal_code(sig),
+        (None, None) => FAILURE,
+    }
+}
+
+/// The table shown in --help, the README and the man page.
+pub const TABLE: &str = "\
+Exit status:
+  the command's own  the command ran; its exit status
+  128+N              the command was killed by signal N, or pglock was
+                     interrupted by signal N while waiting for the lock
+  75 (or -E N)       the lock was not obtained: busy with --nowait, or
+                     --timeout expired
+  69                 could not connect to or authenticate with PostgreSQL
+  74                 the lock was lost while the command ran
+  2                  usage error
+  126                the command is not executable
+  127                the command was not found
+  1                  any other pglock failure";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_survives_context() {
+        let err = fail(Failure::Conflict, "busy").context("outer");
+        assert_eq!(code_for(&err, 9), 9);
+        assert_eq!(message(&err), "outer: busy");
+        let plain = anyhow::anyhow!("x");
+        assert_eq!(code_for(&plain, 75), FAILURE);
+        let tagged = tag(
+            anyhow::anyhow!("refused").context("connecting"),
+            Failure::Unavailable,
+        );
+        assert_eq!(code_for(&tagged, 75), UNAVAILABLE);
+        assert_eq!(message(&tagged), "connecting: refused");
+    }
+}

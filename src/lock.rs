@@ -1,0 +1,332 @@
+//! The lock connection: one dedicated PostgreSQL session that acquires the advisory lock, can be
+//! watched while the command runs, and releases the lock at the end.
+//!
+//! Round trips are kept to the minimum: application_name travels in the startup packet, and the
+//! session settings and the lock call go to the server as one simple-protocol query. The simple
+//! protocol also keeps pglock working through PgBouncer, which breaks named prepared statements.
+
+use crate::cli::Scope;
+use crate::conninfo::Target;
+use crate::exit::{Failure, fail};
+use crate::key::LockId;
+use crate::tls::Connector;
+use crate::{duration, step};
+use anyhow::{Context, Result};
+use postgres::error::SqlState;
+use postgres::{CancelToken, Client, SimpleQueryMessage};
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+/// PostgreSQL truncates application_name to 63 bytes; we shorten it ourselves so the
+/// `@host:pid` end, which identifies the holder, survives.
+const NAMEDATALEN: usize = 63;
+
+/// How quickly the server notices a waiter whose client vanished (PG 14+).
+const CLIENT_CHECK_MS: u32 = 500;
+
+/// What to take.
+#[derive(Debug, Clone, Copy)]
+pub struct Request {
+    pub id: LockId,
+    pub shared: bool,
+    pub scope: Scope,
+    /// None: block until granted (bounded by `timeout`); Some: try once.
+    pub nowait: bool,
+    pub timeout: Option<Duration>,
+}
+
+/// How an acquisition attempt ended, short of an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acquired {
+    Held,
+    Busy,
+    TimedOut,
+    /// The wait was cancelled from another thread (a signal arrived).
+    Cancelled,
+}
+
+pub struct Session {
+    client: Client,
+    connector: Connector,
+    socket: Option<RawFd>,
+    request: Option<Request>,
+}
+
+/// `pglock:<label>@<host>:<pid>`, shortened to what the server keeps.
+pub fn application_name(label: &str) -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into());
+    let tail = format!("@{host}:{}", std::process::id());
+    let room = NAMEDATALEN.saturating_sub("pglock:".len() + tail.len());
+    let mut cut = label.len().min(room);
+    while !label.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let name = format!("pglock:{}{tail}", &label[..cut]);
+    // A pathological hostname could still overflow; the server would cut the end, so we do it
+    // ourselves at a character boundary.
+    let mut end = name.len().min(NAMEDATALEN);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_string()
+}
+
+impl Session {
+    /// Opens the dedicated connection. Failures carry [`Failure::Unavailable`].
+    pub fn connect(target: &Target, app_name: &str) -> Result<Session> {
+        let connector = Connector::new(&target.verify).map_err(|e| {
+            crate::exit::tag(
+                e.context(format!("cannot connect to {}", target.describe)),
+                Failure::Unavailable,
+            )
+        })?;
+        let mut config = target.config.clone();
+        config.application_name(app_name);
+        step!("connecting to {}", target.describe);
+        let started = Instant::now();
+        let before = open_sockets();
+        let client = connector.connect(&config).map_err(|e| {
+            fail(
+                Failure::Unavailable,
+                format!(
+                    "cannot connect to {}: {}",
+                    target.describe,
+                    describe_error(&e)
+                ),
+            )
+        })?;
+        let socket = only_new_socket(&before, &open_sockets());
+        step!("connected in {}", duration::format(started.elapsed()));
+        Ok(Session {
+            client,
+            connector,
+            socket,
+            request: None,
+        })
+    }
+
+    /// A handle that cancels a running lock wait from another thread.
+    pub fn canceller(&self) -> Canceller {
+        Canceller {
+            token: self.client.cancel_token(),
+            connector: self.connector.clone(),
+        }
+    }
+
+    /// The connection's socket, for watching it with poll(2) while the command runs.
+    pub fn socket(&self) -> Option<RawFd> {
+        self.socket
+    }
+
+    /// Applies the session settings and tries to take the lock, in one round trip.
+    pub fn acquire(&mut self, req: &Request) -> Result<Acquired> {
+        let sql = acquire_sql(req);
+        match self.client.simple_query(&sql) {
+            Ok(messages) => {
+                let got = if req.nowait {
+                    last_value(&messages).as_deref() == Some("t")
+                } else {
+                    true
+                };
+                if got {
+                    self.request = Some(*req);
+                    Ok(Acquired::Held)
+                } else {
+                    Ok(Acquired::Busy)
+                }
+            }
+            Err(e) => match e.code() {
+                Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(Acquired::TimedOut),
+                Some(&SqlState::QUERY_CANCELED) => Ok(Acquired::Cancelled),
+                _ => Err(anyhow::anyhow!("{}", describe_error(&e))).context("cannot take the lock"),
+            },
+        }
+    }
+
+    /// Ends the lock: pg_advisory_unlock for a session lock (it must report that it was held),
+    /// COMMIT or ROLLBACK for a transaction lock. Then closes the connection.
+    pub fn release(mut self, success: bool) -> Result<()> {
+        let Some(req) = self.request.take() else {
+            return Ok(());
+        };
+        let lost = |msg: String| fail(Failure::LockLost, msg);
+        match req.scope {
+            Scope::Session => {
+                let sql = format!("SELECT {}({})", unlock_fn(req.shared), req.id.sql_args());
+                let messages = self.client.simple_query(&sql).map_err(|e| {
+                    lost(format!("cannot release the lock: {}", describe_error(&e)))
+                })?;
+                if last_value(&messages).as_deref() != Some("t") {
+                    return Err(lost(
+                        "the lock was no longer held when the command ended".into(),
+                    ));
+                }
+            }
+            Scope::Xact => {
+                let sql = if success { "COMMIT" } else { "ROLLBACK" };
+                self.client.simple_query(sql).map_err(|e| {
+                    lost(format!(
+                        "cannot end the lock's transaction: {}",
+                        describe_error(&e)
+                    ))
+                })?;
+            }
+        }
+        // Terminate is fire-and-forget; the lock is already released.
+        let _ = self.client.close();
+        Ok(())
+    }
+}
+
+/// Cancels the lock wait of a [`Session`] from another thread.
+pub struct Canceller {
+    token: CancelToken,
+    connector: Connector,
+}
+
+impl Canceller {
+    pub fn cancel(&self) {
+        if let Err(e) = self.connector.cancel(&self.token) {
+            step!("cancel request failed: {}", describe_error(&e));
+        }
+    }
+}
+
+fn lock_fn(req: &Request) -> String {
+    format!(
+        "pg_{}advisory_{}lock{}",
+        if req.nowait { "try_" } else { "" },
+        if req.scope == Scope::Xact {
+            "xact_"
+        } else {
+            ""
+        },
+        if req.shared { "_shared" } else { "" }
+    )
+}
+
+fn unlock_fn(shared: bool) -> &'static str {
+    if shared {
+        "pg_advisory_unlock_shared"
+    } else {
+        "pg_advisory_unlock"
+    }
+}
+
+/// The settings and the lock call as one multi-statement query.
+///
+/// A DBA's server-wide timeouts must not end a lock holder, so they are zeroed here. Settings the
+/// server lacks (transaction_timeout before 17, idle_session_timeout and
+/// client_connection_check_interval before 14) are skipped by joining against pg_settings, so an
+/// older server costs no error and no extra round trip. In xact scope they are SET LOCAL, so a
+/// transaction-pooling PgBouncer does not leak them to other clients.
+fn acquire_sql(req: &Request) -> String {
+    let lock_timeout = if req.nowait {
+        0
+    } else {
+        req.timeout.map_or(0, |t| t.as_millis().max(1))
+    };
+    let local = req.scope == Scope::Xact;
+    let settings = format!(
+        "SELECT set_config(v.name, v.setting, {local}) FROM (VALUES \
+         ('statement_timeout', '0'), ('idle_in_transaction_session_timeout', '0'), \
+         ('idle_session_timeout', '0'), ('transaction_timeout', '0'), \
+         ('lock_timeout', '{lock_timeout}'), \
+         ('client_connection_check_interval', '{CLIENT_CHECK_MS}')) AS v(name, setting) \
+         JOIN pg_settings s ON s.name = v.name"
+    );
+    let lock = format!("SELECT {}({})", lock_fn(req), req.id.sql_args());
+    match req.scope {
+        Scope::Session => format!("{settings}; {lock}"),
+        Scope::Xact => format!("BEGIN; {settings}; {lock}"),
+    }
+}
+
+fn last_value(messages: &[SimpleQueryMessage]) -> Option<String> {
+    messages.iter().rev().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or("").to_string()),
+        _ => None,
+    })
+}
+
+/// A postgres error as one line: the server's own message when there is one.
+pub fn describe_error(e: &postgres::Error) -> String {
+    use std::error::Error as _;
+    if let Some(db) = e.as_db_error() {
+        let mut text = db.message().to_string();
+        if let Some(detail) = db.detail() {
+            text.push_str(" (");
+            text.push_str(detail);
+            text.push(')');
+        }
+        return text.replace('\n', " ");
+    }
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text.replace('\n', " ")
+}
+
+/// The sockets this process has open.
+fn open_sockets() -> Vec<RawFd> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
+        .filter(|&fd| {
+            nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+                .is_ok_and(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFSOCK)
+        })
+        .collect()
+}
+
+/// rust-postgres does not expose its socket. Connecting opens exactly one socket that stays open
+/// (failed attempts on other hosts are closed again), so the one that is new is the connection's.
+fn only_new_socket(before: &[RawFd], after: &[RawFd]) -> Option<RawFd> {
+    let mut new = after.iter().filter(|fd| !before.contains(fd));
+    match (new.next(), new.next()) {
+        (Some(&fd), None) => Some(fd),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn application_name_keeps_host_and_pid() {
+        let name = application_name(&"k".repeat(200));
+        assert!(name.len() <= NAMEDATALEN, "{name}");
+        assert!(name.ends_with(&format!(":{}", std::process::id())));
+        assert!(name.starts_with("pglock:kkk"));
+        let short = application_name("nightly-report");
+        assert!(short.starts_with("pglock:nightly-report@"));
+        let multibyte = application_name(&"é".repeat(100));
+        assert!(multibyte.len() <= NAMEDATALEN);
+    }
+
+    #[test]
+    fn lock_function_names() {
+        let mut req = Request {
+            id: LockId::Big(1),
+            shared: false,
+            scope: Scope::Session,
+            nowait: false,
+            timeout: None,
+        };
+        assert_eq!(lock_fn(&req), "pg_advisory_lock");
+        req.nowait = true;
+        req.shared = true;
+        assert_eq!(lock_fn(&req), "pg_try_advisory_lock_shared");
+        req.scope = Scope::Xact;
+        assert_eq!(lock_fn(&req), "pg_try_advisory_xact_lock_shared");
+    }
+}
