@@ -1,0 +1,86 @@
+//! Shared helpers for the integration tests: the built binary, a SQL client on the test server
+//! (from the same PG* variables pglock reads), unique lock keys, and waiting on observable events.
+#![allow(dead_code)]
+
+use postgres::{Client, NoTls};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pglock");
+
+/// A pglock command with a clean environment apart from the PG* variables.
+pub fn pglock() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("PGLOCK_DATABASE_URL");
+    cmd
+}
+
+/// A key no other test uses, even when tests run in parallel or again against the same server.
+pub fn unique_key(name: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "test-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A plain client on the test server, configured from PG* like libpq would.
+pub fn sql() -> Client {
+    let mut config = postgres::Config::new();
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    config.host(var("PGHOST").as_deref().unwrap_or("/var/run/postgresql"));
+    config.port(var("PGPORT").and_then(|p| p.parse().ok()).unwrap_or(5432));
+    config.user(var("PGUSER").as_deref().unwrap_or("postgres"));
+    if let Some(pw) = var("PGPASSWORD") {
+        config.password(pw);
+    }
+    config.dbname(var("PGDATABASE").as_deref().unwrap_or("postgres"));
+    config
+        .connect(NoTls)
+        .expect("tests need a PostgreSQL server: run them as `pg_virtualenv cargo test`")
+}
+
+/// The SHA-256 lock id for a key, computed independently of pglock's own code.
+pub fn key_id(key: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(key.as_bytes());
+    i64::from_be_bytes(d[..8].try_into().unwrap())
+}
+
+/// Polls `cond` until it holds; panics with `what` after `limit`. For waiting on server state
+/// (pg_locks rows) and files, which have no push notification.
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Number of pg_locks rows for a bigint lock id, by granted state.
+pub fn lock_rows(client: &mut Client, id: i64, granted: bool) -> i64 {
+    let classid = ((id as u64) >> 32) as i64;
+    let objid = (id as u64 & 0xffff_ffff) as i64;
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid::bigint = $1 \
+             AND objid::bigint = $2 AND objsubid = 1 AND granted = $3",
+            &[&classid, &objid, &granted],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique_key(name));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
