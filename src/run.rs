@@ -18,6 +18,11 @@ pub fn run(cli: &Cli) -> Result<u8> {
         (None, None) => unreachable!("clap requires --key or --lock-id"),
     };
     let target = conninfo::resolve(cli.database_url.as_deref(), &conninfo::process_env)?;
+    if target.password_on_command_line {
+        step!(
+            "warning: a password on the command line is visible to every local user in ps; use PGPASSWORD, PGPASSFILE (~/.pgpass) or a service file instead"
+        );
+    }
     let router = Router::start()?;
     let mut session = Session::connect(&target, &lock::application_name(&label))?;
 

@@ -82,18 +82,16 @@ impl Router {
                 for sig in signals.forever() {
                     let mut st = lock(&shared);
                     match &st.route {
-                        Route::Child(pgid) => {
-                            if sig != SIGCHLD {
-                                if let Ok(s) = Signal::try_from(sig) {
-                                    let _ = killpg(*pgid, s);
-                                }
+                        Route::Child(pgid) if sig != SIGCHLD => {
+                            if let Ok(s) = Signal::try_from(sig) {
+                                let _ = killpg(*pgid, s);
                             }
                         }
-                        Route::Waiting(canceller) if terminating(sig) => {
-                            if st.interrupted.is_none() {
-                                canceller.cancel();
-                                st.interrupted = Some(sig);
-                            }
+                        Route::Waiting(canceller)
+                            if terminating(sig) && st.interrupted.is_none() =>
+                        {
+                            canceller.cancel();
+                            st.interrupted = Some(sig);
                         }
                         _ if terminating(sig) => {
                             st.interrupted.get_or_insert(sig);
