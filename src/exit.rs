@@ -49,16 +49,6 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-/// Marks an error with the exit status it stands for, keeping its message.
-pub fn tag(err: anyhow::Error, failure: Failure) -> anyhow::Error {
-    // The Failure sits at the bottom of the chain; `message` leaves it out.
-    if err.downcast_ref::<Failure>().is_some() {
-        return err;
-    }
-    let message = format!("{err:#}");
-    anyhow::Error::new(failure).context(message)
-}
-
 /// A bare failure with a message.
 pub fn fail(failure: Failure, message: impl fmt::Display) -> anyhow::Error {
     anyhow::Error::new(failure).context(message.to_string())
@@ -127,11 +117,5 @@ mod tests {
         assert_eq!(message(&err), "outer: busy");
         let plain = anyhow::anyhow!("x");
         assert_eq!(code_for(&plain, 75), FAILURE);
-        let tagged = tag(
-            anyhow::anyhow!("refused").context("connecting"),
-            Failure::Unavailable,
-        );
-        assert_eq!(code_for(&tagged, 75), UNAVAILABLE);
-        assert_eq!(message(&tagged), "connecting: refused");
     }
 }

@@ -2,6 +2,7 @@
 
 mod cli;
 mod conninfo;
+mod deadman;
 mod duration;
 mod exit;
 mod key;

@@ -412,26 +412,6 @@ fn sigterm_and_sigusr1_reach_the_command() {
     }
 }
 
-/// The processes in a process group, from /proc.
-fn group_members(pgid: i32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // Fields after the parenthesised command name: state ppid pgrp ...
-            let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-            let fields: Vec<_> = rest.split(' ').collect();
-            fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
-        })
-        .collect()
-}
-
-fn child_of(pid: u32) -> i32 {
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
-    children.split_whitespace().next().unwrap().parse().unwrap()
-}
-
 #[test]
 fn sigterm_reaches_the_whole_pipeline() {
     let k = unique_key("tree");
