@@ -19,6 +19,8 @@ const BACKOFF_CAP: Duration = Duration::from_secs(5);
 
 /// Runs the command under the lock and returns pglock's exit status.
 pub fn run(cli: &Cli) -> Result<u8> {
+    // First of all, so that a signal sent right after start-up is handled like any other.
+    let router = Router::start()?;
     let (label, id) = match (&cli.key, cli.lock_id) {
         (Some(key), _) => (key.clone(), LockId::from_key(key)),
         (None, Some(id)) => (id.to_string(), id),
@@ -37,7 +39,6 @@ pub fn run(cli: &Cli) -> Result<u8> {
         cli.connect_timeout,
         cli.check_interval,
     )?;
-    let router = Router::start()?;
     let request = Request {
         id,
         shared: cli.shared,

@@ -83,6 +83,7 @@ fn a_terminated_backend_stops_the_command_within_a_second() {
         .parse()
         .expect("the command got no SIGTERM");
     let delay = Duration::from_nanos((termed_at - killed_at) as u64);
+    eprintln!("backend terminated -> command SIGTERMed after {delay:?}");
     assert!(
         delay < Duration::from_secs(1),
         "SIGTERM came {delay:?} after the backend died"
@@ -121,6 +122,7 @@ fn a_silent_network_is_detected_within_the_bound() {
     assert_eq!(rc, 74, "{err}");
     assert!(dir.join("term").exists(), "the command got no SIGTERM");
     let bound = 2 * interval + Duration::from_secs(5);
+    eprintln!("silent network with --check-interval {interval:?}: detected after {took:?}");
     assert!(took < bound, "took {took:?}, bound {bound:?}");
     assert!(err.contains("no answer"), "{err}");
 }
@@ -296,4 +298,42 @@ fn xact_scope_excludes_through_pgbouncer_transaction_pooling() {
             "critical sections overlapped:\n{log}"
         );
     }
+}
+
+#[test]
+fn retry_connect_waits_for_a_server_that_comes_up_late() {
+    use std::io::BufRead;
+    let k = unique_key("late");
+    let proxy = Proxy::start_closed();
+    let mut late = pglock();
+    late.args(["--key", &k, "-v", "--retry-connect", "30s", "--", "true"])
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", proxy.port.to_string());
+    let mut child = spawn(&mut late);
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // The server "comes up" once pglock has failed and said it will retry.
+    loop {
+        let line = rx.recv_timeout(LIMIT).expect("no retry logged");
+        if line.contains("retrying") {
+            break;
+        }
+    }
+    proxy.open();
+    assert!(child.wait().unwrap().success());
+
+    // Without --retry-connect the same situation is an immediate 69.
+    let down = Proxy::start_closed();
+    let (rc, err) = finish(spawn(
+        pglock()
+            .args(["--key", &k, "--", "true"])
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", down.port.to_string()),
+    ));
+    assert_eq!(rc, 69, "{err}");
 }

@@ -10,13 +10,28 @@ use std::sync::{Arc, Mutex};
 pub struct Proxy {
     pub port: u16,
     frozen: Arc<AtomicBool>,
+    closed: Arc<AtomicBool>,
     accepted: Arc<AtomicUsize>,
     streams: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl Proxy {
-    /// Forwards 127.0.0.1:<port> to the test server named by PGHOST/PGPORT.
+    /// Forwards 127.0.0.1:<some free port> to the test server named by PGHOST/PGPORT.
     pub fn start() -> Proxy {
+        Proxy::launch(false)
+    }
+
+    /// A proxy that hangs up on every client, as a server that is down, until [`Proxy::open`].
+    pub fn start_closed() -> Proxy {
+        Proxy::launch(true)
+    }
+
+    /// Starts forwarding new connections.
+    pub fn open(&self) {
+        self.closed.store(false, Ordering::SeqCst);
+    }
+
+    fn launch(closed: bool) -> Proxy {
         let host = std::env::var("PGHOST").unwrap_or_else(|_| "localhost".into());
         let host = if host.starts_with('/') {
             "localhost".into()
@@ -36,6 +51,7 @@ impl Proxy {
         let proxy = Proxy {
             port: listener.local_addr().unwrap().port(),
             frozen: Arc::new(AtomicBool::new(false)),
+            closed: Arc::new(AtomicBool::new(closed)),
             accepted: Arc::new(AtomicUsize::new(0)),
             streams: Arc::new(Mutex::new(Vec::new())),
         };
@@ -44,9 +60,14 @@ impl Proxy {
             proxy.accepted.clone(),
             proxy.streams.clone(),
         );
+        let closed = proxy.closed.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
+                if closed.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(upstream) else {
                     continue;
                 };
