@@ -208,7 +208,7 @@ fn torture() {
     // Exclusive sections overlap nothing, except briefly after a lost lock.
     sections.sort_by_key(|s| s.1);
     let mut worst = 0u128;
-    for (i, (mode, from, to)) in sections.iter().enumerate() {
+    for (i, (mode, _, to)) in sections.iter().enumerate() {
         for (other_mode, other_from, other_to) in &sections[i + 1..] {
             if other_from >= to {
                 break;
