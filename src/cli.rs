@@ -62,6 +62,22 @@ pub struct Cli {
     #[arg(short, long)]
     pub shared: bool,
 
+    /// At most N holders at once (a counting semaphore of N slots); every user of a key must
+    /// pass the same N. The command gets its slot in PGLOCK_SLOT.
+    #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "shared",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub limit: u16,
+
+    /// How --key becomes a lock id: pglock's own SHA-256 formula, or the one sqlx or Python's
+    /// postgres-lock uses, to share a lock with an application built on them.
+    #[arg(long, value_enum, value_name = "SCHEME", default_value_t = key::KeyHash::Sha256)]
+    pub key_hash: key::KeyHash,
+
+    /// Keep the lock at least this long after it was acquired, even if the command ends sooner,
+    /// so hosts whose clocks differ a little do not run the same job twice.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub min_hold: Option<Duration>,
+
     /// Lock scope: a session-level lock, or a transaction-level lock inside BEGIN ... COMMIT.
     #[arg(long, value_enum, value_name = "SCOPE", default_value_t = Scope::Session)]
     pub scope: Scope,

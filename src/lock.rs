@@ -9,8 +9,9 @@ use crate::cli::Scope;
 use crate::conninfo::Target;
 use crate::exit::{Failure, fail};
 use crate::key::LockId;
+pub use crate::semaphore::Semaphore;
 use crate::tls::Connector;
-use crate::{duration, step};
+use crate::{duration, semaphore, step};
 use anyhow::Result;
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
@@ -29,14 +30,27 @@ const NAMEDATALEN: usize = 63;
 const CLIENT_CHECK_MS: u32 = 500;
 
 /// What to take.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Request {
     pub id: LockId,
     pub shared: bool,
     pub scope: Scope,
-    /// None: block until granted (bounded by `timeout`); Some: try once.
+    /// Try once instead of waiting.
     pub nowait: bool,
+    /// Wait at most this long (server-side lock_timeout).
     pub timeout: Option<Duration>,
+    /// `--limit N` above 1: take one of N slots instead of `id`.
+    pub semaphore: Option<Semaphore>,
+}
+
+/// The lock this session holds.
+#[derive(Debug, Clone, Copy)]
+pub struct Held {
+    pub id: LockId,
+    pub shared: bool,
+    pub scope: Scope,
+    /// The semaphore slot, with the gate whose holder a release must wake.
+    pub slot: Option<(usize, LockId)>,
 }
 
 /// How an acquisition attempt ended, short of an error.
@@ -53,7 +67,7 @@ pub struct Session {
     client: Client,
     connector: Connector,
     socket: Option<RawFd>,
-    request: Option<Request>,
+    held: Option<Held>,
     watchdog: Option<Watchdog>,
 }
 
@@ -139,7 +153,7 @@ impl Opener {
             client,
             connector: self.connector.clone(),
             socket,
-            request: None,
+            held: None,
             watchdog: None,
         })
     }
@@ -179,53 +193,85 @@ impl Session {
         self.socket
     }
 
-    /// Applies the session settings and tries to take the lock, in one round trip.
-    pub fn acquire(&mut self, req: &Request) -> Result<Acquired, postgres::Error> {
-        let sql = acquire_sql(req);
+    /// Takes the lock (or a semaphore slot). `interrupted` tells a cancel caused by a signal
+    /// from one sent by another pglock.
+    pub fn acquire(
+        &mut self,
+        req: &Request,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<Acquired, postgres::Error> {
+        if let Some(semaphore) = &req.semaphore {
+            return semaphore::acquire(self, req, semaphore, interrupted);
+        }
+        let sql = format!(
+            "{}SELECT {}({})",
+            prelude(req, lock_timeout_ms(req.nowait, req.timeout)),
+            lock_fn(req.nowait, req.scope, req.shared),
+            req.id.sql_args()
+        );
         match self.client.simple_query(&sql) {
             Ok(messages) => {
-                let got = if req.nowait {
-                    last_value(&messages).as_deref() == Some("t")
-                } else {
-                    true
-                };
-                if got {
-                    self.request = Some(*req);
-                    Ok(Acquired::Held)
-                } else {
-                    Ok(Acquired::Busy)
+                if req.nowait && final_value(&messages).as_deref() != Some("t") {
+                    return Ok(Acquired::Busy);
                 }
+                self.hold(Held {
+                    id: req.id,
+                    shared: req.shared,
+                    scope: req.scope,
+                    slot: None,
+                });
+                Ok(Acquired::Held)
             }
-            Err(e) => match e.code() {
-                Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(Acquired::TimedOut),
-                Some(&SqlState::QUERY_CANCELED) => Ok(Acquired::Cancelled),
-                _ => Err(e),
-            },
+            Err(e) => outcome_of(e),
         }
+    }
+
+    pub(crate) fn hold(&mut self, held: Held) {
+        self.held = Some(held);
+    }
+
+    /// The lock held, once acquired.
+    pub fn held(&self) -> Option<Held> {
+        self.held
+    }
+
+    /// One simple-protocol round trip.
+    pub(crate) fn query(&mut self, sql: &str) -> Result<Vec<SimpleQueryMessage>, postgres::Error> {
+        self.client.simple_query(sql)
     }
 
     /// Ends the lock: pg_advisory_unlock for a session lock (it must report that it was held),
     /// COMMIT or ROLLBACK for a transaction lock. Then closes the connection.
     pub fn release(mut self, success: bool) -> Result<()> {
-        let Some(req) = self.request.take() else {
+        let Some(held) = self.held.take() else {
             return Ok(());
         };
         let lost = |msg: String| fail(Failure::LockLost, msg);
-        match req.scope {
+        // A semaphore slot frees up: wake the waiter at the gate, if any.
+        let wake = held
+            .slot
+            .map(|(_, gate)| semaphore::wake_gate_sql(gate))
+            .unwrap_or_default();
+        match held.scope {
             Scope::Session => {
-                let sql = format!("SELECT {}({})", unlock_fn(req.shared), req.id.sql_args());
+                let sql = format!(
+                    "SELECT {}({}){wake}",
+                    unlock_fn(held.shared),
+                    held.id.sql_args()
+                );
                 let messages = self.client.simple_query(&sql).map_err(|e| {
                     lost(format!("cannot release the lock: {}", describe_error(&e)))
                 })?;
-                if last_value(&messages).as_deref() != Some("t") {
+                if first_value(&messages).as_deref() != Some("t") {
                     return Err(lost(
                         "the lock was no longer held when the command ended".into(),
                     ));
                 }
             }
             Scope::Xact => {
-                let sql = if success { "COMMIT" } else { "ROLLBACK" };
-                self.client.simple_query(sql).map_err(|e| {
+                let end = if success { "COMMIT" } else { "ROLLBACK" };
+                let sql = format!("{end}{wake}");
+                self.client.simple_query(&sql).map_err(|e| {
                     lost(format!(
                         "cannot end the lock's transaction: {}",
                         describe_error(&e)
@@ -261,12 +307,12 @@ impl Session {
     /// Asks the server whether this backend still holds the lock as granted. The answer must
     /// come within `limit`; otherwise the connection is cut and the lock counts as lost.
     pub fn check(&mut self, limit: Duration) -> Result<(), String> {
-        let Some(req) = self.request else {
+        let Some(held) = self.held else {
             return Ok(());
         };
         let sql = format!(
             "SELECT count(*) FROM pg_locks l WHERE {} AND l.pid = pg_backend_pid() AND l.granted",
-            req.id.pg_locks_filter()
+            held.id.pg_locks_filter()
         );
         if self.watchdog.is_none() {
             self.watchdog = self.socket.map(Watchdog::start);
@@ -282,7 +328,7 @@ impl Session {
                 duration::format(limit)
             )),
             Err(e) => Err(format!("the lock check failed: {}", describe_error(&e))),
-            Ok(messages) if last_value(&messages).as_deref() == Some("0") => Err(
+            Ok(messages) if final_value(&messages).as_deref() == Some("0") => Err(
                 "this session no longer holds it (a transaction-pooling PgBouncer? use --scope xact)"
                     .into(),
             ),
@@ -362,16 +408,13 @@ impl Canceller {
     }
 }
 
-fn lock_fn(req: &Request) -> String {
+/// The advisory-lock function for a request.
+pub(crate) fn lock_fn(nowait: bool, scope: Scope, shared: bool) -> String {
     format!(
         "pg_{}advisory_{}lock{}",
-        if req.nowait { "try_" } else { "" },
-        if req.scope == Scope::Xact {
-            "xact_"
-        } else {
-            ""
-        },
-        if req.shared { "_shared" } else { "" }
+        if nowait { "try_" } else { "" },
+        if scope == Scope::Xact { "xact_" } else { "" },
+        if shared { "_shared" } else { "" }
     )
 }
 
@@ -383,40 +426,67 @@ fn unlock_fn(shared: bool) -> &'static str {
     }
 }
 
-/// The settings and the lock call as one multi-statement query.
+/// lock_timeout in milliseconds: 0 waits forever, so a wait that must end gets at least 1.
+pub(crate) fn lock_timeout_ms(nowait: bool, timeout: Option<Duration>) -> u128 {
+    match (nowait, timeout) {
+        (true, _) | (false, None) => 0,
+        (false, Some(t)) => t.as_millis().max(1),
+    }
+}
+
+/// What goes before the lock call in the same round trip: BEGIN for xact scope, then the
+/// session settings.
 ///
 /// A DBA's server-wide timeouts must not end a lock holder, so they are zeroed here. Settings the
 /// server lacks (transaction_timeout before 17, idle_session_timeout and
 /// client_connection_check_interval before 14) are skipped by joining against pg_settings, so an
 /// older server costs no error and no extra round trip. In xact scope they are SET LOCAL, so a
 /// transaction-pooling PgBouncer does not leak them to other clients.
-fn acquire_sql(req: &Request) -> String {
-    let lock_timeout = if req.nowait {
-        0
-    } else {
-        req.timeout.map_or(0, |t| t.as_millis().max(1))
-    };
+pub(crate) fn prelude(req: &Request, lock_timeout_ms: u128) -> String {
     let local = req.scope == Scope::Xact;
     let settings = format!(
         "SELECT set_config(v.name, v.setting, {local}) FROM (VALUES \
          ('statement_timeout', '0'), ('idle_in_transaction_session_timeout', '0'), \
          ('idle_session_timeout', '0'), ('transaction_timeout', '0'), \
-         ('lock_timeout', '{lock_timeout}'), \
+         ('lock_timeout', '{lock_timeout_ms}'), \
          ('client_connection_check_interval', '{CLIENT_CHECK_MS}')) AS v(name, setting) \
-         JOIN pg_settings s ON s.name = v.name"
+         JOIN pg_settings s ON s.name = v.name; "
     );
-    let lock = format!("SELECT {}({})", lock_fn(req), req.id.sql_args());
     match req.scope {
-        Scope::Session => format!("{settings}; {lock}"),
-        Scope::Xact => format!("BEGIN; {settings}; {lock}"),
+        Scope::Session => settings,
+        Scope::Xact => format!("BEGIN; {settings}"),
     }
 }
 
-fn last_value(messages: &[SimpleQueryMessage]) -> Option<String> {
-    messages.iter().rev().find_map(|m| match m {
+/// Maps the errors a lock wait ends with normally.
+pub(crate) fn outcome_of(e: postgres::Error) -> Result<Acquired, postgres::Error> {
+    match e.code() {
+        Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(Acquired::TimedOut),
+        Some(&SqlState::QUERY_CANCELED) => Ok(Acquired::Cancelled),
+        _ => Err(e),
+    }
+}
+
+pub(crate) fn first_value(messages: &[SimpleQueryMessage]) -> Option<String> {
+    messages.iter().find_map(|m| match m {
         SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or("").to_string()),
         _ => None,
     })
+}
+
+/// The first column of the first row of the last statement in a (multi-statement) result.
+pub(crate) fn final_value(messages: &[SimpleQueryMessage]) -> Option<String> {
+    let ends: Vec<usize> = messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| matches!(m, SimpleQueryMessage::CommandComplete(_)))
+        .map(|(i, _)| i)
+        .collect();
+    let start = match ends.len() {
+        0 | 1 => 0,
+        n => ends[n - 2] + 1,
+    };
+    first_value(&messages[start..])
 }
 
 /// A postgres error as one line: the server's own message when there is one.
@@ -482,18 +552,15 @@ mod tests {
 
     #[test]
     fn lock_function_names() {
-        let mut req = Request {
-            id: LockId::Big(1),
-            shared: false,
-            scope: Scope::Session,
-            nowait: false,
-            timeout: None,
-        };
-        assert_eq!(lock_fn(&req), "pg_advisory_lock");
-        req.nowait = true;
-        req.shared = true;
-        assert_eq!(lock_fn(&req), "pg_try_advisory_lock_shared");
-        req.scope = Scope::Xact;
-        assert_eq!(lock_fn(&req), "pg_try_advisory_xact_lock_shared");
+        assert_eq!(lock_fn(false, Scope::Session, false), "pg_advisory_lock");
+        assert_eq!(
+            lock_fn(true, Scope::Session, true),
+            "pg_try_advisory_lock_shared"
+        );
+        assert_eq!(
+            lock_fn(true, Scope::Xact, true),
+            "pg_try_advisory_xact_lock_shared"
+        );
+        assert_eq!(lock_fn(false, Scope::Xact, false), "pg_advisory_xact_lock");
     }
 }

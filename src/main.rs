@@ -9,6 +9,7 @@ mod key;
 mod lock;
 mod log;
 mod run;
+mod semaphore;
 mod signals;
 mod supervise;
 mod tls;

@@ -4,8 +4,7 @@
 use crate::cli::{self, Cli};
 use crate::deadman::DeadMan;
 use crate::exit::{self, Failure, fail};
-use crate::key::LockId;
-use crate::lock::{self, Acquired, Opener, Request, Session};
+use crate::lock::{self, Acquired, Held, Opener, Request, Semaphore, Session};
 use crate::signals::Router;
 use crate::supervise::{self, Guard, Job, OnLost};
 use crate::{conninfo, duration, step};
@@ -21,9 +20,9 @@ const BACKOFF_CAP: Duration = Duration::from_secs(5);
 pub fn run(cli: &Cli) -> Result<u8> {
     // First of all, so that a signal sent right after start-up is handled like any other.
     let router = Router::start()?;
-    let (label, id) = match (&cli.key, cli.lock_id) {
-        (Some(key), _) => (key.clone(), LockId::from_key(key)),
-        (None, Some(id)) => (id.to_string(), id),
+    let (label, id, base) = match (&cli.key, cli.lock_id) {
+        (Some(key), _) => (key.clone(), cli.key_hash.id(key), key.clone()),
+        (None, Some(id)) => (id.to_string(), id, format!("lock-id:{id}")),
         (None, None) => unreachable!("clap requires --key or --lock-id"),
     };
     let target = conninfo::resolve(cli.database_url.as_deref(), &conninfo::process_env)?;
@@ -45,21 +44,21 @@ pub fn run(cli: &Cli) -> Result<u8> {
         scope: cli.scope,
         nowait: cli.no_wait(),
         timeout: cli.timeout,
+        semaphore: (cli.limit > 1)
+            .then(|| Semaphore::new(&base, cli.limit.into(), cli.check_interval)),
     };
     let mut session = match wait_for_lock(cli, &opener, &router, request, &label)? {
         Waited::Held(session) => *session,
         Waited::Interrupted(sig) => return Ok(exit::signal_code(sig)),
     };
+    let acquired_at = Instant::now();
+    let held = session.held().expect("a held session records its lock");
 
     let (program, args) = cli.program();
     let job = Job {
         program,
         args,
-        env: vec![
-            ("PGLOCK_KEY".into(), label.clone()),
-            ("PGLOCK_LOCK_ID".into(), id.sql_args()),
-            ("PGLOCK_SCOPE".into(), cli.scope.name().into()),
-        ],
+        env: child_env(&label, &held, cli),
     };
     let fenced = cli.on_lost == cli::OnLost::Terminate;
     let mut running = match router.spawn(|| supervise::spawn(&job, fenced)) {
@@ -111,9 +110,34 @@ pub fn run(cli: &Cli) -> Result<u8> {
             cli::OnLost::Ignore => Ok(exit::child_code(ended.status)),
         };
     }
+    if let Some(min_hold) = cli.min_hold {
+        let left = min_hold.saturating_sub(acquired_at.elapsed());
+        if !left.is_zero() {
+            step!(
+                "holding the lock {} more (--min-hold)",
+                duration::format(left)
+            );
+            if let Some(sig) = router.pause(left) {
+                step!("signal {sig} ends the --min-hold early");
+            }
+        }
+    }
     session.release(ended.status.success())?;
     step!("released lock \"{label}\"");
     Ok(exit::child_code(ended.status))
+}
+
+/// What the command learns about its lock.
+fn child_env(label: &str, held: &Held, cli: &Cli) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PGLOCK_KEY".into(), label.to_string()),
+        ("PGLOCK_LOCK_ID".into(), held.id.sql_args()),
+        ("PGLOCK_SCOPE".into(), cli.scope.name().into()),
+    ];
+    if let Some((slot, _)) = held.slot {
+        env.push(("PGLOCK_SLOT".into(), slot.to_string()));
+    }
+    env
 }
 
 enum Waited {
@@ -161,7 +185,7 @@ fn wait_for_lock(
             }
             Err(e) => return Err(opener.failure(&e)),
         };
-        let mut attempt = request;
+        let mut attempt = request.clone();
         if let Some(deadline) = deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -177,7 +201,7 @@ fn wait_for_lock(
         if let Some(sig) = router.waiting(session.canceller()) {
             return Ok(Waited::Interrupted(sig));
         }
-        let acquired = session.acquire(&attempt);
+        let acquired = session.acquire(&attempt, &|| router.interrupted().is_some());
         router.idle();
         if let Some(sig) = router.interrupted() {
             step!("interrupted by signal {sig} while waiting; giving up");
