@@ -121,6 +121,12 @@ impl Session {
         self.socket
     }
 
+    /// Runs read-only statements on this connection (holder reports, `pglock status`). The
+    /// simple protocol keeps it PgBouncer-safe, like everything else here.
+    pub fn simple_query(&mut self, sql: &str) -> Result<Vec<SimpleQueryMessage>, postgres::Error> {
+        self.client.simple_query(sql)
+    }
+
     /// Applies the session settings and tries to take the lock, in one round trip.
     pub fn acquire(&mut self, req: &Request) -> Result<Acquired> {
         let sql = acquire_sql(req);

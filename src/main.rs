@@ -9,6 +9,7 @@ mod lock;
 mod log;
 mod run;
 mod signals;
+mod status;
 mod supervise;
 mod tls;
 
@@ -18,14 +19,22 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     log::set_verbose(cli.verbose);
-    match run::run(&cli) {
+    let result = match &cli.sub {
+        Some(sub) => status::command(sub),
+        None => run::run(&cli),
+    };
+    finish(result, cli.conflict_exit_code)
+}
+
+fn finish(result: anyhow::Result<u8>, conflict_exit_code: u8) -> ExitCode {
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             let message = exit::message(&err);
             if !message.is_empty() {
                 eprintln!("pglock: {message}");
             }
-            ExitCode::from(exit::code_for(&err, cli.conflict_exit_code))
+            ExitCode::from(exit::code_for(&err, conflict_exit_code))
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::key::LockId;
 use crate::lock::{self, Acquired, Request, Session};
 use crate::signals::Router;
 use crate::supervise::{self, Job};
-use crate::{conninfo, duration, step};
+use crate::{conninfo, duration, status, step};
 use anyhow::Result;
 use std::time::Instant;
 
@@ -19,7 +19,8 @@ pub fn run(cli: &Cli) -> Result<u8> {
     };
     let target = conninfo::resolve(cli.database_url.as_deref(), &conninfo::process_env)?;
     let router = Router::start()?;
-    let mut session = Session::connect(&target, &lock::application_name(&label))?;
+    let app_name = lock::application_name(&label);
+    let mut session = Session::connect(&target, &app_name)?;
 
     let request = Request {
         id,
@@ -51,14 +52,15 @@ pub fn run(cli: &Cli) -> Result<u8> {
             )
         }
         Acquired::Busy => {
-            return Err(busy(cli, format!("lock \"{label}\" is busy")));
+            return Err(busy(cli, || {
+                status::conflict_message(&mut session, &request, &label, None)
+            }));
         }
         Acquired::TimedOut => {
-            let waited = duration::format(cli.timeout.unwrap_or_default());
-            return Err(busy(
-                cli,
-                format!("timed out after {waited} waiting for lock \"{label}\""),
-            ));
+            return Err(busy(cli, || {
+                let waited = cli.timeout.unwrap_or_default();
+                status::conflict_message(&mut session, &request, &label, Some(waited))
+            }));
         }
         Acquired::Cancelled => anyhow::bail!("the lock wait was cancelled by the server"),
     }
@@ -96,11 +98,12 @@ pub fn run(cli: &Cli) -> Result<u8> {
     Ok(exit::child_code(status))
 }
 
-/// A conflict: printed unless --quiet, and exits with the conflict status.
-fn busy(cli: &Cli, message: String) -> anyhow::Error {
+/// A conflict: printed unless --quiet, and exits with the conflict status. The message names
+/// the holder, which costs a query, so it is only built when it will be printed.
+fn busy(cli: &Cli, message: impl FnOnce() -> String) -> anyhow::Error {
     if cli.quiet {
         // main prints nothing for an empty message.
         return fail(Failure::Conflict, "");
     }
-    fail(Failure::Conflict, message)
+    fail(Failure::Conflict, message())
 }
