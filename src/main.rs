@@ -12,6 +12,7 @@ mod signals;
 mod status;
 mod supervise;
 mod tls;
+mod watch;
 
 use clap::Parser;
 use std::process::ExitCode;

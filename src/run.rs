@@ -6,6 +6,7 @@ use crate::key::LockId;
 use crate::lock::{self, Acquired, Request, Session};
 use crate::signals::Router;
 use crate::supervise::{self, Job};
+use crate::watch::{Wait, Watch};
 use crate::{conninfo, duration, status, step};
 use anyhow::Result;
 use std::time::Instant;
@@ -36,7 +37,21 @@ pub fn run(cli: &Cli) -> Result<u8> {
     }
     let started = Instant::now();
     router.waiting(session.canceller());
+    let watch = (!request.nowait)
+        .then(|| {
+            Watch::start(&Wait {
+                database_url: cli.database_url.as_deref(),
+                id,
+                label: &label,
+                shared: cli.shared,
+                app_name: &app_name,
+                verbose: cli.verbose,
+                quiet: cli.quiet,
+            })
+        })
+        .flatten();
     let acquired = session.acquire(&request);
+    drop(watch);
     router.idle();
     if let Some(sig) = router.interrupted() {
         step!("interrupted by signal {sig} while waiting; giving up");

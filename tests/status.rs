@@ -1,11 +1,13 @@
-//! Who holds what, against a real server: holder reports on a conflict, `pglock status`,
-//! `pglock list --json`, `pglock key`, and the permission note.
+//! Who holds what, against a real server: holder reports on a conflict, the waiting status line
+//! and -v reports, `pglock status`, `pglock list --json`, `pglock key`, and the permission note.
 
 mod common;
 
 use common::*;
 use serde_json::Value;
+use std::io::Read;
 use std::process::{Child, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -442,4 +444,131 @@ fn hidden_sessions_are_reported_not_shown_empty() {
     );
     holder.release();
     admin.batch_execute(&format!("DROP ROLE {role}")).unwrap();
+}
+
+/// Reads a pty master until every slave is closed, collecting what was written.
+fn collect(master: std::os::fd::OwnedFd) -> Arc<Mutex<Vec<u8>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        let mut file = std::fs::File::from(master);
+        let mut buf = [0u8; 4096];
+        // EIO once the last slave is closed ends the loop.
+        while let Ok(n @ 1..) = file.read(&mut buf) {
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    seen
+}
+
+#[test]
+fn terminal_status_line_appears_and_is_erased() {
+    let key = unique_key("tty");
+    let holder = Holder::start(&key);
+    let pid = Holder::backend_pid(&key);
+    let size = nix::pty::Winsize {
+        ws_row: 24,
+        ws_col: 250,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(&size, None).unwrap();
+    let mut cmd = pglock();
+    cmd.args(["--key", &key, "--", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(pty.slave));
+    let mut waiter = cmd.spawn().unwrap();
+    drop(cmd); // our copy of the slave must go, or the reader never sees the end
+    let seen = collect(pty.master);
+    let text = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    wait_until("the status line to name the holder", LIMIT, || {
+        let t = text();
+        t.contains(&format!(
+            "\"{key}\" (1st of 1 in line); held by pglock:{key}@"
+        ))
+    });
+    let t = text();
+    assert!(t.contains(&format!("backend {pid}")), "{t:?}");
+    assert!(t.starts_with("\r\x1b[2Kpglock: waiting "), "{t:?}");
+    assert!(!t.contains('\n'), "a status line, not log lines: {t:?}");
+
+    holder.release();
+    assert!(waiter.wait().unwrap().success());
+    wait_until("the terminal to close", LIMIT, || {
+        Arc::strong_count(&seen) == 1
+    });
+    let t = text();
+    assert!(t.ends_with("\r\x1b[2K"), "the line must be erased: {t:?}");
+}
+
+#[test]
+fn no_status_line_and_no_observer_when_stderr_is_a_pipe() {
+    let key = unique_key("pipe");
+    let holder = Holder::start(&key);
+    let waiter = pglock()
+        .args(["--key", &key, "--", "true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_waiters(&key, 1);
+    // Absence can't be observed, only given time: the observer would connect after 300 ms.
+    std::thread::sleep(Duration::from_millis(1200));
+    let observers: i64 = sql()
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&format!("pglock-watch@{}:{}", hostname(), waiter.id())],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(observers, 0);
+    holder.release();
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stderr(&out), "");
+}
+
+#[test]
+fn verbose_wait_reports_the_holder_when_it_starts() {
+    let key = unique_key("verbose");
+    let holder = Holder::start(&key);
+    let pid = Holder::backend_pid(&key);
+    let mut waiter = pglock()
+        .args(["--key", &key, "-v", "--", "true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&log);
+    let mut err = waiter.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        while let Ok(n @ 1..) = err.read(&mut buf) {
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    wait_until("the holder line", LIMIT, || {
+        log.lock().unwrap().contains("1st of 1 in line")
+    });
+    holder.release();
+    assert!(waiter.wait().unwrap().success());
+    reader.join().unwrap();
+    let log = log.lock().unwrap().clone();
+    let line = log
+        .lines()
+        .find(|l| l.contains("is held by"))
+        .unwrap_or_else(|| panic!("no holder line in {log}"));
+    assert!(
+        line.contains(&format!("pglock: lock \"{key}\" is held by pglock:{key}@"))
+            && line.contains(&format!("backend {pid}"))
+            && line.contains("1st of 1 in line"),
+        "{line}"
+    );
+    assert!(!log.contains('\r'), "no status line with -v: {log:?}");
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname().unwrap().into_string().unwrap()
 }
