@@ -2,6 +2,7 @@
 
 mod cli;
 mod conninfo;
+mod docs;
 mod duration;
 mod exit;
 mod key;
@@ -14,11 +15,15 @@ mod supervise;
 mod tls;
 mod watch;
 
-use clap::Parser;
+use clap::FromArgMatches;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let matches = docs::command().get_matches();
+    if let Some(generate) = matches.subcommand_matches(docs::GENERATE) {
+        return finish(docs::run(generate), exit::CONFLICT_DEFAULT);
+    }
+    let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     log::set_verbose(cli.verbose);
     let result = match &cli.sub {
         Some(sub) => status::command(sub),
