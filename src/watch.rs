@@ -143,6 +143,20 @@ struct Seen {
     /// Our queued request: its position in line.
     position: Option<i64>,
     waiters: usize,
+    at: Instant,
+}
+
+impl Seen {
+    /// The rows as they would read now: the redraw is every second, the look every two, and a
+    /// holder's age must not stand still while our own wait time runs.
+    fn rows_now(&self) -> Vec<Row> {
+        let later = self.at.elapsed().as_secs() as i64;
+        let mut rows = self.rows.clone();
+        for r in &mut rows {
+            r.age_secs = r.age_secs.map(|a| a + later);
+        }
+        rows
+    }
 }
 
 impl Observer {
@@ -231,6 +245,7 @@ impl Observer {
                     position: ours.and_then(|r| r.position),
                     waiters: rows.iter().filter(|r| !r.granted).count(),
                     rows,
+                    at: Instant::now(),
                 })
             }
             Err(e) => {
@@ -253,7 +268,7 @@ impl Observer {
             if let Some(pos) = seen.position {
                 text.push_str(&format!(" ({} of {} in line)", ordinal(pos), seen.waiters));
             }
-            if let Some(phrase) = status::holder_phrase(&seen.rows, self.shared) {
+            if let Some(phrase) = status::holder_phrase(&seen.rows_now(), self.shared) {
                 text.push_str("; ");
                 text.push_str(&phrase);
             }
