@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_pglock_global_optspecs
-    string join \n k/key= lock-id= c/command= n/nowait w/timeout= E/conflict-exit-code= s/shared scope= d/database-url= v/verbose q/quiet h/help V/version
+    string join \n k/key= lock-id= c/command= n/nowait w/timeout= E/conflict-exit-code= s/shared scope= d/database-url= check-interval= on-lost= kill-after= connect-timeout= retry-connect= v/verbose q/quiet h/help V/version
 end
 
 function __fish_pglock_needs_command
@@ -32,6 +32,12 @@ complete -c pglock -n "__fish_pglock_needs_command" -s E -l conflict-exit-code -
 complete -c pglock -n "__fish_pglock_needs_command" -l scope -d 'Lock scope: a session-level lock, or a transaction-level lock inside BEGIN ... COMMIT' -r -f -a "session\t'pg_advisory_lock, released with pg_advisory_unlock'
 xact\t'pg_advisory_xact_lock inside a transaction, released by COMMIT or ROLLBACK'"
 complete -c pglock -n "__fish_pglock_needs_command" -s d -l database-url -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l check-interval -d 'How often to ask the server whether the lock is still held while the command runs' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l on-lost -d 'What to do when the lock is lost while the command runs' -r -f -a "terminate\t'Log, SIGTERM the command\'s process group, SIGKILL after --kill-after, exit 74'
+ignore\t'Log a warning and let the command finish; exit with its status'"
+complete -c pglock -n "__fish_pglock_needs_command" -l kill-after -d 'After terminating the command (lost lock), send SIGKILL if it is still running this long' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l connect-timeout -d 'Bound on each connection attempt [default: 10s, or connect_timeout / PGCONNECT_TIMEOUT]' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l retry-connect -d 'Keep retrying the first connection, with backoff, for up to this long before giving up' -r
 complete -c pglock -n "__fish_pglock_needs_command" -s n -l nowait -d 'Do not wait: if the lock is busy, exit with the conflict status at once'
 complete -c pglock -n "__fish_pglock_needs_command" -s s -l shared -d 'Take a shared lock: shared holders coexist, an exclusive holder excludes them all'
 complete -c pglock -n "__fish_pglock_needs_command" -s v -l verbose -d 'Log each step to stderr with a timestamp'

@@ -97,6 +97,29 @@ pub struct Cli {
     )]
     pub database_url: Option<String>,
 
+    /// How often to ask the server whether the lock is still held while the command runs.
+    ///
+    /// A check that gets no answer within the interval counts as a lost lock; TCP keepalives and
+    /// tcp_user_timeout are derived from it too. Minimum 100ms.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_check_interval)]
+    pub check_interval: Duration,
+
+    /// What to do when the lock is lost while the command runs.
+    #[arg(long, value_enum, value_name = "ACTION", default_value_t = OnLost::Terminate)]
+    pub on_lost: OnLost,
+
+    /// After terminating the command (lost lock), send SIGKILL if it is still running this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse)]
+    pub kill_after: Duration,
+
+    /// Bound on each connection attempt [default: 10s, or connect_timeout / PGCONNECT_TIMEOUT].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub connect_timeout: Option<Duration>,
+
+    /// Keep retrying the first connection, with backoff, for up to this long before giving up.
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = duration::parse)]
+    pub retry_connect: Duration,
+
     /// Log each step to stderr with a timestamp.
     #[arg(short, long, conflicts_with = "quiet")]
     pub verbose: bool,
@@ -214,6 +237,22 @@ impl Scope {
             Scope::Xact => "xact",
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnLost {
+    /// Log, SIGTERM the command's process group, SIGKILL after --kill-after, exit 74.
+    Terminate,
+    /// Log a warning and let the command finish; exit with its status.
+    Ignore,
+}
+
+fn parse_check_interval(text: &str) -> Result<Duration, String> {
+    let d = duration::parse(text)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("'{text}' is below the minimum of 100ms"));
+    }
+    Ok(d)
 }
 
 /// lock_timeout is an int of milliseconds on the server.

@@ -35,8 +35,6 @@ pub enum Failure {
     LockLost,
     NotExecutable,
     NotFound,
-    /// Interrupted by this signal while waiting.
-    Signal(i32),
 }
 
 impl fmt::Display for Failure {
@@ -48,37 +46,12 @@ impl fmt::Display for Failure {
             Failure::LockLost => "lock lost",
             Failure::NotExecutable => "command not executable",
             Failure::NotFound => "command not found",
-            Failure::Signal(_) => "interrupted",
         };
         f.write_str(text)
     }
 }
 
 impl std::error::Error for Failure {}
-
-/// Extension for attaching a [`Failure`] to results while keeping anyhow's context chain.
-pub trait FailWith<T> {
-    fn fail_with(self, failure: Failure) -> anyhow::Result<T>;
-}
-
-impl<T, E> FailWith<T> for Result<T, E>
-where
-    E: Into<anyhow::Error>,
-{
-    fn fail_with(self, failure: Failure) -> anyhow::Result<T> {
-        self.map_err(|e| tag(e.into(), failure))
-    }
-}
-
-/// Marks an error with the exit status it stands for, keeping its message.
-pub fn tag(err: anyhow::Error, failure: Failure) -> anyhow::Error {
-    // The Failure sits at the bottom of the chain; `message` leaves it out.
-    if err.downcast_ref::<Failure>().is_some() {
-        return err;
-    }
-    let message = format!("{err:#}");
-    anyhow::Error::new(failure).context(message)
-}
 
 /// A bare failure with a message.
 pub fn fail(failure: Failure, message: impl fmt::Display) -> anyhow::Error {
@@ -94,7 +67,6 @@ pub fn code_for(err: &anyhow::Error, conflict_code: u8) -> u8 {
         Some(Failure::LockLost) => LOCK_LOST,
         Some(Failure::NotExecutable) => NOT_EXECUTABLE,
         Some(Failure::NotFound) => NOT_FOUND,
-        Some(Failure::Signal(sig)) => signal_code(*sig),
         None => FAILURE,
     }
 }
@@ -165,11 +137,5 @@ mod tests {
         assert_eq!(message(&err), "outer: busy");
         let plain = anyhow::anyhow!("x");
         assert_eq!(code_for(&plain, 75), FAILURE);
-        let tagged = tag(
-            anyhow::anyhow!("refused").context("connecting"),
-            Failure::Unavailable,
-        );
-        assert_eq!(code_for(&tagged, 75), UNAVAILABLE);
-        assert_eq!(message(&tagged), "connecting: refused");
     }
 }

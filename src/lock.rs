@@ -11,11 +11,15 @@ use crate::exit::{Failure, fail};
 use crate::key::LockId;
 use crate::tls::Connector;
 use crate::{duration, step};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use postgres::error::SqlState;
-use postgres::{CancelToken, Client, SimpleQueryMessage};
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::{CancelToken, Client, Config, SimpleQueryMessage};
 use std::os::fd::RawFd;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// PostgreSQL truncates application_name to 63 bytes; we shorten it ourselves so the
 /// `@host:pid` end, which identifies the holder, survives.
@@ -50,6 +54,22 @@ pub struct Session {
     connector: Connector,
     socket: Option<RawFd>,
     request: Option<Request>,
+    watchdog: Option<Watchdog>,
+    /// When the lock was granted, in Unix milliseconds. See [`GRANTED_TAG`].
+    granted_at: Option<u128>,
+}
+
+/// The lock checks start with `/* pglock: granted <unix ms> */`. pg_stat_activity keeps no
+/// record of when a lock was granted, and each check moves the session's state_change, so this
+/// comment in its visible last query is how `pglock status` and holder reports tell since when
+/// a pglock has held its lock.
+pub const GRANTED_TAG: &str = "/* pglock: granted ";
+
+/// Opens lock connections; pglock may need several when the server goes away while it waits.
+pub struct Opener {
+    config: Config,
+    connector: Connector,
+    describe: String,
 }
 
 /// `pglock:<label>@<host>:<pid>`, shortened to what the server keeps.
@@ -74,40 +94,87 @@ pub fn application_name(label: &str) -> String {
     name[..end].to_string()
 }
 
-impl Session {
-    /// Opens the dedicated connection. Failures carry [`Failure::Unavailable`].
-    pub fn connect(target: &Target, app_name: &str) -> Result<Session> {
-        let connector = Connector::new(&target.verify).map_err(|e| {
-            crate::exit::tag(
-                e.context(format!("cannot connect to {}", target.describe)),
-                Failure::Unavailable,
-            )
-        })?;
+impl Opener {
+    /// Prepares connections to `target`. `check_interval` drives TCP keepalives and
+    /// tcp_user_timeout, so a silent network partition is noticed within 2 x interval + 5s.
+    pub fn new(
+        target: &Target,
+        app_name: &str,
+        connect_timeout: Option<Duration>,
+        check_interval: Duration,
+    ) -> Result<Opener> {
+        let connector = Connector::new(&target.verify)?;
         let mut config = target.config.clone();
         config.application_name(app_name);
-        step!("connecting to {}", target.describe);
-        let started = Instant::now();
-        let before = open_sockets();
-        let client = connector.connect(&config).map_err(|e| {
-            fail(
-                Failure::Unavailable,
-                format!(
-                    "cannot connect to {}: {}",
-                    target.describe,
-                    describe_error(&e)
-                ),
-            )
-        })?;
-        let socket = only_new_socket(&before, &open_sockets());
-        step!("connected in {}", duration::format(started.elapsed()));
-        Ok(Session {
-            client,
+        match connect_timeout {
+            Some(t) => {
+                config.connect_timeout(t);
+            }
+            None if config.get_connect_timeout().is_none() => {
+                config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+            }
+            None => {}
+        }
+        // The kernel counts keepalive times in whole seconds.
+        let probe = check_interval.max(Duration::from_secs(1));
+        config
+            .keepalives(true)
+            .keepalives_idle(probe)
+            .keepalives_interval(probe)
+            .keepalives_retries(3);
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(2 * check_interval + Duration::from_secs(5));
+        }
+        Ok(Opener {
+            config,
             connector,
-            socket,
-            request: None,
+            describe: target.describe.clone(),
         })
     }
 
+    /// Opens one dedicated connection.
+    pub fn open(&self) -> Result<Session, postgres::Error> {
+        step!("connecting to {}", self.describe);
+        let started = Instant::now();
+        let before = open_sockets();
+        let client = self.connector.connect(&self.config)?;
+        let socket = only_new_socket(&before, &open_sockets());
+        step!(
+            "connected in {} (socket {socket:?})",
+            duration::format(started.elapsed())
+        );
+        Ok(Session {
+            client,
+            connector: self.connector.clone(),
+            socket,
+            request: None,
+            watchdog: None,
+            granted_at: None,
+        })
+    }
+
+    /// The error pglock exits 69 with.
+    pub fn failure(&self, e: &postgres::Error) -> anyhow::Error {
+        fail(
+            Failure::Unavailable,
+            format!("cannot connect to {}: {}", self.describe, describe_error(e)),
+        )
+    }
+}
+
+/// Whether trying again later may help: the connection broke or the server is restarting, as
+/// opposed to a wrong password, an unknown database or a bad query.
+pub fn is_transient(e: &postgres::Error) -> bool {
+    match e.code() {
+        None => true,
+        Some(code) => {
+            let code = code.code();
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+        }
+    }
+}
+
+impl Session {
     /// A handle that cancels a running lock wait from another thread.
     pub fn canceller(&self) -> Canceller {
         Canceller {
@@ -128,7 +195,7 @@ impl Session {
     }
 
     /// Applies the session settings and tries to take the lock, in one round trip.
-    pub fn acquire(&mut self, req: &Request) -> Result<Acquired> {
+    pub fn acquire(&mut self, req: &Request) -> Result<Acquired, postgres::Error> {
         let sql = acquire_sql(req);
         match self.client.simple_query(&sql) {
             Ok(messages) => {
@@ -139,6 +206,10 @@ impl Session {
                 };
                 if got {
                     self.request = Some(*req);
+                    self.granted_at = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .ok()
+                        .map(|d| d.as_millis());
                     Ok(Acquired::Held)
                 } else {
                     Ok(Acquired::Busy)
@@ -147,7 +218,7 @@ impl Session {
             Err(e) => match e.code() {
                 Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(Acquired::TimedOut),
                 Some(&SqlState::QUERY_CANCELED) => Ok(Acquired::Cancelled),
-                _ => Err(anyhow::anyhow!("{}", describe_error(&e))).context("cannot take the lock"),
+                _ => Err(e),
             },
         }
     }
@@ -184,6 +255,118 @@ impl Session {
         // Terminate is fire-and-forget; the lock is already released.
         let _ = self.client.close();
         Ok(())
+    }
+
+    /// Handles whatever the server sent while the lock was held. Nothing is expected there, so
+    /// this is how a closed session shows up at once: Err(reason) means the lock is gone.
+    pub fn readable(&mut self) -> Result<(), String> {
+        // A bounded wait rather than iter(): the client's runtime only learns that the socket is
+        // readable when it gets to poll its reactor, which iter() never lets it do.
+        let outcome = self
+            .client
+            .notifications()
+            .timeout_iter(Duration::from_millis(10))
+            .next()
+            .map(|_| ());
+        if let Err(e) = outcome {
+            return Err(format!("the connection failed: {}", describe_error(&e)));
+        }
+        if self.client.is_closed() {
+            return Err("the server closed the connection".into());
+        }
+        Ok(())
+    }
+
+    /// Asks the server whether this backend still holds the lock as granted. The answer must
+    /// come within `limit`; otherwise the connection is cut and the lock counts as lost.
+    pub fn check(&mut self, limit: Duration) -> Result<(), String> {
+        let Some(req) = self.request else {
+            return Ok(());
+        };
+        let tag = self
+            .granted_at
+            .map_or(String::new(), |ms| format!("{GRANTED_TAG}{ms} */ "));
+        let sql = format!(
+            "{tag}SELECT count(*) FROM pg_locks l WHERE {} AND l.pid = pg_backend_pid() AND l.granted",
+            req.id.pg_locks_filter()
+        );
+        if self.watchdog.is_none() {
+            self.watchdog = self.socket.map(Watchdog::start);
+        }
+        if let Some(w) = &self.watchdog {
+            w.arm(limit);
+        }
+        let result = self.client.simple_query(&sql);
+        let expired = self.watchdog.as_ref().is_some_and(|w| w.disarm());
+        match result {
+            Err(_) if expired => Err(format!(
+                "no answer to the lock check within {}",
+                duration::format(limit)
+            )),
+            Err(e) => Err(format!("the lock check failed: {}", describe_error(&e))),
+            Ok(messages) if last_value(&messages).as_deref() == Some("0") => Err(
+                "this session no longer holds it (a transaction-pooling PgBouncer? use --scope xact)"
+                    .into(),
+            ),
+            Ok(_) => Ok(()),
+        }
+    }
+}
+
+/// Cuts the lock connection when a check gets no answer in time: the blocked query then fails at
+/// once instead of waiting for TCP to give up.
+struct Watchdog {
+    state: Arc<(Mutex<WatchState>, Condvar)>,
+}
+
+#[derive(Default)]
+struct WatchState {
+    deadline: Option<Instant>,
+    expired: bool,
+}
+
+impl Watchdog {
+    fn start(fd: RawFd) -> Watchdog {
+        let state = Arc::new((Mutex::new(WatchState::default()), Condvar::new()));
+        let shared = Arc::clone(&state);
+        std::thread::spawn(move || {
+            let (lock, cvar) = &*shared;
+            let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                st = match st.deadline {
+                    None => cvar.wait(st).unwrap_or_else(|p| p.into_inner()),
+                    Some(deadline) if Instant::now() >= deadline => {
+                        st.expired = true;
+                        st.deadline = None;
+                        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+                        st
+                    }
+                    Some(deadline) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        cvar.wait_timeout(st, left)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0
+                    }
+                };
+            }
+        });
+        Watchdog { state }
+    }
+
+    fn arm(&self, limit: Duration) {
+        let (lock, cvar) = &*self.state;
+        let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+        st.deadline = Some(Instant::now() + limit);
+        st.expired = false;
+        cvar.notify_one();
+    }
+
+    /// Stops the countdown; true if it had already run out and cut the connection.
+    fn disarm(&self) -> bool {
+        let (lock, _) = &*self.state;
+        let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+        st.deadline = None;
+        st.expired
     }
 }
 

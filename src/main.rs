@@ -2,6 +2,7 @@
 
 mod cli;
 mod conninfo;
+mod deadman;
 mod docs;
 mod duration;
 mod exit;

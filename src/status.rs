@@ -7,17 +7,18 @@
 //! it hashes to the lock's id, so a shortened name or a `--lock-id` label never passes for a key.
 //!
 //! What "since" means. pg_locks records when a waiter started waiting (`waitstart`, PG 14+) but
-//! nothing about when a holder got the lock. For a holder whose session is idle, which is how a
-//! pglock holder spends its whole hold, we report `state_change`: the moment its last statement
-//! ended. The lock was taken by that statement or an earlier one, so it has been held at least
-//! that long, and for pglock that statement is the lock call itself, so it is the moment of the
-//! grant. For a holder busy running a statement the server cannot tell; we report its
+//! nothing about when a holder got the lock. A pglock holder tags the lock checks it runs with
+//! its grant time (lock::GRANTED_TAG), and its last query is visible in pg_stat_activity, so for
+//! it we report that. Otherwise, for an idle holder we report `state_change`, the moment its last
+//! statement ended: the lock was taken by that statement or an earlier one, so it has been held
+//! at least that long (for a pglock that has not run a check yet, the lock call is that
+//! statement). For a holder busy running a statement the server cannot tell; we report its
 //! `backend_start`, the earliest moment it could have taken the lock.
 
 use crate::cli::Scope;
 use crate::cli::{KeyArgs, ListArgs, Server, StatusArgs, Sub};
 use crate::key::LockId;
-use crate::lock::{self, Request, Session};
+use crate::lock::{self, Opener, Request, Session};
 use crate::{conninfo, duration, exit, step};
 use anyhow::{Context, Result};
 use postgres::SimpleQueryMessage;
@@ -68,6 +69,8 @@ pub fn rows_sql(filter: &str) -> String {
                   a.application_name, a.usename, host(a.client_addr) AS client_addr, a.state, \
                   a.backend_start, \
                   CASE WHEN NOT l.granted THEN NULL \
+                       WHEN a.query ~ '^{tag}[0-9]{{1,15}} ' \
+                       THEN to_timestamp(substring(a.query from '^{tag}([0-9]{{1,15}}) ')::bigint / 1000.0) \
                        WHEN a.state LIKE 'idle%' THEN a.state_change \
                        ELSE a.backend_start END AS held_since, \
                   CASE WHEN l.granted THEN NULL \
@@ -87,7 +90,23 @@ pub fn rows_sql(filter: &str) -> String {
         ts("backend_start"),
         ts("held_since"),
         ts("waiting_since"),
+        tag = regex_quote(lock::GRANTED_TAG),
     )
+}
+
+/// `text` as a POSIX regular expression matching itself, for a SQL string literal.
+fn regex_quote(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if "\\^$.|?*+()[]{}".contains(c) {
+            out.push('\\');
+        }
+        if c == '\'' {
+            out.push('\'');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Every advisory lock in the current database.
@@ -303,7 +322,9 @@ fn connect(server: &Server, what: &str) -> Result<Session> {
     let target = conninfo::resolve(server.database_url.as_deref(), &conninfo::process_env)?;
     // `pglock-status@host:pid`: visibly pglock, but not `pglock:` so it never reads as a holder.
     let name = lock::application_name("").replacen("pglock:", &format!("pglock-{what}"), 1);
-    Session::connect(&target, &name)
+    // Keepalives matter to connections that stay open; this one lives for one query.
+    let opener = Opener::new(&target, &name, None, Duration::from_secs(5))?;
+    opener.open().map_err(|e| opener.failure(&e))
 }
 
 fn fetch(session: &mut Session, filter: &str) -> Result<Vec<Row>> {
@@ -647,6 +668,13 @@ mod tests {
         assert_eq!(pair.id, LockId::Pair(-1, 7));
         assert!(pair.shared && !pair.granted);
         assert_eq!(pair.position, Some(2));
+    }
+
+    #[test]
+    fn quotes_regex_and_sql() {
+        assert_eq!(regex_quote("/* a.b */"), "/\\* a\\.b \\*/");
+        assert_eq!(regex_quote("it's"), "it''s");
+        assert!(rows_sql("true").contains("'^/\\* pglock: granted [0-9]{1,15} '"));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! flight just finishes in the background and its connection closes with the thread.
 
 use crate::key::LockId;
-use crate::lock::{self, Session};
+use crate::lock::{self, Opener, Session};
 use crate::status::{self, Row};
 use crate::{conninfo, step};
 use nix::unistd::isatty;
@@ -35,6 +35,8 @@ const LOG_TRIES: u32 = 10;
 const LOG_EVERY: Duration = Duration::from_secs(60);
 /// The observer is an extra; it must not hang on an unreachable server for long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// TCP keepalive probing for the observer's connection, which lives as long as the wait.
+const KEEPALIVE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -217,20 +219,18 @@ impl Observer {
                 "observer: opening a second connection to see who holds lock \"{}\"",
                 self.label
             );
-            let mut target =
+            let target =
                 conninfo::resolve(self.database_url.as_deref(), &conninfo::process_env).ok()?;
-            if target.config.get_connect_timeout().is_none() {
-                target.config.connect_timeout(CONNECT_TIMEOUT);
-            }
             // `pglock-watch@host:pid`: not `pglock:`, it holds nothing.
             let name = match self.app_name.rsplit_once('@') {
                 Some((_, host_pid)) => format!("pglock-watch@{host_pid}"),
                 None => "pglock-watch".into(),
             };
-            match Session::connect(&target, &name) {
+            let opener = Opener::new(&target, &name, Some(CONNECT_TIMEOUT), KEEPALIVE).ok()?;
+            match opener.open() {
                 Ok(s) => self.session = Some(s),
                 Err(e) => {
-                    step!("observer: {}", crate::exit::message(&e));
+                    step!("observer: {}", lock::describe_error(&e));
                     return None;
                 }
             }

@@ -157,6 +157,61 @@ fn busy_conflict_names_a_foreign_holder_with_its_user() {
 }
 
 #[test]
+fn since_stays_at_the_grant_while_lock_checks_run() {
+    let key = unique_key("since");
+    let mut holder = pglock()
+        .args(["--key", &key, "--check-interval", "100ms", "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = {
+        let mut client = sql();
+        wait_until("the holder to take the lock", LIMIT, || {
+            lock_rows(&mut client, key_id(&key), true) == 1
+        });
+        Holder::backend_pid(&key)
+    };
+    // A check has run once its tagged query is the session's last one; its start is well after
+    // the grant (one check interval), and state_change has moved past it.
+    let mut client = sql();
+    let mut check_started = || -> Option<String> {
+        client
+            .query_one(
+                "SELECT CASE WHEN query LIKE '/* pglock: granted %' THEN \
+                 to_char(query_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') END \
+                 FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let mut check = None;
+    wait_until("a lock check", LIMIT, || {
+        check = check_started();
+        check.is_some()
+    });
+    let out = pglock()
+        .args(["status", "--key", &key, "--json"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let since = v["holders"][0]["held_since"].as_str().unwrap().to_string();
+    let connected = v["holders"][0]["backend_start"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // ISO 8601 in UTC with fixed widths compares as text.
+    assert!(since >= connected, "{since} < {connected}");
+    assert!(
+        since < check.clone().unwrap(),
+        "{since} is not before the check at {check:?}"
+    );
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+}
+
+#[test]
 fn status_exit_codes() {
     let key = unique_key("status");
     let free = pglock().args(["status", "--key", &key]).output().unwrap();
