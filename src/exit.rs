@@ -20,6 +20,10 @@ pub const NOT_EXECUTABLE: u8 = 126;
 pub const NOT_FOUND: u8 = 127;
 /// Any other pglock failure.
 pub const FAILURE: u8 = 1;
+/// `pglock status`: the lock is held (LSB status convention: "running").
+pub const STATUS_HELD: u8 = 0;
+/// `pglock status`: the lock is free (LSB status convention: "not running").
+pub const STATUS_FREE: u8 = 3;
 
 /// Why pglock is giving up, when that reason has its own exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,9 +110,25 @@ Exit status:
   127                the command was not found
   1                  any other pglock failure";
 
+/// The statuses of `pglock status`, for its --help, the README and the man page.
+pub const STATUS_TABLE: &str = "\
+Exit status of pglock status:
+  0                  the lock is held
+  3                  the lock is free
+  69                 could not connect to or authenticate with PostgreSQL
+  2                  usage error
+  1                  any other failure";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_table_matches_the_codes() {
+        for code in [STATUS_HELD, STATUS_FREE, UNAVAILABLE, USAGE, FAILURE] {
+            assert!(STATUS_TABLE.contains(&format!("\n  {code} ")), "{code}");
+        }
+    }
 
     #[test]
     fn failure_survives_context() {

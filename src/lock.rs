@@ -69,7 +69,15 @@ pub struct Session {
     socket: Option<RawFd>,
     held: Option<Held>,
     watchdog: Option<Watchdog>,
+    /// When the lock was granted, in Unix milliseconds. See [`GRANTED_TAG`].
+    granted_at: Option<u128>,
 }
+
+/// The lock checks start with `/* pglock: granted <unix ms> */`. pg_stat_activity keeps no
+/// record of when a lock was granted, and each check moves the session's state_change, so this
+/// comment in its visible last query is how `pglock status` and holder reports tell since when
+/// a pglock has held its lock.
+pub const GRANTED_TAG: &str = "/* pglock: granted ";
 
 /// Opens lock connections; pglock may need several when the server goes away while it waits.
 pub struct Opener {
@@ -155,6 +163,7 @@ impl Opener {
             socket,
             held: None,
             watchdog: None,
+            granted_at: None,
         })
     }
 
@@ -228,6 +237,10 @@ impl Session {
 
     pub(crate) fn hold(&mut self, held: Held) {
         self.held = Some(held);
+        self.granted_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_millis());
     }
 
     /// The lock held, once acquired.
@@ -235,8 +248,9 @@ impl Session {
         self.held
     }
 
-    /// One simple-protocol round trip.
-    pub(crate) fn query(&mut self, sql: &str) -> Result<Vec<SimpleQueryMessage>, postgres::Error> {
+    /// One simple-protocol round trip on the lock connection (semaphore steps, holder reports,
+    /// `pglock status`); the simple protocol keeps it PgBouncer-safe.
+    pub fn simple_query(&mut self, sql: &str) -> Result<Vec<SimpleQueryMessage>, postgres::Error> {
         self.client.simple_query(sql)
     }
 
@@ -310,8 +324,11 @@ impl Session {
         let Some(held) = self.held else {
             return Ok(());
         };
+        let tag = self
+            .granted_at
+            .map_or(String::new(), |ms| format!("{GRANTED_TAG}{ms} */ "));
         let sql = format!(
-            "SELECT count(*) FROM pg_locks l WHERE {} AND l.pid = pg_backend_pid() AND l.granted",
+            "{tag}SELECT count(*) FROM pg_locks l WHERE {} AND l.pid = pg_backend_pid() AND l.granted",
             held.id.pg_locks_filter()
         );
         if self.watchdog.is_none() {

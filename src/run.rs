@@ -7,7 +7,8 @@ use crate::exit::{self, Failure, fail};
 use crate::lock::{self, Acquired, Held, Opener, Request, Semaphore, Session};
 use crate::signals::Router;
 use crate::supervise::{self, Guard, Job, OnLost};
-use crate::{conninfo, duration, step};
+use crate::watch::{Wait, Watch};
+use crate::{conninfo, duration, status, step};
 use anyhow::Result;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
@@ -189,7 +190,7 @@ fn wait_for_lock(
         if let Some(deadline) = deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(conflict(cli, label, Acquired::TimedOut));
+                return Err(conflict(cli, label, Acquired::TimedOut, None));
             }
             attempt.timeout = Some(left);
         }
@@ -201,7 +202,21 @@ fn wait_for_lock(
         if let Some(sig) = router.waiting(session.canceller()) {
             return Ok(Waited::Interrupted(sig));
         }
+        let watch = (!attempt.nowait)
+            .then(|| {
+                Watch::start(&Wait {
+                    database_url: cli.database_url.as_deref(),
+                    id: request.id,
+                    label,
+                    shared: cli.shared,
+                    app_name: &lock::application_name(label),
+                    verbose: cli.verbose,
+                    quiet: cli.quiet,
+                })
+            })
+            .flatten();
         let acquired = session.acquire(&attempt, &|| router.interrupted().is_some());
+        drop(watch);
         router.idle();
         if let Some(sig) = router.interrupted() {
             step!("interrupted by signal {sig} while waiting; giving up");
@@ -217,7 +232,12 @@ fn wait_for_lock(
                 return Ok(Waited::Held(Box::new(session)));
             }
             Ok(outcome @ (Acquired::Busy | Acquired::TimedOut)) => {
-                return Err(conflict(cli, label, outcome));
+                return Err(conflict(
+                    cli,
+                    label,
+                    outcome,
+                    Some((&mut session, &attempt)),
+                ));
             }
             Ok(Acquired::Cancelled) => anyhow::bail!("the server cancelled the lock wait"),
             Err(e) if lock::is_transient(&e) => {
@@ -228,7 +248,7 @@ fn wait_for_lock(
                     lock::describe_error(&e)
                 );
                 match backoff(why, deadline) {
-                    None => return Err(conflict(cli, label, Acquired::TimedOut)),
+                    None => return Err(conflict(cli, label, Acquired::TimedOut, None)),
                     Some(Some(sig)) => return Ok(Waited::Interrupted(sig)),
                     Some(None) => continue,
                 }
@@ -243,18 +263,27 @@ fn wait_for_lock(
     }
 }
 
-/// The lock was not obtained: a message unless --quiet, and the conflict status.
-fn conflict(cli: &Cli, label: &str, outcome: Acquired) -> anyhow::Error {
+/// The lock was not obtained: a message unless --quiet, and the conflict status. When the lock
+/// connection is still there, the message names the holder; that costs a query, so it is only
+/// asked for when the message will be printed.
+fn conflict(
+    cli: &Cli,
+    label: &str,
+    outcome: Acquired,
+    session: Option<(&mut Session, &Request)>,
+) -> anyhow::Error {
     if cli.quiet {
         // main prints nothing for an empty message.
         return fail(Failure::Conflict, "");
     }
-    let message = match outcome {
-        Acquired::TimedOut => format!(
+    let timed_out = (outcome == Acquired::TimedOut).then(|| cli.timeout.unwrap_or_default());
+    let message = match (session, timed_out) {
+        (Some((session, req)), _) => status::conflict_message(session, req, label, timed_out),
+        (None, Some(waited)) => format!(
             "timed out after {} waiting for lock \"{label}\"",
-            duration::format(cli.timeout.unwrap_or_default())
+            duration::format(waited)
         ),
-        _ => format!("lock \"{label}\" is busy"),
+        (None, None) => format!("lock \"{label}\" is busy"),
     };
     fail(Failure::Conflict, message)
 }

@@ -122,7 +122,7 @@ pub fn acquire(
 
     // 1. The settings and one try over every slot.
     let first = format!("{}{}", prelude(req, 0), try_all(req.scope, &sem.slots));
-    match session.query(&first) {
+    match session.simple_query(&first) {
         Ok(messages) => {
             if let Some(slot) = slot_in(&messages) {
                 return take(session, slot);
@@ -143,7 +143,7 @@ pub fn acquire(
         lock_timeout_ms(false, left(deadline)),
         sem.gate.sql_args()
     );
-    if let Err(e) = session.query(&gate) {
+    if let Err(e) = session.simple_query(&gate) {
         return outcome_of(e);
     }
     step!("at the head of the queue for {} slots", sem.slots.len());
@@ -180,7 +180,7 @@ pub fn acquire(
             lock_fn(false, req.scope, false),
             sem.slots[k].sql_args()
         );
-        let slot = match session.query(&sql) {
+        let slot = match session.simple_query(&sql) {
             Ok(messages) => slot_in(&messages),
             Err(e)
                 if matches!(
@@ -202,7 +202,7 @@ pub fn acquire(
                     },
                     mine(&sem.slots)
                 );
-                slot_in(&session.query(&check)?)
+                slot_in(&session.simple_query(&check)?)
             }
             Err(e) => return Err(e),
         };
@@ -210,7 +210,7 @@ pub fn acquire(
             // A wake-up aimed at us may land on this statement too; it only needs repeating.
             let mut tries = 0;
             loop {
-                match session.query(&leave_gate) {
+                match session.simple_query(&leave_gate) {
                     Ok(_) => break,
                     Err(e) if e.code() == Some(&SqlState::QUERY_CANCELED) && tries < 3 => {
                         tries += 1
@@ -241,7 +241,7 @@ fn warn_about_larger_limits(session: &mut Session, sem: &Semaphore) {
          AND l.classid = ((t.id >> 32) & 4294967295)::oid AND l.objid = (t.id & 4294967295)::oid",
         id_array(&above)
     );
-    if let Ok(messages) = session.query(&sql) {
+    if let Ok(messages) = session.simple_query(&sql) {
         if first_value(&messages).is_some_and(|c| c != "0") {
             warn!(
                 "slots above --limit {n} are in use: every user of this key must pass the same --limit"

@@ -49,7 +49,9 @@ fn helper_critical_section() {
             .create(true)
             .open(log)
             .unwrap();
-        writeln!(f, "{mode} {what} {} {}", now.as_nanos(), std::process::id()).unwrap();
+        // One write(2) per line: O_APPEND keeps concurrent lines whole.
+        let line = format!("{mode} {what} {} {}\n", now.as_nanos(), std::process::id());
+        f.write_all(line.as_bytes()).unwrap();
     };
     stamp("enter");
     let until = Instant::now() + Duration::from_millis(ms.parse().unwrap());
