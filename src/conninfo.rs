@@ -1,12 +1,25 @@
-//! libpq-compatible connection settings: the connection string, then the PG* environment
-//! variables, then libpq's defaults, resolved into a rust-postgres `Config`.
+//! libpq-compatible connection settings, resolved into a rust-postgres `Config` and a TLS policy.
+//!
+//! rust-postgres parses only part of libpq's connection strings and reads no environment, password
+//! file or service file, so pglock reads them itself, with libpq's precedence: the connection
+//! string (URL or key=value), then the service file, then the PG* environment variables, then the
+//! defaults. (libpq fills in service-file values before it consults the environment, so a
+//! service's `dbname` beats PGDATABASE; psql behaves the same way.) The password file is consulted
+//! last, per host, when no password was given. Everything that can be wrong with these settings
+//! is a usage error, raised before any connection is attempted, and no message ever contains a
+//! password.
 
 use crate::exit::{Failure, fail};
-use crate::tls::Verify;
+use crate::step;
+use crate::tls::{self, Check, Roots, SslMode, Verify};
 use anyhow::Result;
 use postgres::Config;
-use postgres::config::{Host, SslMode};
-use std::str::FromStr;
+use postgres::config::{
+    ChannelBinding, LoadBalanceHosts, SslMode as PgSslMode, TargetSessionAttrs,
+};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Everything needed to open the lock connection.
@@ -19,6 +32,19 @@ pub struct Target {
     pub password_on_command_line: bool,
 }
 
+impl Target {
+    /// With -v: a password in -d is visible in `ps` to every local user.
+    pub fn warn_if_password_exposed(&self) {
+        if self.password_on_command_line {
+            step!(
+                "warning: the connection string on the command line holds a password, which \
+                 `ps` shows to every local user; use PGPASSWORD, a password file (PGPASSFILE, \
+                 ~/.pgpass) or a service file instead"
+            );
+        }
+    }
+}
+
 /// Source of environment variables, so that tests can resolve without touching the process.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
@@ -26,91 +52,1548 @@ pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-pub fn resolve(conninfo: Option<&str>, env: Env) -> Result<Target> {
-    let mut config = match conninfo {
-        Some(text) => Config::from_str(text)
-            .map_err(|e| fail(Failure::Usage, format!("invalid connection string: {e}")))?,
-        None => Config::new(),
-    };
-    let password_on_command_line = config.get_password().is_some();
-    if config.get_hosts().is_empty() {
-        match env("PGHOST") {
-            Some(h) => {
-                config.host(&h);
-            }
-            None => {
-                let dir = ["/var/run/postgresql", "/tmp"]
-                    .into_iter()
-                    .find(|d| std::path::Path::new(d).is_dir())
-                    .unwrap_or("/tmp");
-                config.host_path(dir);
-            }
+/// libpq's compiled-in socket directory on Debian, which the password file calls `localhost`.
+const LIBPQ_SOCKET_DIR: &str = "/var/run/postgresql";
+/// Debian's libpq looks for the system-wide pg_service.conf here when PGSYSCONFDIR is unset.
+const SYSCONFDIR: &str = "/etc/postgresql-common";
+const DEFAULT_PORT: u16 = 5432;
+
+/// How pglock treats one of libpq's connection options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    Honoured,
+    /// Accepted because it changes neither the server, the user nor the security of the
+    /// connection (application_name: pglock names its session itself).
+    Ignored,
+    /// A security setting pglock cannot implement: refusing it beats silently weakening it.
+    Unsupported,
+}
+
+struct Known {
+    key: &'static str,
+    env: Option<&'static str>,
+    how: Use,
+}
+
+const fn known(key: &'static str, env: Option<&'static str>, how: Use) -> Known {
+    Known { key, env, how }
+}
+
+/// libpq's connection options (as of PostgreSQL 17) and their environment variables.
+const KNOWN: &[Known] = &[
+    known("host", Some("PGHOST"), Use::Honoured),
+    known("hostaddr", Some("PGHOSTADDR"), Use::Honoured),
+    known("port", Some("PGPORT"), Use::Honoured),
+    known("dbname", Some("PGDATABASE"), Use::Honoured),
+    known("user", Some("PGUSER"), Use::Honoured),
+    known("password", Some("PGPASSWORD"), Use::Honoured),
+    known("passfile", Some("PGPASSFILE"), Use::Honoured),
+    known("service", Some("PGSERVICE"), Use::Honoured),
+    known("options", Some("PGOPTIONS"), Use::Honoured),
+    known("connect_timeout", Some("PGCONNECT_TIMEOUT"), Use::Honoured),
+    known("keepalives", None, Use::Honoured),
+    known("keepalives_idle", None, Use::Honoured),
+    known("keepalives_interval", None, Use::Honoured),
+    known("keepalives_count", None, Use::Honoured),
+    known("tcp_user_timeout", None, Use::Honoured),
+    known(
+        "target_session_attrs",
+        Some("PGTARGETSESSIONATTRS"),
+        Use::Honoured,
+    ),
+    known(
+        "load_balance_hosts",
+        Some("PGLOADBALANCEHOSTS"),
+        Use::Honoured,
+    ),
+    known("channel_binding", Some("PGCHANNELBINDING"), Use::Honoured),
+    known("sslmode", Some("PGSSLMODE"), Use::Honoured),
+    known("sslrootcert", Some("PGSSLROOTCERT"), Use::Honoured),
+    known("sslcert", Some("PGSSLCERT"), Use::Honoured),
+    known("sslkey", Some("PGSSLKEY"), Use::Honoured),
+    known("sslcertmode", Some("PGSSLCERTMODE"), Use::Honoured),
+    known(
+        "ssl_min_protocol_version",
+        Some("PGSSLMINPROTOCOLVERSION"),
+        Use::Honoured,
+    ),
+    known(
+        "ssl_max_protocol_version",
+        Some("PGSSLMAXPROTOCOLVERSION"),
+        Use::Honoured,
+    ),
+    known("gssencmode", Some("PGGSSENCMODE"), Use::Honoured),
+    known("sslnegotiation", Some("PGSSLNEGOTIATION"), Use::Honoured),
+    known("application_name", Some("PGAPPNAME"), Use::Ignored),
+    known("fallback_application_name", None, Use::Ignored),
+    known("client_encoding", Some("PGCLIENTENCODING"), Use::Ignored),
+    known("sslsni", Some("PGSSLSNI"), Use::Ignored),
+    known("sslcompression", Some("PGSSLCOMPRESSION"), Use::Ignored),
+    known("sslpassword", None, Use::Ignored),
+    known("krbsrvname", Some("PGKRBSRVNAME"), Use::Ignored),
+    known("gsslib", Some("PGGSSLIB"), Use::Ignored),
+    known("gssdelegation", Some("PGGSSDELEGATION"), Use::Ignored),
+    known("sslcrl", Some("PGSSLCRL"), Use::Unsupported),
+    known("sslcrldir", Some("PGSSLCRLDIR"), Use::Unsupported),
+    known("requirepeer", Some("PGREQUIREPEER"), Use::Unsupported),
+    known("require_auth", Some("PGREQUIREAUTH"), Use::Unsupported),
+    known("replication", None, Use::Unsupported),
+];
+
+fn lookup(key: &str) -> Option<&'static Known> {
+    KNOWN.iter().find(|k| k.key == key)
+}
+
+/// Where a setting came from, for messages that say what to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    String,
+    Service(PathBuf),
+    Env(&'static str),
+}
+
+impl Source {
+    fn describe(&self, key: &str) -> String {
+        match self {
+            Source::String => format!("{key} in the connection string"),
+            Source::Service(file) => format!("{key} in service file {}", file.display()),
+            Source::Env(var) => (*var).to_string(),
         }
     }
-    if config.get_ports().is_empty() {
-        let port = env("PGPORT").and_then(|p| p.parse().ok()).unwrap_or(5432);
-        config.port(port);
+}
+
+/// Settings by libpq keyword. Later sources only fill in what earlier ones left unset.
+#[derive(Debug, Default)]
+struct Options(BTreeMap<&'static str, (String, Source)>);
+
+impl Options {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .get(key)
+            .map(|(v, _)| v.as_str())
+            .filter(|v| !v.is_empty())
     }
-    if config.get_user().is_none() {
-        let user = env("PGUSER").unwrap_or_else(os_user);
-        config.user(&user);
+
+    fn source(&self, key: &str) -> String {
+        match self.0.get(key) {
+            Some((_, source)) => source.describe(key),
+            None => key.to_string(),
+        }
     }
-    if config.get_dbname().is_none() {
-        let db = env("PGDATABASE").unwrap_or_else(|| config.get_user().unwrap_or("").to_string());
-        config.dbname(&db);
+
+    fn fill(&mut self, key: &'static str, value: String, source: Source) {
+        self.0.entry(key).or_insert((value, source));
     }
-    if config.get_password().is_none() {
-        if let Some(pw) = env("PGPASSWORD") {
+}
+
+fn usage(message: impl std::fmt::Display) -> anyhow::Error {
+    fail(Failure::Usage, message)
+}
+
+pub fn resolve(conninfo: Option<&str>, env: Env) -> Result<Target> {
+    let conninfo = conninfo.filter(|c| !c.trim().is_empty());
+    let mut opts = match conninfo {
+        Some(text) => parse(text)?,
+        None => Options::default(),
+    };
+    // PGLOCK_DATABASE_URL is as private as PGPASSWORD; only -d puts the string in `ps`.
+    let password_on_command_line = opts.get("password").is_some()
+        && conninfo.is_some()
+        && env("PGLOCK_DATABASE_URL").as_deref() != conninfo;
+    let home = home_dir(env);
+    let service = opts
+        .get("service")
+        .map(str::to_string)
+        .or_else(|| env("PGSERVICE"));
+    if let Some(name) = service {
+        apply_service(&mut opts, &name, env, home.as_deref())?;
+    }
+    for k in KNOWN {
+        if let Some(var) = k.env
+            && let Some(value) = env(var)
+        {
+            opts.fill(k.key, value, Source::Env(var));
+        }
+    }
+    check_supported(&opts)?;
+    build(&opts, home.as_deref(), password_on_command_line)
+}
+
+/// Refuses settings that would make pglock weaker than psql under the same configuration.
+fn check_supported(opts: &Options) -> Result<()> {
+    for (key, (value, source)) in &opts.0 {
+        let how = lookup(key).map_or(Use::Unsupported, |k| k.how);
+        let refused = match (*key, value.as_str()) {
+            (_, "") => false,
+            (_, _) if how == Use::Unsupported => true,
+            ("gssencmode", v) => !matches!(v, "disable" | "allow" | "prefer"),
+            ("sslcertmode", v) => !matches!(v, "disable" | "allow"),
+            ("sslnegotiation", v) => v != "postgres",
+            _ => false,
+        };
+        if refused {
+            return Err(usage(format!(
+                "pglock does not support {}={value} (set by {}); remove it, or use psql's \
+                 libpq for this connection",
+                key,
+                source.describe(key)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// One host of the host list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    /// Where to connect.
+    kind: Kind,
+    addr: Option<IpAddr>,
+    /// The port as written (or libpq's default), which is what the password file matches.
+    port_text: String,
+    port: u16,
+    /// The host name the password file matches.
+    passfile_host: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+fn build(opts: &Options, home: Option<&Path>, on_cmdline: bool) -> Result<Target> {
+    let entries = hosts(opts)?;
+    let mut config = Config::new();
+    let with_addr = entries.iter().filter(|e| e.addr.is_some()).count();
+    if with_addr != 0 && with_addr != entries.len() {
+        return Err(usage(
+            "give a hostaddr for every host in the list or for none: pglock cannot mix them",
+        ));
+    }
+    for e in &entries {
+        match &e.kind {
+            Kind::Tcp(name) => config.host(name),
+            Kind::Unix(dir) => config.host_path(dir),
+        };
+        if let Some(addr) = e.addr {
+            config.hostaddr(addr);
+        }
+        config.port(e.port);
+    }
+
+    let user = opts.get("user").map_or_else(os_user, str::to_string);
+    let dbname = opts.get("dbname").unwrap_or(&user).to_string();
+    config.user(&user);
+    config.dbname(&dbname);
+    if let Some(options) = opts.get("options") {
+        config.options(options);
+    }
+
+    match opts.get("password") {
+        Some(pw) => {
             config.password(pw);
         }
-    }
-    if config.get_connect_timeout().is_none() {
-        if let Some(t) = env("PGCONNECT_TIMEOUT").and_then(|t| t.parse::<u64>().ok()) {
-            if t > 0 {
-                config.connect_timeout(Duration::from_secs(t.max(2)));
+        None => {
+            let file = match opts.get("passfile") {
+                Some(f) => Some(PathBuf::from(f)),
+                None => home.map(|h| h.join(".pgpass")),
+            };
+            if let Some(file) = file
+                && let Some(pw) = password_from_file(&file, &entries, &dbname, &user)?
+            {
+                step!("using the password for {user} from {}", file.display());
+                config.password(pw);
             }
         }
     }
-    if let Some(mode) = env("PGSSLMODE") {
-        if conninfo.is_none_or(|c| !c.contains("sslmode")) {
-            config.ssl_mode(match mode.as_str() {
-                "disable" => SslMode::Disable,
-                "require" => SslMode::Require,
-                _ => SslMode::Prefer,
-            });
+
+    if let Some(t) = int(opts, "connect_timeout")?
+        && t > 0
+    {
+        // libpq's minimum: a 1-second timeout would fail on any slow handshake.
+        config.connect_timeout(Duration::from_secs(t.max(2) as u64));
+    }
+    if let Some(on) = int(opts, "keepalives")? {
+        config.keepalives(on != 0);
+    }
+    if let Some(s) = int(opts, "keepalives_idle")?.filter(|&s| s > 0) {
+        config.keepalives_idle(Duration::from_secs(s as u64));
+    }
+    if let Some(s) = int(opts, "keepalives_interval")?.filter(|&s| s > 0) {
+        config.keepalives_interval(Duration::from_secs(s as u64));
+    }
+    if let Some(n) = int(opts, "keepalives_count")?.filter(|&n| n > 0) {
+        config.keepalives_retries(n.min(u32::MAX as i64) as u32);
+    }
+    if let Some(ms) = int(opts, "tcp_user_timeout")?.filter(|&ms| ms > 0) {
+        config.tcp_user_timeout(Duration::from_millis(ms as u64));
+    }
+
+    // pglock's one departure from libpq's defaults: an advisory lock taken on a standby (or any
+    // read-only session) excludes nobody, so with an HA pair the lock must land on the primary.
+    let attrs = match opts.get("target_session_attrs").unwrap_or("read-write") {
+        "read-write" | "primary" => TargetSessionAttrs::ReadWrite,
+        "any" => TargetSessionAttrs::Any,
+        v @ ("read-only" | "standby" | "prefer-standby") => {
+            return Err(usage(format!(
+                "{}={v} would take the lock on a standby, where advisory locks protect nothing; \
+                 use read-write (the default) or any",
+                opts.source("target_session_attrs")
+            )));
+        }
+        v => {
+            return Err(invalid(
+                opts,
+                "target_session_attrs",
+                v,
+                "read-write, primary or any",
+            ));
+        }
+    };
+    config.target_session_attrs(attrs);
+    match opts.get("load_balance_hosts") {
+        None | Some("disable") => {}
+        Some("random") => {
+            config.load_balance_hosts(LoadBalanceHosts::Random);
+        }
+        Some(v) => return Err(invalid(opts, "load_balance_hosts", v, "disable or random")),
+    }
+    match opts.get("channel_binding") {
+        None | Some("prefer") => {}
+        Some("disable") => {
+            config.channel_binding(ChannelBinding::Disable);
+        }
+        Some("require") => {
+            config.channel_binding(ChannelBinding::Require);
+        }
+        Some(v) => {
+            return Err(invalid(
+                opts,
+                "channel_binding",
+                v,
+                "disable, prefer or require",
+            ));
         }
     }
-    let verify = match config.get_ssl_mode() {
-        SslMode::Disable => Verify::Disabled,
-        _ => Verify::Nothing,
-    };
-    let describe = describe(&config);
+
+    let only_sockets = entries.iter().all(|e| matches!(e.kind, Kind::Unix(_)));
+    let verify = tls_policy(opts, home, only_sockets)?;
+    config.ssl_mode(match (verify.check, opts.get("sslmode")) {
+        (Check::Disabled, _) => PgSslMode::Disable,
+        (Check::Nothing, None | Some("prefer" | "allow")) => PgSslMode::Prefer,
+        _ => PgSslMode::Require,
+    });
+
+    let describe = describe(&entries, &dbname, &user);
     Ok(Target {
         config,
         verify,
         describe,
-        password_on_command_line,
+        password_on_command_line: on_cmdline,
     })
 }
 
+fn invalid(opts: &Options, key: &str, value: &str, expected: &str) -> anyhow::Error {
+    usage(format!(
+        "invalid value \"{value}\" for {}; use {expected}",
+        opts.source(key)
+    ))
+}
+
+/// libpq's integer options: decimal, surrounding whitespace allowed.
+fn int(opts: &Options, key: &str) -> Result<Option<i64>> {
+    match opts.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .trim()
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| invalid(opts, key, v, "a whole number")),
+    }
+}
+
+/// Pairs up host, hostaddr and port lists the way libpq does.
+fn hosts(opts: &Options) -> Result<Vec<Entry>> {
+    let split = |key: &str| -> Vec<String> {
+        opts.get(key)
+            .map(|v| v.split(',').map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    let names = split("host");
+    let addrs = split("hostaddr");
+    let ports = split("port");
+    let count = if !addrs.is_empty() {
+        if !names.is_empty() && names.len() != addrs.len() {
+            return Err(usage(format!(
+                "could not match {} host names to {} hostaddr values; give one hostaddr per host",
+                names.len(),
+                addrs.len()
+            )));
+        }
+        addrs.len()
+    } else {
+        names.len().max(1)
+    };
+    if ports.len() > 1 && ports.len() != count {
+        return Err(usage(format!(
+            "could not match {} port numbers to {} hosts; give one port, or one per host",
+            ports.len(),
+            count
+        )));
+    }
+    let default_dir = default_socket_dir();
+    let mut entries = Vec::with_capacity(count);
+    for i in 0..count {
+        let name = names.get(i).map_or("", String::as_str);
+        let addr = match addrs.get(i).map_or("", String::as_str) {
+            "" => None,
+            a => Some(a.parse::<IpAddr>().map_err(|_| {
+                usage(format!(
+                    "invalid hostaddr \"{a}\" (from {}); hostaddr takes numeric IP addresses, \
+                     host takes names",
+                    opts.source("hostaddr")
+                ))
+            })?),
+        };
+        let port_text = match ports.get(i).or(ports.first()).map_or("", String::as_str) {
+            "" => DEFAULT_PORT.to_string(),
+            p => p.to_string(),
+        };
+        let port = port_text
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| {
+                usage(format!(
+                    "invalid port number \"{port_text}\" (from {})",
+                    opts.source("port")
+                ))
+            })?;
+        let (kind, passfile_host) = match (name, addr) {
+            (n, Some(a)) => {
+                let shown = if n.is_empty() || n.starts_with('/') {
+                    a.to_string()
+                } else {
+                    n.to_string()
+                };
+                let matched = if n.is_empty() {
+                    a.to_string()
+                } else {
+                    n.to_string()
+                };
+                (Kind::Tcp(shown), matched)
+            }
+            ("", None) => (Kind::Unix(default_dir.clone()), "localhost".to_string()),
+            (n, None) if n.starts_with('/') => {
+                let matched = if n.trim_end_matches('/') == LIBPQ_SOCKET_DIR {
+                    "localhost".to_string()
+                } else {
+                    n.to_string()
+                };
+                (Kind::Unix(PathBuf::from(n)), matched)
+            }
+            (n, None) => (Kind::Tcp(n.to_string()), n.to_string()),
+        };
+        entries.push(Entry {
+            kind,
+            addr,
+            port_text,
+            port,
+            passfile_host,
+        });
+    }
+    Ok(entries)
+}
+
+/// Without a host, libpq uses its compiled-in socket directory; Debian's is /var/run/postgresql,
+/// upstream's /tmp.
+fn default_socket_dir() -> PathBuf {
+    [LIBPQ_SOCKET_DIR, "/tmp"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|d| d.is_dir())
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+}
+
+fn describe(entries: &[Entry], dbname: &str, user: &str) -> String {
+    let hosts: Vec<String> = entries
+        .iter()
+        .map(|e| match &e.kind {
+            Kind::Tcp(h) if h.contains(':') => format!("[{h}]:{}", e.port),
+            Kind::Tcp(h) => format!("{h}:{}", e.port),
+            Kind::Unix(dir) => format!("{}/.s.PGSQL.{}", dir.display(), e.port),
+        })
+        .collect();
+    format!("{}/{dbname} as {user}", hosts.join(","))
+}
+
 fn os_user() -> String {
-    nix::unistd::User::from_uid(nix::unistd::getuid())
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
         .ok()
         .flatten()
         .map(|u| u.name)
         .unwrap_or_else(|| "postgres".into())
 }
 
-fn describe(config: &Config) -> String {
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let host = match config.get_hosts().first() {
-        Some(Host::Tcp(h)) => format!("{h}:{port}"),
-        Some(Host::Unix(p)) => format!("{}/.s.PGSQL.{port}", p.display()),
-        None => format!("?:{port}"),
+/// $HOME, else the passwd entry, as libpq looks for ~/.pgpass and ~/.postgresql.
+fn home_dir(env: Env) -> Option<PathBuf> {
+    env("HOME").map(PathBuf::from).or_else(|| {
+        nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map(|u| u.dir)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+
+fn tls_policy(opts: &Options, home: Option<&Path>, only_sockets: bool) -> Result<Verify> {
+    let root_setting = opts.get("sslrootcert");
+    let system = root_setting == Some("system");
+    let mode = match opts.get("sslmode") {
+        None if system => SslMode::VerifyFull,
+        None => SslMode::Prefer,
+        Some(v) => SslMode::parse(v).ok_or_else(|| {
+            invalid(
+                opts,
+                "sslmode",
+                v,
+                "disable, allow, prefer, require, verify-ca or verify-full",
+            )
+        })?,
     };
-    format!(
-        "{host}/{} as {}",
-        config.get_dbname().unwrap_or(""),
-        config.get_user().unwrap_or("")
-    )
+    if system && mode != SslMode::VerifyFull {
+        return Err(usage(format!(
+            "sslrootcert=system needs sslmode=verify-full, not {} (from {})",
+            opts.get("sslmode").unwrap_or(""),
+            opts.source("sslmode")
+        )));
+    }
+    let min_protocol = protocol(opts, "ssl_min_protocol_version")?;
+    let max_protocol = protocol(opts, "ssl_max_protocol_version")?;
+    // PostgreSQL never offers TLS on a Unix socket, and libpq ignores sslmode there.
+    if mode == SslMode::Disable || only_sockets {
+        return Ok(Verify::disabled());
+    }
+
+    let default_file = |name: &str| home.map(|h| h.join(".postgresql").join(name));
+    let roots = if system {
+        Some(Roots::System)
+    } else {
+        let file = root_setting
+            .map(PathBuf::from)
+            .or_else(|| default_file("root.crt"));
+        match file {
+            Some(f) if f.exists() => {
+                // prefer never verifies (the issue's choice); don't pay for reading roots.
+                if matches!(mode, SslMode::Allow | SslMode::Prefer) {
+                    None
+                } else {
+                    Some(Roots::File(tls::load_roots(&f)?))
+                }
+            }
+            missing if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) => {
+                let shown =
+                    missing.map_or("~/.postgresql/root.crt".into(), |f| f.display().to_string());
+                return Err(usage(format!(
+                    "sslmode={} needs a root certificate, and \"{shown}\" does not exist; set \
+                     sslrootcert to your CA's certificate, use sslrootcert=system for the \
+                     operating system's trust store, or choose sslmode=require",
+                    opts.get("sslmode").unwrap_or("verify-full")
+                )));
+            }
+            _ => None,
+        }
+    };
+    let check = match (mode, &roots) {
+        (SslMode::Disable, _) => Check::Disabled,
+        (SslMode::Allow | SslMode::Prefer, _) => Check::Nothing,
+        // libpq: "if a root CA file exists, require behaves like verify-ca".
+        (SslMode::Require, Some(_)) => Check::Chain,
+        (SslMode::Require, None) => Check::Nothing,
+        (SslMode::VerifyCa, _) => Check::Chain,
+        (SslMode::VerifyFull, _) => Check::Full,
+    };
+
+    let mut identity = None;
+    if opts.get("sslcertmode") != Some("disable") {
+        let cert = opts
+            .get("sslcert")
+            .map(PathBuf::from)
+            .or_else(|| default_file("postgresql.crt"));
+        // libpq sends no certificate when the file is missing, even a named one.
+        if let Some(cert) = cert.filter(|c| c.exists()) {
+            let key = opts
+                .get("sslkey")
+                .map(PathBuf::from)
+                .or_else(|| default_file("postgresql.key"))
+                .unwrap_or_else(|| PathBuf::from("postgresql.key"));
+            identity = Some(tls::load_identity(&cert, &key)?);
+        }
+    }
+    Ok(Verify {
+        check,
+        roots: roots.unwrap_or(Roots::System),
+        identity,
+        min_protocol,
+        max_protocol,
+    })
+}
+
+fn protocol(opts: &Options, key: &str) -> Result<Option<native_tls::Protocol>> {
+    match opts.get(key) {
+        None if key == "ssl_min_protocol_version" => Ok(Some(native_tls::Protocol::Tlsv12)),
+        None => Ok(None),
+        Some(v) => tls::parse_protocol(v)
+            .ok_or_else(|| invalid(opts, key, v, "TLSv1, TLSv1.1, TLSv1.2 or TLSv1.3")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection strings
+
+fn parse(text: &str) -> Result<Options> {
+    for prefix in ["postgresql://", "postgres://"] {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            return parse_url(rest);
+        }
+    }
+    if !text.contains('=') {
+        // Never echo the string: it may be a mistyped URL with a password in it.
+        return Err(usage(
+            "invalid connection string: give a postgresql:// URL or key=value pairs \
+             (e.g. \"host=db1 dbname=app\")",
+        ));
+    }
+    parse_pairs(text)
+}
+
+/// libpq's key=value syntax: whitespace around `=` allowed, values in single quotes may hold
+/// spaces, and a backslash escapes the next character in quoted and unquoted values alike.
+fn parse_pairs(text: &str) -> Result<Options> {
+    let chars: Vec<char> = text.chars().collect();
+    let n = chars.len();
+    let ws = |c: char| c.is_ascii_whitespace();
+    let mut opts = Options::default();
+    let mut after_bare_password = false;
+    let mut i = 0;
+    while i < n {
+        if ws(chars[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let mut name = String::new();
+        while i < n && chars[i] != '=' && !ws(chars[i]) {
+            name.push(chars[i]);
+            i += 1;
+        }
+        while i < n && ws(chars[i]) {
+            i += 1;
+        }
+        if i >= n || chars[i] != '=' {
+            // The word is not shown: it may be the second half of a password with a space.
+            return Err(usage(format!(
+                "invalid connection string: missing \"=\" after the word at character {}; \
+                 write key=value pairs and put values that contain spaces in single quotes",
+                start + 1
+            )));
+        }
+        i += 1;
+        while i < n && ws(chars[i]) {
+            i += 1;
+        }
+        let mut value = String::new();
+        let quoted = i < n && chars[i] == '\'';
+        if quoted {
+            i += 1;
+            loop {
+                if i >= n {
+                    return Err(usage(
+                        "invalid connection string: a quoted value has no closing quote",
+                    ));
+                }
+                match chars[i] {
+                    '\\' => {
+                        i += 1;
+                        if i < n {
+                            value.push(chars[i]);
+                            i += 1;
+                        }
+                    }
+                    '\'' => {
+                        i += 1;
+                        break;
+                    }
+                    c => {
+                        value.push(c);
+                        i += 1;
+                    }
+                }
+            }
+        } else {
+            while i < n && !ws(chars[i]) {
+                if chars[i] == '\\' {
+                    i += 1;
+                }
+                if i < n {
+                    value.push(chars[i]);
+                    i += 1;
+                }
+            }
+        }
+        let Some(k) = lookup(&name) else {
+            if after_bare_password {
+                return Err(usage(
+                    "invalid connection string: unknown option after the password; put a \
+                     password that contains spaces in single quotes",
+                ));
+            }
+            return Err(unknown_key(&name));
+        };
+        after_bare_password = k.key == "password" && !quoted;
+        // The last occurrence wins, as in libpq.
+        opts.0.insert(k.key, (value, Source::String));
+    }
+    Ok(opts)
+}
+
+fn unknown_key(name: &str) -> anyhow::Error {
+    usage(format!(
+        "unknown connection option \"{name}\"; check its spelling against libpq's keywords \
+         (host, port, dbname, user, sslmode, ...)"
+    ))
+}
+
+/// libpq's URL syntax:
+/// `postgresql://[user[:password]@][host][:port][,host[:port]...][/dbname][?key=value&...]`.
+/// Every part is percent-decoded; query parameters override the parts before them.
+fn parse_url(rest: &str) -> Result<Options> {
+    let mut opts = Options::default();
+    fn set(opts: &mut Options, key: &'static str, raw: &str, part: &str) -> Result<()> {
+        let value = percent_decode(raw, part)?;
+        opts.0.insert(key, (value, Source::String));
+        Ok(())
+    }
+    let bad = |what: String| usage(format!("invalid connection URL: {what}"));
+
+    // Credentials end at the first '@' before the path, as libpq reads them.
+    let mut p = rest;
+    if let Some(at) = p.find(['@', '/']).filter(|&i| p.as_bytes()[i] == b'@') {
+        let creds = &p[..at];
+        let (user, password) = match creds.split_once(':') {
+            Some((u, pw)) => (u, Some(pw)),
+            None => (creds, None),
+        };
+        if !user.is_empty() {
+            set(&mut opts, "user", user, "user name")?;
+        }
+        if let Some(pw) = password.filter(|pw| !pw.is_empty()) {
+            set(&mut opts, "password", pw, "password")?;
+        }
+        p = &p[at + 1..];
+    }
+
+    let mut hosts = Vec::new();
+    let mut ports = Vec::new();
+    let mut any_port = false;
+    let terminator;
+    loop {
+        let host;
+        if let Some(after) = p.strip_prefix('[') {
+            let close = after
+                .find(']')
+                .ok_or_else(|| bad("an IPv6 address has no closing \"]\"".into()))?;
+            host = &after[..close];
+            if host.is_empty() {
+                return Err(bad("an IPv6 address is empty".into()));
+            }
+            p = &after[close + 1..];
+            if !(p.is_empty() || p.starts_with([':', '/', '?', ','])) {
+                return Err(bad(
+                    "expected \":\", \"/\", \"?\" or \",\" after \"]\"".into()
+                ));
+            }
+        } else {
+            let end = p.find([':', '/', '?', ',']).unwrap_or(p.len());
+            host = &p[..end];
+            p = &p[end..];
+        }
+        if host.contains('@') {
+            // A password with an unencoded '@' would otherwise show up as a host name.
+            return Err(bad(
+                "\"@\" in the host part; percent-encode \"@\" in a user name or password as %40"
+                    .into(),
+            ));
+        }
+        hosts.push(host);
+        let mut port = "";
+        if let Some(after) = p.strip_prefix(':') {
+            let end = after.find(['/', '?', ',']).unwrap_or(after.len());
+            port = &after[..end];
+            any_port = true;
+            p = &after[end..];
+        }
+        ports.push(port);
+        match p.strip_prefix(',') {
+            Some(after) => p = after,
+            None => {
+                terminator = p.chars().next();
+                break;
+            }
+        }
+    }
+    let hosts = hosts.join(",");
+    if !hosts.is_empty() {
+        set(&mut opts, "host", &hosts, "host")?;
+    }
+    // libpq keeps the commas of a host list in the port list even without ports, so such a URL
+    // overrides PGPORT with the default port.
+    if any_port || ports.len() > 1 {
+        set(&mut opts, "port", &ports.join(","), "port")?;
+    }
+
+    let mut query = None;
+    if terminator == Some('/') {
+        let path = &p[1..];
+        let (db, q) = match path.split_once('?') {
+            Some((db, q)) => (db, Some(q)),
+            None => (path, None),
+        };
+        if !db.is_empty() {
+            set(&mut opts, "dbname", db, "database name")?;
+        }
+        query = q;
+    } else if terminator == Some('?') {
+        query = Some(&p[1..]);
+    }
+
+    if let Some(query) = query {
+        let params: Vec<&str> = query.split('&').collect();
+        for (n, param) in params.iter().enumerate() {
+            if param.is_empty() && n == params.len() - 1 {
+                break;
+            }
+            let Some((key, value)) = param.split_once('=') else {
+                return Err(bad(format!("query parameter {} has no \"=\"", n + 1)));
+            };
+            if value.contains('=') {
+                return Err(bad(format!("query parameter {} has a second \"=\"", n + 1)));
+            }
+            let key = percent_decode(key, "query parameter name")?;
+            if key == "ssl" {
+                // libpq's JDBC-compatible alias.
+                if percent_decode(value, "ssl parameter")? != "true" {
+                    return Err(bad("the ssl parameter takes only \"true\"".into()));
+                }
+                opts.0.insert("sslmode", ("require".into(), Source::String));
+                continue;
+            }
+            let Some(k) = lookup(&key) else {
+                return Err(usage(format!(
+                    "unknown parameter \"{key}\" in the connection URL; check its spelling \
+                     against libpq's keywords (host, port, dbname, user, sslmode, ...)"
+                )));
+            };
+            let part = if k.key == "password" {
+                "password"
+            } else {
+                "query parameter value"
+            };
+            set(&mut opts, k.key, value, part)?;
+        }
+    }
+    Ok(opts)
+}
+
+/// Decodes %XX escapes. Messages name the part of the URL, never its text.
+fn percent_decode(raw: &str, part: &str) -> Result<String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match hex {
+                Some(0) | None => {
+                    return Err(usage(format!(
+                        "invalid connection URL: bad percent-encoding in the {part}; write \"%\" \
+                         as %25"
+                    )));
+                }
+                Some(b) => {
+                    out.push(b);
+                    i += 3;
+                }
+            }
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| {
+        usage(format!(
+            "invalid connection URL: the {part} is not UTF-8 once percent-decoded"
+        ))
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Service files
+
+/// Fills unset options from the named service: PGSERVICEFILE (or ~/.pg_service.conf) first,
+/// then PGSYSCONFDIR/pg_service.conf. The first file that defines the service is the only one
+/// used.
+fn apply_service(opts: &mut Options, name: &str, env: Env, home: Option<&Path>) -> Result<()> {
+    let user_file = env("PGSERVICEFILE")
+        .map(PathBuf::from)
+        .or_else(|| home.map(|h| h.join(".pg_service.conf")));
+    let system_file = PathBuf::from(env("PGSYSCONFDIR").unwrap_or_else(|| SYSCONFDIR.into()))
+        .join("pg_service.conf");
+    let mut searched = Vec::new();
+    for file in user_file.into_iter().chain([system_file]) {
+        if !file.exists() {
+            continue;
+        }
+        searched.push(file.display().to_string());
+        if read_service(opts, name, &file)? {
+            return Ok(());
+        }
+    }
+    let place = if searched.is_empty() {
+        "there is no service file".to_string()
+    } else {
+        format!("it is not in {}", searched.join(" or "))
+    };
+    Err(usage(format!(
+        "unknown service \"{name}\": {place}; check the name, or point PGSERVICEFILE at the \
+         file that defines it"
+    )))
+}
+
+/// Reads one service file; true if it defines the service. libpq's format: `[name]` sections of
+/// `key=value` lines (no spaces around `=`), `#` comments.
+fn read_service(opts: &mut Options, name: &str, file: &Path) -> Result<bool> {
+    let text = std::fs::read(file)
+        .map_err(|e| usage(format!("cannot read service file {}: {e}", file.display())))?;
+    let text = String::from_utf8_lossy(&text);
+    let mut found = false;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_matches(|c: char| c.is_ascii_whitespace());
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(section) = line.strip_prefix('[') {
+            if found {
+                break;
+            }
+            found = section
+                .strip_prefix(name)
+                .is_some_and(|after| after.starts_with(']'));
+            continue;
+        }
+        if !found {
+            continue;
+        }
+        let at = || format!("{}, line {}", file.display(), n + 1);
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(usage(format!(
+                "syntax error in service file {}: expected key=value",
+                at()
+            )));
+        };
+        if key == "service" {
+            return Err(usage(format!(
+                "a service cannot name another service ({})",
+                at()
+            )));
+        }
+        let Some(k) = lookup(key) else {
+            return Err(usage(format!(
+                "unknown option \"{key}\" in service file {}; check its spelling (and write no \
+                 spaces around \"=\")",
+                at()
+            )));
+        };
+        opts.fill(
+            k.key,
+            value.to_string(),
+            Source::Service(file.to_path_buf()),
+        );
+    }
+    Ok(found)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Password file
+
+/// The password for these hosts from a libpq password file, matched host by host as libpq does.
+fn password_from_file(
+    file: &Path,
+    entries: &[Entry],
+    dbname: &str,
+    user: &str,
+) -> Result<Option<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(file) else {
+        return Ok(None);
+    };
+    let shown = file.display();
+    if !meta.is_file() {
+        crate::warn!("warning: password file \"{shown}\" is not a plain file; ignoring it");
+        return Ok(None);
+    }
+    if meta.mode() & 0o077 != 0 {
+        crate::warn!(
+            "warning: password file \"{shown}\" has group or world access, so it is ignored; \
+             run chmod 0600 \"{shown}\""
+        );
+        return Ok(None);
+    }
+    let Ok(text) = std::fs::read(file) else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(&text);
+    let mut found: Vec<String> = Vec::new();
+    for e in entries {
+        if let Some(pw) = passfile_match(&text, &e.passfile_host, &e.port_text, dbname, user)
+            && !found.contains(&pw)
+        {
+            found.push(pw);
+        }
+    }
+    if found.len() > 1 {
+        // rust-postgres sends one password to every host of the list.
+        return Err(usage(format!(
+            "password file \"{shown}\" gives different passwords for the hosts of the host list; \
+             pglock needs one password for all of them (use a \"*\" line or PGPASSWORD)"
+        )));
+    }
+    Ok(found.pop())
+}
+
+/// The first line of a password file that matches, de-escaped.
+fn passfile_match(text: &str, host: &str, port: &str, dbname: &str, user: &str) -> Option<String> {
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut rest = line;
+        let mut ok = true;
+        for want in [host, port, dbname, user] {
+            match field_matches(rest, want) {
+                Some(after) => rest = after,
+                None => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok {
+            // The password runs to the next unescaped ':' or the end of the line.
+            let mut pw = String::new();
+            let mut chars = rest.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    ':' => break,
+                    '\\' => match chars.next() {
+                        Some(next) => pw.push(next),
+                        None => pw.push('\\'),
+                    },
+                    c => pw.push(c),
+                }
+            }
+            return Some(pw);
+        }
+    }
+    None
+}
+
+/// If the next field of a password-file line matches `want` (`*`, or the value with `\:` and
+/// `\\` escapes), the rest of the line after its ':'.
+fn field_matches<'a>(line: &'a str, want: &str) -> Option<&'a str> {
+    if let Some(rest) = line.strip_prefix("*:") {
+        return Some(rest);
+    }
+    let mut field = String::new();
+    let mut chars = line.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some((_, next)) => field.push(next),
+                None => return None,
+            },
+            ':' => return (field == want).then(|| &line[i + 1..]),
+            c => field.push(c),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k: &str| map.get(k).cloned().filter(|v| !v.is_empty())
+    }
+
+    /// An environment with no PG* variables and a home without libpq files.
+    fn bare() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("HOME", "/nonexistent-home"),
+            ("PGSYSCONFDIR", "/nonexistent-sysconf"),
+        ]
+    }
+
+    fn resolve_with(conninfo: Option<&str>, vars: &[(&str, &str)]) -> Result<Target> {
+        let env = env_of(vars);
+        resolve(conninfo, &env)
+    }
+
+    fn message(err: anyhow::Error) -> (u8, String) {
+        (crate::exit::code_for(&err, 75), crate::exit::message(&err))
+    }
+
+    fn usage_error(conninfo: Option<&str>, vars: &[(&str, &str)]) -> String {
+        match resolve_with(conninfo, vars) {
+            Ok(t) => panic!("expected a usage error, got {}", t.describe),
+            Err(e) => {
+                let (code, msg) = message(e);
+                assert_eq!(code, crate::exit::USAGE, "{msg}");
+                assert!(!msg.starts_with("pglock:"), "{msg}");
+                assert!(!msg.contains('\n'), "{msg}");
+                msg
+            }
+        }
+    }
+
+    fn tcp(config: &Config) -> Vec<(String, u16)> {
+        config
+            .get_hosts()
+            .iter()
+            .zip(config.get_ports())
+            .map(|(h, p)| match h {
+                postgres::config::Host::Tcp(h) => (h.clone(), *p),
+                postgres::config::Host::Unix(d) => (d.display().to_string(), *p),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn key_value_syntax() {
+        let opts = parse(
+            "host = db1  port=5433 dbname='my db' password='it''s' user=a\\ b options='-c x=\\'y\\''",
+        );
+        // libpq reads 'it' then a new key "'s'"; that's an error, as in libpq.
+        assert!(opts.is_err());
+        let opts = parse(
+            "host = db1  port=5433 dbname='my db' password='it\\'s' user=a\\ b \
+             options='-c x=1'",
+        )
+        .unwrap();
+        assert_eq!(opts.get("host"), Some("db1"));
+        assert_eq!(opts.get("port"), Some("5433"));
+        assert_eq!(opts.get("dbname"), Some("my db"));
+        assert_eq!(opts.get("password"), Some("it's"));
+        assert_eq!(opts.get("user"), Some("a b"));
+        assert_eq!(opts.get("options"), Some("-c x=1"));
+        // The last occurrence wins.
+        assert_eq!(parse("port=1 port=2").unwrap().get("port"), Some("2"));
+    }
+
+    #[test]
+    fn url_syntax() {
+        let opts = parse("postgresql://al%40ice:p%3Aw%2F@db1:5433,[::1]:6000/my%20db?sslmode=require&connect_timeout=3").unwrap();
+        assert_eq!(opts.get("user"), Some("al@ice"));
+        assert_eq!(opts.get("password"), Some("p:w/"));
+        assert_eq!(opts.get("host"), Some("db1,::1"));
+        assert_eq!(opts.get("port"), Some("5433,6000"));
+        assert_eq!(opts.get("dbname"), Some("my db"));
+        assert_eq!(opts.get("sslmode"), Some("require"));
+        assert_eq!(opts.get("connect_timeout"), Some("3"));
+
+        let opts = parse("postgres:///app?host=/var/run/postgresql&port=5444").unwrap();
+        assert_eq!(opts.get("host"), Some("/var/run/postgresql"));
+        assert_eq!(opts.get("dbname"), Some("app"));
+        assert_eq!(opts.get("port"), Some("5444"));
+
+        let opts = parse("postgresql://%2Ftmp%2Fsock:5444/app?ssl=true").unwrap();
+        assert_eq!(opts.get("host"), Some("/tmp/sock"));
+        assert_eq!(opts.get("sslmode"), Some("require"));
+
+        let opts = parse("postgresql://").unwrap();
+        assert!(opts.0.is_empty());
+        let opts = parse("postgresql://h?").unwrap();
+        assert_eq!(opts.get("host"), Some("h"));
+        // Only the second host has a port: the first gets the default.
+        let opts = parse("postgresql://a,b:6000").unwrap();
+        assert_eq!(opts.get("port"), Some(",6000"));
+        let opts = parse("postgresql://a,b/db").unwrap();
+        assert_eq!(opts.get("port"), Some(","));
+    }
+
+    #[test]
+    fn bad_strings_are_usage_errors_without_secrets() {
+        for (text, expect) in [
+            (
+                "host=db1 colour=blue",
+                "unknown connection option \"colour\"",
+            ),
+            (
+                "postgresql://h/db?colour=blue",
+                "unknown parameter \"colour\"",
+            ),
+            (
+                "postgresql://h/db?sslmode",
+                "query parameter 1 has no \"=\"",
+            ),
+            ("postgresql://[::1/db", "no closing \"]\""),
+            ("host='db1", "no closing quote"),
+            ("justaword", "postgresql:// URL or key=value"),
+            (
+                "postgresql://u:s3cr%zzX9q@h/db",
+                "percent-encoding in the password",
+            ),
+            ("postgresql://u:s3cr@X9q@h/db", "percent-encode \"@\""),
+            (
+                "password=s3cr X9q host=h",
+                "missing \"=\" after the word at character",
+            ),
+            (
+                "password=s3cr X9q=x host=h",
+                "unknown option after the password",
+            ),
+            ("host=h port=54x", "invalid port number \"54x\""),
+            (
+                "host=a,b,c port=1,2",
+                "could not match 2 port numbers to 3 hosts",
+            ),
+            ("hostaddr=db1", "invalid hostaddr \"db1\""),
+            (
+                "host=a connect_timeout=soon",
+                "connect_timeout in the connection string",
+            ),
+            (
+                "host=a sslmode=verify",
+                "invalid value \"verify\" for sslmode",
+            ),
+            ("host=a sslcrl=/x.crl", "does not support sslcrl"),
+            (
+                "host=a gssencmode=require",
+                "does not support gssencmode=require",
+            ),
+            ("host=a target_session_attrs=standby", "protect nothing"),
+            (
+                "host=a sslrootcert=system sslmode=require",
+                "needs sslmode=verify-full",
+            ),
+            ("host=a sslmode=verify-ca", "does not exist"),
+            ("host=a service=nosuch", "unknown service \"nosuch\""),
+        ] {
+            let msg = usage_error(Some(text), &bare());
+            assert!(msg.contains(expect), "{text}: {msg}");
+            assert!(!msg.contains("s3cr"), "{text}: {msg}");
+            assert!(!msg.contains("X9q"), "{text}: {msg}");
+        }
+        let msg = usage_error(None, &[("PGSSLCRL", "/x.crl"), ("HOME", "/nonexistent")]);
+        assert!(msg.contains("set by PGSSLCRL"), "{msg}");
+    }
+
+    #[test]
+    fn defaults() {
+        let t = resolve_with(None, &bare()).unwrap();
+        let me = os_user();
+        assert_eq!(t.config.get_user(), Some(me.as_str()));
+        assert_eq!(t.config.get_dbname(), Some(me.as_str()));
+        assert_eq!(t.config.get_ports(), &[5432]);
+        assert!(matches!(
+            t.config.get_hosts()[0],
+            postgres::config::Host::Unix(_)
+        ));
+        assert_eq!(
+            t.config.get_target_session_attrs(),
+            TargetSessionAttrs::ReadWrite
+        );
+        // Sockets never use TLS, so no TLS context is built.
+        assert_eq!(t.verify.check, Check::Disabled);
+        assert_eq!(t.config.get_ssl_mode(), PgSslMode::Disable);
+        assert!(!t.password_on_command_line);
+        assert!(t.describe.ends_with(&format!(".s.PGSQL.5432/{me} as {me}")));
+    }
+
+    #[test]
+    fn string_beats_environment_and_environment_beats_defaults() {
+        let mut vars = bare();
+        vars.extend([
+            ("PGHOST", "envhost"),
+            ("PGPORT", "6001"),
+            ("PGUSER", "envuser"),
+            ("PGDATABASE", "envdb"),
+            ("PGPASSWORD", "envpw"),
+            ("PGSSLMODE", "require"),
+            ("PGCONNECT_TIMEOUT", "1"),
+            ("PGTARGETSESSIONATTRS", "any"),
+        ]);
+        let t = resolve_with(Some("host=strhost user=struser"), &vars).unwrap();
+        assert_eq!(tcp(&t.config), vec![("strhost".into(), 6001)]);
+        assert_eq!(t.config.get_user(), Some("struser"));
+        assert_eq!(t.config.get_dbname(), Some("envdb"));
+        assert_eq!(t.config.get_password(), Some(&b"envpw"[..]));
+        assert_eq!(t.config.get_ssl_mode(), PgSslMode::Require);
+        assert_eq!(t.verify.check, Check::Nothing);
+        assert_eq!(
+            t.config.get_connect_timeout(),
+            Some(&Duration::from_secs(2))
+        );
+        assert_eq!(t.config.get_target_session_attrs(), TargetSessionAttrs::Any);
+        assert_eq!(t.describe, "strhost:6001/envdb as struser");
+        // The environment's password is not on the command line.
+        assert!(!t.password_on_command_line);
+    }
+
+    #[test]
+    fn password_on_command_line_only_for_dash_d() {
+        let url = "postgresql://u:pw@h/db";
+        let t = resolve_with(Some(url), &bare()).unwrap();
+        assert!(t.password_on_command_line);
+        assert!(!t.describe.contains("pw"), "{}", t.describe);
+        let mut vars = bare();
+        vars.push(("PGLOCK_DATABASE_URL", url));
+        let t = resolve_with(Some(url), &vars).unwrap();
+        assert!(!t.password_on_command_line);
+        let t = resolve_with(Some("host=h user=u"), &bare()).unwrap();
+        assert!(!t.password_on_command_line);
+    }
+
+    #[test]
+    fn hosts_ports_and_sockets() {
+        let t = resolve_with(Some("host=a,/run/pg,,b port=1,2,3,4"), &bare()).unwrap();
+        let hosts = tcp(&t.config);
+        assert_eq!(hosts[0], ("a".into(), 1));
+        assert_eq!(hosts[1], ("/run/pg".into(), 2));
+        assert_eq!(hosts[2], (default_socket_dir().display().to_string(), 3));
+        assert_eq!(hosts[3], ("b".into(), 4));
+        // One port applies to every host.
+        let t = resolve_with(Some("host=a,b port=7"), &bare()).unwrap();
+        assert_eq!(t.config.get_ports(), &[7, 7]);
+        // hostaddr: connect to the address, keep the name for TLS and the password file.
+        let t = resolve_with(Some("host=db1 hostaddr=10.1.2.3"), &bare()).unwrap();
+        assert_eq!(tcp(&t.config), vec![("db1".into(), 5432)]);
+        assert_eq!(
+            t.config.get_hostaddrs(),
+            &["10.1.2.3".parse::<IpAddr>().unwrap()]
+        );
+        let t = resolve_with(Some("hostaddr=::1"), &bare()).unwrap();
+        assert_eq!(t.describe, format!("[::1]:5432/{0} as {0}", os_user()));
+        let t = resolve_with(Some("host=a,b load_balance_hosts=random"), &bare()).unwrap();
+        assert_eq!(t.config.get_load_balance_hosts(), LoadBalanceHosts::Random);
+        let t = resolve_with(
+            Some("host=a keepalives=0 keepalives_idle=30 tcp_user_timeout=500"),
+            &bare(),
+        )
+        .unwrap();
+        assert!(!t.config.get_keepalives());
+        assert_eq!(t.config.get_keepalives_idle(), Duration::from_secs(30));
+        assert_eq!(
+            t.config.get_tcp_user_timeout(),
+            Some(&Duration::from_millis(500))
+        );
+    }
+
+    fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("pglock-unit-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn password_file_rules() {
+        let text = "\
+# comment
+db1:5432:app:alice:first
+db1:5432:app:alice:second
+db\\:x:*:*:bob:esc\\:aped\\\\pw:trailing
+localhost:5433:*:carol:viasocket
+*:*:*:dave:wild
+";
+        assert_eq!(
+            passfile_match(text, "db1", "5432", "app", "alice").as_deref(),
+            Some("first")
+        );
+        assert_eq!(passfile_match(text, "db1", "5433", "app", "alice"), None);
+        assert_eq!(
+            passfile_match(text, "db:x", "1", "any", "bob").as_deref(),
+            Some("esc:aped\\pw")
+        );
+        assert_eq!(
+            passfile_match(text, "other", "1", "x", "dave").as_deref(),
+            Some("wild")
+        );
+
+        let dir = temp("pgpass");
+        let file = write(&dir, "pgpass", text, 0o600);
+        let file = file.to_str().unwrap();
+        // The default socket directory counts as localhost; the port is the one written.
+        let vars = [("HOME", "/nonexistent"), ("PGPASSFILE", file)];
+        let t = resolve_with(Some("host=/var/run/postgresql port=5433 user=carol"), &vars).unwrap();
+        assert_eq!(t.config.get_password(), Some(&b"viasocket"[..]));
+        let t = resolve_with(Some("host=/elsewhere port=5433 user=carol"), &vars).unwrap();
+        assert_eq!(t.config.get_password(), None);
+        // passfile= in the string beats PGPASSFILE.
+        let other = write(&dir, "other", "*:*:*:carol:fromother\n", 0o600);
+        let s = format!("host=h user=carol passfile={}", other.display());
+        let t = resolve_with(Some(&s), &vars).unwrap();
+        assert_eq!(t.config.get_password(), Some(&b"fromother"[..]));
+        // An explicit password wins over the file.
+        let t = resolve_with(Some("host=h user=dave password=given"), &vars).unwrap();
+        assert_eq!(t.config.get_password(), Some(&b"given"[..]));
+        // ~/.pgpass by default.
+        write(&dir, ".pgpass", "*:*:*:erin:home\n", 0o600);
+        let home = [("HOME", dir.to_str().unwrap())];
+        let t = resolve_with(Some("host=h user=erin"), &home).unwrap();
+        assert_eq!(t.config.get_password(), Some(&b"home"[..]));
+        // Group-readable: ignored.
+        write(&dir, ".pgpass", "*:*:*:erin:home\n", 0o640);
+        let t = resolve_with(Some("host=h user=erin"), &home).unwrap();
+        assert_eq!(t.config.get_password(), None);
+        // Different passwords for the hosts of one list cannot be sent.
+        let split = write(&dir, "split", "a:*:*:*:Qa1\nb:*:*:*:Qb2\n", 0o600);
+        let s = format!("host=a,b passfile={}", split.display());
+        let msg = usage_error(Some(&s), &bare());
+        assert!(msg.contains("different passwords"), "{msg}");
+        assert!(!msg.contains("Qa1") && !msg.contains("Qb2"), "{msg}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn service_files() {
+        let dir = temp("service");
+        let user_file = write(
+            &dir,
+            "user.conf",
+            "# mine\n[other]\nport=1\n[app]\n  host=svchost  \nport=6000\ndbname=svcdb\n[later]\nport=2\n",
+            0o644,
+        );
+        std::fs::create_dir_all(dir.join("sys")).unwrap();
+        write(
+            &dir.join("sys"),
+            "pg_service.conf",
+            "[sys]\nhost=syshost\nuser=sysuser\n",
+            0o644,
+        );
+        let uf = user_file.to_str().unwrap();
+        let sys = dir.join("sys");
+        let sys = sys.to_str().unwrap();
+        let base = [
+            ("HOME", "/nonexistent"),
+            ("PGSERVICEFILE", uf),
+            ("PGSYSCONFDIR", sys),
+            ("PGDATABASE", "envdb"),
+            ("PGPORT", "7000"),
+        ];
+        // The service beats the environment, the string beats the service.
+        let t = resolve_with(Some("service=app port=6500"), &base).unwrap();
+        assert_eq!(tcp(&t.config), vec![("svchost".into(), 6500)]);
+        assert_eq!(t.config.get_dbname(), Some("svcdb"));
+        // PGSERVICE selects it too.
+        let mut vars = base.to_vec();
+        vars.push(("PGSERVICE", "app"));
+        let t = resolve_with(None, &vars).unwrap();
+        assert_eq!(tcp(&t.config), vec![("svchost".into(), 6000)]);
+        // Not in the user file: the system file.
+        let t = resolve_with(Some("service=sys"), &base).unwrap();
+        assert_eq!(tcp(&t.config), vec![("syshost".into(), 7000)]);
+        assert_eq!(t.config.get_user(), Some("sysuser"));
+        assert_eq!(t.config.get_dbname(), Some("envdb"));
+        // ~/.pg_service.conf without PGSERVICEFILE.
+        write(&dir, ".pg_service.conf", "[home]\nhost=homehost\n", 0o644);
+        let t = resolve_with(
+            Some("service=home"),
+            &[("HOME", dir.to_str().unwrap()), ("PGSYSCONFDIR", sys)],
+        )
+        .unwrap();
+        assert_eq!(tcp(&t.config)[0].0, "homehost");
+
+        let msg = usage_error(Some("service=nosuch"), &base);
+        assert!(msg.contains(uf) && msg.contains(sys), "{msg}");
+        let bad = write(&dir, "bad.conf", "[s]\nhost = x\n", 0o644);
+        let msg = usage_error(
+            Some("service=s"),
+            &[
+                ("PGSERVICEFILE", bad.to_str().unwrap()),
+                ("HOME", "/nonexistent"),
+            ],
+        );
+        assert!(
+            msg.contains("unknown option \"host \"") && msg.contains("line 2"),
+            "{msg}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tls_modes() {
+        let dir = temp("tls");
+        let ca = dir.join("missing-ca.crt");
+        let home = [("HOME", dir.to_str().unwrap())];
+        let check = |s: &str| {
+            resolve_with(Some(s), &home).map(|t| (t.verify.check, t.config.get_ssl_mode()))
+        };
+        assert_eq!(
+            check("host=h").unwrap(),
+            (Check::Nothing, PgSslMode::Prefer)
+        );
+        assert_eq!(
+            check("host=h sslmode=allow").unwrap(),
+            (Check::Nothing, PgSslMode::Prefer)
+        );
+        assert_eq!(
+            check("host=h sslmode=disable").unwrap(),
+            (Check::Disabled, PgSslMode::Disable)
+        );
+        assert_eq!(
+            check("host=h sslmode=require").unwrap(),
+            (Check::Nothing, PgSslMode::Require)
+        );
+        assert_eq!(
+            check("host=h sslrootcert=system").unwrap(),
+            (Check::Full, PgSslMode::Require)
+        );
+        // sslmode is ignored on sockets, as libpq does.
+        assert_eq!(
+            check("host=/tmp sslmode=verify-full").unwrap(),
+            (Check::Disabled, PgSslMode::Disable)
+        );
+        let s = format!("host=h sslmode=verify-ca sslrootcert={}", ca.display());
+        let err = message(check(&s).unwrap_err());
+        assert_eq!(err.0, crate::exit::USAGE);
+        assert!(
+            err.1.contains("missing-ca.crt\" does not exist"),
+            "{}",
+            err.1
+        );
+        assert!(err.1.contains("sslrootcert=system"), "{}", err.1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
