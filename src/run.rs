@@ -18,6 +18,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
         (None, None) => unreachable!("clap requires --key or --lock-id"),
     };
     let target = conninfo::resolve(cli.database_url.as_deref(), &conninfo::process_env)?;
+    target.warn_if_password_exposed();
     let router = Router::start()?;
     let mut session = Session::connect(&target, &lock::application_name(&label))?;
 
