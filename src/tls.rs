@@ -125,7 +125,12 @@ impl Connector {
                 Identity::from_pkcs8(cert, key).context("cannot use the client certificate")?,
             );
         }
-        let tls = builder.build().context("cannot set up TLS")?;
+        let tls = if matches!(verify.roots, Roots::System) && verify.check != Check::Nothing {
+            builder.build()
+        } else {
+            without_system_roots(|| builder.build())
+        }
+        .context("cannot set up TLS")?;
         Ok(Connector::Tls(MakeTlsConnector::new(tls)))
     }
 
@@ -142,6 +147,29 @@ impl Connector {
             Connector::Tls(tls) => token.cancel_query(tls.clone()),
         }
     }
+}
+
+/// Builds a connector that will never consult the operating system's trust store.
+///
+/// native-tls always loads OpenSSL's default CA bundle, twice (once through OpenSSL's default
+/// paths, once through openssl-probe's), and OpenSSL 3 takes about 30 ms to parse it each time:
+/// most of a pglock run with sslmode=prefer. Neither the unchecked modes nor a sslrootcert file
+/// use it (a file replaces the store), so for the duration of the build SSL_CERT_FILE points
+/// at an empty file; the variable is restored before anything else can see it, so the command
+/// pglock runs inherits the environment it was given.
+fn without_system_roots<T>(build: impl FnOnce() -> T) -> T {
+    const VAR: &str = "SSL_CERT_FILE";
+    let saved = std::env::var_os(VAR);
+    // SAFETY: set_var races only with threads that read the environment at the same moment.
+    // pglock's only other thread, the signal router, does not, and no connection (whose DNS
+    // lookups would run on resolver threads) exists while a connector is being built.
+    unsafe { std::env::set_var(VAR, "/dev/null") };
+    let built = build();
+    match saved {
+        Some(v) => unsafe { std::env::set_var(VAR, v) },
+        None => unsafe { std::env::remove_var(VAR) },
+    }
+    built
 }
 
 /// A usage error (exit 2): the TLS files are part of the configuration, not of the server.
