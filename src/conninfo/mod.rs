@@ -733,6 +733,7 @@ mod tests {
                 "percent-encoding in the password",
             ),
             ("postgresql://u:s3cr@X9q@h/db", "percent-encode \"@\""),
+            ("postgresql://u:12/s3crX9q@h/db", "percent-encode \"/\""),
             (
                 "password=s3cr X9q host=h",
                 "missing \"=\" after the word at character",

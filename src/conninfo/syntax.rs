@@ -212,6 +212,15 @@ fn parse_url(rest: &str) -> Result<Options> {
             Some((db, q)) => (db, Some(q)),
             None => (path, None),
         };
+        if db.contains('@') {
+            // Most likely a password with an unencoded '/': the rest of it would show up as the
+            // database name in messages.
+            return Err(bad(
+                "\"@\" after the host part; percent-encode \"/\" and \"@\" in a user \
+                 name or password as %2F and %40"
+                    .into(),
+            ));
+        }
         if !db.is_empty() {
             set(&mut opts, "dbname", db, "database name")?;
         }
