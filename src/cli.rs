@@ -2,7 +2,7 @@
 //! page and the shell completions.
 
 use crate::{duration, exit, key};
-use clap::{ArgGroup, Parser, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use std::time::Duration;
 
 const EXAMPLES: &str = "\
@@ -17,7 +17,21 @@ Examples:
   pglock --key backup -c 'pg_dump app | gzip > /backup/app.sql.gz'
 
   # Readers share, writers exclude
-  pglock --key catalog --shared -- ./read-catalog.sh";
+  pglock --key catalog --shared -- ./read-catalog.sh
+
+  # Who holds it, who waits; every advisory lock; where a key shows up in pg_locks
+  pglock status --key nightly-report
+  pglock list --json
+  pglock key nightly-report";
+
+/// The forms of the command line. Subcommands come first and a command to run always follows
+/// `--` or `-c`, so `pglock --key k -- status` runs a program called status.
+const USAGE: &str = "\
+pglock [OPTIONS] (--key KEY | --lock-id ID) -- COMMAND [ARGS]...
+       pglock [OPTIONS] (--key KEY | --lock-id ID) --command STRING
+       pglock status (--key KEY | --lock-id ID) [--json]
+       pglock list [--json]
+       pglock key (KEY | --lock-id ID)";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,7 +41,14 @@ Examples:
     long_about = "Run a command while holding a PostgreSQL advisory lock: flock(1) for a whole \
                   fleet. pglock opens one dedicated connection, takes the lock, runs the command, \
                   forwards signals to it and releases the lock when it exits.",
+    override_usage = USAGE,
     after_help = format!("{EXAMPLES}\n\n{}", exit::TABLE),
+    // A subcommand replaces the lock-and-run form entirely: none of its options apply, and its
+    // required ones are not required.
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    subcommand_value_name = "SUBCOMMAND",
+    disable_help_subcommand = true,
     group(ArgGroup::new("lock").required(true).args(["key", "lock_id"])),
     group(ArgGroup::new("what").required(true).args(["command", "args"])),
 )]
@@ -62,6 +83,22 @@ pub struct Cli {
     #[arg(short, long)]
     pub shared: bool,
 
+    /// At most N holders at once (a counting semaphore of N slots); every user of a key must
+    /// pass the same N. The command gets its slot in PGLOCK_SLOT.
+    #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "shared",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub limit: u16,
+
+    /// How --key becomes a lock id: pglock's own SHA-256 formula, or the one sqlx or Python's
+    /// postgres-lock uses, to share a lock with an application built on them.
+    #[arg(long, value_enum, value_name = "SCHEME", default_value_t = key::KeyHash::Sha256)]
+    pub key_hash: key::KeyHash,
+
+    /// Keep the lock at least this long after it was acquired, even if the command ends sooner,
+    /// so hosts whose clocks differ a little do not run the same job twice.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub min_hold: Option<Duration>,
+
     /// Lock scope: a session-level lock, or a transaction-level lock inside BEGIN ... COMMIT.
     #[arg(long, value_enum, value_name = "SCOPE", default_value_t = Scope::Session)]
     pub scope: Scope,
@@ -76,6 +113,29 @@ pub struct Cli {
     )]
     pub database_url: Option<String>,
 
+    /// How often to ask the server whether the lock is still held while the command runs.
+    ///
+    /// A check that gets no answer within the interval counts as a lost lock; TCP keepalives and
+    /// tcp_user_timeout are derived from it too. Minimum 100ms.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_check_interval)]
+    pub check_interval: Duration,
+
+    /// What to do when the lock is lost while the command runs.
+    #[arg(long, value_enum, value_name = "ACTION", default_value_t = OnLost::Terminate)]
+    pub on_lost: OnLost,
+
+    /// After terminating the command (lost lock), send SIGKILL if it is still running this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse)]
+    pub kill_after: Duration,
+
+    /// Bound on each connection attempt [default: 10s, or connect_timeout / PGCONNECT_TIMEOUT].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub connect_timeout: Option<Duration>,
+
+    /// Keep retrying the first connection, with backoff, for up to this long before giving up.
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = duration::parse)]
+    pub retry_connect: Duration,
+
     /// Log each step to stderr with a timestamp.
     #[arg(short, long, conflicts_with = "quiet")]
     pub verbose: bool,
@@ -87,6 +147,95 @@ pub struct Cli {
     /// The command to run while holding the lock, after --.
     #[arg(last = true, value_name = "COMMAND", num_args = 1..)]
     pub args: Vec<String>,
+
+    #[command(subcommand)]
+    pub sub: Option<Sub>,
+}
+
+/// Looking at locks instead of taking one.
+#[derive(Debug, Subcommand)]
+pub enum Sub {
+    /// Show who holds a lock and who waits for it; exit 0 if held, 3 if free.
+    #[command(after_help = exit::STATUS_TABLE)]
+    Status(StatusArgs),
+    /// List every advisory lock in the current database, holders and waiters.
+    List(ListArgs),
+    /// Print a key's lock id, where pg_locks shows it, and a SQL query that finds it. Needs no
+    /// server.
+    Key(KeyArgs),
+}
+
+/// Which lock, as in the main command.
+#[derive(Debug, Args)]
+#[group(id = "which", required = true, multiple = false)]
+pub struct Which {
+    /// Name of the lock, as given to pglock --key.
+    #[arg(short, long, value_name = "KEY", value_parser = key::check_key)]
+    pub key: Option<String>,
+
+    /// A raw lock id: one signed 64-bit integer, or A,B (two signed 32-bit).
+    #[arg(long, value_name = "ID", value_parser = key::LockId::parse, allow_hyphen_values = true)]
+    pub lock_id: Option<key::LockId>,
+}
+
+impl Which {
+    /// The label used in messages and application_name, and the id.
+    pub fn resolve(&self) -> (String, key::LockId) {
+        match (&self.key, self.lock_id) {
+            (Some(k), _) => (k.clone(), key::LockId::from_key(k)),
+            (None, Some(id)) => (id.to_string(), id),
+            (None, None) => unreachable!("clap requires --key or --lock-id"),
+        }
+    }
+}
+
+/// Where to look: the same connection settings as the main command.
+#[derive(Debug, Args)]
+pub struct Server {
+    /// PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql.
+    #[arg(
+        short,
+        long,
+        value_name = "CONNINFO",
+        env = "PGLOCK_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub which: Which,
+
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub server: Server,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print a JSON array with one object per pg_locks row instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub server: Server,
+}
+
+#[derive(Debug, Args)]
+#[group(id = "key_or_id", required = true, multiple = false, args = ["key", "lock_id"])]
+pub struct KeyArgs {
+    /// The key, as given to pglock --key.
+    #[arg(value_name = "KEY", value_parser = key::check_key)]
+    pub key: Option<String>,
+
+    /// A raw lock id instead: one signed 64-bit integer, or A,B (two signed 32-bit).
+    #[arg(long, value_name = "ID", value_parser = key::LockId::parse, allow_hyphen_values = true)]
+    pub lock_id: Option<key::LockId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -104,6 +253,22 @@ impl Scope {
             Scope::Xact => "xact",
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnLost {
+    /// Log, SIGTERM the command's process group, SIGKILL after --kill-after, exit 74.
+    Terminate,
+    /// Log a warning and let the command finish; exit with its status.
+    Ignore,
+}
+
+fn parse_check_interval(text: &str) -> Result<Duration, String> {
+    let d = duration::parse(text)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("'{text}' is below the minimum of 100ms"));
+    }
+    Ok(d)
 }
 
 /// lock_timeout is an int of milliseconds on the server.

@@ -20,6 +20,10 @@ pub const NOT_EXECUTABLE: u8 = 126;
 pub const NOT_FOUND: u8 = 127;
 /// Any other pglock failure.
 pub const FAILURE: u8 = 1;
+/// `pglock status`: the lock is held (LSB status convention: "running").
+pub const STATUS_HELD: u8 = 0;
+/// `pglock status`: the lock is free (LSB status convention: "not running").
+pub const STATUS_FREE: u8 = 3;
 
 /// Why pglock is giving up, when that reason has its own exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,8 +35,6 @@ pub enum Failure {
     LockLost,
     NotExecutable,
     NotFound,
-    /// Interrupted by this signal while waiting.
-    Signal(i32),
 }
 
 impl fmt::Display for Failure {
@@ -44,37 +46,12 @@ impl fmt::Display for Failure {
             Failure::LockLost => "lock lost",
             Failure::NotExecutable => "command not executable",
             Failure::NotFound => "command not found",
-            Failure::Signal(_) => "interrupted",
         };
         f.write_str(text)
     }
 }
 
 impl std::error::Error for Failure {}
-
-/// Extension for attaching a [`Failure`] to results while keeping anyhow's context chain.
-pub trait FailWith<T> {
-    fn fail_with(self, failure: Failure) -> anyhow::Result<T>;
-}
-
-impl<T, E> FailWith<T> for Result<T, E>
-where
-    E: Into<anyhow::Error>,
-{
-    fn fail_with(self, failure: Failure) -> anyhow::Result<T> {
-        self.map_err(|e| tag(e.into(), failure))
-    }
-}
-
-/// Marks an error with the exit status it stands for, keeping its message.
-pub fn tag(err: anyhow::Error, failure: Failure) -> anyhow::Error {
-    // The Failure sits at the bottom of the chain; `message` leaves it out.
-    if err.downcast_ref::<Failure>().is_some() {
-        return err;
-    }
-    let message = format!("{err:#}");
-    anyhow::Error::new(failure).context(message)
-}
 
 /// A bare failure with a message.
 pub fn fail(failure: Failure, message: impl fmt::Display) -> anyhow::Error {
@@ -90,7 +67,6 @@ pub fn code_for(err: &anyhow::Error, conflict_code: u8) -> u8 {
         Some(Failure::LockLost) => LOCK_LOST,
         Some(Failure::NotExecutable) => NOT_EXECUTABLE,
         Some(Failure::NotFound) => NOT_FOUND,
-        Some(Failure::Signal(sig)) => signal_code(*sig),
         None => FAILURE,
     }
 }
@@ -134,9 +110,25 @@ Exit status:
   127                the command was not found
   1                  any other pglock failure";
 
+/// The statuses of `pglock status`, for its --help, the README and the man page.
+pub const STATUS_TABLE: &str = "\
+Exit status of pglock status:
+  0                  the lock is held
+  3                  the lock is free
+  69                 could not connect to or authenticate with PostgreSQL
+  2                  usage error
+  1                  any other failure";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_table_matches_the_codes() {
+        for code in [STATUS_HELD, STATUS_FREE, UNAVAILABLE, USAGE, FAILURE] {
+            assert!(STATUS_TABLE.contains(&format!("\n  {code} ")), "{code}");
+        }
+    }
 
     #[test]
     fn failure_survives_context() {
@@ -145,11 +137,5 @@ mod tests {
         assert_eq!(message(&err), "outer: busy");
         let plain = anyhow::anyhow!("x");
         assert_eq!(code_for(&plain, 75), FAILURE);
-        let tagged = tag(
-            anyhow::anyhow!("refused").context("connecting"),
-            Failure::Unavailable,
-        );
-        assert_eq!(code_for(&tagged, 75), UNAVAILABLE);
-        assert_eq!(message(&tagged), "connecting: refused");
     }
 }

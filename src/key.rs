@@ -1,8 +1,72 @@
 //! Lock id derivation: how a `--key` string or a raw `--lock-id` becomes the argument of
 //! PostgreSQL's advisory-lock functions, and where that lock shows up in pg_locks.
 
+use clap::ValueEnum;
 use sha2::{Digest, Sha256};
 use std::fmt;
+
+/// How a key string becomes a lock id: pglock's own formula, or another library's, so that
+/// pglock can take the same lock as an application that uses that library.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum KeyHash {
+    /// First 8 bytes of SHA-256(key), big-endian, signed.
+    #[default]
+    Sha256,
+    /// sqlx's PgAdvisoryLock::new: HKDF-SHA256 (no salt), 8 bytes, little-endian, signed.
+    Sqlx,
+    /// Python postgres-lock: SHA-1 of the key as a decimal integer, its first 18 digits.
+    #[value(name = "postgres-lock")]
+    PostgresLock,
+}
+
+impl KeyHash {
+    pub fn id(self, key: &str) -> LockId {
+        match self {
+            KeyHash::Sha256 => LockId::from_key(key),
+            KeyHash::Sqlx => {
+                let mut out = [0u8; 8];
+                hkdf::Hkdf::<Sha256>::new(None, key.as_bytes())
+                    .expand(b"SQLx (Rust) Postgres advisory lock", &mut out)
+                    .expect("8 bytes is a valid HKDF-SHA256 output length");
+                LockId::Big(i64::from_le_bytes(out))
+            }
+            KeyHash::PostgresLock => {
+                let digest = sha1::Sha1::digest(key.as_bytes());
+                let decimal = to_decimal(&digest);
+                let first: String = decimal.chars().take(18).collect();
+                LockId::Big(first.parse().expect("18 decimal digits fit in an i64"))
+            }
+        }
+    }
+}
+
+/// A big-endian unsigned integer of any length, in decimal.
+fn to_decimal(bytes: &[u8]) -> String {
+    let mut number = bytes.to_vec();
+    let mut digits = Vec::new();
+    while number.iter().any(|&b| b != 0) {
+        let mut rem = 0u32;
+        for byte in number.iter_mut() {
+            let cur = (rem << 8) | u32::from(*byte);
+            *byte = (cur / 10) as u8;
+            rem = cur % 10;
+        }
+        digits.push(b'0' + rem as u8);
+    }
+    if digits.is_empty() {
+        digits.push(b'0');
+    }
+    digits.reverse();
+    String::from_utf8(digits).expect("ASCII digits")
+}
+
+/// The ids behind `--limit N` for a lock: slot `i` is the first 8 bytes of
+/// SHA-256(base NUL "slot" NUL i) and the waiters' gate SHA-256(base NUL "gate"), where base is
+/// the key, or `lock-id:ID` for a raw id. A NUL cannot occur in a command-line key, so these
+/// never collide with a plain key's id.
+pub fn semaphore_id(base: &str, what: &str) -> LockId {
+    LockId::from_key(&format!("{base}\0{what}"))
+}
 
 /// Keys are names, not payloads; a bound keeps application_name and messages readable.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -102,6 +166,61 @@ mod tests {
             LockId::from_key("deploy-prod"),
             LockId::Big(-4774651977129594492)
         );
+    }
+
+    #[test]
+    fn other_libraries_vectors() {
+        // From the field notes, and computed independently with Python's hashlib and hmac.
+        let cases = [
+            (
+                "nightly-report",
+                7440995589958059143,
+                8797529593787444750,
+                106076166759017618,
+            ),
+            (
+                "deploy-prod",
+                -4774651977129594492,
+                6158424737360530806,
+                490043920424174915,
+            ),
+            (
+                "my first Postgres advisory lock!",
+                -189962333788185713,
+                -5560419505042474287,
+                113547194377684280,
+            ),
+            (
+                "straße-backup",
+                -7639829751000102351,
+                -723981962518612732,
+                138453920063380248,
+            ),
+            (
+                "夜间报告",
+                4604635150399458250,
+                -3912964464901551898,
+                134201441990048539,
+            ),
+            (
+                "🔒",
+                7701668758205862634,
+                -2174858188468066231,
+                881169683542943582,
+            ),
+        ];
+        for (key, sha, sqlx, pl) in cases {
+            assert_eq!(KeyHash::Sha256.id(key), LockId::Big(sha), "{key}");
+            assert_eq!(KeyHash::Sqlx.id(key), LockId::Big(sqlx), "{key}");
+            assert_eq!(KeyHash::PostgresLock.id(key), LockId::Big(pl), "{key}");
+        }
+    }
+
+    #[test]
+    fn decimal_conversion() {
+        assert_eq!(to_decimal(&[0]), "0");
+        assert_eq!(to_decimal(&[1, 0]), "256");
+        assert_eq!(to_decimal(&[0xff; 8]), u64::MAX.to_string());
     }
 
     #[test]

@@ -2,30 +2,47 @@
 
 mod cli;
 mod conninfo;
+mod deadman;
+mod docs;
 mod duration;
 mod exit;
 mod key;
 mod lock;
 mod log;
 mod run;
+mod semaphore;
 mod signals;
+mod status;
 mod supervise;
 mod tls;
+mod watch;
 
-use clap::Parser;
+use clap::FromArgMatches;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let matches = docs::command().get_matches();
+    if let Some(generate) = matches.subcommand_matches(docs::GENERATE) {
+        return finish(docs::run(generate), exit::CONFLICT_DEFAULT);
+    }
+    let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     log::set_verbose(cli.verbose);
-    match run::run(&cli) {
+    let result = match &cli.sub {
+        Some(sub) => status::command(sub),
+        None => run::run(&cli),
+    };
+    finish(result, cli.conflict_exit_code)
+}
+
+fn finish(result: anyhow::Result<u8>, conflict_exit_code: u8) -> ExitCode {
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             let message = exit::message(&err);
             if !message.is_empty() {
                 eprintln!("pglock: {message}");
             }
-            ExitCode::from(exit::code_for(&err, cli.conflict_exit_code))
+            ExitCode::from(exit::code_for(&err, conflict_exit_code))
         }
     }
 }

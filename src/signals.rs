@@ -14,9 +14,10 @@ use nix::unistd::Pid;
 use signal_hook::consts::signal::*;
 use signal_hook::iterator::Signals;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// Signals passed on to the command. Every one of them would otherwise end pglock (or, for
 /// SIGWINCH, matter to an interactive command), and pglock must never exit before its command.
@@ -82,18 +83,16 @@ impl Router {
                 for sig in signals.forever() {
                     let mut st = lock(&shared);
                     match &st.route {
-                        Route::Child(pgid) => {
-                            if sig != SIGCHLD {
-                                if let Ok(s) = Signal::try_from(sig) {
-                                    let _ = killpg(*pgid, s);
-                                }
+                        Route::Child(pgid) if sig != SIGCHLD => {
+                            if let Ok(s) = Signal::try_from(sig) {
+                                let _ = killpg(*pgid, s);
                             }
                         }
-                        Route::Waiting(canceller) if terminating(sig) => {
-                            if st.interrupted.is_none() {
-                                canceller.cancel();
-                                st.interrupted = Some(sig);
-                            }
+                        Route::Waiting(_) if terminating(sig) && st.interrupted.is_none() => {
+                            st.interrupted = Some(sig);
+                            drop(st);
+                            cancel_until_done(&shared);
+                            st = lock(&shared);
                         }
                         _ if terminating(sig) => {
                             st.interrupted.get_or_insert(sig);
@@ -108,9 +107,35 @@ impl Router {
         Ok(Router { state, wake })
     }
 
-    /// From now on a terminating signal cancels the lock wait through `canceller`.
-    pub fn waiting(&self, canceller: Canceller) {
-        lock(&self.state).route = Route::Waiting(canceller);
+    /// From now on a terminating signal cancels the lock wait through `canceller`. Returns the
+    /// signal instead if one already arrived: then there is nothing to wait for.
+    pub fn waiting(&self, canceller: Canceller) -> Option<i32> {
+        let mut st = lock(&self.state);
+        if st.interrupted.is_none() {
+            st.route = Route::Waiting(canceller);
+        }
+        st.interrupted
+    }
+
+    /// Sleeps for `d`, or less if a terminating signal arrives; returns that signal.
+    pub fn pause(&self, d: Duration) -> Option<i32> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let until = Instant::now() + d;
+        loop {
+            if let Some(sig) = self.interrupted() {
+                return Some(sig);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            // SAFETY: the wake-up socket lives as long as self.
+            let wake = unsafe { BorrowedFd::borrow_raw(self.wake_fd()) };
+            let ms =
+                PollTimeout::try_from(left.as_millis().max(1) as i32).unwrap_or(PollTimeout::MAX);
+            let _ = poll(&mut [PollFd::new(wake, PollFlags::POLLIN)], ms);
+            self.drain();
+        }
     }
 
     /// The lock wait is over: signals are only remembered again.
@@ -157,6 +182,21 @@ impl Router {
             out.extend(buf[..n].iter().map(|&b| b as i32));
         }
         out
+    }
+}
+
+/// A cancel request that reaches the server before the lock query does is ignored, so keep
+/// cancelling until the main thread has left the wait. This runs only after a signal.
+fn cancel_until_done(state: &Mutex<State>) {
+    loop {
+        {
+            let st = lock(state);
+            match &st.route {
+                Route::Waiting(canceller) => canceller.cancel(),
+                _ => return,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -3,14 +3,16 @@
 
 use crate::exit::{Failure, fail};
 use crate::signals::Router;
-use crate::step;
+use crate::{step, warn};
 use anyhow::Result;
-use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
-use nix::unistd::{Pid, getpgrp, getpid, isatty, setpgid, tcgetpgrp, tcsetpgrp};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, killpg, pthread_sigmask};
+use nix::unistd::{Pid, getpgrp, getpid, getppid, isatty, setpgid, tcgetpgrp, tcsetpgrp};
 use std::io::ErrorKind;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
 
 /// What to run and with what extra environment.
 pub struct Job {
@@ -49,8 +51,12 @@ fn without_sigttou<T>(f: impl FnOnce() -> T) -> T {
 
 /// Starts the command in a new process group (so signals reach its whole tree and a terminal's
 /// Ctrl-C reaches it once), as the terminal's foreground job when pglock is one.
-pub fn spawn(job: &Job) -> Result<(Running, Pid)> {
+///
+/// With `parent_death` the command gets SIGTERM if pglock dies (SIGKILL, OOM killer): the server
+/// frees the lock with pglock's connection, so the command must not go on unlocked.
+pub fn spawn(job: &Job, parent_death: bool) -> Result<(Running, Pid)> {
     let take_terminal = owns_terminal();
+    let parent = getpid();
     let mut cmd = Command::new(&job.program);
     cmd.args(&job.args)
         .envs(job.env.iter().map(|(k, v)| (k, v)));
@@ -60,6 +66,15 @@ pub fn spawn(job: &Job) -> Result<(Running, Pid)> {
             setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
             if take_terminal {
                 without_sigttou(|| tcsetpgrp(stdin(), getpid()))?;
+            }
+            if parent_death {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+                // pglock may have died before the line above took effect.
+                if getppid() != parent {
+                    return Err(std::io::Error::other(
+                        "pglock exited before the command started",
+                    ));
+                }
             }
             Ok(())
         });
@@ -101,39 +116,123 @@ impl Running {
     }
 }
 
-/// Waits for the command, handling whatever wakes the loop. `on_socket` runs when the lock
-/// connection's socket becomes readable; it returns false to stop watching the socket.
+/// The lock, as the supervising loop sees it.
+pub trait Guard {
+    /// The lock connection's socket, watched so that a closed session is noticed at once.
+    fn socket(&self) -> Option<RawFd>;
+    /// The socket is readable; Err(reason) if the lock is gone.
+    fn readable(&mut self) -> Result<(), String>;
+    /// The periodic check, answered within `limit`; Err(reason) if the lock is gone.
+    fn check(&mut self, limit: Duration) -> Result<(), String>;
+}
+
+/// What to do when the lock is lost while the command runs.
+#[derive(Debug, Clone, Copy)]
+pub enum OnLost {
+    /// SIGTERM the command's process group, then SIGKILL after this long.
+    Terminate {
+        kill_after: Duration,
+    },
+    Ignore,
+}
+
+/// How the command's run ended.
+pub struct Ended {
+    pub status: ExitStatus,
+    /// Why the lock was lost while it ran, if it was.
+    pub lost: Option<String>,
+}
+
+/// The supervising loop: waits for the command while forwarding is done by the signal thread,
+/// and watches the lock: the socket at once, the server's pg_locks every `check_every`.
 pub fn wait(
     running: &mut Running,
     router: &Router,
-    socket: Option<std::os::fd::RawFd>,
-    mut on_socket: impl FnMut() -> bool,
-) -> Result<ExitStatus> {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let mut socket = socket;
+    guard: &mut dyn Guard,
+    check_every: Duration,
+    on_lost: OnLost,
+    label: &str,
+) -> Result<Ended> {
+    let mut lost: Option<String> = None;
+    let mut next_check = Instant::now() + check_every;
+    let mut kill_at: Option<Instant> = None;
     loop {
         if let Some(status) = running.try_wait()? {
             router.child_gone();
-            return Ok(status);
+            return Ok(Ended { status, lost });
         }
-        // SAFETY: both descriptors stay open for the duration of this call.
-        let wake = unsafe { BorrowedFd::borrow_raw(router.wake_fd()) };
-        let mut fds = vec![PollFd::new(wake, PollFlags::POLLIN)];
-        if let Some(fd) = socket {
-            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
-        }
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let socket_ready = fds
-            .get(1)
-            .and_then(|f| f.revents())
-            .is_some_and(|r| !r.is_empty());
+        let watching = lost.is_none();
+        let deadline = [watching.then_some(next_check), kill_at]
+            .into_iter()
+            .flatten()
+            .min();
+        let socket = guard.socket().filter(|_| watching);
+        let socket_ready = wait_for_events(router, socket, deadline)?;
         router.drain();
-        if socket_ready && !on_socket() {
-            socket = None;
+
+        let mut reason = None;
+        if socket_ready {
+            reason = guard.readable().err();
+        }
+        if reason.is_none() && watching && Instant::now() >= next_check {
+            reason = guard.check(check_every).err();
+            next_check = Instant::now() + check_every;
+        }
+        if let (Some(why), true) = (reason, watching) {
+            match on_lost {
+                OnLost::Terminate { kill_after } => {
+                    warn!("lock \"{label}\" lost: {why}; terminating the command");
+                    let _ = killpg(running.pid(), Signal::SIGTERM);
+                    kill_at = Some(Instant::now() + kill_after);
+                }
+                OnLost::Ignore => {
+                    warn!(
+                        "lock \"{label}\" lost: {why}; --on-lost ignore: the command keeps running"
+                    );
+                }
+            }
+            lost = Some(why);
+        }
+        if kill_at.is_some_and(|at| Instant::now() >= at) {
+            step!("the command outlived --kill-after; sending SIGKILL");
+            let _ = killpg(running.pid(), Signal::SIGKILL);
+            kill_at = None;
         }
     }
+}
+
+/// Blocks until a signal arrives, the socket is readable, or `deadline`. True if the socket is.
+fn wait_for_events(
+    router: &Router,
+    socket: Option<RawFd>,
+    deadline: Option<Instant>,
+) -> Result<bool> {
+    // SAFETY: both descriptors stay open for the duration of this call.
+    let wake = unsafe { BorrowedFd::borrow_raw(router.wake_fd()) };
+    let mut fds = vec![PollFd::new(wake, PollFlags::POLLIN)];
+    if let Some(fd) = socket {
+        fds.push(PollFd::new(
+            unsafe { BorrowedFd::borrow_raw(fd) },
+            PollFlags::POLLIN,
+        ));
+    }
+    let timeout = match deadline {
+        None => PollTimeout::NONE,
+        Some(at) => {
+            // Round up so the loop does not spin just before the deadline.
+            let ms = at
+                .saturating_duration_since(Instant::now())
+                .as_micros()
+                .div_ceil(1000);
+            PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+        }
+    };
+    match poll(&mut fds, timeout) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(fds
+        .get(1)
+        .and_then(|f| f.revents())
+        .is_some_and(|r| !r.is_empty()))
 }

@@ -661,7 +661,7 @@ fn verbose_warns_about_a_password_on_the_command_line() {
     let port = std::env::var("PGPORT").unwrap_or_else(|_| "5432".into());
     let password = std::env::var("PGPASSWORD").unwrap_or_default();
     let url = format!("postgresql://postgres:{password}@{host}:{port}/postgres");
-    let warning = "`ps` shows to every local user";
+    let warning = "visible to every local user in ps";
 
     let (code, _, stderr) = output(pglock().args(["-v", "-d", &url, "--key", "w", "--", "true"]));
     assert_eq!(code, Some(0), "{stderr}");

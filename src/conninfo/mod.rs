@@ -37,19 +37,6 @@ pub struct Target {
     pub password_on_command_line: bool,
 }
 
-impl Target {
-    /// With -v: a password in -d is visible in `ps` to every local user.
-    pub fn warn_if_password_exposed(&self) {
-        if self.password_on_command_line {
-            step!(
-                "warning: the connection string on the command line holds a password, which \
-                 `ps` shows to every local user; use PGPASSWORD, a password file (PGPASSFILE, \
-                 ~/.pgpass) or a service file instead"
-            );
-        }
-    }
-}
-
 /// Source of environment variables, so that tests can resolve without touching the process.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 

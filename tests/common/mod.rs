@@ -2,6 +2,9 @@
 //! (from the same PG* variables pglock reads), unique lock keys, and waiting on observable events.
 #![allow(dead_code)]
 
+pub mod bouncer;
+pub mod proxy;
+
 use postgres::{Client, NoTls};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -55,7 +58,10 @@ pub fn key_id(key: &str) -> i64 {
 pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -83,4 +89,29 @@ pub fn temp_dir(name: &str) -> PathBuf {
 
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The processes in a process group, from /proc.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Fields after the parenthesised command name: state ppid pgrp ...
+            let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+            let fields: Vec<_> = rest.split(' ').collect();
+            fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
+        })
+        .collect()
+}
+
+/// The process group pglock (`pid`) started its command in: the child that leads a group.
+pub fn child_of(pid: u32) -> i32 {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<i32>().ok())
+        .find(|&c| group_members(c).contains(&c))
+        .expect("pglock has no child leading a process group")
 }

@@ -1,0 +1,64 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_pglock_global_optspecs
+    string join \n k/key= lock-id= c/command= n/nowait w/timeout= E/conflict-exit-code= s/shared limit= key-hash= min-hold= scope= d/database-url= check-interval= on-lost= kill-after= connect-timeout= retry-connect= v/verbose q/quiet h/help V/version
+end
+
+function __fish_pglock_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_pglock_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_pglock_using_subcommand
+    set -l cmd (__fish_pglock_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c pglock -n "__fish_pglock_needs_command" -s k -l key -d 'Name of the lock; any UTF-8 string of 1 to 1024 bytes' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l lock-id -d 'A raw lock id instead of a key: one signed 64-bit integer, or A,B (two signed 32-bit)' -r
+complete -c pglock -n "__fish_pglock_needs_command" -s c -l command -d 'Run STRING with /bin/sh -c instead of a COMMAND after --' -r
+complete -c pglock -n "__fish_pglock_needs_command" -s w -l timeout -d 'Wait at most this long for the lock (30, 0.5, 500ms, 10m, 1h30m); 0 means --nowait' -r
+complete -c pglock -n "__fish_pglock_needs_command" -s E -l conflict-exit-code -d 'Exit status when the lock was not obtained' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l limit -d 'At most N holders at once (a counting semaphore of N slots); every user of a key must pass the same N. The command gets its slot in PGLOCK_SLOT' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l key-hash -d 'How --key becomes a lock id: pglock\'s own SHA-256 formula, or the one sqlx or Python\'s postgres-lock uses, to share a lock with an application built on them' -r -f -a "sha256\t'First 8 bytes of SHA-256(key), big-endian, signed'
+sqlx\t'sqlx\'s PgAdvisoryLock::new: HKDF-SHA256 (no salt), 8 bytes, little-endian, signed'
+postgres-lock\t'Python postgres-lock: SHA-1 of the key as a decimal integer, its first 18 digits'"
+complete -c pglock -n "__fish_pglock_needs_command" -l min-hold -d 'Keep the lock at least this long after it was acquired, even if the command ends sooner, so hosts whose clocks differ a little do not run the same job twice' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l scope -d 'Lock scope: a session-level lock, or a transaction-level lock inside BEGIN ... COMMIT' -r -f -a "session\t'pg_advisory_lock, released with pg_advisory_unlock'
+xact\t'pg_advisory_xact_lock inside a transaction, released by COMMIT or ROLLBACK'"
+complete -c pglock -n "__fish_pglock_needs_command" -s d -l database-url -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l check-interval -d 'How often to ask the server whether the lock is still held while the command runs' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l on-lost -d 'What to do when the lock is lost while the command runs' -r -f -a "terminate\t'Log, SIGTERM the command\'s process group, SIGKILL after --kill-after, exit 74'
+ignore\t'Log a warning and let the command finish; exit with its status'"
+complete -c pglock -n "__fish_pglock_needs_command" -l kill-after -d 'After terminating the command (lost lock), send SIGKILL if it is still running this long' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l connect-timeout -d 'Bound on each connection attempt [default: 10s, or connect_timeout / PGCONNECT_TIMEOUT]' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l retry-connect -d 'Keep retrying the first connection, with backoff, for up to this long before giving up' -r
+complete -c pglock -n "__fish_pglock_needs_command" -s n -l nowait -d 'Do not wait: if the lock is busy, exit with the conflict status at once'
+complete -c pglock -n "__fish_pglock_needs_command" -s s -l shared -d 'Take a shared lock: shared holders coexist, an exclusive holder excludes them all'
+complete -c pglock -n "__fish_pglock_needs_command" -s v -l verbose -d 'Log each step to stderr with a timestamp'
+complete -c pglock -n "__fish_pglock_needs_command" -s q -l quiet -d 'Print nothing when the lock is busy'
+complete -c pglock -n "__fish_pglock_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c pglock -n "__fish_pglock_needs_command" -s V -l version -d 'Print version'
+complete -c pglock -n "__fish_pglock_needs_command" -a "status" -d 'Show who holds a lock and who waits for it; exit 0 if held, 3 if free'
+complete -c pglock -n "__fish_pglock_needs_command" -a "list" -d 'List every advisory lock in the current database, holders and waiters'
+complete -c pglock -n "__fish_pglock_needs_command" -a "key" -d 'Print a key\'s lock id, where pg_locks shows it, and a SQL query that finds it. Needs no server'
+complete -c pglock -n "__fish_pglock_using_subcommand status" -s k -l key -d 'Name of the lock, as given to pglock --key' -r
+complete -c pglock -n "__fish_pglock_using_subcommand status" -l lock-id -d 'A raw lock id: one signed 64-bit integer, or A,B (two signed 32-bit)' -r
+complete -c pglock -n "__fish_pglock_using_subcommand status" -s d -l database-url -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql' -r
+complete -c pglock -n "__fish_pglock_using_subcommand status" -l json -d 'Print one JSON object instead of a table'
+complete -c pglock -n "__fish_pglock_using_subcommand status" -s h -l help -d 'Print help'
+complete -c pglock -n "__fish_pglock_using_subcommand list" -s d -l database-url -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql' -r
+complete -c pglock -n "__fish_pglock_using_subcommand list" -l json -d 'Print a JSON array with one object per pg_locks row instead of a table'
+complete -c pglock -n "__fish_pglock_using_subcommand list" -s h -l help -d 'Print help'
+complete -c pglock -n "__fish_pglock_using_subcommand key" -l lock-id -d 'A raw lock id instead: one signed 64-bit integer, or A,B (two signed 32-bit)' -r
+complete -c pglock -n "__fish_pglock_using_subcommand key" -s h -l help -d 'Print help'

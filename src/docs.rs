@@ -1,0 +1,327 @@
+//! Generated documentation: the man page and the shell completions, all derived from the clap
+//! definition in cli.rs that also drives --help, so they cannot drift from the code.
+//!
+//! The generator is a hidden subcommand of pglock itself, `pglock generate-docs [DIR]`, rather
+//! than an xtask: pglock is a binary crate with no library an xtask could import the definition
+//! from, and this way what is generated is exactly what the binary parses. The subcommand is
+//! attached only when parsing (see [`command`]), not in the definition the generators read, so it
+//! appears in neither --help nor the completions nor the man page. Packagers can run the same
+//! command on an installed pglock.
+
+use crate::cli::Cli;
+use crate::exit;
+use anyhow::{Context, Result};
+use clap::{Arg, ArgMatches, Command, CommandFactory};
+use clap_complete::Shell;
+use clap_mangen::Man;
+use clap_mangen::roff::{Roff, bold, italic, roman};
+use std::path::PathBuf;
+
+/// The hidden subcommand's name.
+pub const GENERATE: &str = "generate-docs";
+
+/// The definition used for parsing: the public one plus the hidden generator.
+pub fn command() -> Command {
+    Cli::command().subcommand(
+        Command::new(GENERATE)
+            .hide(true)
+            .about("Write man/pglock.1 and completions/* under DIR")
+            .arg(
+                Arg::new("dir")
+                    .value_name("DIR")
+                    .default_value(".")
+                    .value_parser(clap::value_parser!(PathBuf)),
+            ),
+    )
+}
+
+/// `pglock generate-docs DIR`.
+pub fn run(matches: &ArgMatches) -> Result<u8> {
+    let dir = matches
+        .get_one::<PathBuf>("dir")
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from("."));
+    for (path, content) in files()? {
+        let path = dir.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, content)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(0)
+}
+
+/// Every generated file, by its path in the repository.
+pub fn files() -> Result<Vec<(&'static str, Vec<u8>)>> {
+    let mut out = vec![("man/pglock.1", man_page()?)];
+    for (path, shell) in [
+        ("completions/pglock.bash", Shell::Bash),
+        ("completions/_pglock", Shell::Zsh),
+        ("completions/pglock.fish", Shell::Fish),
+        ("completions/pglock.elv", Shell::Elvish),
+        ("completions/_pglock.ps1", Shell::PowerShell),
+    ] {
+        let mut buf = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "pglock", &mut buf);
+        out.push((path, buf));
+    }
+    Ok(out)
+}
+
+/// The man page: clap_mangen's sections for what the definition knows (synopsis, description,
+/// options), and sections of our own for what it doesn't.
+pub fn man_page() -> Result<Vec<u8>> {
+    let cmd = Cli::command();
+    let man = Man::new(cmd.clone());
+    // Written by hand: clap_mangen drops an empty date argument, which shifts the others. No
+    // date at all keeps the output reproducible.
+    let mut out = format!(
+        ".TH PGLOCK 1 \"\" \"pglock {}\" \"User Commands\"\n",
+        env!("CARGO_PKG_VERSION")
+    )
+    .into_bytes();
+    man.render_name_section(&mut out)?;
+    man.render_synopsis_section(&mut out)?;
+    man.render_description_section(&mut out)?;
+    description_tail().to_writer(&mut out)?;
+    man.render_options_section(&mut out)?;
+    subcommands(&cmd, &mut out)?;
+    exit_status().to_writer(&mut out)?;
+    environment().to_writer(&mut out)?;
+    examples().to_writer(&mut out)?;
+    see_also().to_writer(&mut out)?;
+    // Every piece written above starts with roff's apostrophe preamble; keep only the first.
+    let text = String::from_utf8(out)?;
+    Ok(format!("{ROFF_PREAMBLE}{}", text.replace(ROFF_PREAMBLE, "")).into_bytes())
+}
+
+/// What `Roff::to_writer` puts before every piece: it defines the apostrophe string.
+const ROFF_PREAMBLE: &str = ".ie \\n(.g .ds Aq \\(aq\n.el .ds Aq '\n";
+
+fn description_tail() -> Roff {
+    let mut r = Roff::new();
+    r.control("PP", []);
+    r.text([roman(
+        "The lock is a PostgreSQL advisory lock, so every host that reaches the same database \
+         shares it. If pglock dies, the server drops its connection and the lock with it. The \
+         command runs with pglock's standard input, output and error; pglock forwards the \
+         signals it receives to the command's process group and never exits before the command \
+         has exited.",
+    )]);
+    r.control("PP", []);
+    r.text([
+        roman("When the lock is busy with "),
+        bold("--nowait"),
+        roman(", or "),
+        bold("--timeout"),
+        roman(
+            " expires, pglock prints one line naming the holder: its application_name, backend \
+             pid, client address and since when it holds the lock. While it waits on a terminal \
+             it shows a status line with the holder and its place in the queue; with ",
+        ),
+        bold("-v"),
+        roman(" it logs the holder when the wait starts and every minute."),
+    ]);
+    r.control("PP", []);
+    r.text([
+        roman("A "),
+        italic("KEY"),
+        roman(
+            " becomes the lock id given to pg_advisory_lock(bigint): the first 8 bytes of the \
+             SHA-256 digest of its UTF-8 bytes, read as a big-endian signed 64-bit integer.",
+        ),
+    ]);
+    r
+}
+
+/// One subsection per subcommand, with its usage and options as clap_mangen renders them.
+fn subcommands(cmd: &Command, out: &mut Vec<u8>) -> Result<()> {
+    let mut head = Roff::new();
+    head.control("SH", ["COMMANDS"]);
+    head.text([roman(
+        "Instead of running a command, pglock can report on locks. These forms take none of \
+         the options above except their own.",
+    )]);
+    head.to_writer(out)?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("pglock {}", sub.get_name());
+        let mut r = Roff::new();
+        r.control("SS", [name.as_str()]);
+        if let Some(about) = sub.get_about() {
+            r.text([roman(about.to_string())]);
+        }
+        r.to_writer(out)?;
+        let mut options = Vec::new();
+        Man::new(sub.clone()).render_options_section(&mut options)?;
+        // Rendered under the subsection, not as a second OPTIONS section.
+        let text = String::from_utf8_lossy(&options).replacen(".SH OPTIONS\n", "", 1);
+        out.extend_from_slice(text.as_bytes());
+    }
+    Ok(())
+}
+
+/// Renders one of exit.rs's plain-text tables (a title line, then `  CODE  meaning` entries whose
+/// continuation lines are indented further) as a tagged list, so the man page shows the same
+/// table as --help. The title is left out where the section heading already says it.
+fn table(r: &mut Roff, text: &str, with_title: bool) {
+    let mut lines = text.lines();
+    let title = lines.next().unwrap_or_default();
+    if with_title {
+        r.control("PP", []);
+        r.text([roman(title)]);
+    }
+    let mut entries: Vec<(String, String)> = Vec::new();
+    for line in lines {
+        let body = line.trim_start();
+        if line.len() - body.len() == 2 {
+            let (code, meaning) = body.split_once("  ").unwrap_or((body, ""));
+            entries.push((code.trim().into(), meaning.trim().into()));
+        } else if let Some(last) = entries.last_mut() {
+            last.1.push(' ');
+            last.1.push_str(body.trim());
+        }
+    }
+    for (code, meaning) in entries {
+        r.control("TP", ["20"]);
+        r.text([bold(code)]);
+        r.text([roman(meaning)]);
+    }
+}
+
+fn exit_status() -> Roff {
+    let mut r = Roff::new();
+    r.control("SH", ["EXIT STATUS"]);
+    table(&mut r, exit::TABLE, false);
+    table(&mut r, exit::STATUS_TABLE, true);
+    r
+}
+
+fn environment() -> Roff {
+    let mut r = Roff::new();
+    r.control("SH", ["ENVIRONMENT"]);
+    r.text([roman("pglock reads:")]);
+    let read: &[(&str, &str)] = &[
+        (
+            "PGLOCK_DATABASE_URL",
+            "a libpq connection string, URL or key=value, as --database-url; it wins over the \
+             PG* variables",
+        ),
+        ("PGHOST", "the server host, or a socket directory"),
+        ("PGHOSTADDR", "the server's numeric address"),
+        ("PGPORT", "the server port (5432)"),
+        ("PGDATABASE", "the database (the user name)"),
+        ("PGUSER", "the user (the operating-system user)"),
+        ("PGPASSWORD", "the password; pglock never prints it"),
+        ("PGCONNECT_TIMEOUT", "seconds to wait for a connection"),
+        ("PGSSLMODE", "disable, prefer (the default) or require"),
+        ("PGOPTIONS", "server options for the session"),
+    ];
+    for (name, what) in read {
+        r.control("TP", []);
+        r.text([bold(*name)]);
+        r.text([roman(*what)]);
+    }
+    r.control("PP", []);
+    r.text([roman("The command runs with pglock's environment plus:")]);
+    let set: &[(&str, &str)] = &[
+        ("PGLOCK_KEY", "the key, or the id as given to --lock-id"),
+        ("PGLOCK_LOCK_ID", "the numeric lock id, or A,B"),
+        ("PGLOCK_SCOPE", "session or xact"),
+    ];
+    for (name, what) in set {
+        r.control("TP", []);
+        r.text([bold(*name)]);
+        r.text([roman(*what)]);
+    }
+    r
+}
+
+fn example(r: &mut Roff, what: &str, lines: &[&str]) {
+    r.control("PP", []);
+    r.text([roman(what)]);
+    r.control("PP", []);
+    r.control("RS", ["4"]);
+    r.control("nf", []);
+    for line in lines {
+        r.text([roman(*line)]);
+    }
+    r.control("fi", []);
+    r.control("RE", []);
+}
+
+fn examples() -> Roff {
+    let mut r = Roff::new();
+    r.control("SH", ["EXAMPLES"]);
+    example(
+        &mut r,
+        "A nightly job in the crontab of every host: one host runs it, the others skip quietly \
+         (exit 75, no output, so cron sends no mail).",
+        &["0 3 * * * pglock --key nightly-report --nowait --quiet -- /opt/app/nightly-report"],
+    );
+    example(
+        &mut r,
+        "A CI deploy job: pipelines of the same service deploy one at a time, waiting up to 30 \
+         minutes for the one before.",
+        &["pglock --key deploy-prod --timeout 30m -- ./deploy.sh"],
+    );
+    example(
+        &mut r,
+        "A systemd service started by a timer on several hosts:",
+        &[
+            "[Service]",
+            "Type=oneshot",
+            "Environment=PGLOCK_DATABASE_URL=postgresql://locks@db.internal/locks",
+            "ExecStart=/usr/local/bin/pglock --key nightly-report --nowait -- /opt/app/nightly-report",
+            "SuccessExitStatus=75",
+        ],
+    );
+    example(
+        &mut r,
+        "A shared lock: readers run side by side, a writer waits for them and excludes them.",
+        &[
+            "pglock --key catalog --shared -- ./read-catalog.sh",
+            "pglock --key catalog -- ./rebuild-catalog.sh",
+        ],
+    );
+    example(
+        &mut r,
+        "A shell command; termination reaches every process of the pipeline:",
+        &["pglock --key backup -c 'pg_dump app | gzip > /backup/app.sql.gz'"],
+    );
+    example(
+        &mut r,
+        "Who holds a lock and who waits for it:",
+        &["pglock status --key nightly-report", "pglock list --json"],
+    );
+    r
+}
+
+fn see_also() -> Roff {
+    let mut r = Roff::new();
+    r.control("SH", ["SEE ALSO"]);
+    r.text([
+        bold("flock"),
+        roman("(1), "),
+        bold("psql"),
+        roman("(1), the PostgreSQL documentation on advisory locks and pg_locks."),
+    ]);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_table_becomes_a_tagged_list() {
+        let mut r = Roff::new();
+        table(&mut r, exit::TABLE, false);
+        let text = r.to_roff();
+        assert!(text.contains("128+N"), "{text}");
+        assert!(text.contains("interrupted by signal N while waiting for the lock"));
+        assert_eq!(text.matches(".TP").count(), 9, "{text}");
+    }
+}

@@ -1,0 +1,126 @@
+//! A TCP proxy between pglock and the server that the test can break on purpose: stop forwarding
+//! without closing anything (a silent partition as the client sees it), or cut every connection.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub struct Proxy {
+    pub port: u16,
+    frozen: Arc<AtomicBool>,
+    closed: Arc<AtomicBool>,
+    accepted: Arc<AtomicUsize>,
+    streams: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    /// Forwards 127.0.0.1:<some free port> to the test server named by PGHOST/PGPORT.
+    pub fn start() -> Proxy {
+        Proxy::launch(false)
+    }
+
+    /// A proxy that hangs up on every client, as a server that is down, until [`Proxy::open`].
+    pub fn start_closed() -> Proxy {
+        Proxy::launch(true)
+    }
+
+    /// Starts forwarding new connections.
+    pub fn open(&self) {
+        self.closed.store(false, Ordering::SeqCst);
+    }
+
+    fn launch(closed: bool) -> Proxy {
+        let host = std::env::var("PGHOST").unwrap_or_else(|_| "localhost".into());
+        let host = if host.starts_with('/') {
+            "localhost".into()
+        } else {
+            host
+        };
+        let port: u16 = std::env::var("PGPORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(5432);
+        let upstream = (host.as_str(), port)
+            .to_socket_addrs()
+            .unwrap()
+            .next()
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy = Proxy {
+            port: listener.local_addr().unwrap().port(),
+            frozen: Arc::new(AtomicBool::new(false)),
+            closed: Arc::new(AtomicBool::new(closed)),
+            accepted: Arc::new(AtomicUsize::new(0)),
+            streams: Arc::new(Mutex::new(Vec::new())),
+        };
+        let (frozen, accepted, streams) = (
+            proxy.frozen.clone(),
+            proxy.accepted.clone(),
+            proxy.streams.clone(),
+        );
+        let closed = proxy.closed.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if closed.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                accepted.fetch_add(1, Ordering::SeqCst);
+                streams.lock().unwrap().push(client.try_clone().unwrap());
+                streams.lock().unwrap().push(server.try_clone().unwrap());
+                pump(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    frozen.clone(),
+                );
+                pump(server, client, frozen.clone());
+            }
+        });
+        proxy
+    }
+
+    /// From now on, bytes in either direction are swallowed; no socket is closed.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    /// Closes every connection made so far (both sides see end of file).
+    pub fn cut_all(&self) {
+        for s in self.streams.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// How many client connections the proxy has accepted.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, frozen: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16384];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = to.shutdown(Shutdown::Write);
+                    return;
+                }
+                Ok(n) => {
+                    if frozen.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    if to.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+}

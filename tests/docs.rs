@@ -1,0 +1,107 @@
+//! The checked-in man page and shell completions: up to date with the clap definition, rendered
+//! by man without warnings, and loadable by bash. No server needed.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+const REGENERATE: &str = "cargo run -q -- generate-docs";
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn generated_files_are_up_to_date() {
+    let dir = temp_dir("docs");
+    let out = pglock()
+        .args(["generate-docs", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listed = String::from_utf8(out.stdout).unwrap();
+    let mut stale = Vec::new();
+    let mut count = 0;
+    for written in listed.lines() {
+        let rel = Path::new(written).strip_prefix(&dir).unwrap();
+        let fresh = std::fs::read(written).unwrap();
+        count += 1;
+        if std::fs::read(repo().join(rel)).ok().as_ref() != Some(&fresh) {
+            stale.push(rel.display().to_string());
+        }
+    }
+    assert_eq!(count, 6, "the man page and five completion files: {listed}");
+    assert!(
+        stale.is_empty(),
+        "{} differ from what the current clap definition generates; regenerate them from the \
+         repository root with:\n\n    {REGENERATE}\n",
+        stale.join(", ")
+    );
+}
+
+#[test]
+fn man_page_renders_without_warnings() {
+    let out = Command::new("man")
+        .args(["--warnings", "-l"])
+        .arg(repo().join("man/pglock.1"))
+        .env("MANWIDTH", "80")
+        .env("LC_ALL", "C.UTF-8")
+        .env("MANPAGER", "cat")
+        .output()
+        .expect("man is needed for this test: apt-get install man-db groff-base");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.is_empty(), "{err}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for heading in [
+        "NAME",
+        "SYNOPSIS",
+        "DESCRIPTION",
+        "OPTIONS",
+        "COMMANDS",
+        "EXIT STATUS",
+        "ENVIRONMENT",
+        "EXAMPLES",
+        "SEE ALSO",
+    ] {
+        assert!(
+            text.lines().any(|l| l == heading),
+            "no {heading} section in\n{text}"
+        );
+    }
+    for needle in [
+        "flock(1)",
+        "psql(1)",
+        "PGLOCK_DATABASE_URL",
+        "PGLOCK_LOCK_ID",
+        "128+N",
+        "the lock is free",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+}
+
+#[test]
+fn bash_loads_the_completion_and_completes_subcommands() {
+    let script = format!(
+        "set -e; source '{}'; complete -p pglock; \
+         COMP_WORDS=(pglock st); COMP_CWORD=1; _pglock pglock st pglock; echo \"${{COMPREPLY[@]}}\"; \
+         COMP_WORDS=(pglock --sc); COMP_CWORD=1; _pglock pglock --sc pglock; echo \"${{COMPREPLY[@]}}\"",
+        repo().join("completions/pglock.bash").display()
+    );
+    let out = Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].ends_with(" pglock"), "{text}");
+    assert_eq!(lines[1], "status", "{text}");
+    assert_eq!(lines[2], "--scope", "{text}");
+}

@@ -1,0 +1,339 @@
+//! Fencing and faults: what pglock does when the lock, the connection or pglock itself breaks.
+//! Every fault is real: backends terminated by the server, a TCP proxy that goes silent or cuts
+//! connections, SIGKILLed processes, a real PgBouncer.
+
+mod common;
+
+use common::bouncer::Bouncer;
+use common::proxy::Proxy;
+use common::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn spawn(cmd: &mut Command) -> Child {
+    cmd.stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
+fn finish(child: Child) -> (i32, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A command that records when it gets SIGTERM, then exits 9.
+fn term_recorder(dir: &Path) -> String {
+    format!(
+        "trap 'date +%s%N > {0}/term; exit 9' TERM; touch {0}/ready; sleep 300 & wait",
+        dir.display()
+    )
+}
+
+fn nanos_now() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn terminate_backend_of(key: &str) -> u128 {
+    let mut c = sql();
+    let at = nanos_now();
+    let n: i64 = c
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE $1",
+            &[&format!("pglock:{key}@%")],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "no backend found for {key}");
+    at
+}
+
+#[test]
+fn a_terminated_backend_stops_the_command_within_a_second() {
+    let k = unique_key("terminated");
+    let dir = temp_dir("terminated");
+    // A long check interval: only watching the socket can be this fast.
+    let child = spawn(pglock().args([
+        "--key",
+        &k,
+        "--check-interval",
+        "1h",
+        "-c",
+        &term_recorder(&dir),
+    ]));
+    wait_until("the command to start", LIMIT, || dir.join("ready").exists());
+    let killed_at = terminate_backend_of(&k);
+    let (rc, err) = finish(child);
+    assert_eq!(rc, 74, "{err}");
+    let termed_at: u128 = read(&dir.join("term"))
+        .trim()
+        .parse()
+        .expect("the command got no SIGTERM");
+    let delay = Duration::from_nanos((termed_at - killed_at) as u64);
+    eprintln!("backend terminated -> command SIGTERMed after {delay:?}");
+    assert!(
+        delay < Duration::from_secs(1),
+        "SIGTERM came {delay:?} after the backend died"
+    );
+    assert!(
+        err.contains(&format!("pglock: lock \"{k}\" lost: ")),
+        "{err}"
+    );
+    assert!(err.contains("terminating the command"), "{err}");
+}
+
+#[test]
+fn a_silent_network_is_detected_within_the_bound() {
+    let k = unique_key("silent");
+    let dir = temp_dir("silent");
+    let proxy = Proxy::start();
+    let interval = Duration::from_millis(500);
+    let child = spawn(
+        pglock()
+            .args([
+                "--key",
+                &k,
+                "--check-interval",
+                "500ms",
+                "-c",
+                &term_recorder(&dir),
+            ])
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", proxy.port.to_string()),
+    );
+    wait_until("the command to start", LIMIT, || dir.join("ready").exists());
+    let frozen_at = Instant::now();
+    proxy.freeze();
+    let (rc, err) = finish(child);
+    let took = frozen_at.elapsed();
+    assert_eq!(rc, 74, "{err}");
+    assert!(dir.join("term").exists(), "the command got no SIGTERM");
+    let bound = 2 * interval + Duration::from_secs(5);
+    eprintln!("silent network with --check-interval {interval:?}: detected after {took:?}");
+    assert!(took < bound, "took {took:?}, bound {bound:?}");
+    assert!(err.contains("no answer"), "{err}");
+}
+
+#[test]
+fn a_waiter_whose_connection_is_cut_reconnects_and_gets_the_lock() {
+    let k = unique_key("reconnect");
+    let id = key_id(&k);
+    let dir = temp_dir("reconnect");
+    let mut holder = sql();
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&id])
+        .unwrap();
+    let proxy = Proxy::start();
+    let child = spawn(
+        pglock()
+            .args(["--key", &k, "-v", "-c"])
+            .arg(format!("touch {}/ran", dir.display()))
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", proxy.port.to_string()),
+    );
+    let mut probe = sql();
+    wait_until("the first wait", LIMIT, || {
+        lock_rows(&mut probe, id, false) == 1
+    });
+    proxy.cut_all();
+    wait_until("a second connection", LIMIT, || proxy.accepted() >= 2);
+    wait_until("the second wait", LIMIT, || {
+        lock_rows(&mut probe, id, false) == 1
+    });
+    assert!(!dir.join("ran").exists());
+    holder
+        .execute("SELECT pg_advisory_unlock($1)", &[&id])
+        .unwrap();
+    let (rc, err) = finish(child);
+    assert_eq!(rc, 0, "{err}");
+    assert!(dir.join("ran").exists());
+    assert!(
+        err.contains("retrying"),
+        "reconnection not logged with -v: {err}"
+    );
+}
+
+#[test]
+fn a_command_that_ignores_sigterm_gets_sigkill_after_kill_after() {
+    let k = unique_key("stubborn");
+    let dir = temp_dir("stubborn");
+    let script = format!(
+        "trap 'touch {0}/term' TERM; touch {0}/ready; while :; do sleep 0.1; done",
+        dir.display()
+    );
+    let child = spawn(pglock().args(["--key", &k, "--kill-after", "1s", "-c", &script]));
+    wait_until("the command to start", LIMIT, || dir.join("ready").exists());
+    let start = Instant::now();
+    terminate_backend_of(&k);
+    let (rc, err) = finish(child);
+    let took = start.elapsed();
+    assert_eq!(rc, 74, "{err}");
+    assert!(dir.join("term").exists(), "no SIGTERM first");
+    assert!(
+        took >= Duration::from_secs(1),
+        "SIGKILL before --kill-after: {took:?}"
+    );
+    assert!(took < Duration::from_secs(6), "no SIGKILL: {took:?}");
+}
+
+#[test]
+fn the_command_gets_sigterm_when_pglock_is_killed_and_the_lock_is_free() {
+    let k = unique_key("orphan");
+    let dir = temp_dir("orphan");
+    let child = spawn(pglock().args(["--key", &k, "-c", &term_recorder(&dir)]));
+    wait_until("the command to start", LIMIT, || dir.join("ready").exists());
+    let pgid = child_of(child.id());
+    wait_until("sh and its sleep", LIMIT, || group_members(pgid).len() == 2);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    // The shell's background sleep keeps pglock's stderr open unless it is stopped too.
+    finish(child);
+    wait_until("the command's SIGTERM", LIMIT, || dir.join("term").exists());
+    wait_until("the whole group to go", LIMIT, || {
+        group_members(pgid).is_empty()
+    });
+    let mut probe = sql();
+    wait_until("the lock to be freed", LIMIT, || {
+        lock_rows(&mut probe, key_id(&k), true) == 0
+    });
+}
+
+#[test]
+fn a_sigkilled_waiter_leaves_the_queue() {
+    let k = unique_key("deadwaiter");
+    let id = key_id(&k);
+    let mut holder = sql();
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&id])
+        .unwrap();
+    let child = spawn(pglock().args(["--key", &k, "--", "true"]));
+    let mut probe = sql();
+    wait_until("the waiter", LIMIT, || {
+        lock_rows(&mut probe, id, false) == 1
+    });
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    finish(child);
+    let start = Instant::now();
+    wait_until("the dead waiter to leave", Duration::from_secs(5), || {
+        lock_rows(&mut probe, id, false) == 0
+    });
+    eprintln!("dead waiter left the queue after {:?}", start.elapsed());
+}
+
+#[test]
+fn on_lost_ignore_lets_the_command_finish() {
+    let k = unique_key("ignore");
+    let dir = temp_dir("ignore");
+    let script = format!(
+        "trap 'touch {0}/term' TERM; touch {0}/ready; while [ ! -e {0}/go ]; do sleep 0.05; done; exit 6",
+        dir.display()
+    );
+    let child = spawn(pglock().args(["--key", &k, "--on-lost", "ignore", "-c", &script]));
+    wait_until("the command to start", LIMIT, || dir.join("ready").exists());
+    terminate_backend_of(&k);
+    std::fs::write(dir.join("go"), "").unwrap();
+    let (rc, err) = finish(child);
+    assert_eq!(rc, 6, "{err}");
+    assert!(!dir.join("term").exists(), "the command was signalled");
+    assert!(err.contains("lost"), "no warning: {err}");
+}
+
+#[test]
+fn xact_scope_excludes_through_pgbouncer_transaction_pooling() {
+    let bouncer = Bouncer::start("transaction");
+    let k = unique_key("bouncer");
+    let dir = temp_dir("bouncer");
+    std::fs::write(dir.join("counter"), "0").unwrap();
+    let script = format!(
+        "cd {}; echo enter >> log; n=$(cat counter); echo $((n + 1)) > counter.tmp; \
+         mv counter.tmp counter; echo leave >> log",
+        dir.display()
+    );
+    let (workers, runs) = (4, 6);
+    let conninfo = bouncer.conninfo();
+    let handles: Vec<_> = (0..workers)
+        .map(|_| {
+            let (k, script, conninfo) = (k.clone(), script.clone(), conninfo.clone());
+            std::thread::spawn(move || {
+                for _ in 0..runs {
+                    let out = pglock()
+                        .args([
+                            "--key", &k, "--scope", "xact", "-d", &conninfo, "-c", &script,
+                        ])
+                        .output()
+                        .unwrap();
+                    assert!(
+                        out.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(
+        read(&dir.join("counter")).trim(),
+        (workers * runs).to_string()
+    );
+    let log = read(&dir.join("log"));
+    for pair in log.lines().collect::<Vec<_>>().chunks(2) {
+        assert_eq!(
+            pair,
+            ["enter", "leave"],
+            "critical sections overlapped:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn retry_connect_waits_for_a_server_that_comes_up_late() {
+    use std::io::BufRead;
+    let k = unique_key("late");
+    let proxy = Proxy::start_closed();
+    let mut late = pglock();
+    late.args(["--key", &k, "-v", "--retry-connect", "30s", "--", "true"])
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", proxy.port.to_string());
+    let mut child = spawn(&mut late);
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // The server "comes up" once pglock has failed and said it will retry.
+    loop {
+        let line = rx.recv_timeout(LIMIT).expect("no retry logged");
+        if line.contains("retrying") {
+            break;
+        }
+    }
+    proxy.open();
+    assert!(child.wait().unwrap().success());
+
+    // Without --retry-connect the same situation is an immediate 69.
+    let down = Proxy::start_closed();
+    let (rc, err) = finish(spawn(
+        pglock()
+            .args(["--key", &k, "--", "true"])
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", down.port.to_string()),
+    ));
+    assert_eq!(rc, 69, "{err}");
+}
