@@ -117,6 +117,9 @@ enum Expect {
     Refused { code: i32, says: &'static str },
 }
 
+/// Name, connection string, $HOME, extra environment, expected outcome.
+type Case<'a> = (&'a str, String, &'a Path, Vec<(&'a str, String)>, Expect);
+
 #[test]
 fn every_sslmode_against_a_tls_server() {
     let suffix = std::process::id();
@@ -200,7 +203,7 @@ host all all ::1/128 scram-sha-256
     };
     let refused = |says| Expect::Refused { code: 69, says };
     let usage = |says| Expect::Refused { code: 2, says };
-    let cases: Vec<(&str, String, &Path, Vec<(&str, String)>, Expect)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "verify-full with the right CA and host name",
             format!(
