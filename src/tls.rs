@@ -13,6 +13,7 @@ use postgres::tls::NoTls;
 use postgres::{CancelToken, Client, Config};
 use postgres_native_tls::MakeTlsConnector;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// libpq's sslmode values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,10 +126,16 @@ impl Connector {
                 Identity::from_pkcs8(cert, key).context("cannot use the client certificate")?,
             );
         }
-        let tls = if matches!(verify.roots, Roots::System) && verify.check != Check::Nothing {
-            builder.build()
-        } else {
+        let needs_system_roots =
+            matches!(verify.roots, Roots::System) && verify.check != Check::Nothing;
+        // Only the process's first connector takes the shortcut: it is built before pglock starts
+        // any thread that reads the environment (resolver threads of a connection, the observer
+        // that opens a second connection); later ones pay for the trust store.
+        let first = !BUILT_ONE.swap(true, Ordering::SeqCst);
+        let tls = if first && !needs_system_roots {
             without_system_roots(|| builder.build())
+        } else {
+            builder.build()
         }
         .context("cannot set up TLS")?;
         Ok(Connector::Tls(MakeTlsConnector::new(tls)))
@@ -149,6 +156,8 @@ impl Connector {
     }
 }
 
+static BUILT_ONE: AtomicBool = AtomicBool::new(false);
+
 /// Builds a connector that will never consult the operating system's trust store.
 ///
 /// native-tls always loads OpenSSL's default CA bundle, twice (once through OpenSSL's default
@@ -161,8 +170,9 @@ fn without_system_roots<T>(build: impl FnOnce() -> T) -> T {
     const VAR: &str = "SSL_CERT_FILE";
     let saved = std::env::var_os(VAR);
     // SAFETY: set_var races only with threads that read the environment at the same moment.
-    // pglock's only other thread, the signal router, does not, and no connection (whose DNS
-    // lookups would run on resolver threads) exists while a connector is being built.
+    // This runs only for the first connector (see Connector::new): the only other thread by
+    // then is the signal router, which never reads the environment, and no connection, whose
+    // DNS lookups would read it on resolver threads, exists yet.
     unsafe { std::env::set_var(VAR, "/dev/null") };
     let built = build();
     match saved {
