@@ -103,15 +103,8 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "SCOPE", default_value_t = Scope::Session)]
     pub scope: Scope,
 
-    /// PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql.
-    #[arg(
-        short,
-        long,
-        value_name = "CONNINFO",
-        env = "PGLOCK_DATABASE_URL",
-        hide_env_values = true
-    )]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub server: Server,
 
     /// How often to ask the server whether the lock is still held while the command runs.
     ///

@@ -26,7 +26,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
         (None, Some(id)) => (id.to_string(), id, format!("lock-id:{id}")),
         (None, None) => unreachable!("clap requires --key or --lock-id"),
     };
-    let target = conninfo::resolve(cli.database_url.as_deref(), &conninfo::process_env)?;
+    let target = conninfo::resolve(cli.server.database_url.as_deref(), &conninfo::process_env)?;
     if target.password_on_command_line {
         step!(
             "warning: a password on the command line is visible to every local user in ps; \
@@ -205,7 +205,7 @@ fn wait_for_lock(
         let watch = (!attempt.nowait)
             .then(|| {
                 Watch::start(&Wait {
-                    database_url: cli.database_url.as_deref(),
+                    database_url: cli.server.database_url.as_deref(),
                     id: request.id,
                     label,
                     shared: cli.shared,

@@ -5,30 +5,9 @@ mod common;
 use common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn spawn(args: &[&str], script: &str) -> Child {
-    pglock()
-        .args(args)
-        .args(["-c", script])
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap()
-}
-
-fn finish(child: Child) -> (i32, String) {
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// Lock rows of the semaphore's gate: (granted, waiting).
 fn gate_rows(key: &str) -> (i64, i64) {
@@ -62,7 +41,7 @@ fn contend(contenders: usize, limit: usize, scope: &str) {
     let limit_s = limit.to_string();
     let children: Vec<_> = (0..contenders)
         .map(|_| {
-            spawn(
+            start_script(
                 &["--key", &k, "--limit", &limit_s, "--scope", scope],
                 &script,
             )
@@ -102,7 +81,7 @@ fn nowait_is_busy_only_when_every_slot_is_taken() {
     let k = unique_key("limitnowait");
     let dir = temp_dir("limitnowait");
     let hold = |name: &str| {
-        spawn(
+        start_script(
             &["--key", &k, "--limit", "2"],
             &format!(
                 "touch {0}/{name}; while [ ! -e {0}/go ]; do sleep 0.05; done",
@@ -134,7 +113,7 @@ fn a_release_wakes_the_head_of_the_queue_without_polling() {
     let k = unique_key("limitwake");
     let dir = temp_dir("limitwake");
     let holder = |name: &str| {
-        spawn(
+        start_script(
             &["--key", &k, "--limit", "2"],
             &format!(
                 "touch {0}/{name}; while [ ! -e {0}/go-{name} ]; do sleep 0.02; done",
@@ -147,7 +126,7 @@ fn a_release_wakes_the_head_of_the_queue_without_polling() {
         dir.join("a").exists() && dir.join("b").exists()
     });
     // A re-check interval of an hour: only the release's wake-up can hand the slot over.
-    let waiter = spawn(
+    let waiter = start_script(
         &["--key", &k, "--limit", "2", "--check-interval", "1h"],
         &format!("echo $PGLOCK_SLOT > {}/slot", dir.display()),
     );
@@ -170,13 +149,13 @@ fn a_release_wakes_the_head_of_the_queue_without_polling() {
 fn a_killed_holders_slot_is_reused() {
     let k = unique_key("limitkill");
     let dir = temp_dir("limitkill");
-    let a = spawn(
+    let a = start_script(
         &["--key", &k, "--limit", "1", "--check-interval", "1s"],
         "true",
     );
     finish(a);
     let holder = |name: &str| {
-        spawn(
+        start_script(
             &["--key", &k, "--limit", "2"],
             &format!("echo $PGLOCK_SLOT > {0}/{name}; sleep 300", dir.display()),
         )
@@ -185,7 +164,7 @@ fn a_killed_holders_slot_is_reused() {
     wait_until("a", LIMIT, || !read(&dir.join("a")).is_empty());
     let b = holder("b");
     wait_until("b", LIMIT, || !read(&dir.join("b")).is_empty());
-    let waiter = spawn(
+    let waiter = start_script(
         &["--key", &k, "--limit", "2", "--check-interval", "1s"],
         &format!("echo $PGLOCK_SLOT > {}/c", dir.display()),
     );
@@ -212,7 +191,7 @@ fn waiters_get_slots_in_arrival_order() {
     let go = dir.join("go");
     let holders: Vec<_> = (0..3)
         .map(|i| {
-            spawn(
+            start_script(
                 &["--key", &k, "--limit", "3"],
                 &format!(
                     "touch {0}/h{i}; while [ ! -e {0}/go ]; do sleep 0.02; done",
@@ -227,7 +206,7 @@ fn waiters_get_slots_in_arrival_order() {
     let order = dir.join("order");
     let mut waiters = Vec::new();
     for i in 0..10 {
-        waiters.push(spawn(
+        waiters.push(start_script(
             &["--key", &k, "--limit", "3"],
             &format!("echo {i} >> {}; sleep 0.05", order.display()),
         ));
@@ -319,7 +298,7 @@ fn min_hold_keeps_the_lock_after_a_short_command() {
     let id = key_id(&k);
     let dir = temp_dir("minhold");
     let start = Instant::now();
-    let child = spawn(
+    let child = start_script(
         &["--key", &k, "--min-hold", "1500ms"],
         &format!("touch {}/done; exit 4", dir.display()),
     );
@@ -342,7 +321,7 @@ fn a_signal_ends_the_min_hold_early() {
         let k = unique_key("minholdsig");
         let id = key_id(&k);
         let dir = temp_dir("minholdsig");
-        let child = spawn(
+        let child = start_script(
             &["--key", &k, "--min-hold", "1h"],
             &format!("touch {}/done", dir.display()),
         );
