@@ -189,9 +189,9 @@ fn wait_for_lock(
         let mut attempt = request.clone();
         if let Some(deadline) = deadline {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(conflict(cli, label, Acquired::TimedOut, None));
-            }
+            // --timeout bounds the wait, and connecting ate it all: one last try without
+            // waiting still takes a free lock, or finds out who holds it.
+            attempt.nowait = left.is_zero();
             attempt.timeout = Some(left);
         }
         if attempt.nowait {
@@ -232,6 +232,11 @@ fn wait_for_lock(
                 return Ok(Waited::Held(Box::new(session)));
             }
             Ok(outcome @ (Acquired::Busy | Acquired::TimedOut)) => {
+                let outcome = if request.nowait {
+                    outcome
+                } else {
+                    Acquired::TimedOut
+                };
                 return Err(conflict(
                     cli,
                     label,

@@ -139,6 +139,7 @@ fn a_release_wakes_the_head_of_the_queue_without_polling() {
     let (rc, err) = finish(waiter);
     let took = released.elapsed();
     assert_eq!(rc, 0, "{err}");
+    eprintln!("semaphore hand-off, release to the waiter's exit: {took:?}");
     assert!(took < Duration::from_secs(10), "hand-off took {took:?}");
     assert!(["0", "1"].contains(&read(&dir.join("slot")).trim()));
     std::fs::write(dir.join("go-a"), "").unwrap();
