@@ -44,12 +44,22 @@ impl DeadMan {
         }
     }
 
-    /// The command has exited: tell the switch to go away, and reap it.
-    pub fn disarm(mut self) {
+    /// The command has exited: tell the switch to go away. It is reaped when this is dropped,
+    /// so that waiting for it to exit need not delay the release of the lock.
+    pub fn disarm(&mut self) {
         if let Some(line) = self.line.take() {
             let _ = nix::unistd::write(&line, b"x");
         }
-        let _ = nix::sys::wait::waitpid(self.pid, None);
+    }
+}
+
+impl Drop for DeadMan {
+    fn drop(&mut self) {
+        // Still armed: closing our end tells the switch that pglock is going away without its
+        // command having exited, and the switch stops the group; don't wait for that.
+        if self.line.is_none() {
+            let _ = nix::sys::wait::waitpid(self.pid, None);
+        }
     }
 }
 

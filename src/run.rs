@@ -78,7 +78,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
     };
 
     // With --on-lost ignore the user accepted a command that outlives the lock.
-    let deadman = if fenced {
+    let mut deadman = if fenced {
         Some(DeadMan::arm(running.pid(), cli.kill_after)?)
     } else {
         None
@@ -97,7 +97,8 @@ pub fn run(cli: &Cli) -> Result<u8> {
         on_lost,
         &label,
     )?;
-    if let Some(deadman) = deadman {
+    // Reaped when `deadman` goes out of scope, after the release.
+    if let Some(deadman) = &mut deadman {
         deadman.disarm();
     }
     step!("command exited: {}", ended.status);

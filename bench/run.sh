@@ -1,0 +1,393 @@
+#!/usr/bin/env bash
+# pglock's cost next to the least any PostgreSQL-based lock can cost. See BENCHMARKS.md.
+#
+#   bench/run.sh                  build pglock (cargo build --release) and measure everything
+#   PGLOCK=/path/to/pglock bench/run.sh    measure that binary instead
+#
+# It starts its own throw-away PostgreSQL cluster (pg_virtualenv -t), measures every section in
+# one run so the ratios hold on a noisy machine, prints Markdown tables, and keeps the raw samples
+# in $OUT (default: a new directory under /tmp). Installs nothing.
+#
+# Knobs (environment): ROUNDS (5) and RUNS (20): hyperfine runs per command per round, rounds
+# interleave the commands; FLOOR_SECS (2): pgbench -C time per round; SECTION (0.02): seconds a
+# critical section lasts in the hand-off test; SCALE (200): waiters in the scale test;
+# SECTIONS ("uncontended handoff memory scale"): which sections to run; MODES ("default
+# nocafile disable"): which connection settings the hand-off, memory and scale sections use.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+
+if [ "${1:-}" != --inside ]; then
+    missing=()
+    for tool in hyperfine pg_virtualenv pgbench psql flock awk; do
+        command -v "$tool" >/dev/null || missing+=("$tool")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "bench/run.sh: missing ${missing[*]}" >&2
+        echo "  Debian/Ubuntu: apt-get install hyperfine postgresql postgresql-contrib util-linux" >&2
+        exit 1
+    fi
+    if [ "${BASH_VERSINFO[0]}" -lt 5 ]; then
+        echo "bench/run.sh: needs bash 5 (for \$EPOCHREALTIME)" >&2
+        exit 1
+    fi
+    if [ -z "${PGLOCK:-}" ]; then
+        (cd "$here/.." && cargo build --release --quiet)
+        PGLOCK="$here/../target/release/pglock"
+    fi
+    PGLOCK=$(realpath "$PGLOCK")
+    export PGLOCK
+    OUT=${OUT:-$(mktemp -d -t pglock-bench.XXXXXX)}
+    mkdir -p "$OUT"
+    export OUT
+    # pg_createcluster takes the first free port from 5432 up, which races with other
+    # pg_virtualenv runs on the same machine; a random high port does not.
+    for attempt in 1 2 3; do
+        port=$((20000 + RANDOM % 10000))
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && continue
+        [ -e "/var/run/postgresql/.s.PGSQL.$port" ] && continue
+        # 200 waiters, their holder, and the script's own psql need more than the default 100.
+        if PGPORT=$port pg_virtualenv -t -o max_connections=300 "$0" --inside; then
+            exit 0
+        fi
+        rc=$?
+        # The cluster ran and the benchmark itself failed: don't run it again.
+        [ -e "$OUT/started" ] && exit "$rc"
+        echo "bench/run.sh: pg_virtualenv failed (attempt $attempt); trying another port" >&2
+    done
+    exit 1
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Inside the throw-away cluster: PGHOST=localhost, PGPORT, PGUSER, PGPASSWORD, PGDATABASE are set.
+touch "$OUT/started"
+ROUNDS=${ROUNDS:-5}
+RUNS=${RUNS:-20}
+FLOOR_SECS=${FLOOR_SECS:-2}
+SECTION=${SECTION:-0.02}
+SCALE=${SCALE:-200}
+samples="$OUT/uncontended.txt"
+: >"$samples"
+results="$OUT/results.md"
+: >"$results"
+lockfile="$OUT/flock.lock"
+
+say() { echo "$*" | tee -a "$results"; }
+sql() { PGSSLMODE=disable SSL_CERT_FILE= psql -X -q -At -c "$1"; }
+
+# The connection settings every section is measured with:
+# - default: nothing set, so libpq and pglock both use sslmode=prefer and negotiate TLS;
+# - nocafile: the same with SSL_CERT_FILE=/dev/null, for pglock only: native-tls then skips
+#   parsing OpenSSL's CA bundle, which sslmode=prefer never uses (see BENCHMARKS.md);
+# - disable: PGSSLMODE=disable for every tool.
+use_mode() {
+    unset PGSSLMODE SSL_CERT_FILE
+    case $1 in
+        nocafile) export SSL_CERT_FILE=/dev/null ;;
+        disable) export PGSSLMODE=disable ;;
+    esac
+}
+mode_name() {
+    case $1 in
+        default) echo "prefer (default)" ;;
+        nocafile) echo "prefer, SSL_CERT_FILE=/dev/null" ;;
+        disable) echo "disable" ;;
+    esac
+}
+
+# The median of the numbers on stdin, and nearest-rank percentiles.
+pct() { # pct P: the P-th percentile (0-100) of the numbers on stdin
+    sort -g | awk -v p="$1" '{ v[NR] = $1 } END {
+        if (NR == 0) { print "nan"; exit }
+        i = int(p / 100 * NR); if (i < p / 100 * NR) i++; if (i < 1) i = 1
+        printf "%.2f\n", v[i] }'
+}
+median() { pct 50; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f\n", a / b }'; }
+
+# hyperfine's JSON lists each run's wall time in seconds under "times".
+hyperfine_times() {
+    awk '/"times": \[/ { on = 1; next } on && /\]/ { on = 0 } on { gsub(/[ ,]/, ""); print $0 * 1000 }' "$1"
+}
+
+# One measured command: RUNS runs (after 3 warm-ups), appended to the samples as milliseconds.
+measure() { # measure MODE LABEL COMMAND...
+    local mode=$1 label=$2 json="$OUT/hf.json"
+    shift 2
+    hyperfine -N --style none -w 3 -r "$RUNS" --export-json "$json" -- "$(printf '%q ' "$@")"
+    hyperfine_times "$json" | sed "s/^/$mode $label /" >>"$samples"
+}
+
+# The floor: pgbench -C with a two-statement script, one client. Each transaction opens a new
+# connection, so the time between two transaction ends is connect + lock + unlock + disconnect.
+floor() { # floor MODE
+    local dir
+    dir=$(mktemp -d -p "$OUT")
+    printf 'SELECT pg_advisory_lock(4242);\nSELECT pg_advisory_unlock(4242);\n' >"$dir/lock.sql"
+    (cd "$dir" && pgbench -n -C -c 1 -T "$FLOOR_SECS" -l -f lock.sql >pgbench.out 2>&1)
+    awk -v m="$1" 'NR > 1 { print m, "floor", (($5 - s) * 1e6 + ($6 - u)) / 1000 } { s = $5; u = $6 }' \
+        "$dir"/pgbench_log.* >>"$samples"
+    rm -rf "$dir"
+}
+
+value() { # value MODE LABEL: the median in ms
+    awk -v m="$1" -v l="$2" '$1 == m && $2 == l { print $3 }' "$samples" | median
+}
+
+count() {
+    awk -v m="$1" -v l="$2" '$1 == m && $2 == l' "$samples" | wc -l
+}
+
+# ---------------------------------------------------------------------------------------------
+machine() {
+    say "## Machine"
+    say ""
+    say "- CPU: $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(nproc) cores"
+    say "- Memory: $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+    say "- Kernel: $(uname -sr)"
+    say "- Server: PostgreSQL $(sql 'SHOW server_version'), TCP loopback (PGHOST=$PGHOST), ssl=$(sql 'SHOW ssl'), password_encryption=$(sql 'SHOW password_encryption')"
+    say "- pglock: $("$PGLOCK" --version) ($(git -C "$here" describe --always --dirty 2>/dev/null || echo unknown)), $PGLOCK"
+    say "- Tools: $(hyperfine --version), $(pgbench --version), $(flock --version | head -1)"
+    say "- Load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    say ""
+}
+
+uncontended() {
+    local mode round psqlbin
+    psqlbin="$("${PG_CONFIG:-pg_config}" --bindir 2>/dev/null)/psql"
+    [ -x "$psqlbin" ] || psqlbin=
+    for round in $(seq "$ROUNDS"); do
+        for mode in default disable; do
+            (
+                use_mode "$mode"
+                floor "$mode"
+                measure "$mode" psql psql -X -c 'SELECT pg_advisory_lock(4243)'
+                [ -z "$psqlbin" ] || measure "$mode" psql-bin "$psqlbin" -X -c 'SELECT pg_advisory_lock(4243)'
+                measure "$mode" pglock "$PGLOCK" --key bench-uncontended -- true
+                if [ "$mode" = default ]; then
+                    use_mode nocafile
+                    measure "$mode" pglock-nocafile "$PGLOCK" --key bench-uncontended -- true
+                fi
+                measure "$mode" flock flock "$lockfile" true
+            )
+        done
+    done
+
+    say "## Uncontended"
+    say ""
+    say "Median wall time of one run; ratios to the floor and to psql with the same sslmode,"
+    say "from the same run: $ROUNDS rounds of $RUNS runs per command after 3 warm-up runs"
+    say "(pgbench: ${FLOOR_SECS} s per round), the rounds interleaving the commands."
+    say ""
+    say "| command | sslmode | median ms | x floor | x psql | runs |"
+    say "| --- | --- | ---: | ---: | ---: | ---: |"
+    local fl ps label name v
+    for mode in default disable; do
+        fl=$(value "$mode" floor)
+        ps=$(value "$mode" psql)
+        for label in floor psql psql-bin pglock pglock-nocafile flock; do
+            [ "$(count "$mode" "$label")" -gt 0 ] || continue
+            case $label in
+                floor) name="pgbench -C, lock + unlock: **the floor**" ;;
+                psql) name="psql -c 'SELECT pg_advisory_lock(..)'" ;;
+                psql-bin) name="the same, psql binary without Debian's pg_wrapper" ;;
+                pglock) name="**pglock --key k -- true**" ;;
+                pglock-nocafile) name="pglock, SSL_CERT_FILE=/dev/null" ;;
+                flock) name="flock /tmp/f true (no server)" ;;
+            esac
+            v=$(value "$mode" "$label")
+            say "| $name | $(mode_name "$mode") | $v | $(ratio "$v" "$fl") | $(ratio "$v" "$ps") | $(count "$mode" "$label") |"
+        done
+    done
+    say ""
+}
+
+# ---------------------------------------------------------------------------------------------
+# Hand-off: K contenders each run M critical sections on one lock. Each section writes its start
+# and end times; the hand-off latency is the time from one section's end to the next one's start
+# (the command exits, the lock passes on, the next command starts).
+handoff_run() { # handoff_run TOOL MODE K M LOG
+    local tool=$1 mode=$2 k=$3 m=$4 log=$5 c
+    : >"$log"
+    local section='echo "s $EPOCHREALTIME" >>"$HLOG"; sleep "$HSECTION"; echo "e $EPOCHREALTIME" >>"$HLOG"'
+    (
+        use_mode "$mode"
+        export HLOG=$log HSECTION=$SECTION
+        for c in $(seq "$k"); do
+            (
+                for _ in $(seq "$m"); do
+                    echo "l $EPOCHREALTIME" >>"$log"
+                    case $tool in
+                        pglock) "$PGLOCK" --key "bench-handoff-$k" -- bash -c "$section" ;;
+                        flock) flock "$lockfile" bash -c "$section" ;;
+                    esac
+                done
+            ) &
+        done
+        wait
+    )
+}
+
+# Reads a hand-off log, checks that no two sections overlapped, and prints
+# "runs runs/s launched% p50 p99". launched% counts the hand-offs for which another run had
+# already been started when the section ended (so it was connecting or waiting).
+handoff_stats() {
+    sort -k2 -g "$1" | awk '
+        $1 == "l" { launched++; next }
+        $1 == "s" { if (open) bad++
+                    open = 1; started++; if (started == 1) first = $2
+                    if (prev_end != "") { nh++; print "h", ($2 - prev_end) * 1000; if (pending) queued++ }
+                    next }
+        $1 == "e" { open = 0; prev_end = $2; pending = launched - started > 0 }
+        END {
+            if (bad) print "bench/run.sh: " bad " critical sections overlapped" > "/dev/stderr"
+            printf "runs %d %.1f %.0f%s\n", started, started / (prev_end - first),
+                100 * queued / (nh ? nh : 1), bad ? " OVERLAP" : ""
+        }' >"$1.stats"
+    local p50 p99 runs
+    p50=$(awk '$1 == "h" { print $2 }' "$1.stats" | pct 50)
+    p99=$(awk '$1 == "h" { print $2 }' "$1.stats" | pct 99)
+    runs=$(awk '$1 == "runs" { print $2, $3, $4 $5 }' "$1.stats")
+    echo "$runs $p50 $p99"
+}
+
+handoff() {
+    local shapes=("2 100" "8 25" "32 8") shape k m mode log fl_p50 runs rps queued p50 p99
+    say "## Hand-off"
+    say ""
+    say "K contenders each run M critical sections (\`bash -c\`: a timestamp, \`sleep $SECTION\`, a"
+    say "timestamp) on one lock. The hand-off is the time from one section's end to the next one's"
+    say "start: the command's exit, the release, the wake-up of the next holder and the start of"
+    say "its command. flock(1) runs the same shapes on a local file; its hand-off is the cost of"
+    say "starting the next command with a lock that costs next to nothing, so pglock's p50 minus"
+    say "flock's is pglock's own part."
+    say ""
+    say "| K x M | tool | sslmode | runs/s | hand-off p50 ms | p99 ms | p50 - flock p50 | next run launched |"
+    say "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"
+    for shape in "${shapes[@]}"; do
+        read -r k m <<<"$shape"
+        log="$OUT/handoff-flock-$k.log"
+        handoff_run flock disable "$k" "$m" "$log"
+        read -r runs rps queued fl_p50 p99 < <(handoff_stats "$log")
+        say "| $k x $m | flock | - | $rps | $fl_p50 | $p99 | | $queued% |"
+        for mode in ${MODES:-default nocafile disable}; do
+            log="$OUT/handoff-pglock-$mode-$k.log"
+            handoff_run pglock "$mode" "$k" "$m" "$log"
+            read -r runs rps queued p50 p99 < <(handoff_stats "$log")
+            say "| $k x $m | pglock | $(mode_name "$mode") | $rps | $p50 | $p99 | $(awk -v a="$p50" -v b="$fl_p50" 'BEGIN { printf "%.2f", a - b }') | $queued% |"
+        done
+    done
+    say ""
+}
+
+# ---------------------------------------------------------------------------------------------
+kib() { awk -v f="$2" '$1 == f":" { print $2 }' "/proc/$1/status"; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+pss_kib() { awk '$1 == "Pss:" { print $2 }' "/proc/$1/smaps_rollup"; }
+
+# Waits until COND (a SQL boolean) holds, up to LIMIT seconds.
+wait_sql() { # wait_sql LIMIT COND
+    local deadline=$((SECONDS + $1))
+    until [ "$(sql "SELECT $2")" = t ]; do
+        if [ $SECONDS -ge $deadline ]; then
+            echo "bench/run.sh: timed out waiting for: $2" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+advisory() { # the number of advisory locks granted (true) or waited for (false)
+    echo "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted = $1)"
+}
+
+memory() {
+    say "## Memory"
+    say ""
+    say "Peak RSS (VmHWM) of the pglock process itself (not its command): one waiting for the"
+    say "lock, 1 s after it was queued, and the one holding it while its command runs. RSS counts"
+    say "every page mapped, shared libraries included; PSS divides shared pages among the"
+    say "processes that map them."
+    say ""
+    say "| process | sslmode | TLS in use | VmHWM MiB | VmRSS MiB | PSS MiB |"
+    say "| --- | --- | --- | ---: | ---: | ---: |"
+    local mode
+    for mode in ${MODES:-default nocafile disable}; do
+        (
+            use_mode "$mode"
+            local release="$OUT/release-mem-$mode" holder waiter psqlpid tls name
+            name=$(mode_name "$mode")
+            rm -f "$release"
+            "$PGLOCK" --lock-id 4244 -- bash -c "while [ ! -e '$release' ]; do sleep 0.05; done" &
+            holder=$!
+            wait_sql 30 "$(advisory true) = 1"
+            "$PGLOCK" --lock-id 4244 -- true &
+            waiter=$!
+            wait_sql 30 "$(advisory false) = 1"
+            psql -X -q -c 'SELECT pg_advisory_lock(4244)' >/dev/null &
+            psqlpid=$!
+            wait_sql 30 "$(advisory false) = 2"
+            sleep 1
+            tls=$(sql "SELECT CASE WHEN bool_and(ssl) THEN 'yes' WHEN NOT bool_or(ssl) THEN 'no' ELSE 'mixed' END FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE application_name LIKE 'pglock:%'")
+            say "| pglock, waiting | $name | $tls | $(mib "$(kib $waiter VmHWM)") | $(mib "$(kib $waiter VmRSS)") | $(mib "$(pss_kib $waiter)") |"
+            say "| pglock, holding, command running | $name | $tls | $(mib "$(kib $holder VmHWM)") | $(mib "$(kib $holder VmRSS)") | $(mib "$(pss_kib $holder)") |"
+            if [ "$mode" != nocafile ]; then
+                say "| psql, waiting (for comparison) | $name | | $(mib "$(kib $psqlpid VmHWM)") | $(mib "$(kib $psqlpid VmRSS)") | $(mib "$(pss_kib $psqlpid)") |"
+            fi
+            touch "$release"
+            wait "$holder" "$waiter" "$psqlpid"
+        )
+    done
+    say ""
+}
+
+# ---------------------------------------------------------------------------------------------
+scale() {
+    say "## Scale"
+    say ""
+    say "$SCALE pglock processes wait on one key while another one holds it; then the holder lets"
+    say "go and the $SCALE run \`true\` in turn. Connections are the server's sessions whose"
+    say "application_name starts with pglock, holder included. RSS and PSS are summed over the"
+    say "$SCALE waiters 1 s after the last one was queued."
+    say ""
+    say "| sslmode | waiters | server connections | total RSS MiB | total PSS MiB | RSS per waiter MiB | time to queue s | time to run through s | runs/s |"
+    say "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    local mode
+    for mode in ${MODES:-default nocafile disable}; do
+        (
+            use_mode "$mode"
+            local release="$OUT/release-scale-$mode" holder pids=() i t0 t1 t2 t3 conns rss=0 pss=0
+            rm -f "$release"
+            "$PGLOCK" --key bench-scale -- bash -c "while [ ! -e '$release' ]; do sleep 0.05; done" &
+            holder=$!
+            wait_sql 30 "$(advisory true) = 1"
+            t0=$EPOCHREALTIME
+            for i in $(seq "$SCALE"); do
+                "$PGLOCK" --key bench-scale -- true &
+                pids+=($!)
+            done
+            wait_sql 300 "$(advisory false) = $SCALE"
+            t1=$EPOCHREALTIME
+            sleep 1
+            conns=$(sql "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pglock%'")
+            for i in "${pids[@]}"; do
+                rss=$((rss + $(kib "$i" VmRSS)))
+                pss=$((pss + $(pss_kib "$i")))
+            done
+            touch "$release"
+            wait "$holder"
+            t2=$EPOCHREALTIME
+            for i in "${pids[@]}"; do wait "$i"; done
+            t3=$EPOCHREALTIME
+            say "| $(mode_name "$mode") | $SCALE | $conns | $(mib $rss) | $(mib $pss) | $(mib $((rss / SCALE))) | $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') | $(awk -v a="$t2" -v b="$t3" 'BEGIN { printf "%.2f", b - a }') | $(awk -v a="$t2" -v b="$t3" -v n="$SCALE" 'BEGIN { printf "%.0f", n / (b - a) }') |"
+        )
+    done
+    say ""
+}
+
+started=$SECONDS
+machine
+for section in ${SECTIONS:-uncontended handoff memory scale}; do
+    "$section"
+done
+say "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); $((SECONDS - started)) s in all. Raw samples: $OUT"
