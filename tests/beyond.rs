@@ -329,10 +329,17 @@ fn a_signal_ends_the_min_hold_early() {
         wait_until("the command", LIMIT, || dir.join("done").exists());
         let mut probe = sql();
         // The command is done; pglock is in its extra hold once only it holds the lock.
+        // (The dead man's switch, stood down, may linger as a zombie until the release.)
         wait_until("the command to exit", LIMIT, || {
             std::fs::read_to_string(format!("/proc/{}/task/{0}/children", child.id()))
-                .map(|c| c.trim().is_empty())
-                .unwrap_or(true)
+                .unwrap_or_default()
+                .split_whitespace()
+                .all(|pid| {
+                    let stat =
+                        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                    stat.rsplit_once(") ")
+                        .is_none_or(|(_, rest)| rest.starts_with('Z'))
+                })
         });
         assert_eq!(lock_rows(&mut probe, id, true), 1);
         kill(Pid::from_raw(child.id() as i32), sig).unwrap();
