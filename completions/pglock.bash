@@ -126,7 +126,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__key)
-            opts="-h --lock-id --help"
+            opts="-h --lock-id --key-hash --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -134,6 +134,10 @@ _pglock() {
             case "${prev}" in
                 --lock-id)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-hash)
+                    COMPREPLY=($(compgen -W "sha256 sqlx postgres-lock" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -166,7 +170,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__status)
-            opts="-k -d -h --key --lock-id --json --database-url --help"
+            opts="-k -d -h --key --lock-id --key-hash --json --database-url --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -182,6 +186,10 @@ _pglock() {
                     ;;
                 --lock-id)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-hash)
+                    COMPREPLY=($(compgen -W "sha256 sqlx postgres-lock" -- "${cur}"))
                     return 0
                     ;;
                 --database-url)

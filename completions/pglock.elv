@@ -58,11 +58,12 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand -k 'Name of the lock, as given to pglock --key'
             cand --key 'Name of the lock, as given to pglock --key'
             cand --lock-id 'A raw lock id: one signed 64-bit integer, or A,B (two signed 32-bit)'
+            cand --key-hash 'How KEY becomes a lock id, as in the main command'
             cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --json 'Print one JSON object instead of a table'
-            cand -h 'Print help'
-            cand --help 'Print help'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
         }
         &'pglock;list'= {
             cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
@@ -73,8 +74,9 @@ set edit:completion:arg-completer[pglock] = {|@words|
         }
         &'pglock;key'= {
             cand --lock-id 'A raw lock id instead: one signed 64-bit integer, or A,B (two signed 32-bit)'
-            cand -h 'Print help'
-            cand --help 'Print help'
+            cand --key-hash 'How KEY becomes a lock id, as in the main command'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
         }
     ]
     $completions[$command]

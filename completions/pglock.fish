@@ -54,11 +54,17 @@ complete -c pglock -n "__fish_pglock_needs_command" -a "list" -d 'List every adv
 complete -c pglock -n "__fish_pglock_needs_command" -a "key" -d 'Print a key\'s lock id, where pg_locks shows it, and a SQL query that finds it. Needs no server'
 complete -c pglock -n "__fish_pglock_using_subcommand status" -s k -l key -d 'Name of the lock, as given to pglock --key' -r
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l lock-id -d 'A raw lock id: one signed 64-bit integer, or A,B (two signed 32-bit)' -r
+complete -c pglock -n "__fish_pglock_using_subcommand status" -l key-hash -d 'How KEY becomes a lock id, as in the main command' -r -f -a "sha256\t'First 8 bytes of SHA-256(key), big-endian, signed'
+sqlx\t'sqlx\'s PgAdvisoryLock::new: HKDF-SHA256 (no salt), 8 bytes, little-endian, signed'
+postgres-lock\t'Python postgres-lock: SHA-1 of the key as a decimal integer, its first 18 digits'"
 complete -c pglock -n "__fish_pglock_using_subcommand status" -s d -l database-url -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql' -r
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l json -d 'Print one JSON object instead of a table'
-complete -c pglock -n "__fish_pglock_using_subcommand status" -s h -l help -d 'Print help'
+complete -c pglock -n "__fish_pglock_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pglock -n "__fish_pglock_using_subcommand list" -s d -l database-url -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql' -r
 complete -c pglock -n "__fish_pglock_using_subcommand list" -l json -d 'Print a JSON array with one object per pg_locks row instead of a table'
 complete -c pglock -n "__fish_pglock_using_subcommand list" -s h -l help -d 'Print help'
 complete -c pglock -n "__fish_pglock_using_subcommand key" -l lock-id -d 'A raw lock id instead: one signed 64-bit integer, or A,B (two signed 32-bit)' -r
-complete -c pglock -n "__fish_pglock_using_subcommand key" -s h -l help -d 'Print help'
+complete -c pglock -n "__fish_pglock_using_subcommand key" -l key-hash -d 'How KEY becomes a lock id, as in the main command' -r -f -a "sha256\t'First 8 bytes of SHA-256(key), big-endian, signed'
+sqlx\t'sqlx\'s PgAdvisoryLock::new: HKDF-SHA256 (no salt), 8 bytes, little-endian, signed'
+postgres-lock\t'Python postgres-lock: SHA-1 of the key as a decimal integer, its first 18 digits'"
+complete -c pglock -n "__fish_pglock_using_subcommand key" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -103,15 +103,8 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "SCOPE", default_value_t = Scope::Session)]
     pub scope: Scope,
 
-    /// PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql.
-    #[arg(
-        short,
-        long,
-        value_name = "CONNINFO",
-        env = "PGLOCK_DATABASE_URL",
-        hide_env_values = true
-    )]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub server: Server,
 
     /// How often to ask the server whether the lock is still held while the command runs.
     ///
@@ -180,13 +173,21 @@ pub struct Which {
 
 impl Which {
     /// The label used in messages and application_name, and the id.
-    pub fn resolve(&self) -> (String, key::LockId) {
+    pub fn resolve(&self, hash: key::KeyHash) -> (String, key::LockId) {
         match (&self.key, self.lock_id) {
-            (Some(k), _) => (k.clone(), key::LockId::from_key(k)),
+            (Some(k), _) => (k.clone(), hash.id(k)),
             (None, Some(id)) => (id.to_string(), id),
             (None, None) => unreachable!("clap requires --key or --lock-id"),
         }
     }
+}
+
+/// How a key becomes a lock id, for the subcommands that take a key.
+#[derive(Debug, Args)]
+pub struct Hash {
+    /// How KEY becomes a lock id, as in the main command.
+    #[arg(long, value_enum, value_name = "SCHEME", default_value_t = key::KeyHash::Sha256)]
+    pub key_hash: key::KeyHash,
 }
 
 /// Where to look: the same connection settings as the main command.
@@ -207,6 +208,9 @@ pub struct Server {
 pub struct StatusArgs {
     #[command(flatten)]
     pub which: Which,
+
+    #[command(flatten)]
+    pub hash: Hash,
 
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -236,6 +240,9 @@ pub struct KeyArgs {
     /// A raw lock id instead: one signed 64-bit integer, or A,B (two signed 32-bit).
     #[arg(long, value_name = "ID", value_parser = key::LockId::parse, allow_hyphen_values = true)]
     pub lock_id: Option<key::LockId>,
+
+    #[command(flatten)]
+    pub hash: Hash,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

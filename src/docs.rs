@@ -215,9 +215,34 @@ fn environment() -> Roff {
         ("PGDATABASE", "the database (the user name)"),
         ("PGUSER", "the user (the operating-system user)"),
         ("PGPASSWORD", "the password; pglock never prints it"),
+        (
+            "PGPASSFILE",
+            "the password file (~/.pgpass), with libpq's matching rules",
+        ),
+        ("PGSERVICE", "a service name from the service file"),
+        (
+            "PGSERVICEFILE, PGSYSCONFDIR",
+            "where the service files are (~/.pg_service.conf, then PGSYSCONFDIR/pg_service.conf)",
+        ),
         ("PGCONNECT_TIMEOUT", "seconds to wait for a connection"),
-        ("PGSSLMODE", "disable, prefer (the default) or require"),
+        (
+            "PGSSLMODE",
+            "disable, allow, prefer (the default), require, verify-ca or verify-full",
+        ),
+        (
+            "PGSSLROOTCERT, PGSSLCERT, PGSSLKEY",
+            "the root certificate (or system), client certificate and key files",
+        ),
+        (
+            "PGTARGETSESSIONATTRS",
+            "read-write (pglock's default) or any",
+        ),
+        ("PGLOADBALANCEHOSTS", "disable or random"),
         ("PGOPTIONS", "server options for the session"),
+        (
+            "PGAPPNAME",
+            "ignored: pglock names its session pglock:KEY@HOST:PID",
+        ),
     ];
     for (name, what) in read {
         r.control("TP", []);
@@ -230,6 +255,10 @@ fn environment() -> Roff {
         ("PGLOCK_KEY", "the key, or the id as given to --lock-id"),
         ("PGLOCK_LOCK_ID", "the numeric lock id, or A,B"),
         ("PGLOCK_SCOPE", "session or xact"),
+        (
+            "PGLOCK_SLOT",
+            "with --limit above 1, the semaphore slot held, 0 to N-1",
+        ),
     ];
     for (name, what) in set {
         r.control("TP", []);

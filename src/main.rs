@@ -28,7 +28,19 @@ fn main() -> ExitCode {
     let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     log::set_verbose(cli.verbose);
     let result = match &cli.sub {
-        Some(sub) => status::command(sub),
+        Some(sub) => {
+            // Reports end quietly when their reader goes away (`pglock list | head`), as ls
+            // does; the lock-and-run form keeps ignoring SIGPIPE, since it must outlive its
+            // command whatever happens to its output.
+            // SAFETY: no other thread exists yet to race on the signal disposition.
+            let _ = unsafe {
+                nix::sys::signal::signal(
+                    nix::sys::signal::Signal::SIGPIPE,
+                    nix::sys::signal::SigHandler::SigDfl,
+                )
+            };
+            status::command(sub)
+        }
         None => run::run(&cli),
     };
     finish(result, cli.conflict_exit_code)

@@ -26,7 +26,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
         (None, Some(id)) => (id.to_string(), id, format!("lock-id:{id}")),
         (None, None) => unreachable!("clap requires --key or --lock-id"),
     };
-    let target = conninfo::resolve(cli.database_url.as_deref(), &conninfo::process_env)?;
+    let target = conninfo::resolve(cli.server.database_url.as_deref(), &conninfo::process_env)?;
     if target.password_on_command_line {
         step!(
             "warning: a password on the command line is visible to every local user in ps; \
@@ -190,9 +190,9 @@ fn wait_for_lock(
         let mut attempt = request.clone();
         if let Some(deadline) = deadline {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(conflict(cli, label, Acquired::TimedOut, None));
-            }
+            // --timeout bounds the wait, and connecting ate it all: one last try without
+            // waiting still takes a free lock, or finds out who holds it.
+            attempt.nowait = left.is_zero();
             attempt.timeout = Some(left);
         }
         if attempt.nowait {
@@ -206,7 +206,7 @@ fn wait_for_lock(
         let watch = (!attempt.nowait)
             .then(|| {
                 Watch::start(&Wait {
-                    database_url: cli.database_url.as_deref(),
+                    database_url: cli.server.database_url.as_deref(),
                     id: request.id,
                     label,
                     shared: cli.shared,
@@ -233,6 +233,11 @@ fn wait_for_lock(
                 return Ok(Waited::Held(Box::new(session)));
             }
             Ok(outcome @ (Acquired::Busy | Acquired::TimedOut)) => {
+                let outcome = if request.nowait {
+                    outcome
+                } else {
+                    Acquired::TimedOut
+                };
                 return Err(conflict(
                     cli,
                     label,

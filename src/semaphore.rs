@@ -88,11 +88,13 @@ fn mine(slots: &[LockId]) -> String {
     )
 }
 
-/// Appended to a slot's release: cancel the statement of the gate's holder so it looks again.
+/// Appended to a slot's release: cancel the gate holder's wait statement so it looks again.
+/// Only that statement: a cancel landing on any other would abort more than a wait.
 pub fn wake_gate_sql(gate: LockId) -> String {
     format!(
         "; SELECT pg_cancel_backend(l.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-         WHERE {} AND l.granted AND l.pid <> pg_backend_pid() AND pg_has_role(a.usesysid, 'MEMBER')",
+         WHERE {} AND l.granted AND l.pid <> pg_backend_pid() AND a.state = 'active' \
+         AND starts_with(a.query, '{WAIT_MARK}') AND pg_has_role(a.usesysid, 'MEMBER')",
         gate.pg_locks_filter()
     )
 }
@@ -101,6 +103,9 @@ fn slot_in(messages: &[postgres::SimpleQueryMessage]) -> Option<usize> {
     final_value(messages).and_then(|v| v.parse().ok())
 }
 
+/// Marks the head's wait statement, so that a release cancels that statement and nothing else.
+const WAIT_MARK: &str = "/* pglock: semaphore wait */";
+
 pub fn acquire(
     session: &mut Session,
     req: &Request,
@@ -108,6 +113,45 @@ pub fn acquire(
     interrupted: &dyn Fn() -> bool,
 ) -> Result<Acquired, postgres::Error> {
     let deadline = req.timeout.map(|t| Instant::now() + t);
+    loop {
+        match attempt(session, req, sem, interrupted, deadline) {
+            Err(e) if req.scope == Scope::Xact && is_cancel(&e) && !interrupted() => {
+                // A wake-up meant for our wait statement landed on another one and aborted the
+                // transaction. Nothing is held but the gate: start over.
+                step!("semaphore wait disturbed; starting over");
+                session.simple_query("ROLLBACK; SELECT pg_advisory_unlock_all()")?;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_cancel(e: &postgres::Error) -> bool {
+    e.code() == Some(&SqlState::QUERY_CANCELED)
+}
+
+/// Runs an idempotent statement, repeating it if a stray wake-up cancels it.
+fn query_again(
+    session: &mut Session,
+    sql: &str,
+    interrupted: &dyn Fn() -> bool,
+) -> Result<Vec<postgres::SimpleQueryMessage>, postgres::Error> {
+    let mut tries = 0;
+    loop {
+        match session.simple_query(sql) {
+            Err(e) if is_cancel(&e) && !interrupted() && tries < 5 => tries += 1,
+            other => return other,
+        }
+    }
+}
+
+fn attempt(
+    session: &mut Session,
+    req: &Request,
+    sem: &Semaphore,
+    interrupted: &dyn Fn() -> bool,
+    deadline: Option<Instant>,
+) -> Result<Acquired, postgres::Error> {
     let local = req.scope == Scope::Xact;
     let take = |session: &mut Session, slot: usize| {
         session.hold(Held {
@@ -143,22 +187,34 @@ pub fn acquire(
         lock_timeout_ms(false, left(deadline)),
         sem.gate.sql_args()
     );
-    if let Err(e) = session.simple_query(&gate) {
-        return outcome_of(e);
+    let holds_gate = format!(
+        "SELECT count(*) FROM pg_locks l WHERE {} AND l.pid = pg_backend_pid() AND l.granted",
+        sem.gate.pg_locks_filter()
+    );
+    loop {
+        match session.simple_query(&gate) {
+            Ok(_) => break,
+            // In session scope a wake-up can only have come with the grant: see whether it did.
+            Err(e) if !local && is_cancel(&e) && !interrupted() => {
+                let held = query_again(session, &holds_gate, interrupted)?;
+                if final_value(&held).as_deref() != Some("0") {
+                    break;
+                }
+            }
+            Err(e) if local => return Err(e),
+            Err(e) => return outcome_of(e),
+        }
     }
     step!("at the head of the queue for {} slots", sem.slots.len());
     warn_about_larger_limits(session, sem);
 
     // 3. At the head: wait for any slot.
-    let leave_gate = format!(
-        "{}SELECT pg_advisory_unlock({})",
-        if local {
-            "RELEASE SAVEPOINT pglock_wait; "
-        } else {
-            ""
-        },
-        sem.gate.sql_args()
-    );
+    let savepoint = if local { "SAVEPOINT pglock_wait; " } else { "" };
+    let rollback = if local {
+        "ROLLBACK TO SAVEPOINT pglock_wait; RELEASE SAVEPOINT pglock_wait; "
+    } else {
+        ""
+    };
     let mut round = 0;
     loop {
         if interrupted() {
@@ -172,9 +228,8 @@ pub fn acquire(
         let k = round % sem.slots.len();
         round += 1;
         let sql = format!(
-            "{}SELECT set_config('lock_timeout', '{}', {local}); \
+            "{WAIT_MARK} {savepoint}SELECT set_config('lock_timeout', '{}', {local}); \
              SELECT COALESCE(({}), (SELECT {k} FROM (SELECT {}({})) AS w))",
-            if local { "SAVEPOINT pglock_wait; " } else { "" },
             lock_timeout_ms(false, Some(wait)),
             try_all(req.scope, &sem.slots),
             lock_fn(false, req.scope, false),
@@ -182,42 +237,35 @@ pub fn acquire(
         );
         let slot = match session.simple_query(&sql) {
             Ok(messages) => slot_in(&messages),
-            Err(e)
-                if matches!(
-                    e.code(),
-                    Some(&SqlState::QUERY_CANCELED) | Some(&SqlState::LOCK_NOT_AVAILABLE)
-                ) =>
-            {
+            Err(e) if is_cancel(&e) || e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
                 if interrupted() {
                     return Ok(Acquired::Cancelled);
                 }
-                // Woken by a release, or time to re-check: but the wait may have been granted
-                // just before it ended.
-                let check = format!(
-                    "{}{}",
-                    if local {
-                        "ROLLBACK TO SAVEPOINT pglock_wait; SAVEPOINT pglock_wait; "
-                    } else {
-                        ""
-                    },
-                    mine(&sem.slots)
-                );
-                slot_in(&session.simple_query(&check)?)
+                // Woken by a release, or time to re-check; the wait may have been granted just
+                // before it ended (a transaction lock is undone with the savepoint).
+                let check = format!("{rollback}{}", mine(&sem.slots));
+                slot_in(&query_again(session, &check, interrupted)?)
             }
             Err(e) => return Err(e),
         };
         if let Some(slot) = slot {
-            // A wake-up aimed at us may land on this statement too; it only needs repeating.
-            let mut tries = 0;
-            loop {
-                match session.simple_query(&leave_gate) {
-                    Ok(_) => break,
-                    Err(e) if e.code() == Some(&SqlState::QUERY_CANCELED) && tries < 3 => {
-                        tries += 1
-                    }
-                    Err(e) => return Err(e),
+            let leave = format!(
+                "{}SELECT pg_advisory_unlock({})",
+                if local {
+                    "RELEASE SAVEPOINT pglock_wait; "
+                } else {
+                    ""
+                },
+                sem.gate.sql_args()
+            );
+            session.simple_query(&leave).or_else(|e| {
+                if !local && is_cancel(&e) {
+                    // Unlocking the gate twice only earns a warning.
+                    query_again(session, &leave, interrupted)
+                } else {
+                    Err(e)
                 }
-            }
+            })?;
             return take(session, slot);
         }
     }

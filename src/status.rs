@@ -294,9 +294,21 @@ pub fn conflict_message(
         Some(waited) => format!("timed out after {}: ", duration::format(waited)),
         None => String::new(),
     };
-    match query(session, prefix, &req.id.pg_locks_filter()) {
+    // A semaphore is busy when all its slots are: name their holders.
+    let (filter, what) = match &req.semaphore {
+        None => (req.id.pg_locks_filter(), format!("lock \"{label}\"")),
+        Some(sem) => (
+            sem.slots
+                .iter()
+                .map(|slot| format!("({})", slot.pg_locks_filter()))
+                .collect::<Vec<_>>()
+                .join(" OR "),
+            format!("lock \"{label}\" (all {} slots)", sem.slots.len()),
+        ),
+    };
+    match query(session, prefix, &format!("({filter})")) {
         Ok(rows) => match holder_phrase(&rows, req.shared) {
-            Some(phrase) => format!("{lead}lock \"{label}\" is {phrase}"),
+            Some(phrase) => format!("{lead}{what} is {phrase}"),
             None => format!("{lead}lock \"{label}\" was busy; its holder has released it since"),
         },
         Err(e) => {
@@ -334,7 +346,7 @@ fn fetch(session: &mut Session, filter: &str) -> Result<Vec<Row>> {
 }
 
 fn status(args: &StatusArgs) -> Result<u8> {
-    let (label, id) = args.which.resolve();
+    let (label, id) = args.which.resolve(args.hash.key_hash);
     let mut session = connect(&args.server, "status")?;
     let rows = fetch(&mut session, &id.pg_locks_filter())?;
     let held = rows.iter().any(|r| r.granted);
@@ -385,7 +397,7 @@ fn key(args: &KeyArgs) -> Result<u8> {
     let id = match (&args.key, args.lock_id) {
         (Some(k), _) => {
             println!("key       {k}");
-            LockId::from_key(k)
+            args.hash.key_hash.id(k)
         }
         (None, Some(id)) => id,
         (None, None) => unreachable!("clap requires KEY or --lock-id"),

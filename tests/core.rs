@@ -8,34 +8,13 @@ use nix::unistd::Pid;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
 fn code(cmd: &mut std::process::Command) -> (i32, String) {
     let out = cmd.stdin(Stdio::null()).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Starts pglock in its own process group, running `script` under the lock, with stdin piped so
-/// the test decides when the command ends (by closing it).
-fn spawn_holding(args: &[&str], script: &str) -> Child {
-    let mut cmd = pglock();
-    cmd.args(args)
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    cmd.spawn().unwrap()
-}
-
-fn finish(mut child: Child) -> (i32, String) {
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -138,7 +117,7 @@ fn a_waiter_runs_as_soon_as_the_lock_is_released() {
         .unwrap();
     let dir = temp_dir("handoff");
     let marker = dir.join("ran");
-    let waiter = spawn_holding(&["--key", &k], &format!("touch {}", marker.display()));
+    let waiter = start_script(&["--key", &k], &format!("touch {}", marker.display()));
     let mut probe = sql();
     wait_until("the waiter's pg_locks row", LIMIT, || {
         lock_rows(&mut probe, id, false) == 1
@@ -184,11 +163,11 @@ fn shared_holders_coexist_and_exclude_exclusive_ones() {
 
     // Two pglock shared holders at once, and an exclusive one shut out while they hold.
     let dir = temp_dir("shared");
-    let a = spawn_holding(
+    let a = start_script(
         &["--key", &k, "-s"],
         &format!("touch {}/a; cat", dir.display()),
     );
-    let b = spawn_holding(
+    let b = start_script(
         &["--key", &k, "-s"],
         &format!("touch {}/b; cat", dir.display()),
     );
@@ -205,7 +184,7 @@ fn xact_scope_holds_the_lock_inside_an_open_transaction() {
     let id = key_id(&k);
     let dir = temp_dir("xact");
     let ready = dir.join("ready");
-    let child = spawn_holding(
+    let child = start_script(
         &["--key", &k, "--scope", "xact"],
         &format!(
             "echo $PGLOCK_SCOPE > {0}/scope; touch {0}/ready; cat",
@@ -333,7 +312,7 @@ fn the_command_inherits_no_socket() {
 fn application_name_names_key_host_and_pid() {
     let k = unique_key("appname");
     let dir = temp_dir("appname");
-    let child = spawn_holding(
+    let child = start_script(
         &["--key", &k],
         &format!("touch {}/ready; cat", dir.display()),
     );
@@ -354,43 +333,7 @@ fn application_name_names_key_host_and_pid() {
 #[test]
 fn mutual_exclusion_under_contention() {
     let k = unique_key("mutex");
-    let dir = temp_dir("mutex");
-    std::fs::write(dir.join("counter"), "0").unwrap();
-    // A non-atomic read-modify-write, bracketed by enter/leave records.
-    let script = format!(
-        "cd {}; echo enter >> log; n=$(cat counter); echo $((n + 1)) > counter.tmp; \
-         mv counter.tmp counter; echo leave >> log",
-        dir.display()
-    );
-    let (workers, runs) = (4, 8);
-    let handles: Vec<_> = (0..workers)
-        .map(|_| {
-            let (k, script) = (k.clone(), script.clone());
-            std::thread::spawn(move || {
-                for _ in 0..runs {
-                    let (rc, err) = code(pglock().args(["--key", &k, "-c", &script]));
-                    assert_eq!(rc, 0, "{err}");
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
-    }
-    assert_eq!(
-        read(&dir.join("counter")).trim(),
-        (workers * runs).to_string()
-    );
-    let log = read(&dir.join("log"));
-    let lines: Vec<_> = log.lines().collect();
-    assert_eq!(lines.len(), 2 * workers * runs);
-    for pair in lines.chunks(2) {
-        assert_eq!(
-            pair,
-            ["enter", "leave"],
-            "critical sections overlapped:\n{log}"
-        );
-    }
+    counter_contention(4, 8, &["--key", &k]);
 }
 
 #[test]
@@ -402,7 +345,7 @@ fn sigterm_and_sigusr1_reach_the_command() {
             "trap 'echo {name} > {0}/got; exit 5' {name}; touch {0}/ready; while :; do sleep 1; done",
             dir.display()
         );
-        let child = spawn_holding(&["--key", &k], &script);
+        let child = start_script(&["--key", &k], &script);
         wait_file(&dir.join("ready"));
         kill(Pid::from_raw(child.id() as i32), sig).unwrap();
         let (rc, err) = finish(child);
@@ -416,7 +359,7 @@ fn sigterm_and_sigusr1_reach_the_command() {
 fn sigterm_reaches_the_whole_pipeline() {
     let k = unique_key("tree");
     let dir = temp_dir("tree");
-    let child = spawn_holding(
+    let child = start_script(
         &["--key", &k],
         &format!("touch {}/ready; sleep 300 | cat", dir.display()),
     );
@@ -514,7 +457,7 @@ fn an_interrupted_waiter_gives_up_cleanly() {
             .execute("SELECT pg_advisory_lock($1)", &[&id])
             .unwrap();
         let dir = temp_dir("interrupt");
-        let waiter = spawn_holding(&["--key", &k], &format!("touch {}/ran", dir.display()));
+        let waiter = start_script(&["--key", &k], &format!("touch {}/ran", dir.display()));
         let mut probe = sql();
         wait_until("the waiter's pg_locks row", LIMIT, || {
             lock_rows(&mut probe, id, false) == 1

@@ -9,28 +9,10 @@ use common::proxy::Proxy;
 use common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn spawn(cmd: &mut Command) -> Child {
-    cmd.stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap()
-}
-
-fn finish(child: Child) -> (i32, String) {
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// A command that records when it gets SIGTERM, then exits 9.
 fn term_recorder(dir: &Path) -> String {
@@ -66,7 +48,7 @@ fn a_terminated_backend_stops_the_command_within_a_second() {
     let k = unique_key("terminated");
     let dir = temp_dir("terminated");
     // A long check interval: only watching the socket can be this fast.
-    let child = spawn(pglock().args([
+    let child = start(pglock().args([
         "--key",
         &k,
         "--check-interval",
@@ -101,7 +83,7 @@ fn a_silent_network_is_detected_within_the_bound() {
     let dir = temp_dir("silent");
     let proxy = Proxy::start();
     let interval = Duration::from_millis(500);
-    let child = spawn(
+    let child = start(
         pglock()
             .args([
                 "--key",
@@ -137,7 +119,7 @@ fn a_waiter_whose_connection_is_cut_reconnects_and_gets_the_lock() {
         .execute("SELECT pg_advisory_lock($1)", &[&id])
         .unwrap();
     let proxy = Proxy::start();
-    let child = spawn(
+    let child = start(
         pglock()
             .args(["--key", &k, "-v", "-c"])
             .arg(format!("touch {}/ran", dir.display()))
@@ -174,7 +156,7 @@ fn a_command_that_ignores_sigterm_gets_sigkill_after_kill_after() {
         "trap 'touch {0}/term' TERM; touch {0}/ready; while :; do sleep 0.1; done",
         dir.display()
     );
-    let child = spawn(pglock().args(["--key", &k, "--kill-after", "1s", "-c", &script]));
+    let child = start(pglock().args(["--key", &k, "--kill-after", "1s", "-c", &script]));
     wait_until("the command to start", LIMIT, || dir.join("ready").exists());
     let start = Instant::now();
     terminate_backend_of(&k);
@@ -193,7 +175,7 @@ fn a_command_that_ignores_sigterm_gets_sigkill_after_kill_after() {
 fn the_command_gets_sigterm_when_pglock_is_killed_and_the_lock_is_free() {
     let k = unique_key("orphan");
     let dir = temp_dir("orphan");
-    let child = spawn(pglock().args(["--key", &k, "-c", &term_recorder(&dir)]));
+    let child = start(pglock().args(["--key", &k, "-c", &term_recorder(&dir)]));
     wait_until("the command to start", LIMIT, || dir.join("ready").exists());
     let pgid = child_of(child.id());
     wait_until("sh and its sleep", LIMIT, || group_members(pgid).len() == 2);
@@ -218,7 +200,7 @@ fn a_sigkilled_waiter_leaves_the_queue() {
     holder
         .execute("SELECT pg_advisory_lock($1)", &[&id])
         .unwrap();
-    let child = spawn(pglock().args(["--key", &k, "--", "true"]));
+    let child = start(pglock().args(["--key", &k, "--", "true"]));
     let mut probe = sql();
     wait_until("the waiter", LIMIT, || {
         lock_rows(&mut probe, id, false) == 1
@@ -240,7 +222,7 @@ fn on_lost_ignore_lets_the_command_finish() {
         "trap 'touch {0}/term' TERM; touch {0}/ready; while [ ! -e {0}/go ]; do sleep 0.05; done; exit 6",
         dir.display()
     );
-    let child = spawn(pglock().args(["--key", &k, "--on-lost", "ignore", "-c", &script]));
+    let child = start(pglock().args(["--key", &k, "--on-lost", "ignore", "-c", &script]));
     wait_until("the command to start", LIMIT, || dir.join("ready").exists());
     terminate_backend_of(&k);
     std::fs::write(dir.join("go"), "").unwrap();
@@ -254,50 +236,8 @@ fn on_lost_ignore_lets_the_command_finish() {
 fn xact_scope_excludes_through_pgbouncer_transaction_pooling() {
     let bouncer = Bouncer::start("transaction");
     let k = unique_key("bouncer");
-    let dir = temp_dir("bouncer");
-    std::fs::write(dir.join("counter"), "0").unwrap();
-    let script = format!(
-        "cd {}; echo enter >> log; n=$(cat counter); echo $((n + 1)) > counter.tmp; \
-         mv counter.tmp counter; echo leave >> log",
-        dir.display()
-    );
-    let (workers, runs) = (4, 6);
     let conninfo = bouncer.conninfo();
-    let handles: Vec<_> = (0..workers)
-        .map(|_| {
-            let (k, script, conninfo) = (k.clone(), script.clone(), conninfo.clone());
-            std::thread::spawn(move || {
-                for _ in 0..runs {
-                    let out = pglock()
-                        .args([
-                            "--key", &k, "--scope", "xact", "-d", &conninfo, "-c", &script,
-                        ])
-                        .output()
-                        .unwrap();
-                    assert!(
-                        out.status.success(),
-                        "{}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
-    }
-    assert_eq!(
-        read(&dir.join("counter")).trim(),
-        (workers * runs).to_string()
-    );
-    let log = read(&dir.join("log"));
-    for pair in log.lines().collect::<Vec<_>>().chunks(2) {
-        assert_eq!(
-            pair,
-            ["enter", "leave"],
-            "critical sections overlapped:\n{log}"
-        );
-    }
+    counter_contention(4, 6, &["--key", &k, "--scope", "xact", "-d", &conninfo]);
 }
 
 #[test]
@@ -309,7 +249,7 @@ fn retry_connect_waits_for_a_server_that_comes_up_late() {
     late.args(["--key", &k, "-v", "--retry-connect", "30s", "--", "true"])
         .env("PGHOST", "127.0.0.1")
         .env("PGPORT", proxy.port.to_string());
-    let mut child = spawn(&mut late);
+    let mut child = start(&mut late);
     let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -329,7 +269,7 @@ fn retry_connect_waits_for_a_server_that_comes_up_late() {
 
     // Without --retry-connect the same situation is an immediate 69.
     let down = Proxy::start_closed();
-    let (rc, err) = finish(spawn(
+    let (rc, err) = finish(start(
         pglock()
             .args(["--key", &k, "--", "true"])
             .env("PGHOST", "127.0.0.1")

@@ -6,8 +6,9 @@ pub mod bouncer;
 pub mod proxy;
 
 use postgres::{Client, NoTls};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -114,4 +115,80 @@ pub fn child_of(pid: u32) -> i32 {
         .filter_map(|c| c.parse::<i32>().ok())
         .find(|&c| group_members(c).contains(&c))
         .expect("pglock has no child leading a process group")
+}
+
+/// Starts a command (usually `pglock()` with arguments) in its own process group, as a shell
+/// would start a job, with stdin and stderr piped: closing stdin ends commands that read it.
+pub fn start(cmd: &mut Command) -> Child {
+    cmd.stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
+/// pglock with `args`, running `script` with -c.
+pub fn start_script(args: &[&str], script: &str) -> Child {
+    start(pglock().args(args).args(["-c", script]))
+}
+
+/// Closes the child's stdin, waits for it, and returns its exit status and stderr.
+pub fn finish(mut child: Child) -> (i32, String) {
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `workers` threads each run pglock `runs` times (with `args`) around a non-atomic
+/// read-modify-write of a counter file, bracketed by enter/leave records: the count must come
+/// out exact and the records must never interleave.
+pub fn counter_contention(workers: usize, runs: usize, args: &[&str]) {
+    let dir = temp_dir("counter");
+    std::fs::write(dir.join("counter"), "0").unwrap();
+    let script = format!(
+        "cd {}; echo enter >> log; n=$(cat counter); echo $((n + 1)) > counter.tmp; \
+         mv counter.tmp counter; echo leave >> log",
+        dir.display()
+    );
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let handles: Vec<_> = (0..workers)
+        .map(|_| {
+            let (args, script) = (args.clone(), script.clone());
+            std::thread::spawn(move || {
+                for _ in 0..runs {
+                    let out = pglock()
+                        .args(&args)
+                        .args(["-c", &script])
+                        .stdin(Stdio::null())
+                        .output()
+                        .unwrap();
+                    assert!(
+                        out.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(
+        read(&dir.join("counter")).trim(),
+        (workers * runs).to_string()
+    );
+    let log = read(&dir.join("log"));
+    let lines: Vec<_> = log.lines().collect();
+    assert_eq!(lines.len(), 2 * workers * runs);
+    for pair in lines.chunks(2) {
+        assert_eq!(
+            pair,
+            ["enter", "leave"],
+            "critical sections overlapped:\n{log}"
+        );
+    }
 }

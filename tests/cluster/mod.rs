@@ -1,0 +1,327 @@
+//! Support for the connection tests: a PostgreSQL cluster of the test's own (its own port,
+//! pg_hba.conf and TLS files), dropped again by a guard even when the test fails; a pglock that
+//! holds its lock until the test lets it go, so its session can be inspected from another
+//! connection; and the real psql binary for comparisons with libpq.
+#![allow(dead_code)]
+
+use postgres::{Client, NoTls};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+
+/// The newest installed server version, or pg_virtualenv's.
+pub fn pg_version() -> String {
+    if let Ok(v) = std::env::var("PGVERSION") {
+        return v;
+    }
+    let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server packages are installed")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    versions.sort();
+    versions.last().expect("a PostgreSQL version").to_string()
+}
+
+/// libpq's own psql, not Debian's pg_wrapper, which picks ports from its cluster list.
+pub fn psql() -> PathBuf {
+    PathBuf::from(format!("/usr/lib/postgresql/{}/bin/psql", pg_version()))
+}
+
+/// A port nothing listens on: the kernel's pick, released again.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Where pg_createcluster keeps configuration: pg_virtualenv -t moves it to a temporary directory.
+fn conf_root() -> PathBuf {
+    std::env::var_os("PG_CLUSTER_CONF_ROOT")
+        .map_or_else(|| PathBuf::from("/etc/postgresql"), PathBuf::from)
+}
+
+fn postgres_user() -> nix::unistd::User {
+    nix::unistd::User::from_name("postgres")
+        .unwrap()
+        .expect("a postgres OS user")
+}
+
+fn chown_postgres(path: &Path) {
+    let pg = postgres_user();
+    nix::unistd::chown(path, Some(pg.uid), Some(pg.gid)).unwrap();
+}
+
+/// A running cluster made with pg_createcluster (the tests run as root). Dropped on drop.
+pub struct Cluster {
+    pub version: String,
+    pub name: String,
+    pub port: u16,
+    /// The superuser's password.
+    pub password: String,
+    /// A directory the server can read, for its TLS files.
+    pub dir: PathBuf,
+}
+
+impl Cluster {
+    /// Creates and starts a cluster with these postgresql.conf settings and this pg_hba.conf.
+    /// `prepare` may put files into the cluster's directory first (they are handed to the
+    /// postgres user).
+    pub fn start(tag: &str, conf: &[String], hba: &str, prepare: impl FnOnce(&Path)) -> Cluster {
+        let version = pg_version();
+        drop_stale(&version);
+        let pid = std::process::id();
+        let name = format!("pglock_{tag}_{pid}");
+        let dir = std::env::temp_dir().join(&name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        prepare(&dir);
+        let password = format!("super-{pid}");
+        std::fs::write(dir.join("pwfile"), &password).unwrap();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            chown_postgres(&entry.unwrap().path());
+        }
+        chown_postgres(&dir);
+        let port = free_port();
+        let cluster = Cluster {
+            version,
+            name,
+            port,
+            password,
+            dir,
+        };
+        let mut create = Command::new("pg_createcluster");
+        create
+            .args(["-p", &port.to_string(), "-d"])
+            .arg(cluster.dir.join("data"))
+            .args(["-o", "fsync=off", "-o", "listen_addresses=localhost"]);
+        for c in conf {
+            create.args(["-o", c]);
+        }
+        create
+            .args([&cluster.version, &cluster.name, "--"])
+            .arg(format!("--pwfile={}", cluster.dir.join("pwfile").display()))
+            .arg("--auth=scram-sha-256")
+            .arg("--no-sync");
+        // From here on, a panic drops `cluster` and with it whatever got created.
+        run(&mut create);
+        std::fs::write(
+            conf_root()
+                .join(&cluster.version)
+                .join(&cluster.name)
+                .join("pg_hba.conf"),
+            hba,
+        )
+        .unwrap();
+        // pg_ctlcluster's own start-up checks add seconds; pg_ctl without waiting, then the
+        // first successful connection, is what "ready" means to the tests.
+        // runuser, unlike a bare setuid, also gives the server postgres's groups (ssl-cert).
+        run(Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(format!(
+                "/usr/lib/postgresql/{}/bin/pg_ctl",
+                cluster.version
+            ))
+            .args(["start", "-W", "-D"])
+            .arg(cluster.dir.join("data"))
+            .arg("-l")
+            .arg(cluster.dir.join("server.log"))
+            .arg("-o")
+            .arg(format!(
+                "-c config_file={}",
+                conf_root()
+                    .join(&cluster.version)
+                    .join(&cluster.name)
+                    .join("postgresql.conf")
+                    .display()
+            )));
+        let config = cluster.config();
+        let start = std::time::Instant::now();
+        while let Err(e) = config.connect(NoTls) {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "the test cluster does not accept connections: {e:?}\n{}",
+                std::fs::read_to_string(cluster.dir.join("server.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        cluster
+    }
+
+    fn config(&self) -> postgres::Config {
+        let mut config = postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(self.port)
+            .user("postgres")
+            .password(&self.password)
+            .dbname("postgres");
+        config
+    }
+
+    /// A superuser session over TCP.
+    pub fn client(&self) -> Client {
+        self.config().connect(NoTls).unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("pg_dropcluster")
+            .args(["--stop", &self.version, &self.name])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Drops clusters left behind by test processes that were killed before their guard ran.
+fn drop_stale(version: &str) {
+    let Ok(dir) = std::fs::read_dir(conf_root().join(version)) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("pglock_")
+            .and_then(|rest| rest.rsplit('_').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("pg_dropcluster")
+                .args(["--stop", version, &name])
+                .output();
+        }
+    }
+}
+
+/// What became of a pglock started with [`hold`].
+pub enum Outcome {
+    /// It holds the lock and its command waits for [`Held::release`].
+    Held(Held),
+    /// It exited without running the command.
+    Failed { code: Option<i32>, stderr: String },
+}
+
+impl Outcome {
+    #[track_caller]
+    pub fn held(self, what: &str) -> Held {
+        match self {
+            Outcome::Held(h) => h,
+            Outcome::Failed { code, stderr } => {
+                panic!("{what}: pglock failed with {code:?}: {stderr}")
+            }
+        }
+    }
+
+    #[track_caller]
+    pub fn failed(self, what: &str) -> (Option<i32>, String) {
+        match self {
+            Outcome::Held(h) => panic!("{what}: pglock connected (session {:?})", h.key),
+            Outcome::Failed { code, stderr } => (code, stderr),
+        }
+    }
+}
+
+/// A pglock whose command has started (so it holds the lock) and waits for its stdin to close.
+pub struct Held {
+    child: Option<Child>,
+    pub key: String,
+    _stdout: BufReader<ChildStdout>,
+}
+
+/// Runs `cmd` (a pglock command with its connection settings) with `--key key` and a command
+/// that reports on stdout, then waits until the test releases it.
+pub fn hold(mut cmd: Command, key: &str) -> Outcome {
+    let mut child = cmd
+        .args(["--key", key, "-c", "echo ready; exec cat >/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    if line == "ready\n" {
+        return Outcome::Held(Held {
+            child: Some(child),
+            key: key.to_string(),
+            _stdout: stdout,
+        });
+    }
+    let out = child.wait_with_output().unwrap();
+    Outcome::Failed {
+        code: out.status.code(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+impl Held {
+    /// Lets the command finish and returns pglock's status.
+    pub fn release(mut self) -> ExitStatus {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // The command's cat ends at EOF on its stdin.
+        drop(child.stdin.take());
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.finish();
+        }
+    }
+}
+
+/// What the server shows about pglock's session, found by its application_name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub user: String,
+    pub database: String,
+    pub ssl: bool,
+    pub client_dn: Option<String>,
+}
+
+/// The session of the pglock holding `key`, if it is connected to this server.
+pub fn session(client: &mut Client, key: &str) -> Option<Session> {
+    let rows = client
+        .query(
+            "SELECT a.usename::text, a.datname::text, coalesce(s.ssl, false), s.client_dn \
+             FROM pg_stat_activity a LEFT JOIN pg_stat_ssl s USING (pid) \
+             WHERE strpos(a.application_name, $1) = 1",
+            &[&format!("pglock:{key}@")],
+        )
+        .unwrap();
+    assert!(rows.len() <= 1, "several sessions for {key}");
+    rows.first().map(|r| Session {
+        user: r.get(0),
+        database: r.get(1),
+        ssl: r.get(2),
+        client_dn: r.get(3),
+    })
+}
+
+/// Writes a file with this mode.
+pub fn write(path: &Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
