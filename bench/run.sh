@@ -12,7 +12,7 @@
 # interleave the commands; FLOOR_SECS (2): pgbench -C time per round; SECTION (0.02): seconds a
 # critical section lasts in the hand-off test; SCALE (200): waiters in the scale test;
 # SECTIONS ("uncontended handoff memory scale"): which sections to run; MODES ("default
-# nocafile disable"): which connection settings the hand-off, memory and scale sections use.
+# disable"): which connection settings the hand-off, memory and scale sections use.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -73,24 +73,20 @@ results="$OUT/results.md"
 lockfile="$OUT/flock.lock"
 
 say() { echo "$*" | tee -a "$results"; }
-sql() { PGSSLMODE=disable SSL_CERT_FILE= psql -X -q -At -c "$1"; }
+sql() { PGSSLMODE=disable psql -X -q -At -c "$1"; }
 
 # The connection settings every section is measured with:
 # - default: nothing set, so libpq and pglock both use sslmode=prefer and negotiate TLS;
-# - nocafile: the same with SSL_CERT_FILE=/dev/null, for pglock only: native-tls then skips
-#   parsing OpenSSL's CA bundle, which sslmode=prefer never uses (see BENCHMARKS.md);
 # - disable: PGSSLMODE=disable for every tool.
 use_mode() {
-    unset PGSSLMODE SSL_CERT_FILE
+    unset PGSSLMODE
     case $1 in
-        nocafile) export SSL_CERT_FILE=/dev/null ;;
         disable) export PGSSLMODE=disable ;;
     esac
 }
 mode_name() {
     case $1 in
         default) echo "prefer (default)" ;;
-        nocafile) echo "prefer, SSL_CERT_FILE=/dev/null" ;;
         disable) echo "disable" ;;
     esac
 }
@@ -164,10 +160,6 @@ uncontended() {
                 measure "$mode" psql psql -X -c 'SELECT pg_advisory_lock(4243)'
                 [ -z "$psqlbin" ] || measure "$mode" psql-bin "$psqlbin" -X -c 'SELECT pg_advisory_lock(4243)'
                 measure "$mode" pglock "$PGLOCK" --key bench-uncontended -- true
-                if [ "$mode" = default ]; then
-                    use_mode nocafile
-                    measure "$mode" pglock-nocafile "$PGLOCK" --key bench-uncontended -- true
-                fi
                 measure "$mode" flock flock "$lockfile" true
             )
         done
@@ -185,14 +177,13 @@ uncontended() {
     for mode in default disable; do
         fl=$(value "$mode" floor)
         ps=$(value "$mode" psql)
-        for label in floor psql psql-bin pglock pglock-nocafile flock; do
+        for label in floor psql psql-bin pglock flock; do
             [ "$(count "$mode" "$label")" -gt 0 ] || continue
             case $label in
                 floor) name="pgbench -C, lock + unlock: **the floor**" ;;
                 psql) name="psql -c 'SELECT pg_advisory_lock(..)'" ;;
                 psql-bin) name="the same, psql binary without Debian's pg_wrapper" ;;
                 pglock) name="**pglock --key k -- true**" ;;
-                pglock-nocafile) name="pglock, SSL_CERT_FILE=/dev/null" ;;
                 flock) name="flock /tmp/f true (no server)" ;;
             esac
             v=$(value "$mode" "$label")
@@ -270,7 +261,7 @@ handoff() {
         handoff_run flock disable "$k" "$m" "$log"
         read -r runs rps queued fl_p50 p99 < <(handoff_stats "$log")
         say "| $k x $m | flock | - | $rps | $fl_p50 | $p99 | | $queued% |"
-        for mode in ${MODES:-default nocafile disable}; do
+        for mode in ${MODES:-default disable}; do
             log="$OUT/handoff-pglock-$mode-$k.log"
             handoff_run pglock "$mode" "$k" "$m" "$log"
             read -r runs rps queued p50 p99 < <(handoff_stats "$log")
@@ -312,7 +303,7 @@ memory() {
     say "| process | sslmode | TLS in use | VmHWM MiB | VmRSS MiB | PSS MiB |"
     say "| --- | --- | --- | ---: | ---: | ---: |"
     local mode
-    for mode in ${MODES:-default nocafile disable}; do
+    for mode in ${MODES:-default disable}; do
         (
             use_mode "$mode"
             local release="$OUT/release-mem-$mode" holder waiter psqlpid tls name
@@ -331,9 +322,7 @@ memory() {
             tls=$(sql "SELECT CASE WHEN bool_and(ssl) THEN 'yes' WHEN NOT bool_or(ssl) THEN 'no' ELSE 'mixed' END FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE application_name LIKE 'pglock:%'")
             say "| pglock, waiting | $name | $tls | $(mib "$(kib $waiter VmHWM)") | $(mib "$(kib $waiter VmRSS)") | $(mib "$(pss_kib $waiter)") |"
             say "| pglock, holding, command running | $name | $tls | $(mib "$(kib $holder VmHWM)") | $(mib "$(kib $holder VmRSS)") | $(mib "$(pss_kib $holder)") |"
-            if [ "$mode" != nocafile ]; then
-                say "| psql, waiting (for comparison) | $name | | $(mib "$(kib $psqlpid VmHWM)") | $(mib "$(kib $psqlpid VmRSS)") | $(mib "$(pss_kib $psqlpid)") |"
-            fi
+            say "| psql, waiting (for comparison) | $name | | $(mib "$(kib $psqlpid VmHWM)") | $(mib "$(kib $psqlpid VmRSS)") | $(mib "$(pss_kib $psqlpid)") |"
             touch "$release"
             wait "$holder" "$waiter" "$psqlpid"
         )
@@ -353,7 +342,7 @@ scale() {
     say "| sslmode | waiters | server connections | total RSS MiB | total PSS MiB | RSS per waiter MiB | time to queue s | time to run through s | runs/s |"
     say "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     local mode
-    for mode in ${MODES:-default nocafile disable}; do
+    for mode in ${MODES:-default disable}; do
         (
             use_mode "$mode"
             local release="$OUT/release-scale-$mode" holder pids=() i t0 t1 t2 t3 conns rss=0 pss=0

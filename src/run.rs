@@ -97,7 +97,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
         on_lost,
         &label,
     )?;
-    // Reaped when `deadman` goes out of scope, after the release.
+    // Reaped when `deadman` goes out of scope, after the release (or before a --min-hold).
     if let Some(deadman) = &mut deadman {
         deadman.disarm();
     }
@@ -115,6 +115,8 @@ pub fn run(cli: &Cli) -> Result<u8> {
     if let Some(min_hold) = cli.min_hold {
         let left = min_hold.saturating_sub(acquired_at.elapsed());
         if !left.is_zero() {
+            // Nothing to hurry for: reap the switch now, not leave it a zombie for the hold.
+            drop(deadman.take());
             step!(
                 "holding the lock {} more (--min-hold)",
                 duration::format(left)
