@@ -329,7 +329,7 @@ fn a_signal_ends_the_min_hold_early() {
         wait_until("the command", LIMIT, || dir.join("done").exists());
         let mut probe = sql();
         // The command is done; pglock is in its extra hold once only it holds the lock.
-        // (The dead man's switch, stood down, may linger as a zombie until the release.)
+        // (A stood-down dead man's switch may linger briefly as a zombie.)
         wait_until("the command to exit", LIMIT, || {
             std::fs::read_to_string(format!("/proc/{}/task/{0}/children", child.id()))
                 .unwrap_or_default()
