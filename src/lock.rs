@@ -146,6 +146,11 @@ impl Opener {
         })
     }
 
+    /// The application_name every connection of this run carries.
+    pub fn application_name(&self) -> &str {
+        self.config.get_application_name().unwrap_or_default()
+    }
+
     /// Opens one dedicated connection.
     pub fn open(&self) -> Result<Session, postgres::Error> {
         step!("connecting to {}", self.describe);

@@ -212,7 +212,7 @@ fn wait_for_lock(
                     id: request.id,
                     label,
                     shared: cli.shared,
-                    app_name: &lock::application_name(label),
+                    app_name: opener.application_name(),
                     verbose: cli.verbose,
                     quiet: cli.quiet,
                 })
