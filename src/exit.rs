@@ -167,8 +167,9 @@ Exit status:
   the command's own  the command ran; its exit status
   128+N              the command was killed by signal N, or pglock was
                      interrupted by signal N while waiting for the lock
-  75 (or -E N)       the lock was not obtained: busy with --nowait, or
-                     --timeout expired
+  75 (or -E N)       the lock was not obtained: busy with --nowait,
+                     --timeout expired, or the wait was cancelled on the
+                     server
   69                 could not connect to or authenticate with PostgreSQL
   74                 the lock was lost while the command ran
   2                  usage error

@@ -140,7 +140,11 @@ fn sigterm_ends_a_release_that_gets_no_answer() {
     let err = stderr_of(&mut child);
     assert_eq!(rc, 4, "{err}");
     assert!(err.contains("not confirmed"), "{err}");
-    assert!(sent.elapsed() < Duration::from_secs(5), "{:?}", sent.elapsed());
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
 }
 
 #[test]
@@ -251,7 +255,12 @@ fn command_arguments_may_be_any_bytes() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout, b"\xff\xfe");
 }
 
@@ -305,7 +314,11 @@ impl Terminal {
         let slave = std::fs::File::from(pty.slave);
         let master = std::fs::File::from(pty.master);
         let bin_dir = std::path::Path::new(BIN).parent().unwrap().to_path_buf();
-        let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{}:{}",
+            bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         let mut cmd = std::process::Command::new("bash");
         cmd.args(["--norc", "--noprofile", "-i"])
             .env("PATH", path)
@@ -389,7 +402,9 @@ fn ctrl_z_suspends_the_job_and_fg_resumes_it_with_the_terminal() {
     term.wait_for("$ ");
     term.type_(&format!("pglock --key {k} -- sleep 300\n"));
     let mut probe = sql();
-    wait_until("the lock", LIMIT, || lock_rows(&mut probe, key_id(&k), true) == 1);
+    wait_until("the lock", LIMIT, || {
+        lock_rows(&mut probe, key_id(&k), true) == 1
+    });
     let pglock = pglock_pid_of(&k).unwrap();
     let command = {
         let mut found = 0;
