@@ -178,7 +178,7 @@ fn sigterm_ends_a_wait_whose_server_froze() {
 
 /// stderr is a pipe nobody reads any more.
 fn closed_stderr() -> Stdio {
-    let (reader, writer) = std::io::pipe().unwrap();
+    let (reader, writer) = nix::unistd::pipe().unwrap();
     drop(reader);
     Stdio::from(writer)
 }
