@@ -7,9 +7,18 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
 use std::time::Duration;
 
+mod ledger;
+pub use ledger::{
+    CheckArgs, HistoryArgs, InitArgs, LedgerSub, MetricsArgs, PruneArgs, RecordArgs, Runs,
+    check_combinations,
+};
+
 const EXAMPLES: &str = "\
 Examples:
-  # Nightly job on every host; only one runs, the others skip quietly
+  # Nightly job in every host's crontab: it runs once, and another host retries if it fails
+  pglock --key nightly-report --once-per 20h --timeout 2h -- ./job.sh
+
+  # Only one at a time; the others skip quietly
   pglock --key nightly-report --nowait --quiet -- ./job.sh
 
   # Wait up to ten minutes for another deploy to finish
@@ -24,7 +33,10 @@ Examples:
   # Who holds it, who waits; every advisory lock; where a key shows up in pg_locks
   pglock status --key nightly-report
   pglock list --json
-  pglock key nightly-report";
+  pglock key nightly-report
+
+  # Did it succeed recently? (Nagios/Icinga plugin; see also pglock history and metrics)
+  pglock check --key nightly-report --warning 25h --critical 49h";
 
 /// The forms of the command line. Subcommands come first and a command to run always follows
 /// `--` or `-c`, so `pglock --key k -- status` runs a program called status.
@@ -33,7 +45,12 @@ pglock [OPTIONS] (--key KEY | --lock-id ID) -- COMMAND [ARGS]...
        pglock [OPTIONS] (--key KEY | --lock-id ID) --command STRING
        pglock status (--key KEY | --lock-id ID) [--json]
        pglock list [--json]
-       pglock key (KEY | --lock-id ID)";
+       pglock key (KEY | --lock-id ID)
+       pglock init [--print] [--grant ROLE]
+       pglock history (--key KEY | --lock-id ID | --all) [--since DURATION] [--last N] [--json]
+       pglock check (--key KEY | --lock-id ID) --critical DURATION [--warning DURATION]
+       pglock metrics [--output FILE]
+       pglock prune --older-than DURATION [--dry-run]";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -107,6 +124,9 @@ pub struct Cli {
     pub scope: Scope,
 
     #[command(flatten)]
+    pub record: RecordArgs,
+
+    #[command(flatten)]
     pub server: Server,
 
     /// How often to ask the server whether the lock is still held while the command runs.
@@ -146,7 +166,16 @@ pub struct Cli {
     pub args: Vec<OsString>,
 
     #[command(subcommand)]
-    pub sub: Option<Sub>,
+    pub sub: Option<Commands>,
+}
+
+/// Every subcommand: the reports on locks, and the run ledger's.
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    #[command(flatten)]
+    Report(Sub),
+    #[command(flatten)]
+    Ledger(LedgerSub),
 }
 
 /// Looking at locks instead of taking one.

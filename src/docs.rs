@@ -142,8 +142,10 @@ fn subcommands(cmd: &Command, out: &mut Vec<u8>) -> Result<()> {
     let mut head = Roff::new();
     head.control("SH", ["COMMANDS"]);
     head.text([roman(
-        "Instead of running a command, pglock can report on locks. These forms take none of \
-         the options above except their own.",
+        "Instead of running a command, pglock can report on locks (status, list, key) and \
+         create, read and prune the run ledger that --record and --once-per write (init, \
+         history, check, metrics, prune). These forms take none of the options above except \
+         their own.",
     )]);
     head.to_writer(out)?;
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
@@ -196,6 +198,8 @@ fn exit_status() -> Roff {
     r.control("SH", ["EXIT STATUS"]);
     table(&mut r, exit::TABLE, false);
     table(&mut r, exit::STATUS_TABLE, true);
+    table(&mut r, exit::LEDGER_TABLE, true);
+    table(&mut r, exit::CHECK_TABLE, true);
     r
 }
 
@@ -208,6 +212,10 @@ fn environment() -> Roff {
             "PGLOCK_DATABASE_URL",
             "a libpq connection string, URL or key=value, as --database-url; it wins over the \
              PG* variables",
+        ),
+        (
+            "PGLOCK_LEDGER",
+            "the run ledger table, as --ledger (default public.pglock_runs)",
         ),
         ("PGHOST", "the server host, or a socket directory"),
         ("PGHOSTADDR", "the server's numeric address"),
@@ -259,6 +267,15 @@ fn environment() -> Roff {
             "PGLOCK_SLOT",
             "with --limit above 1, the semaphore slot held, 0 to N-1",
         ),
+        (
+            "PGLOCK_RUN_ID",
+            "with --record or --once-per, the run's id in the ledger table",
+        ),
+        (
+            "PGLOCK_LAST_SUCCESS",
+            "with --record or --once-per, the start of the key's latest succeeded run as RFC \
+             3339 UTC (2026-11-26T03:00:01.250000Z), empty if none",
+        ),
     ];
     for (name, what) in set {
         r.control("TP", []);
@@ -289,6 +306,25 @@ fn examples() -> Roff {
         "A nightly job in the crontab of every host: one host runs it, the others skip quietly \
          (exit 75, no output, so cron sends no mail).",
         &["0 3 * * * pglock --key nightly-report --nowait --quiet -- /opt/app/nightly-report"],
+    );
+    example(
+        &mut r,
+        "The same job in the crontab of every host, run once a day across the fleet: the first \
+         host to get the lock runs it; the others wait, see the success in the ledger and skip. \
+         If the run fails, the next waiting host runs it (at most three failures a day). Create \
+         the ledger once with pglock init.",
+        &[
+            "0 3 * * * pglock --key nightly-report --once-per 20h --timeout 2h -- /opt/app/nightly-report",
+        ],
+    );
+    example(
+        &mut r,
+        "Alert when it has not succeeded for 26 hours (Nagios, Icinga), or export it to \
+         Prometheus:",
+        &[
+            "pglock check --key nightly-report --warning 25h --critical 26h",
+            "pglock metrics --output /var/lib/node_exporter/pglock.prom",
+        ],
     );
     example(
         &mut r,
@@ -351,6 +387,6 @@ mod tests {
         let text = r.to_roff();
         assert!(text.contains("128+N"), "{text}");
         assert!(text.contains("interrupted by signal N while waiting for the lock"));
-        assert_eq!(text.matches(".TP").count(), 9, "{text}");
+        assert_eq!(text.matches(".TP").count(), 11, "{text}");
     }
 }

@@ -14,6 +14,8 @@ pub const CONFLICT_DEFAULT: u8 = 75;
 pub const UNAVAILABLE: u8 = 69;
 /// The lock was lost while the command ran (EX_IOERR).
 pub const LOCK_LOST: u8 = 74;
+/// The run ledger's table is missing or not writable (EX_CONFIG).
+pub const CONFIG: u8 = 78;
 /// Usage error, as clap exits.
 pub const USAGE: u8 = 2;
 /// The command exists but cannot be executed (shell convention).
@@ -26,6 +28,11 @@ pub const FAILURE: u8 = 1;
 pub const STATUS_HELD: u8 = 0;
 /// `pglock status`: the lock is free (LSB status convention: "not running").
 pub const STATUS_FREE: u8 = 3;
+/// `pglock check`: the monitoring-plugin statuses.
+pub const CHECK_OK: u8 = 0;
+pub const CHECK_WARNING: u8 = 1;
+pub const CHECK_CRITICAL: u8 = 2;
+pub const CHECK_UNKNOWN: u8 = 3;
 
 /// Why pglock is giving up, when that reason has its own exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +41,8 @@ pub enum Failure {
     Unavailable,
     NotExecutable,
     NotFound,
+    /// The run ledger cannot be used: its table is missing or not writable.
+    Config,
 }
 
 impl fmt::Display for Failure {
@@ -43,6 +52,7 @@ impl fmt::Display for Failure {
             Failure::Unavailable => "database unavailable",
             Failure::NotExecutable => "command not executable",
             Failure::NotFound => "command not found",
+            Failure::Config => "ledger not usable",
         };
         f.write_str(text)
     }
@@ -62,6 +72,7 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         Some(Failure::Unavailable) => UNAVAILABLE,
         Some(Failure::NotExecutable) => NOT_EXECUTABLE,
         Some(Failure::NotFound) => NOT_FOUND,
+        Some(Failure::Config) => CONFIG,
         None => FAILURE,
     }
 }
@@ -87,6 +98,11 @@ pub enum Outcome {
     NotObtained(Option<String>),
     /// The lock was lost while the command ran, and the command was stopped for it.
     Lost { label: String, reason: LostReason },
+    /// --once-per: the job already succeeded within the window, so the command did not run.
+    /// Exits `code` (--done-exit-code); the message is None with --quiet.
+    Done { code: u8, message: Option<String> },
+    /// --max-attempts: the job failed too often within the window, so the command did not run.
+    Exhausted(String),
 }
 
 impl Outcome {
@@ -94,15 +110,17 @@ impl Outcome {
         match self {
             Outcome::Ran(status) => child_code(*status),
             Outcome::Interrupted(sig) => signal_code(*sig as i32),
-            Outcome::NotObtained(_) => conflict_code,
+            Outcome::NotObtained(_) | Outcome::Exhausted(_) => conflict_code,
             Outcome::Lost { .. } => LOCK_LOST,
+            Outcome::Done { code, .. } => *code,
         }
     }
 
     /// The `pglock:` line to print, if any.
     pub fn message(&self) -> Option<String> {
         match self {
-            Outcome::NotObtained(message) => message.clone(),
+            Outcome::NotObtained(message) | Outcome::Done { message, .. } => message.clone(),
+            Outcome::Exhausted(message) => Some(message.clone()),
             Outcome::Lost { label, reason } => Some(format!(
                 "lock \"{label}\" was lost while the command ran ({reason})"
             )),
@@ -169,9 +187,14 @@ Exit status:
                      interrupted by signal N while waiting for the lock
   75 (or -E N)       the lock was not obtained: busy with --nowait,
                      --timeout expired, or the wait was cancelled on the
-                     server
+                     server; or --max-attempts runs failed within --once-per
+  0 (or --done-exit-code N)
+                     --once-per: the job already succeeded within DURATION,
+                     so the command did not run
   69                 could not connect to or authenticate with PostgreSQL
   74                 the lock was lost while the command ran
+  78                 the ledger table (--record, --once-per) is missing or
+                     not writable: see pglock init
   2                  usage error
   126                the command is not executable
   127                the command was not found
@@ -186,6 +209,26 @@ Exit status of pglock status:
   2                  usage error
   1                  any other failure";
 
+/// The statuses of `pglock init`, `history`, `metrics` and `prune`.
+pub const LEDGER_TABLE: &str = "\
+Exit status of pglock init, history, metrics and prune:
+  0                  done
+  78                 the ledger table is missing or not readable
+                     (init: cannot be created)
+  69                 could not connect to or authenticate with PostgreSQL
+  2                  usage error
+  1                  any other failure";
+
+/// The statuses of `pglock check`: the monitoring-plugin convention (Nagios, Icinga, Sensu).
+pub const CHECK_TABLE: &str = "\
+Exit status of pglock check (monitoring-plugin convention):
+  0                  OK: the last success is younger than --warning
+  1                  WARNING: older than --warning
+  2                  CRITICAL: older than --critical, never succeeded, or no
+                     connection to PostgreSQL
+  3                  UNKNOWN: usage error, the ledger table is missing, or
+                     any other failure";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +238,17 @@ mod tests {
         for code in [STATUS_HELD, STATUS_FREE, UNAVAILABLE, USAGE, FAILURE] {
             assert!(STATUS_TABLE.contains(&format!("\n  {code} ")), "{code}");
         }
+    }
+
+    #[test]
+    fn ledger_tables_match_the_codes() {
+        for code in [0, CONFIG, UNAVAILABLE, USAGE, FAILURE] {
+            assert!(LEDGER_TABLE.contains(&format!("\n  {code} ")), "{code}");
+        }
+        for code in [CHECK_OK, CHECK_WARNING, CHECK_CRITICAL, CHECK_UNKNOWN] {
+            assert!(CHECK_TABLE.contains(&format!("\n  {code} ")), "{code}");
+        }
+        assert!(TABLE.contains(&format!("\n  {CONFIG} ")));
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod docs;
 mod duration;
 mod exit;
 mod key;
+mod ledger;
 mod lock;
 mod log;
 mod options;
@@ -35,6 +36,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage(e),
     };
+    if let Err(e) = cli::check_combinations(&cli) {
+        return usage(e);
+    }
     log::set_verbose(cli.verbose);
     match &cli.sub {
         Some(sub) => {
@@ -48,7 +52,10 @@ fn main() -> ExitCode {
                     nix::sys::signal::SigHandler::SigDfl,
                 )
             };
-            failed_or(status::command(sub))
+            failed_or(match sub {
+                cli::Commands::Report(sub) => status::command(sub),
+                cli::Commands::Ledger(sub) => ledger::command(sub),
+            })
         }
         None => {
             let opts = options::RunOptions::from_cli(&cli);
@@ -91,5 +98,9 @@ fn usage(e: clap::Error) -> ExitCode {
     let first = text.lines().next().unwrap_or_default();
     let first = first.strip_prefix("error: ").unwrap_or(first);
     warn!("usage error: {first}; see 'pglock --help'");
+    // A monitoring plugin's usage errors are UNKNOWN (3), not 2 (CRITICAL).
+    if ledger::check::invoked(std::env::args_os()) {
+        return ExitCode::from(ledger::check::usage_error(&text));
+    }
     ExitCode::from(exit::USAGE)
 }

@@ -4,6 +4,7 @@
 
 use crate::cli::{self, Cli};
 use crate::key::{KeyHash, LockId};
+use crate::ledger::table::Table;
 use crate::lock::Wait;
 use crate::pg::sql::Scope;
 use std::ffi::OsString;
@@ -59,6 +60,20 @@ pub struct Job {
     pub args: Vec<OsString>,
 }
 
+/// The run ledger: --record, or --once-per, which implies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub table: Table,
+    /// --once-per: skip the command when a run succeeded within this window.
+    pub once_per: Option<Duration>,
+    /// --max-attempts: with --once-per, failures within the window that stop further runs.
+    pub max_attempts: u32,
+    /// --done-exit-code: the status of a skip.
+    pub done_exit_code: u8,
+    /// --record-command: the command line as the ledger stores it.
+    pub command: Option<String>,
+}
+
 /// Everything a lock-and-run needs.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -71,6 +86,8 @@ pub struct RunOptions {
     pub fencing: Fencing,
     pub job: Job,
     pub min_hold: Option<Duration>,
+    /// Some with --record or --once-per.
+    pub record: Option<Record>,
     pub check_interval: Duration,
     pub connect_timeout: Option<Duration>,
     pub retry_connect: Duration,
@@ -107,6 +124,7 @@ impl RunOptions {
             fencing,
             job: job(cli),
             min_hold: cli.min_hold,
+            record: record(cli),
             check_interval: cli.check_interval,
             connect_timeout: cli.connect_timeout,
             retry_connect: cli.retry_connect,
@@ -116,6 +134,37 @@ impl RunOptions {
             kill_after: cli.kill_after,
         }
     }
+}
+
+fn record(cli: &Cli) -> Option<Record> {
+    let r = &cli.record;
+    (r.record || r.once_per.is_some()).then(|| Record {
+        table: r.ledger.clone(),
+        once_per: r.once_per,
+        max_attempts: r.max_attempts,
+        done_exit_code: r.done_exit_code,
+        command: r.record_command.then(|| command_line(cli)),
+    })
+}
+
+/// The command as a shell would show it: `-c`'s script as given, or the words after `--`, each
+/// quoted when it needs it. Bytes that are not UTF-8 are replaced.
+fn command_line(cli: &Cli) -> String {
+    if let Some(script) = &cli.command {
+        return script.to_string_lossy().into_owned();
+    }
+    let quote = |word: &OsString| {
+        let w = word.to_string_lossy();
+        let plain = !w.is_empty()
+            && w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
+        if plain {
+            w.into_owned()
+        } else {
+            format!("'{}'", w.replace('\'', "'\\''"))
+        }
+    };
+    cli.args.iter().map(quote).collect::<Vec<_>>().join(" ")
 }
 
 /// `-c STRING` runs through /bin/sh; otherwise the words after `--`.
@@ -180,6 +229,110 @@ mod tests {
         let words = parse(&["pglock", "-k", "a", "--", "printf", "%s", "x"]).job;
         assert_eq!(words.program, "printf");
         assert_eq!(words.args, ["%s", "x"]);
+    }
+
+    #[test]
+    fn record_options() {
+        assert_eq!(parse(&["pglock", "-k", "a", "--", "x"]).record, None);
+        let once = parse(&["pglock", "-k", "a", "--once-per", "20h", "--", "x"])
+            .record
+            .unwrap();
+        assert_eq!(once.once_per, Some(Duration::from_secs(72_000)));
+        assert_eq!((once.max_attempts, once.done_exit_code), (3, 0));
+        assert_eq!(once.table.to_string(), "public.pglock_runs");
+        assert_eq!(once.command, None);
+        let words = parse(&[
+            "pglock",
+            "-k",
+            "a",
+            "--record",
+            "--record-command",
+            "--ledger",
+            "Ops.Runs",
+            "--",
+            "echo",
+            "it's",
+            "a b",
+            "ok",
+        ])
+        .record
+        .unwrap();
+        assert_eq!(words.once_per, None);
+        assert_eq!(words.table.to_string(), "ops.runs");
+        assert_eq!(words.command.as_deref(), Some("echo 'it'\\''s' 'a b' ok"));
+        let script = parse(&[
+            "pglock",
+            "-k",
+            "a",
+            "--record-command",
+            "--once-per",
+            "1h",
+            "-c",
+            "a | b",
+        ]);
+        assert_eq!(script.record.unwrap().command.as_deref(), Some("a | b"));
+    }
+
+    #[test]
+    fn ledger_contradictions_are_usage_errors() {
+        for args in [
+            &[
+                "pglock",
+                "-k",
+                "a",
+                "--once-per",
+                "1h",
+                "--shared",
+                "--",
+                "x",
+            ][..],
+            &["pglock", "-k", "a", "--max-attempts", "2", "--", "x"],
+            &["pglock", "-k", "a", "--done-exit-code", "2", "--", "x"],
+            &["pglock", "-k", "a", "--record-command", "--", "x"],
+            &["pglock", "-k", "a", "--once-per", "0", "--", "x"],
+            &[
+                "pglock", "-k", "a", "--record", "--ledger", "a;b", "--", "x",
+            ],
+            &[
+                "pglock",
+                "-k",
+                "a",
+                "--once-per",
+                "1h",
+                "--max-attempts",
+                "0",
+                "--",
+                "x",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+        let limited = Cli::try_parse_from([
+            "pglock",
+            "-k",
+            "a",
+            "--once-per",
+            "1h",
+            "--limit",
+            "2",
+            "--",
+            "x",
+        ])
+        .unwrap();
+        assert!(cli::check_combinations(&limited).is_err());
+        let one = Cli::try_parse_from([
+            "pglock",
+            "-k",
+            "a",
+            "--once-per",
+            "1h",
+            "--limit",
+            "1",
+            "--",
+            "x",
+        ])
+        .unwrap();
+        assert!(cli::check_combinations(&one).is_ok());
     }
 
     #[test]

@@ -150,6 +150,12 @@ impl Holder {
         self.session.socket()
     }
 
+    /// The lock's own connection, for statements that belong with the lock: the run ledger's,
+    /// in session scope.
+    pub fn session(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
     pub fn canceller(&self) -> crate::pg::Canceller {
         self.session.canceller()
     }

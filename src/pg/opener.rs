@@ -58,6 +58,13 @@ impl Opener {
         self.config.get_application_name().unwrap_or_default()
     }
 
+    /// The same target and settings under another application_name.
+    pub fn renamed(&self, app_name: &str) -> Opener {
+        let mut other = self.clone();
+        other.config.application_name(app_name);
+        other
+    }
+
     /// Opens one dedicated connection.
     pub fn open(&self) -> Result<Session, postgres::Error> {
         step!("connecting to {}", self.describe);

@@ -7,7 +7,8 @@ use super::watchdog::Watchdog;
 use crate::duration;
 use crate::tls::Connector;
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, SimpleQueryMessage};
+use postgres::types::{ToSql, Type};
+use postgres::{Client, Row, SimpleQueryMessage};
 use std::os::fd::RawFd;
 use std::time::Duration;
 
@@ -72,19 +73,54 @@ impl Session {
         sql: &str,
         limit: Duration,
     ) -> Result<Vec<SimpleQueryMessage>, Failed> {
+        self.within(limit, |client| client.simple_query(sql))
+    }
+
+    /// Runs `statement` on the client, cutting the connection if it takes longer than `limit`.
+    fn within<T>(
+        &mut self,
+        limit: Duration,
+        statement: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, Failed> {
         if self.watchdog.is_none() {
             self.watchdog = self.socket.and_then(|fd| Watchdog::start(fd).ok());
         }
         if let Some(w) = &self.watchdog {
             w.arm(limit);
         }
-        let result = self.client.simple_query(sql);
+        let result = statement(&mut self.client);
         let expired = self.watchdog.as_ref().is_some_and(Watchdog::disarm);
         match result {
             Err(_) if expired => Err(Failed::NoAnswer(limit)),
             Err(e) => Err(Failed::Error(e)),
-            Ok(messages) => Ok(messages),
+            Ok(value) => Ok(value),
         }
+    }
+
+    /// One round trip over the extended protocol, for statements with bind parameters: an
+    /// unnamed statement whose Parse, Bind, Execute and Sync go out in one message, so a
+    /// transaction-pooling PgBouncer runs it on one server connection. `types` declares each
+    /// parameter's type.
+    pub fn query_typed(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        types: &[Type],
+    ) -> Result<Vec<Row>, postgres::Error> {
+        self.client.query_typed(sql, &typed(params, types))
+    }
+
+    /// [`Session::query_typed`], answered within `limit` or the connection is cut, as
+    /// [`Session::query_within`].
+    pub fn query_typed_within(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        types: &[Type],
+        limit: Duration,
+    ) -> Result<Vec<Row>, Failed> {
+        let typed = typed(params, types);
+        self.within(limit, |client| client.query_typed(sql, &typed))
     }
 
     /// Handles whatever the server sent unasked. Nothing is expected, so this is how a closed
@@ -115,6 +151,14 @@ impl Session {
         drop(watchdog);
         let _ = client.close();
     }
+}
+
+/// Parameters paired with their declared types, as rust-postgres takes them.
+fn typed<'a>(
+    params: &[&'a (dyn ToSql + Sync)],
+    types: &[Type],
+) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
+    params.iter().copied().zip(types.iter().cloned()).collect()
 }
 
 /// The first column of the first row of the last statement in a (multi-statement) result.

@@ -5,6 +5,7 @@
 mod wait;
 
 use crate::exit::{LostReason, Outcome};
+use crate::ledger::record::{self, Begun, End, Recorder};
 use crate::lock::{Held, Holder, Request, Semaphore, Unconfirmed};
 use crate::options::{Fencing, RunOptions};
 use crate::pg::Opener;
@@ -43,16 +44,46 @@ pub fn run(opts: &RunOptions) -> Result<Outcome> {
             .then(|| Semaphore::new(&opts.target.base, opts.limit.into(), opts.check_interval)),
     };
     match wait::wait_for_lock(opts, &opener, &router, &request)? {
-        Waited::Held(holder) => run_held(opts, &router, *holder),
+        Waited::Held(holder) => run_held(opts, &router, &opener, *holder),
         Waited::Gave(outcome) => Ok(outcome),
     }
 }
 
 /// Runs the command while `holder` holds the lock, then releases it.
-fn run_held(opts: &RunOptions, router: &Router, mut holder: Holder) -> Result<Outcome> {
+fn run_held(
+    opts: &RunOptions,
+    router: &Router,
+    opener: &Opener,
+    mut holder: Holder,
+) -> Result<Outcome> {
     let label = &opts.target.label;
     let acquired_at = Instant::now();
-    let env = child_env(opts, &holder.held());
+    let mut env = child_env(opts, &holder.held());
+    // --record, --once-per: the ledger decides whether the command runs, and records it.
+    let mut ledger: Option<Box<Recorder>> = None;
+    if let Some(record) = &opts.record {
+        let cx = record::Context {
+            record,
+            target: &opts.target,
+            holding: holding(&holder.held()),
+            quiet: opts.quiet,
+            check_interval: opts.check_interval,
+        };
+        match record::begin(&cx, opener, holder.session()) {
+            Ok(Begun::Run(recorder, vars)) => {
+                env.extend(vars);
+                ledger = Some(recorder);
+            }
+            Ok(Begun::Skip(outcome)) => {
+                let _ = release(router, holder, true, opts.check_interval, label);
+                return Ok(outcome);
+            }
+            Err(e) => {
+                let _ = release(router, holder, false, opts.check_interval, label);
+                return Err(e);
+            }
+        }
+    }
     let fenced = matches!(opts.fencing, Fencing::Terminate { .. });
     let mut running = match router.spawn(|| child::spawn(&opts.job, &env, fenced)) {
         Ok(Some(running)) => running,
@@ -61,10 +92,17 @@ fn run_held(opts: &RunOptions, router: &Router, mut holder: Holder) -> Result<Ou
                 .interrupted()
                 .unwrap_or(nix::sys::signal::Signal::SIGTERM);
             step!("signal {sig} arrived before the command started; not running it");
+            let end = End::not_started(crate::exit::signal_code(sig as i32));
+            record_end(ledger, &mut holder, end);
             let _ = release(router, holder, false, opts.check_interval, label);
             return Ok(Outcome::Interrupted(sig));
         }
         Err(e) => {
+            record_end(
+                ledger,
+                &mut holder,
+                End::not_started(crate::exit::code_for(&e)),
+            );
             // The spawn error is what the user must see: a release problem only warns.
             step!("releasing lock \"{label}\"");
             let _ = release(router, holder, false, opts.check_interval, label);
@@ -93,6 +131,9 @@ fn run_held(opts: &RunOptions, router: &Router, mut holder: Holder) -> Result<Ou
         deadman.disarm();
     }
     step!("command exited: {}", ended.status);
+    // Before the release (and any --min-hold), so that the next holder sees it.
+    let end = End::ran(ended.status, ended.lost.is_some(), opts.fencing);
+    record_end(ledger, &mut holder, end);
     let ran = Outcome::Ran(ended.status);
     if let Some(reason) = ended.lost {
         // The session is gone or no longer holds the lock: there is nothing to release.
@@ -166,6 +207,23 @@ fn release(
         ),
     }
     Ok(())
+}
+
+/// The lock, as the ledger needs to know it.
+fn holding(held: &Held) -> record::Holding {
+    record::Holding {
+        id: held.id,
+        slot: held.slot.map(|(slot, _)| slot),
+        shared: held.shared,
+        scope: held.scope,
+    }
+}
+
+/// Records the run's end in the ledger, when there is one.
+fn record_end(ledger: Option<Box<Recorder>>, holder: &mut Holder, end: End) {
+    if let Some(recorder) = ledger {
+        recorder.finish(holder.session(), end);
+    }
 }
 
 /// What the command learns about its lock.
