@@ -156,8 +156,9 @@ pub fn begin(table: &Table) -> Statement {
 /// The one statement after the command: the run's end. `$1` run id, `$2` status, `$3` exit
 /// code. With `guard` (session scope, where this runs on the lock's own connection) the row says
 /// `lost` with exit code 74 if this session no longer holds that lock, which is what the release
-/// that follows will find. Returns the status written, or no row if the run was no longer
-/// `running` (another holder marked it abandoned).
+/// that follows will find; a loss already known (`$2` = `lost`) keeps its exit code, which
+/// `--on-lost ignore` takes from the command. Returns the status written, or no row if the run
+/// was no longer `running` (another holder marked it abandoned).
 pub fn finish(table: &Table, guard: Option<LockId>) -> Statement {
     let held = match guard {
         Some(id) => format!(
@@ -169,7 +170,7 @@ pub fn finish(table: &Table, guard: Option<LockId>) -> Statement {
     let text = format!(
         "UPDATE {t} SET finished_at = clock_timestamp(), \
              status = CASE WHEN h.held THEN $2 ELSE 'lost' END, \
-             exit_code = CASE WHEN h.held THEN $3 ELSE {lost} END \
+             exit_code = CASE WHEN h.held OR $2 = 'lost' THEN $3 ELSE {lost} END \
          FROM (SELECT {held} AS held) AS h \
          WHERE id = $1 AND status = 'running' \
          RETURNING status",
@@ -366,8 +367,9 @@ mod tests {
         assert_eq!(
             plain.text,
             "UPDATE \"ops\".\"runs\" SET finished_at = clock_timestamp(), status = CASE WHEN \
-             h.held THEN $2 ELSE 'lost' END, exit_code = CASE WHEN h.held THEN $3 ELSE 74 END \
-             FROM (SELECT true AS held) AS h WHERE id = $1 AND status = 'running' RETURNING status"
+             h.held THEN $2 ELSE 'lost' END, exit_code = CASE WHEN h.held OR $2 = 'lost' THEN \
+             $3 ELSE 74 END FROM (SELECT true AS held) AS h WHERE id = $1 AND status = 'running' \
+             RETURNING status"
         );
         let guarded = finish(&table(), Some(LockId::Big(42)));
         assert!(guarded.text.contains(&format!(
