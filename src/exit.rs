@@ -213,8 +213,8 @@ Exit status of pglock status:
 pub const LEDGER_TABLE: &str = "\
 Exit status of pglock init, history, metrics and prune:
   0                  done
-  78                 the ledger table is missing or not readable
-                     (init: cannot be created)
+  78                 the ledger table is missing, or this role may not use
+                     it (init: may not create it)
   69                 could not connect to or authenticate with PostgreSQL
   2                  usage error
   1                  any other failure";
