@@ -11,8 +11,8 @@
 # Knobs (environment): ROUNDS (5) and RUNS (20): hyperfine runs per command per round, rounds
 # interleave the commands; FLOOR_SECS (2): pgbench -C time per round; SECTION (0.02): seconds a
 # critical section lasts in the hand-off test; SCALE (200): waiters in the scale test;
-# SECTIONS ("uncontended handoff memory scale"): which sections to run; MODES ("default
-# disable"): which connection settings the hand-off, memory and scale sections use.
+# SECTIONS ("uncontended ledger handoff memory scale"): which sections to run; MODES ("default
+# disable"): which connection settings the ledger, hand-off, memory and scale sections use.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -188,6 +188,64 @@ uncontended() {
             esac
             v=$(value "$mode" "$label")
             say "| $name | $(mode_name "$mode") | $v | $(ratio "$v" "$fl") | $(ratio "$v" "$ps") | $(count "$mode" "$label") |"
+        done
+    done
+    say ""
+}
+
+# ---------------------------------------------------------------------------------------------
+# The run ledger (--record, --once-per): what recording costs an uncontended run. The ledger
+# table is created once; a --once-per window of 1ms has always passed by the next run (so it
+# runs and records), one of 1h has not (so every run after the first skips).
+ledger() {
+    local round mode table=public.bench_pglock_runs
+    PGSSLMODE=disable "$PGLOCK" init --ledger "$table" >/dev/null
+    for round in $(seq "$ROUNDS"); do
+        for mode in ${MODES:-default disable}; do
+            (
+                use_mode "$mode"
+                measure "$mode" ledger-plain "$PGLOCK" --key bench-ledger-plain -- true
+                measure "$mode" ledger-record "$PGLOCK" --key bench-ledger-record --record \
+                    --ledger "$table" -- true
+                measure "$mode" ledger-once-run "$PGLOCK" --key bench-ledger-once-run \
+                    --once-per 1ms --ledger "$table" -- true
+                measure "$mode" ledger-once-skip "$PGLOCK" --key bench-ledger-once-skip \
+                    --once-per 1h --ledger "$table" -- true
+                measure "$mode" ledger-xact "$PGLOCK" --key bench-ledger-xact --scope xact -- true
+                measure "$mode" ledger-xact-record "$PGLOCK" --key bench-ledger-xact-record \
+                    --scope xact --record --ledger "$table" -- true
+            )
+        done
+    done
+
+    say "## Run ledger"
+    say ""
+    say "Median wall time of one uncontended run, and the ratio to the same run without the"
+    say "ledger (in the same scope), from the same run of this script: $ROUNDS rounds of $RUNS runs per command after"
+    say "3 warm-up runs, the rounds interleaving the commands. The ledger table held"
+    say "$(sql "SELECT count(*) FROM $table") rows at the end."
+    say ""
+    say "| command | sslmode | median ms | x plain | + ms | runs |"
+    say "| --- | --- | ---: | ---: | ---: | ---: |"
+    local label name v plain
+    for mode in ${MODES:-default disable}; do
+        for label in ledger-plain ledger-record ledger-once-run ledger-once-skip ledger-xact \
+            ledger-xact-record; do
+            # xact scope compares with xact scope: its ledger has a connection of its own.
+            case $label in
+                ledger-xact*) plain=$(value "$mode" ledger-xact) ;;
+                *) plain=$(value "$mode" ledger-plain) ;;
+            esac
+            case $label in
+                ledger-plain) name="pglock --key k -- true" ;;
+                ledger-record) name="pglock --key k **--record** -- true" ;;
+                ledger-once-run) name="pglock --key k **--once-per** -- true (runs)" ;;
+                ledger-once-skip) name="pglock --key k **--once-per** -- true (skips)" ;;
+                ledger-xact) name="pglock --key k --scope xact -- true" ;;
+                ledger-xact-record) name="pglock --key k --scope xact **--record** -- true" ;;
+            esac
+            v=$(value "$mode" "$label")
+            say "| $name | $(mode_name "$mode") | $v | $(ratio "$v" "$plain") | $(awk -v a="$v" -v b="$plain" 'BEGIN { printf "%.2f", a - b }') | $(count "$mode" "$label") |"
         done
     done
     say ""
@@ -376,7 +434,7 @@ scale() {
 
 started=$SECONDS
 machine
-for section in ${SECTIONS:-uncontended handoff memory scale}; do
+for section in ${SECTIONS:-uncontended ledger handoff memory scale}; do
     "$section"
 done
 say "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); $((SECONDS - started)) s in all. Raw samples: $OUT"
