@@ -61,27 +61,19 @@ fn run_held(
     let mut env = child_env(opts, &holder.held());
     // --record, --once-per: the ledger decides whether the command runs, and records it.
     let mut ledger: Option<Box<Recorder>> = None;
-    if let Some(record) = &opts.record {
-        let cx = record::Context {
-            record,
-            target: &opts.target,
-            holding: holding(&holder.held()),
-            quiet: opts.quiet,
-            check_interval: opts.check_interval,
-        };
-        match record::begin(&cx, opener, holder.session()) {
-            Ok(Begun::Run(recorder, vars)) => {
-                env.extend(vars);
-                ledger = Some(recorder);
-            }
-            Ok(Begun::Skip(outcome)) => {
-                let _ = release(router, holder, true, opts.check_interval, label);
-                return Ok(outcome);
-            }
-            Err(e) => {
-                let _ = release(router, holder, false, opts.check_interval, label);
-                return Err(e);
-            }
+    match begin_ledger(opts, opener, &mut holder) {
+        Ok(None) => {}
+        Ok(Some(Begun::Run(recorder, vars))) => {
+            env.extend(vars);
+            ledger = Some(recorder);
+        }
+        Ok(Some(Begun::Skip(outcome))) => {
+            let _ = release(router, holder, true, opts.check_interval, label);
+            return Ok(outcome);
+        }
+        Err(e) => {
+            let _ = release(router, holder, false, opts.check_interval, label);
+            return Err(e);
         }
     }
     let fenced = matches!(opts.fencing, Fencing::Terminate { .. });
@@ -209,14 +201,25 @@ fn release(
     Ok(())
 }
 
-/// The lock, as the ledger needs to know it.
-fn holding(held: &Held) -> record::Holding {
-    record::Holding {
-        id: held.id,
-        slot: held.slot.map(|(slot, _)| slot),
-        shared: held.shared,
-        scope: held.scope,
-    }
+/// The ledger's statement after the grant, with --record or --once-per.
+fn begin_ledger(opts: &RunOptions, opener: &Opener, holder: &mut Holder) -> Result<Option<Begun>> {
+    let Some(record) = &opts.record else {
+        return Ok(None);
+    };
+    let held = holder.held();
+    let cx = record::Context {
+        record,
+        target: &opts.target,
+        holding: record::Holding {
+            id: held.id,
+            slot: held.slot.map(|(slot, _)| slot),
+            shared: held.shared,
+            scope: held.scope,
+        },
+        quiet: opts.quiet,
+        check_interval: opts.check_interval,
+    };
+    record::begin(&cx, opener, holder.session()).map(Some)
 }
 
 /// Records the run's end in the ledger, when there is one.
