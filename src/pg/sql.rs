@@ -242,6 +242,28 @@ pub fn count_held(slots: &[LockId]) -> String {
     )
 }
 
+/// A string literal for any text, dollar-quoted with a tag the text does not contain, so that
+/// neither quotes nor backslashes (whatever standard_conforming_strings says) can end it.
+pub fn literal(text: &str) -> String {
+    let mut tag = String::from("$pglock$");
+    let mut n = 0;
+    // The literal ends at the first tag after the opening one: that must be the closing one.
+    while format!("{text}{tag}").find(&tag) != Some(text.len()) {
+        n += 1;
+        tag = format!("$pglock{n}$");
+    }
+    format!("{tag}{text}{tag}")
+}
+
+/// Cancels the statement of the sessions named `app_name` (a dead waiter's, for the wait guard).
+pub fn cancel_waiter(app_name: &str) -> String {
+    format!(
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = {} \
+         AND pid <> pg_backend_pid()",
+        literal(app_name)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,6 +362,18 @@ mod tests {
                 .contains("starts_with(a.query, '/* pglock: semaphore wait */')")
         );
         assert!(count_held(&slots).contains(&matches(&slots)));
+    }
+
+    #[test]
+    fn literals_cannot_be_escaped() {
+        assert_eq!(literal("it's \\ ok"), "$pglock$it's \\ ok$pglock$");
+        assert_eq!(literal("a$pglock$b"), "$pglock1$a$pglock$b$pglock1$");
+        assert_eq!(literal("a$pglock"), "$pglock1$a$pglock$pglock1$");
+        assert_eq!(
+            cancel_waiter("pglock:k@h:1"),
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = \
+             $pglock$pglock:k@h:1$pglock$ AND pid <> pg_backend_pid()"
+        );
     }
 
     #[test]

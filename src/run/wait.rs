@@ -7,6 +7,7 @@ use crate::options::RunOptions;
 use crate::pg::error::{describe_error, is_transient};
 use crate::pg::{Opener, Session};
 use crate::supervise::signals::Router;
+use crate::supervise::wait_guard::WaitGuard;
 use crate::watch::{self, Watch};
 use crate::{duration, status, step};
 use anyhow::Result;
@@ -134,12 +135,18 @@ impl Waiter<'_> {
         if let Some(sig) = self.router.waiting(session.canceller()) {
             return Ok(Attempt::Done(Waited::Gave(Outcome::Interrupted(sig))));
         }
-        let observer = (request.wait != Wait::Try)
-            .then(|| self.observe())
-            .flatten();
+        let waits = request.wait != Wait::Try;
+        let observer = waits.then(|| self.observe()).flatten();
+        let guard = waits.then(|| {
+            WaitGuard::start(
+                self.opener.application_name(),
+                self.opts.database_url.as_deref(),
+            )
+        });
         let acquired = lock::acquire(&mut session, &request, &|| {
             self.router.interrupted().is_some()
         });
+        drop(guard);
         drop(observer);
         self.router.idle();
         if let Some(sig) = self.router.interrupted() {
