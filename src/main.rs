@@ -1,5 +1,6 @@
 //! pglock: run a command while holding a PostgreSQL advisory lock.
 
+mod appname;
 mod cli;
 mod conninfo;
 mod deadman;
@@ -9,13 +10,12 @@ mod exit;
 mod key;
 mod lock;
 mod log;
+mod report;
 mod run;
 mod semaphore;
 mod signals;
-mod status;
 mod supervise;
 mod tls;
-mod watch;
 
 use clap::FromArgMatches;
 use std::process::ExitCode;
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
                     nix::sys::signal::SigHandler::SigDfl,
                 )
             };
-            status::command(sub)
+            report::command(sub)
         }
         None => run::run(&cli),
     };

@@ -1,14 +1,15 @@
 //! One pglock run from start to finish: connect, wait for the lock (reconnecting if the server
 //! goes away meanwhile), run the command under it, and release it.
 
+use crate::appname::{AppName, Label};
 use crate::cli::{self, Cli};
 use crate::deadman::DeadMan;
 use crate::exit::{self, Failure, fail};
 use crate::lock::{self, Acquired, Held, Opener, Request, Semaphore, Session};
+use crate::report::{self, Wait, Watch};
 use crate::signals::Router;
 use crate::supervise::{self, Guard, Job, OnLost};
-use crate::watch::{Wait, Watch};
-use crate::{conninfo, duration, status, step};
+use crate::{conninfo, duration, step};
 use anyhow::Result;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
@@ -35,7 +36,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
     }
     let opener = Opener::new(
         &target,
-        &lock::application_name(&label),
+        &AppName::holder(Label::new(cli.key.as_deref(), id), cli.limit).encoded(),
         cli.connect_timeout,
         cli.check_interval,
     )?;
@@ -210,6 +211,7 @@ fn wait_for_lock(
                 Watch::start(&Wait {
                     database_url: cli.server.database_url.as_deref(),
                     id: request.id,
+                    semaphore: request.semaphore.as_ref(),
                     label,
                     shared: cli.shared,
                     app_name: opener.application_name(),
@@ -286,7 +288,7 @@ fn conflict(
     }
     let timed_out = (outcome == Acquired::TimedOut).then(|| cli.timeout.unwrap_or_default());
     let message = match (session, timed_out) {
-        (Some((session, req)), _) => status::conflict_message(session, req, label, timed_out),
+        (Some((session, req)), _) => report::conflict_message(session, req, label, timed_out),
         (None, Some(waited)) => format!(
             "timed out after {} waiting for lock \"{label}\"",
             duration::format(waited)

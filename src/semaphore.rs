@@ -26,7 +26,7 @@
 //! or pg_signal_backend); without it a release is noticed at the next re-check.
 
 use crate::cli::Scope;
-use crate::key::{LockId, semaphore_id};
+use crate::key::{self, LockId};
 use crate::lock::{
     Acquired, Held, Request, Session, final_value, first_value, lock_fn, lock_timeout_ms,
     outcome_of, prelude,
@@ -52,7 +52,7 @@ impl Semaphore {
     pub fn new(base: &str, limit: usize, recheck: Duration) -> Semaphore {
         Semaphore {
             base: base.to_string(),
-            gate: semaphore_id(base, "gate"),
+            gate: key::gate_id(base),
             slots: (0..limit).map(|i| slot_id(base, i)).collect(),
             recheck,
         }
@@ -60,7 +60,7 @@ impl Semaphore {
 }
 
 fn slot_id(base: &str, i: usize) -> LockId {
-    semaphore_id(base, &format!("slot\0{i}"))
+    key::slot_id(base, i)
 }
 
 fn id_array(ids: &[LockId]) -> String {
