@@ -154,23 +154,30 @@ pub fn pg_locks_match_pretty(ids: &[LockId]) -> String {
     predicate(ids, "\n   ")
 }
 
+/// Many locks are three arrays of coordinates, which the server joins by hashing: a list of
+/// 1026 row comparisons took 20 ms to plan, the arrays well under 1 ms.
 fn predicate(ids: &[LockId], sep: &str) -> String {
-    let coords = |id: &LockId| id.pg_locks_coordinates();
     let which = match ids {
         [] => "false".to_string(),
         [one] => {
-            let (classid, objid, objsubid) = coords(one);
+            let (classid, objid, objsubid) = one.pg_locks_coordinates();
             format!("l.classid = {classid} AND l.objid = {objid} AND l.objsubid = {objsubid}")
         }
         many => {
-            let list: Vec<String> = many
-                .iter()
-                .map(|id| {
-                    let (classid, objid, objsubid) = coords(id);
-                    format!("({classid}, {objid}, {objsubid})")
-                })
-                .collect();
-            format!("(l.classid, l.objid, l.objsubid) IN ({})", list.join(", "))
+            let column = |pick: fn((u32, u32, i16)) -> String| {
+                let list: Vec<String> = many
+                    .iter()
+                    .map(|id| pick(id.pg_locks_coordinates()))
+                    .collect();
+                list.join(",")
+            };
+            format!(
+                "(l.classid, l.objid, l.objsubid) IN (SELECT * FROM unnest('{{{}}}'::oid[], \
+                 '{{{}}}'::oid[], '{{{}}}'::int2[]))",
+                column(|c| c.0.to_string()),
+                column(|c| c.1.to_string()),
+                column(|c| c.2.to_string()),
+            )
         }
     };
     format!(
@@ -311,7 +318,10 @@ mod tests {
         );
         assert_eq!(
             pg_locks_match(&[LockId::Big(-4294967289), LockId::Pair(1, 2)]),
-            format!("{db} AND (l.classid, l.objid, l.objsubid) IN ((4294967295, 7, 1), (1, 2, 2))")
+            format!(
+                "{db} AND (l.classid, l.objid, l.objsubid) IN (SELECT * FROM unnest(\
+                 '{{4294967295,1}}'::oid[], '{{7,2}}'::oid[], '{{1,2}}'::int2[]))"
+            )
         );
         assert_eq!(pg_locks_match(&[]), format!("{db} AND false"));
         assert_eq!(

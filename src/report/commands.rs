@@ -43,6 +43,7 @@ fn fetch(session: &mut Session, locks: Locks, given: Vec<(LockId, Known)>) -> Re
         .map_err(|e| anyhow::anyhow!("{}", lock::describe_error(&e)))
         .context("cannot read pg_locks")?;
     model::name_locks(&mut rows, given);
+    model::sort_by_lock(&mut rows);
     Ok(rows)
 }
 
@@ -199,14 +200,7 @@ fn status_json(key: Option<&str>, id: LockId, rows: &[Row], summary: &Summary) -
 
 fn list(args: &ListArgs) -> Result<u8> {
     let mut session = connect(&args.server, Observer::List)?;
-    let mut rows = fetch(&mut session, Locks::All, vec![])?;
-    // A key's locks together, its slots in order; locks nobody names after them, by id.
-    rows.sort_by_cached_key(|r| {
-        r.known
-            .as_ref()
-            .map(|k| (k.label.to_string(), k.part))
-            .ok_or(())
-    });
+    let rows = fetch(&mut session, Locks::All, vec![])?;
     let text = if args.json {
         let out: Vec<Value> = rows.iter().map(render::row_json).collect();
         format!("{}\n", render::pretty(&Value::Array(out)))

@@ -190,6 +190,18 @@ pub fn name_locks(rows: &mut [Row], given: Vec<(LockId, Known)>) {
     }
 }
 
+/// A key's locks together, the lock itself first, then its slots in order and its queue; the
+/// locks nobody names after them. Within a lock the query's order stands (holders, then waiters
+/// in line).
+pub fn sort_by_lock(rows: &mut [Row]) {
+    rows.sort_by_cached_key(|r| {
+        r.known
+            .as_ref()
+            .map(|k| (k.label.to_string(), k.part))
+            .ok_or(())
+    });
+}
+
 #[cfg(test)]
 pub mod tests {
     use super::*;
@@ -335,6 +347,35 @@ pub mod tests {
         let mut rows = [above];
         name_locks(&mut rows, vec![]);
         assert_eq!(rows[0].known, None);
+    }
+
+    #[test]
+    fn rows_sort_by_key_then_slot_number_then_queue() {
+        let at = |name: &str, id: LockId| {
+            let mut r = named(row(), name);
+            r.id = id;
+            r
+        };
+        let mut rows = [
+            at("psql", LockId::Big(1)),
+            at("pglock:s@h:1/11", key::gate_id("s")),
+            at("pglock:s@h:2/11", key::slot_id("s", 10)),
+            at("pglock:b@h:3", LockId::from_key("b")),
+            at("pglock:s@h:4/11", key::slot_id("s", 2)),
+        ];
+        name_locks(&mut rows, vec![]);
+        sort_by_lock(&mut rows);
+        let order: Vec<_> = rows.iter().map(|r| (r.key(), r.part())).collect();
+        assert_eq!(
+            order,
+            [
+                (Some("b"), Some(Part::Whole)),
+                (Some("s"), Some(Part::Slot(2))),
+                (Some("s"), Some(Part::Slot(10))),
+                (Some("s"), Some(Part::Queue)),
+                (None, None)
+            ]
+        );
     }
 
     #[test]
