@@ -1,4 +1,7 @@
 //! Messages on stderr: `-v` step logs with UTC timestamps, and warnings that always show.
+//!
+//! A message that cannot be written (stderr on a full disk or a closed pipe) is dropped: pglock
+//! must not panic over a log line, least of all while a command runs under the lock.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,7 +21,11 @@ pub fn verbose() -> bool {
 macro_rules! step {
     ($($arg:tt)*) => {
         if $crate::log::verbose() {
-            eprintln!("{} pglock: {}", $crate::log::now_utc(), format_args!($($arg)*));
+            $crate::log::line(format_args!(
+                "{} pglock: {}",
+                $crate::log::now_utc(),
+                format_args!($($arg)*)
+            ));
         }
     };
 }
@@ -27,8 +34,14 @@ macro_rules! step {
 #[macro_export]
 macro_rules! warn {
     ($($arg:tt)*) => {
-        eprintln!("pglock: {}", format_args!($($arg)*))
+        $crate::log::line(format_args!("pglock: {}", format_args!($($arg)*)))
     };
+}
+
+/// Writes one line to stderr in one piece, or drops it if stderr cannot take it.
+pub fn line(text: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{text}\n").as_bytes());
 }
 
 /// The current time as `2026-11-26T03:00:01.123Z`.

@@ -978,3 +978,38 @@ fn verbose_wait_on_a_full_semaphore_names_its_holders() {
         "{line}"
     );
 }
+
+#[test]
+fn verbose_wait_with_stderr_on_a_full_disk_runs_the_command() {
+    let key = unique_key("vfull");
+    let holder = Holder::start(&key);
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut waiter = pglock()
+        .args(["--key", &key, "-v", "--", "true"])
+        .stderr(full)
+        .spawn()
+        .unwrap();
+    // The observer has looked, and so has written (or dropped) its holder line, once its
+    // session has finished the report query.
+    let observer = format!("pglock-watch@{}:{}", hostname(), waiter.id());
+    let mut client = sql();
+    wait_until("the observer's first look", LIMIT, || {
+        if let Some(status) = waiter.try_wait().unwrap() {
+            panic!("pglock ended while waiting: {status}");
+        }
+        let looked: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+                 AND state = 'idle' AND query LIKE 'WITH r AS (%'",
+                &[&observer],
+            )
+            .unwrap()
+            .get(0);
+        looked == 1
+    });
+    holder.release();
+    assert_eq!(waiter.wait().unwrap().code(), Some(0));
+}
