@@ -363,6 +363,13 @@ fn check_schema(row: &Value) {
     for field in ["classid", "objid", "objsubid"] {
         assert!(obj[field].is_u64(), "{field}: {row}");
     }
+    let for_id = &obj["for_lock_id"];
+    assert!(
+        for_id.is_null() || for_id.is_i64() || for_id.as_array().is_some_and(|a| a.len() == 2),
+        "{row}"
+    );
+    assert!(obj["slot"].is_null() || obj["slot"].is_u64(), "{row}");
+    assert!(obj["queue"].is_boolean(), "{row}");
     assert!(
         obj["mode"] == "exclusive" || obj["mode"] == "shared",
         "{row}"

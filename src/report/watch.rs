@@ -184,50 +184,57 @@ impl Seen {
 
 impl Observer {
     fn run(&mut self, stop: Receiver<()>) {
+        // True when the wait is over.
         let sleep = |d: Duration| !matches!(stop.recv_timeout(d), Err(RecvTimeoutError::Timeout));
         match self.mode {
-            Mode::Line => {
-                if sleep(TTY_GRACE) {
-                    return;
-                }
-                let mut seen = None;
-                let mut asked: Option<Instant> = None;
-                loop {
-                    if asked.is_none_or(|t| t.elapsed() >= TTY_REFRESH) {
-                        asked = Some(Instant::now());
-                        // Keep the last answer if this look fails: a stale holder beats none.
-                        if let Some(now) = self.look() {
-                            seen = Some(now);
-                        }
-                    }
-                    self.draw(&self.line(seen.as_ref()));
-                    if sleep(TTY_REDRAW) {
-                        return;
-                    }
+            Mode::Line => self.run_line(&sleep),
+            Mode::Log => self.run_log(&sleep),
+        }
+    }
+
+    /// The status line: redrawn every second, the server asked every two.
+    fn run_line(&mut self, sleep: &dyn Fn(Duration) -> bool) {
+        if sleep(TTY_GRACE) {
+            return;
+        }
+        let mut seen = None;
+        let mut asked: Option<Instant> = None;
+        loop {
+            if asked.is_none_or(|t| t.elapsed() >= TTY_REFRESH) {
+                asked = Some(Instant::now());
+                // Keep the last answer if this look fails: a stale holder beats none.
+                if let Some(now) = self.look() {
+                    seen = Some(now);
                 }
             }
-            Mode::Log => {
-                if sleep(LOG_FIRST) {
-                    return;
+            self.draw(&self.line(seen.as_ref()));
+            if sleep(TTY_REDRAW) {
+                return;
+            }
+        }
+    }
+
+    /// -v: a holder line when the wait starts, then one a minute.
+    fn run_log(&mut self, sleep: &dyn Fn(Duration) -> bool) {
+        if sleep(LOG_FIRST) {
+            return;
+        }
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let next = match self.look() {
+                // Our request may not be queued yet; look again soon, but not forever
+                // (a pooler may hide our application_name).
+                Some(seen) if seen.position.is_none() && tries < LOG_TRIES => LOG_RETRY,
+                Some(seen) => {
+                    self.log(&seen);
+                    LOG_EVERY
                 }
-                let mut tries = 0;
-                loop {
-                    tries += 1;
-                    let next = match self.look() {
-                        // Our request may not be queued yet; look again soon, but not forever
-                        // (a pooler may hide our application_name).
-                        Some(seen) if seen.position.is_none() && tries < LOG_TRIES => LOG_RETRY,
-                        Some(seen) => {
-                            self.log(&seen);
-                            LOG_EVERY
-                        }
-                        // The server did not answer: don't hammer it.
-                        None => LOG_EVERY,
-                    };
-                    if sleep(next) {
-                        return;
-                    }
-                }
+                // The server did not answer: don't hammer it.
+                None => LOG_EVERY,
+            };
+            if sleep(next) {
+                return;
             }
         }
     }
