@@ -21,7 +21,7 @@ use crate::appname::{self, AppName};
 use crate::key::LockId;
 use crate::lock::Semaphore;
 use crate::pg::{Opener, Session};
-use crate::{conninfo, step};
+use crate::step;
 use nix::unistd::isatty;
 use std::io::Write;
 use std::os::fd::BorrowedFd;
@@ -42,8 +42,6 @@ const LOG_TRIES: u32 = 10;
 const LOG_EVERY: Duration = Duration::from_secs(60);
 /// The observer is an extra; it must not hang on an unreachable server for long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// TCP keepalive probing for the observer's connection, which lives as long as the wait.
-const KEEPALIVE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -53,14 +51,13 @@ enum Mode {
 
 /// What the observer needs to know about the wait.
 pub struct Wait<'a> {
-    pub database_url: Option<&'a str>,
+    /// The lock connection's opener: the observer connects the same way under its own name.
+    pub opener: &'a Opener,
     pub id: LockId,
     /// With `--limit`: watch its slots and queue instead of `id`.
     pub semaphore: Option<&'a Semaphore>,
     pub label: &'a str,
     pub shared: bool,
-    /// The lock connection's application_name, which identifies our queued request.
-    pub app_name: &'a str,
     pub verbose: bool,
     pub quiet: bool,
 }
@@ -107,12 +104,12 @@ impl Watch {
         };
         let mut observer = Observer {
             mode,
-            database_url: wait.database_url.map(str::to_string),
+            opener: observer_opener(wait.opener),
             ids,
             gate,
             label: wait.label.to_string(),
             shared: wait.shared,
-            app_name: wait.app_name.to_string(),
+            app_name: wait.opener.application_name().to_string(),
             screen: Arc::clone(&screen),
             session: None,
             started: Instant::now(),
@@ -147,7 +144,7 @@ fn lock(screen: &Mutex<Screen>) -> std::sync::MutexGuard<'_, Screen> {
 
 struct Observer {
     mode: Mode,
-    database_url: Option<String>,
+    opener: Opener,
     /// The locks to look at.
     ids: Vec<LockId>,
     /// A semaphore's queue lock, among `ids`.
@@ -158,6 +155,15 @@ struct Observer {
     screen: Arc<Mutex<Screen>>,
     session: Option<Session>,
     started: Instant,
+}
+
+/// The lock's opener under the observer's name, `pglock-watch@host:pid`: not `pglock:`, since
+/// it holds nothing. Same target, settings and TLS connector: nothing is resolved again.
+fn observer_opener(lock: &Opener) -> Opener {
+    let watch = appname::Observer::Watch;
+    let name = AppName::parse(lock.application_name())
+        .map_or_else(|| AppName::observer(watch), |ours| ours.as_observer(watch));
+    lock.renamed(&name.encoded(), CONNECT_TIMEOUT)
 }
 
 /// What one look at the server found.
@@ -248,15 +254,7 @@ impl Observer {
                 "observer: opening a second connection to see who holds lock \"{}\"",
                 self.label
             );
-            let target =
-                conninfo::resolve(self.database_url.as_deref(), &conninfo::process_env).ok()?;
-            // `pglock-watch@host:pid`: not `pglock:`, it holds nothing.
-            let watch = appname::Observer::Watch;
-            let name = AppName::parse(&self.app_name)
-                .map_or_else(|| AppName::observer(watch), |ours| ours.as_observer(watch));
-            let opener =
-                Opener::new(&target, &name.encoded(), Some(CONNECT_TIMEOUT), KEEPALIVE).ok()?;
-            match opener.open() {
+            match self.opener.open() {
                 Ok(s) => self.session = Some(s),
                 Err(e) => {
                     step!("observer: {}", crate::pg::describe_error(&e));

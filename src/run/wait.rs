@@ -177,12 +177,11 @@ impl Waiter<'_> {
     /// The observer of a wait, when anyone will see what it finds.
     fn observe(&self) -> Option<Watch> {
         Watch::start(&report::Wait {
-            database_url: self.opts.database_url.as_deref(),
+            opener: self.opener,
             id: self.request.id,
             semaphore: self.request.semaphore.as_ref(),
             label: &self.opts.target.label,
             shared: self.request.shared,
-            app_name: self.opener.application_name(),
             verbose: self.opts.verbose,
             quiet: self.opts.quiet,
         })
