@@ -279,7 +279,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__key)
-            opts="-h --lock-id --key-hash --help"
+            opts="-h --lock-id --key-hash --limit --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -291,6 +291,10 @@ _pglock() {
                     ;;
                 --key-hash)
                     COMPREPLY=($(compgen -W "sha256 sqlx postgres-lock" -- "${cur}"))
+                    return 0
+                    ;;
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)
@@ -383,7 +387,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__status)
-            opts="-k -d -h --key --lock-id --key-hash --json --database-url --help"
+            opts="-k -d -h --key --lock-id --key-hash --limit --json --database-url --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -403,6 +407,10 @@ _pglock() {
                     ;;
                 --key-hash)
                     COMPREPLY=($(compgen -W "sha256 sqlx postgres-lock" -- "${cur}"))
+                    return 0
+                    ;;
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --database-url)

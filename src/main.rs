@@ -15,16 +15,21 @@ mod lock;
 mod log;
 mod options;
 mod pg;
+mod report;
 mod run;
-mod status;
 mod supervise;
 mod tls;
-mod watch;
 
 use clap::FromArgMatches;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // The wait guard is pglock too, started by a waiting pglock; it is no command for users.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() == Some(supervise::wait_guard::ARG.as_ref()) {
+        let app_name = args.next().unwrap_or_default();
+        return ExitCode::from(supervise::wait_guard::serve(&app_name.to_string_lossy()));
+    }
     let matches = match docs::command().try_get_matches() {
         Ok(matches) => matches,
         Err(e) => return usage(e),
@@ -53,7 +58,7 @@ fn main() -> ExitCode {
                 )
             };
             failed_or(match sub {
-                cli::Commands::Report(sub) => status::command(sub),
+                cli::Commands::Report(sub) => report::command(sub),
                 cli::Commands::Ledger(sub) => ledger::command(sub),
             })
         }

@@ -432,3 +432,57 @@ fn ctrl_z_suspends_the_job_and_fg_resumes_it_with_the_terminal() {
         lock_rows(&mut probe, key_id(&k), true) == 0
     });
 }
+
+#[test]
+fn the_larger_limit_warning_counts_only_this_databases_slots() {
+    let k = unique_key("otherdb");
+    let slot = |i: usize| key_id(&format!("{k}\0slot\0{i}"));
+    let db = format!("pglock_{}", unique_key("db").replace('-', "_"));
+    let mut admin = sql();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .unwrap();
+    // Slot 2 of the same key is taken in another database: a different lock altogether.
+    let mut other = {
+        let mut config = postgres::Config::new();
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        config.host(var("PGHOST").as_deref().unwrap_or("/var/run/postgresql"));
+        config.port(var("PGPORT").and_then(|p| p.parse().ok()).unwrap_or(5432));
+        config.user(var("PGUSER").as_deref().unwrap_or("postgres"));
+        if let Some(pw) = var("PGPASSWORD") {
+            config.password(pw);
+        }
+        config.dbname(&db);
+        config.connect(postgres::NoTls).unwrap()
+    };
+    other
+        .execute("SELECT pg_advisory_lock($1)", &[&slot(2)])
+        .unwrap();
+    // Here both slots of --limit 2 are taken, so pglock queues at the head and looks above.
+    let mut here = sql();
+    for i in 0..2 {
+        here.execute("SELECT pg_advisory_lock($1)", &[&slot(i)])
+            .unwrap();
+    }
+    let out = pglock()
+        .args([
+            "--key",
+            &k,
+            "--limit",
+            "2",
+            "--timeout",
+            "1",
+            "-v",
+            "--",
+            "true",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    drop(other);
+    let _ = admin.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"));
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(err.contains("at the head of the queue"), "{err}");
+    assert!(!err.contains("slots above"), "{err}");
+}

@@ -70,7 +70,7 @@ pub fn command(args: &CheckArgs) -> u8 {
         args.which.lock_id,
         KeyHash::Sha256,
     );
-    let facts = connect(&args.server, "check").and_then(|mut session| {
+    let facts = connect(&args.server).and_then(|mut session| {
         let statement = sql::check(&args.ledger.table);
         let rows = session
             .query_typed(&statement.text, &[&target.base], statement.types)

@@ -40,7 +40,7 @@ pub fn command(args: &HistoryArgs) -> Result<u8> {
         (None, Some(_)) => None,
         (None, None) => Some(DEFAULT_LAST),
     };
-    let mut session = connect(&args.server, "history")?;
+    let mut session = connect(&args.server)?;
     let statement = sql::history(table);
     let params: [&(dyn ToSql + Sync); 3] = [&key, &since, &last];
     let rows = session

@@ -29,7 +29,7 @@ pub fn command(args: &InitArgs) -> Result<u8> {
         print!("{script}");
         return Ok(0);
     }
-    let mut session = connect(&args.server, "init")?;
+    let mut session = connect(&args.server)?;
     let existed = match apply(&mut session, &script) {
         Err(e) if raced(&e) => apply(&mut session, &script),
         other => other,

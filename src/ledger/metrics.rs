@@ -63,7 +63,7 @@ const FAMILIES: [Family; 6] = [
 
 pub fn command(args: &MetricsArgs) -> Result<u8> {
     let table = &args.ledger.table;
-    let mut session = connect(&args.server, "metrics")?;
+    let mut session = connect(&args.server)?;
     let statement = sql::metrics(table);
     let rows = session
         .query_typed(&statement.text, &[], statement.types)

@@ -19,10 +19,11 @@ pub mod record;
 pub mod sql;
 pub mod table;
 
+use crate::appname::{AppName, Observer};
 use crate::cli::{LedgerSub, Server};
+use crate::conninfo;
 use crate::exit::{Failure, fail};
 use crate::pg::{Opener, Session, describe_error, error::is_transient};
-use crate::{appname, conninfo};
 use anyhow::Result;
 use std::time::Duration;
 use table::Table;
@@ -38,11 +39,12 @@ pub fn command(sub: &LedgerSub) -> Result<u8> {
     }
 }
 
-/// A subcommand's one connection, named `pglock-<what>@host:pid` so that it never reads as a
+/// A subcommand's one connection, named `pglock-ledger@host:pid` so that it never reads as a
 /// lock holder.
-fn connect(server: &Server, what: &str) -> Result<Session> {
+fn connect(server: &Server) -> Result<Session> {
     let target = conninfo::resolve(server.database_url.as_deref(), &conninfo::process_env)?;
-    let name = appname::application_name("").replacen("pglock:", &format!("pglock-{what}"), 1);
+    let name = AppName::observer(Observer::Ledger).encoded();
+    // Keepalives matter to connections that stay open; this one lives for a few statements.
     let opener = Opener::new(&target, &name, None, Duration::from_secs(5))?;
     opener.open().map_err(|e| opener.failure(&e))
 }

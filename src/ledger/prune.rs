@@ -16,7 +16,7 @@ pub fn command(args: &PruneArgs) -> Result<u8> {
     let table = &args.ledger.table;
     let age = args.older_than.as_secs_f64();
     let older = duration::format(args.older_than);
-    let mut session = connect(&args.server, "prune")?;
+    let mut session = connect(&args.server)?;
     if args.dry_run {
         let statement = sql::prune_count(table);
         let rows = session

@@ -8,13 +8,14 @@
 //! hold back vacuum for the whole run.
 
 use super::sql;
+use crate::appname::{AppName, Observer};
 use crate::exit::{Outcome, child_code};
 use crate::key::LockId;
 use crate::options::{Fencing, Record, Target};
 use crate::pg::session::Failed;
 use crate::pg::sql::Scope;
 use crate::pg::{Opener, Session, describe_error, error::is_transient};
-use crate::{appname, duration, exit, step, warn};
+use crate::{duration, exit, step, warn};
 use anyhow::Result;
 use postgres::Row;
 use postgres::types::ToSql;
@@ -41,6 +42,8 @@ pub struct Context<'a> {
     pub holding: Holding,
     pub quiet: bool,
     pub check_interval: Duration,
+    /// For the ledger's own connection in xact scope.
+    pub connect_timeout: Duration,
 }
 
 /// How the run begins: the command runs (with these variables), or it does not.
@@ -106,7 +109,7 @@ pub fn begin(cx: &Context, opener: &Opener, lock: &mut Session) -> Result<Begun>
     let limit = cx.check_interval.max(MIN_LIMIT);
     let mut own = match cx.holding.scope {
         Scope::Session => None,
-        Scope::Xact => Some(open_own(opener, &cx.target.label)?),
+        Scope::Xact => Some(open_own(opener, cx.connect_timeout)?),
     };
     let session = match &mut own {
         Some((session, _)) => session,
@@ -151,10 +154,15 @@ fn guard(holding: Holding) -> Option<LockId> {
     (holding.scope == Scope::Session).then_some(holding.id)
 }
 
-/// The ledger's own connection, `pglock-ledger:<key>@host:pid`.
-fn open_own(opener: &Opener, label: &str) -> Result<(Session, Opener)> {
-    let name = appname::application_name(label).replacen("pglock:", "pglock-ledger:", 1);
-    let own = opener.renamed(&name);
+/// The ledger's own connection, `pglock-ledger@host:pid`: it holds no lock, so its name does
+/// not read as a holder's. Same target, settings and TLS connector as the lock's.
+fn open_own(opener: &Opener, connect_timeout: Duration) -> Result<(Session, Opener)> {
+    let ledger = Observer::Ledger;
+    let name = AppName::parse(opener.application_name()).map_or_else(
+        || AppName::observer(ledger),
+        |ours| ours.as_observer(ledger),
+    );
+    let own = opener.renamed(&name.encoded(), connect_timeout);
     let session = own.open().map_err(|e| own.failure(&e))?;
     Ok((session, own))
 }

@@ -66,21 +66,10 @@ impl Call {
     }
 }
 
-/// The pg_locks rows (aliased `l`) of these advisory locks in the current database.
+/// The pg_locks rows (aliased `l`) of these advisory locks in the current database: the one
+/// predicate, [`crate::key::pg_locks_match`], which reports use too.
 pub fn matches(ids: &[LockId]) -> String {
-    let coords: Vec<String> = ids
-        .iter()
-        .map(|id| {
-            let (classid, objid, objsubid) = id.pg_locks_coordinates();
-            format!("({classid}::oid, {objid}::oid, {objsubid}::int2)")
-        })
-        .collect();
-    format!(
-        "l.locktype = 'advisory' \
-         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-         AND (l.classid, l.objid, l.objsubid) IN ({})",
-        coords.join(", ")
-    )
+    crate::key::pg_locks_match(ids)
 }
 
 /// lock_timeout in milliseconds: 0 waits forever, so a wait that must end gets at least 1.
@@ -242,6 +231,28 @@ pub fn count_held(slots: &[LockId]) -> String {
     )
 }
 
+/// A string literal for any text, dollar-quoted with a tag the text does not contain, so that
+/// neither quotes nor backslashes (whatever standard_conforming_strings says) can end it.
+pub fn literal(text: &str) -> String {
+    let mut tag = String::from("$pglock$");
+    let mut n = 0;
+    // The literal ends at the first tag after the opening one: that must be the closing one.
+    while format!("{text}{tag}").find(&tag) != Some(text.len()) {
+        n += 1;
+        tag = format!("$pglock{n}$");
+    }
+    format!("{tag}{text}{tag}")
+}
+
+/// Cancels the statement of the sessions named `app_name` (a dead waiter's, for the wait guard).
+pub fn cancel_waiter(app_name: &str) -> String {
+    format!(
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = {} \
+         AND pid <> pg_backend_pid()",
+        literal(app_name)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,10 +262,10 @@ mod tests {
     #[test]
     fn predicate_uses_the_coordinates() {
         assert_eq!(
-            matches(&[ID, LockId::Pair(-1, 7)]),
+            matches(&[ID]),
             "l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_database WHERE \
-             datname = current_database()) AND (l.classid, l.objid, l.objsubid) IN \
-             ((3183282002::oid, 4044550532::oid, 1::int2), (4294967295::oid, 7::oid, 2::int2))"
+             datname = current_database()) AND l.classid = 3183282002 AND l.objid = 4044550532 \
+             AND l.objsubid = 1"
         );
     }
 
@@ -340,6 +351,18 @@ mod tests {
                 .contains("starts_with(a.query, '/* pglock: semaphore wait */')")
         );
         assert!(count_held(&slots).contains(&matches(&slots)));
+    }
+
+    #[test]
+    fn literals_cannot_be_escaped() {
+        assert_eq!(literal("it's \\ ok"), "$pglock$it's \\ ok$pglock$");
+        assert_eq!(literal("a$pglock$b"), "$pglock1$a$pglock$b$pglock1$");
+        assert_eq!(literal("a$pglock"), "$pglock1$a$pglock$pglock1$");
+        assert_eq!(
+            cancel_waiter("pglock:k@h:1"),
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = \
+             $pglock$pglock:k@h:1$pglock$ AND pid <> pg_backend_pid()"
+        );
     }
 
     #[test]

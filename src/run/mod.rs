@@ -4,6 +4,7 @@
 
 mod wait;
 
+use crate::appname::{AppName, Label};
 use crate::exit::{LostReason, Outcome};
 use crate::ledger::record::{self, Begun, End, Recorder};
 use crate::lock::{Held, Holder, Request, Semaphore, Unconfirmed};
@@ -12,7 +13,7 @@ use crate::pg::Opener;
 use crate::supervise::deadman::DeadMan;
 use crate::supervise::signals::Router;
 use crate::supervise::{self, Guard, Policy, child};
-use crate::{appname, conninfo, duration, step, warn};
+use crate::{conninfo, duration, step, warn};
 use anyhow::Result;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
@@ -31,7 +32,11 @@ pub fn run(opts: &RunOptions) -> Result<Outcome> {
     }
     let opener = Opener::new(
         &target,
-        &appname::application_name(&opts.target.label),
+        &AppName::holder(
+            Label::new(opts.target.key.as_deref(), opts.target.id),
+            opts.limit,
+        )
+        .encoded(),
         opts.connect_timeout,
         opts.check_interval,
     )?;
@@ -201,6 +206,9 @@ fn release(
     Ok(())
 }
 
+/// How long the ledger's own connection (xact scope) may take without --connect-timeout.
+const LEDGER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The ledger's statement after the grant, with --record or --once-per.
 fn begin_ledger(opts: &RunOptions, opener: &Opener, holder: &mut Holder) -> Result<Option<Begun>> {
     let Some(record) = &opts.record else {
@@ -218,6 +226,7 @@ fn begin_ledger(opts: &RunOptions, opener: &Opener, holder: &mut Holder) -> Resu
         },
         quiet: opts.quiet,
         check_interval: opts.check_interval,
+        connect_timeout: opts.connect_timeout.unwrap_or(LEDGER_CONNECT_TIMEOUT),
     };
     record::begin(&cx, opener, holder.session()).map(Some)
 }

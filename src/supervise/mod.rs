@@ -17,6 +17,7 @@
 pub mod child;
 pub mod deadman;
 pub mod signals;
+pub mod wait_guard;
 
 use crate::exit::LostReason;
 use crate::options::Fencing;
