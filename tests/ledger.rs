@@ -751,9 +751,11 @@ fn history_lists_runs_newest_first() {
     for script in ["exit 1", "true", "true"] {
         ledger.run(&key, &["--record"], script);
     }
+    // A raw id of this test's own.
+    let raw_id = format!("{},7", std::process::id());
     assert!(
         ledger
-            .pglock(&["--lock-id", "77", "--record", "-c", "true"])
+            .pglock(&["--lock-id", &raw_id, "--record", "-c", "true"])
             .output()
             .unwrap()
             .status
@@ -790,11 +792,11 @@ fn history_lists_runs_newest_first() {
     assert!(runs[0]["started_at"].as_str().unwrap().ends_with('Z'));
 
     let raw = ledger
-        .pglock(&["history", "--lock-id", "77", "--json"])
+        .pglock(&["history", "--lock-id", &raw_id, "--json"])
         .output()
         .unwrap();
     let raw: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
-    assert_eq!(raw[0]["key"], "lock-id:77");
+    assert_eq!(raw[0]["key"], format!("lock-id:{raw_id}"));
     let all = ledger
         .pglock(&["history", "--all", "--since", "1h"])
         .output()
