@@ -633,9 +633,9 @@ fn tls_policy(opts: &Options, home: Option<&Path>, only_sockets: bool) -> Result
     })
 }
 
-fn protocol(opts: &Options, key: &str) -> Result<Option<native_tls::Protocol>> {
+fn protocol(opts: &Options, key: &str) -> Result<Option<openssl::ssl::SslVersion>> {
     match opts.get(key) {
-        None if key == "ssl_min_protocol_version" => Ok(Some(native_tls::Protocol::Tlsv12)),
+        None if key == "ssl_min_protocol_version" => Ok(Some(openssl::ssl::SslVersion::TLS1_2)),
         None => Ok(None),
         Some(v) => tls::parse_protocol(v)
             .ok_or_else(|| invalid(opts, key, v, "TLSv1, TLSv1.1, TLSv1.2 or TLSv1.3")),
