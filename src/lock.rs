@@ -129,16 +129,7 @@ impl Opener {
             }
             None => {}
         }
-        // The kernel counts keepalive times in whole seconds.
-        let probe = check_interval.max(Duration::from_secs(1));
-        config
-            .keepalives(true)
-            .keepalives_idle(probe)
-            .keepalives_interval(probe)
-            .keepalives_retries(3);
-        if config.get_tcp_user_timeout().is_none() {
-            config.tcp_user_timeout(2 * check_interval + Duration::from_secs(5));
-        }
+        crate::conninfo::keepalive::apply(&mut config, check_interval);
         Ok(Opener {
             config,
             connector,

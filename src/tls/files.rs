@@ -38,9 +38,9 @@ pub fn load_roots(path: &Path) -> Result<Vec<X509>> {
 /// owns it) and must be PEM: PKCS#8 or the older RSA and EC formats. pglock cannot ask for a
 /// passphrase, so an encrypted key gets a message that says how to decrypt it.
 pub fn load_identity(cert_path: &Path, key_path: &Path) -> Result<Identity> {
-    let chain = load_chain(cert_path)?;
     let key_name = key_path.display();
     let pem = read_private(cert_path, key_path)?;
+    let chain = load_chain(cert_path)?;
     if find(&pem, b"-----BEGIN ").is_none() {
         return Err(usage(format!(
             "private key file \"{key_name}\" is not PEM; convert it with: openssl pkey -in \
