@@ -111,4 +111,19 @@ mod tests {
         apply(&mut config, secs(5));
         assert_eq!(config.get_tcp_user_timeout(), Some(&secs(15)));
     }
+
+    #[test]
+    fn keepalives_stay_within_what_the_kernel_takes() {
+        let mut config = Config::new();
+        apply(&mut config, secs(10 * 3600));
+        assert_eq!(config.get_keepalives_idle(), secs(32767));
+        assert_eq!(config.get_keepalives_interval(), Some(secs(32767)));
+        let mut small = Config::new();
+        apply(&mut small, Duration::from_millis(100));
+        assert_eq!(small.get_keepalives_idle(), secs(1));
+        assert_eq!(
+            small.get_tcp_user_timeout(),
+            Some(&Duration::from_millis(5200))
+        );
+    }
 }
