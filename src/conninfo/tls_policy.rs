@@ -2,9 +2,9 @@
 //! bounds) turned into a [`Verify`] policy, with libpq's defaults under ~/.postgresql.
 
 use super::{Options, invalid, usage};
-use crate::tls::{self, Check, Identity, Roots, SslMode, Verify};
+use crate::tls::{self, Check, ClientCert, Roots, SslMode, Verify};
 use anyhow::Result;
-use openssl::ssl::SslVersion;
+use native_tls::Protocol;
 use std::path::{Path, PathBuf};
 
 /// The policy for these settings; `only_sockets` when no host of the list uses TCP.
@@ -103,7 +103,7 @@ fn root_file(opts: &Options, mode: SslMode, defaults: &Defaults) -> Result<Optio
 }
 
 /// The client certificate and key, when sslcert (or ~/.postgresql/postgresql.crt) exists.
-fn identity(opts: &Options, defaults: &Defaults) -> Result<Option<Identity>> {
+fn identity(opts: &Options, defaults: &Defaults) -> Result<Option<ClientCert>> {
     if opts.get("sslcertmode") == Some("disable") {
         return Ok(None);
     }
@@ -123,9 +123,9 @@ fn identity(opts: &Options, defaults: &Defaults) -> Result<Option<Identity>> {
     Ok(Some(tls::load_identity(&cert, &key)?))
 }
 
-fn protocol(opts: &Options, key: &str) -> Result<Option<SslVersion>> {
+fn protocol(opts: &Options, key: &str) -> Result<Option<Protocol>> {
     match opts.get(key) {
-        None if key == "ssl_min_protocol_version" => Ok(Some(SslVersion::TLS1_2)),
+        None if key == "ssl_min_protocol_version" => Ok(Some(Protocol::Tlsv12)),
         None => Ok(None),
         Some(v) => tls::parse_protocol(v)
             .ok_or_else(|| invalid(opts, key, v, "TLSv1, TLSv1.1, TLSv1.2 or TLSv1.3")),

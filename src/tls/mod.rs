@@ -2,33 +2,25 @@
 //! certificate must prove, which roots it is checked against, and the client certificate.
 //!
 //! [`conninfo`](crate::conninfo) reads the settings and decides the policy ([`Verify`]); this
-//! module turns it into an OpenSSL context and hands rust-postgres a connector built on it
-//! ([`stream`]). With sslmode=disable, or when every host is a Unix socket (where PostgreSQL never
-//! speaks TLS), no TLS context is built at all.
-//!
-//! pglock drives OpenSSL itself rather than through native-tls, for one reason: native-tls loads
-//! the operating system's CA bundle into every context, twice, and OpenSSL 3 takes about 30 ms
-//! to parse it each time, most of a pglock run with sslmode=prefer. Here the bundle is loaded
-//! only when the policy trusts it (sslrootcert=system); the unchecked modes need no roots and an
-//! sslrootcert file replaces the store. Nothing touches the process environment, so a connector
-//! can be built on any thread at any time.
+//! module turns it into a native-tls connector, which postgres-native-tls hands to rust-postgres
+//! (with channel binding, tls-server-end-point). With sslmode=disable, or when every host is a
+//! Unix socket (where PostgreSQL never speaks TLS), no TLS context is built at all: loading
+//! OpenSSL's trust store costs more than the rest of connecting to a local server, which is also
+//! why [`trust_store`] keeps it out of the connectors that do not use it.
 
 mod files;
-mod stream;
+mod trust_store;
 
-pub use files::{load_identity, load_roots, parse_protocol};
+pub use files::{ClientCert, load_identity, load_roots, parse_protocol};
 
-use anyhow::{Context, Result};
-use openssl::error::ErrorStack;
-use openssl::pkey::{PKey, Private};
-use openssl::ssl::{
-    SslContext, SslContextBuilder, SslMethod, SslMode as OpensslMode, SslOptions, SslVerifyMode,
-    SslVersion,
-};
-use openssl::x509::X509;
+use crate::exit::{Failure, fail};
+use crate::{duration, step};
+use anyhow::{Result, anyhow};
+use native_tls::{Certificate, Protocol, TlsConnector, TlsConnectorBuilder};
 use postgres::tls::NoTls;
 use postgres::{CancelToken, Client, Config};
-use stream::MakeTls;
+use postgres_native_tls::MakeTlsConnector;
+use std::time::Instant;
 
 /// libpq's sslmode values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,17 +65,10 @@ pub enum Check {
 #[derive(Clone)]
 pub enum Roots {
     /// Only the certificates of the sslrootcert file, as libpq does.
-    File(Vec<X509>),
-    /// The operating system's trust store (sslrootcert=system), found the way libpq finds it:
-    /// OpenSSL's default paths, which SSL_CERT_FILE and SSL_CERT_DIR override.
+    File(Vec<Certificate>),
+    /// The operating system's trust store (sslrootcert=system): OpenSSL's default locations,
+    /// which SSL_CERT_FILE and SSL_CERT_DIR override, as in libpq.
     System,
-}
-
-/// A client certificate chain (leaf first) and its private key, as [`load_identity`] read them.
-#[derive(Clone)]
-pub struct Identity {
-    pub chain: Vec<X509>,
-    pub key: PKey<Private>,
 }
 
 /// Everything the connector needs, resolved from sslmode, sslrootcert, sslcert, sslkey and the
@@ -93,9 +78,9 @@ pub struct Verify {
     pub check: Check,
     /// Unused unless `check` is Chain or Full.
     pub roots: Roots,
-    pub identity: Option<Identity>,
-    pub min_protocol: Option<SslVersion>,
-    pub max_protocol: Option<SslVersion>,
+    pub identity: Option<ClientCert>,
+    pub min_protocol: Option<Protocol>,
+    pub max_protocol: Option<Protocol>,
 }
 
 impl Verify {
@@ -109,25 +94,45 @@ impl Verify {
             max_protocol: None,
         }
     }
+
+    /// Whether the connector must trust the operating system's store: otherwise the checks
+    /// either trust nothing or only the sslrootcert file, which replaces the store.
+    fn needs_system_roots(&self) -> bool {
+        matches!(self.roots, Roots::System) && matches!(self.check, Check::Chain | Check::Full)
+    }
 }
 
 /// A connector for the lock connection and for cancel requests on it.
 #[derive(Clone)]
 pub enum Connector {
     Plain,
-    Tls(MakeTls),
+    Tls(MakeTlsConnector),
 }
 
 impl Connector {
+    /// The connector for `verify`. Cheap when the process has a single thread and the policy
+    /// does not trust the system store; see [`trust_store`].
     pub fn new(verify: &Verify) -> Result<Connector> {
         if verify.check == Check::Disabled {
             return Ok(Connector::Plain);
         }
-        let context = context(verify).context("cannot set up TLS")?;
-        Ok(Connector::Tls(MakeTls::new(
-            context,
-            verify.check == Check::Full,
-        )))
+        let started = Instant::now();
+        let builder = builder(verify);
+        let (built, store) = if verify.needs_system_roots() {
+            (builder.build(), "loaded")
+        } else {
+            match trust_store::without(|| builder.build()) {
+                Some(built) => (built, "skipped"),
+                // Another thread exists: the environment must stay as it is.
+                None => (builder.build(), "loaded, unused"),
+            }
+        };
+        let tls = built.map_err(|e| build_error(verify, e))?;
+        step!(
+            "TLS context ready in {} (system trust store {store})",
+            duration::format(started.elapsed())
+        );
+        Ok(Connector::Tls(MakeTlsConnector::new(tls)))
     }
 
     pub fn connect(&self, config: &Config) -> Result<Client, postgres::Error> {
@@ -145,52 +150,54 @@ impl Connector {
     }
 }
 
-/// The ciphers OpenSSL's own client defaults allow, minus the weak and the unauthenticated ones
-/// (the list native-tls and the openssl crate's connector use).
-const CIPHERS: &str = "DEFAULT:!aNULL:!eNULL:!MD5:!3DES:!DES:!RC4:!IDEA:!SEED:!aDSS:!SRP:!PSK";
-
-/// The shared part of every connection's TLS setup: protocol bounds, what is verified against
-/// which roots, and the client certificate. The host name is checked per connection.
-fn context(verify: &Verify) -> Result<SslContext, ErrorStack> {
-    let mut ctx = SslContextBuilder::new(SslMethod::tls_client())?;
-    let options = (SslOptions::ALL & !SslOptions::DONT_INSERT_EMPTY_FRAGMENTS)
-        | SslOptions::NO_COMPRESSION
-        | SslOptions::NO_SSLV2
-        | SslOptions::NO_SSLV3;
-    ctx.set_options(options);
-    ctx.set_mode(
-        OpensslMode::AUTO_RETRY
-            | OpensslMode::ACCEPT_MOVING_WRITE_BUFFER
-            | OpensslMode::ENABLE_PARTIAL_WRITE
-            | OpensslMode::RELEASE_BUFFERS,
-    );
-    ctx.set_cipher_list(CIPHERS)?;
-    ctx.set_min_proto_version(verify.min_protocol)?;
-    ctx.set_max_proto_version(verify.max_protocol)?;
-    if verify.check == Check::Nothing {
-        ctx.set_verify(SslVerifyMode::NONE);
-    } else {
-        ctx.set_verify(SslVerifyMode::PEER);
-        // A new context trusts nothing until told: only the roots the policy names go in.
-        match &verify.roots {
-            Roots::System => ctx.set_default_verify_paths()?,
-            Roots::File(certs) => {
+/// The native-tls settings for a policy other than Disabled.
+fn builder(verify: &Verify) -> TlsConnectorBuilder {
+    let mut builder = TlsConnector::builder();
+    builder
+        .min_protocol_version(verify.min_protocol)
+        .max_protocol_version(verify.max_protocol);
+    match verify.check {
+        Check::Disabled | Check::Nothing => {
+            builder.danger_accept_invalid_certs(true);
+        }
+        Check::Chain | Check::Full => {
+            if let Roots::File(certs) = &verify.roots {
+                builder.disable_built_in_roots(true);
                 for cert in certs {
-                    ctx.cert_store_mut().add_cert(cert.clone())?;
+                    builder.add_root_certificate(cert.clone());
                 }
             }
+            builder.danger_accept_invalid_hostnames(verify.check == Check::Chain);
         }
     }
-    if let Some(identity) = &verify.identity {
-        let (leaf, intermediates) = identity
-            .chain
-            .split_first()
-            .expect("load_identity returns at least one certificate");
-        ctx.set_certificate(leaf)?;
-        ctx.set_private_key(&identity.key)?;
-        for cert in intermediates {
-            ctx.add_extra_chain_cert(cert.clone())?;
-        }
+    if let Some(client) = &verify.identity {
+        builder.identity(client.identity.clone());
     }
-    Ok(ctx.build())
+    builder
+}
+
+/// Why no connector could be built. OpenSSL checks that the client key belongs to its
+/// certificate only here, when both go into the context: that is a usage error like any other
+/// unusable TLS file.
+fn build_error(verify: &Verify, e: native_tls::Error) -> anyhow::Error {
+    match &verify.identity {
+        Some(client) if e.to_string().contains("key values mismatch") => fail(
+            Failure::Usage,
+            format!(
+                "private key file \"{}\" does not belong to client certificate \"{}\"; set \
+                 sslkey to the certificate's key",
+                client.key.display(),
+                client.cert.display()
+            ),
+        ),
+        Some(client) => fail(
+            Failure::Usage,
+            format!(
+                "cannot use client certificate \"{}\" with key \"{}\": {e}",
+                client.cert.display(),
+                client.key.display()
+            ),
+        ),
+        None => anyhow!("cannot set up TLS: {e}"),
+    }
 }
