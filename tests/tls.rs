@@ -504,6 +504,55 @@ host all all ::1/128 scram-sha-256
 }
 
 #[test]
+fn the_run_path_leaves_the_system_trust_store_unread_when_unused() {
+    // native-tls loads the system CA bundle (~30 ms) unless SSL_CERT_FILE is diverted, which is
+    // sound only while pglock has one thread: the run path must build its connector before the
+    // signal thread starts. The connector is built before connecting, so no server is needed:
+    // port 1 refuses at once.
+    let certs = temp_dir("tls-store");
+    openssl(
+        &certs,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-subj",
+            "/CN=ca",
+            "-days",
+            "2",
+        ],
+    );
+    let ca = certs.join("ca.crt").display().to_string();
+    for (conninfo, store) in [
+        ("sslmode=prefer".to_string(), "skipped"),
+        ("sslmode=require".to_string(), "skipped"),
+        (format!("sslmode=verify-full sslrootcert={ca}"), "skipped"),
+        ("sslrootcert=system".to_string(), "loaded"),
+    ] {
+        let out = pglock()
+            .args(["-v", "-d", &format!("host=127.0.0.1 port=1 {conninfo}")])
+            .args(["--key", &unique_key("tls-store"), "--", "true"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(69), "{conninfo}: {stderr}");
+        assert!(
+            stderr.contains(&format!("(system trust store {store})")),
+            "{conninfo}: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&certs);
+}
+
+#[test]
 fn the_command_inherits_ssl_cert_file_as_pglock_got_it() {
     // The trust-store shortcut diverts SSL_CERT_FILE while the connector is built; the command
     // must see the variable as it was, or its absence. Over TCP, where a connector is built.
