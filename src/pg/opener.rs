@@ -53,6 +53,15 @@ impl Opener {
         })
     }
 
+    /// The same target under another application_name, for a connection that holds nothing
+    /// (the observer): nothing is resolved or loaded again.
+    pub fn renamed(&self, app_name: &str, connect_timeout: Duration) -> Opener {
+        let mut other = self.clone();
+        other.config.application_name(app_name);
+        other.config.connect_timeout(connect_timeout);
+        other
+    }
+
     /// The application_name every connection of this opener carries.
     pub fn application_name(&self) -> &str {
         self.config.get_application_name().unwrap_or_default()

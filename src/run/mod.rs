@@ -4,6 +4,7 @@
 
 mod wait;
 
+use crate::appname::{AppName, Label};
 use crate::exit::{LostReason, Outcome};
 use crate::lock::{Held, Holder, Request, Semaphore, Unconfirmed};
 use crate::options::{Fencing, RunOptions};
@@ -11,7 +12,7 @@ use crate::pg::Opener;
 use crate::supervise::deadman::DeadMan;
 use crate::supervise::signals::{Deferred, Router};
 use crate::supervise::{self, Guard, Policy, child};
-use crate::{appname, conninfo, duration, step, warn};
+use crate::{conninfo, duration, step, warn};
 use anyhow::Result;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
@@ -30,7 +31,11 @@ pub fn run(opts: &RunOptions) -> Result<Outcome> {
     }
     let opener = Opener::new(
         &target,
-        &appname::application_name(&opts.target.label),
+        &AppName::holder(
+            Label::new(opts.target.key.as_deref(), opts.target.id),
+            opts.limit,
+        )
+        .encoded(),
         opts.connect_timeout,
         opts.check_interval,
     )?;

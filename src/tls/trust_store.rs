@@ -9,8 +9,8 @@
 //! Changing the environment is sound only while no other thread can read it: C code reads it
 //! without Rust's lock (OpenSSL itself, the resolver in getaddrinfo). So [`without`] counts the
 //! process's threads first, and does nothing unless the caller is the only one. The run path
-//! builds its connector before it starts any thread (see `run::run`); a connector built later,
-//! as `pglock watch` does on its own thread, simply pays for the bundle.
+//! builds its connector before it starts any thread (see `run::run`) and shares it with the
+//! observer; a connector built where other threads run simply pays for the bundle.
 
 const VAR: &str = "SSL_CERT_FILE";
 
