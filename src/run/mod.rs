@@ -10,6 +10,7 @@ use crate::ledger::record::{self, Begun, End, Recorder};
 use crate::lock::{Held, Holder, Request, Semaphore, Unconfirmed};
 use crate::options::{Fencing, RunOptions};
 use crate::pg::Opener;
+use crate::supervise::child::Running;
 use crate::supervise::deadman::DeadMan;
 use crate::supervise::signals::{Deferred, Router};
 use crate::supervise::{self, Guard, Policy, child};
@@ -58,75 +59,104 @@ pub fn run(opts: &RunOptions) -> Result<Outcome> {
     }
 }
 
-/// Runs the command while `holder` holds the lock, then releases it.
+/// Runs the command while `holder` holds the lock, then releases it. Steps: the ledger's
+/// say, the spawn, the supervising loop, and [`finish`].
 fn run_held(
     opts: &RunOptions,
     router: &Router,
     opener: &Opener,
     mut holder: Holder,
 ) -> Result<Outcome> {
-    let label = &opts.target.label;
     let acquired_at = Instant::now();
     let mut env = child_env(opts, &holder.held());
     // --record, --once-per: the ledger decides whether the command runs, and records it.
-    let mut ledger: Option<Box<Recorder>> = None;
-    match begin_ledger(opts, opener, &mut holder) {
-        Ok(None) => {}
+    let ledger = match begin_ledger(opts, opener, &mut holder) {
+        Ok(None) => None,
         Ok(Some(Begun::Run(recorder, vars))) => {
             env.extend(vars);
-            ledger = Some(recorder);
+            Some(recorder)
         }
-        Ok(Some(Begun::Skip(outcome))) => {
-            let _ = release(router, holder, true, opts.check_interval, label);
-            return Ok(outcome);
-        }
-        Err(e) => {
-            let _ = release(router, holder, false, opts.check_interval, label);
-            return Err(e);
-        }
-    }
-    let fenced = matches!(opts.fencing, Fencing::Terminate { .. });
-    let mut running = match router.spawn(|| child::spawn(&opts.job, &env, fenced)) {
-        Ok(Some(running)) => running,
-        Ok(None) => {
-            let sig = router
-                .interrupted()
-                .unwrap_or(nix::sys::signal::Signal::SIGTERM);
-            step!("signal {sig} arrived before the command started; not running it");
-            let end = End::not_started(crate::exit::signal_code(sig as i32));
-            record_end(ledger, &mut holder, end);
-            let _ = release(router, holder, false, opts.check_interval, label);
-            return Ok(Outcome::Interrupted(sig));
-        }
-        Err(e) => {
-            record_end(
-                ledger,
-                &mut holder,
-                End::not_started(crate::exit::code_for(&e)),
-            );
-            // The spawn error is what the user must see: a release problem only warns.
-            step!("releasing lock \"{label}\"");
-            let _ = release(router, holder, false, opts.check_interval, label);
-            return Err(e);
+        Ok(Some(Begun::Skip(outcome))) => return release_then(router, holder, opts, Ok(outcome)),
+        Err(e) => return release_then(router, holder, opts, Err(e)),
+    };
+    let mut running = match start(opts, router, &env) {
+        Ok(running) => running,
+        Err(not_started) => {
+            let code = match &not_started {
+                // Only an interruption gets here, whose code does not depend on -E.
+                Ok(outcome) => outcome.code(crate::exit::CONFLICT_DEFAULT),
+                Err(e) => crate::exit::code_for(e),
+            };
+            record_end(ledger, &mut holder, End::not_started(code));
+            return release_then(router, holder, opts, not_started);
         }
     };
     // From here on the command exists: nothing returns before supervise::wait has reaped it.
-    // With --on-lost ignore the user accepted a command that outlives the lock.
-    let mut deadman = fenced
-        .then(|| match DeadMan::arm(running.pid(), opts.kill_after) {
-            Ok(deadman) => Some(deadman),
-            Err(e) => {
-                warn!("{e:#}: if pglock is killed, the command's children may outlive the lock");
-                None
-            }
-        })
-        .flatten();
+    let deadman = arm_deadman(opts, &running);
     let policy = Policy {
         check_every: opts.check_interval,
         fencing: opts.fencing,
         kill_after: opts.kill_after,
     };
-    let ended = supervise::wait(&mut running, router, &mut holder, policy, label);
+    let ended = supervise::wait(
+        &mut running,
+        router,
+        &mut holder,
+        policy,
+        &opts.target.label,
+    );
+    finish(opts, router, holder, ledger, deadman, ended, acquired_at)
+}
+
+/// Spawns the command unless a terminating signal came first. Err holds what pglock then ends
+/// with: the interruption, or the spawn's error (126, 127).
+fn start(
+    opts: &RunOptions,
+    router: &Router,
+    env: &[(String, String)],
+) -> Result<Running, Result<Outcome>> {
+    let fenced = matches!(opts.fencing, Fencing::Terminate { .. });
+    match router.spawn(|| child::spawn(&opts.job, env, fenced)) {
+        Ok(Some(running)) => Ok(running),
+        Ok(None) => {
+            let sig = router
+                .interrupted()
+                .unwrap_or(nix::sys::signal::Signal::SIGTERM);
+            step!("signal {sig} arrived before the command started; not running it");
+            Err(Ok(Outcome::Interrupted(sig)))
+        }
+        Err(e) => Err(Err(e)),
+    }
+}
+
+/// The dead man's switch for a fenced command. With --on-lost ignore the user accepted a
+/// command that outlives the lock; a switch that cannot start only warns, since the command
+/// already runs.
+fn arm_deadman(opts: &RunOptions, running: &Running) -> Option<DeadMan> {
+    if !matches!(opts.fencing, Fencing::Terminate { .. }) {
+        return None;
+    }
+    match DeadMan::arm(running.pid(), opts.kill_after) {
+        Ok(deadman) => Some(deadman),
+        Err(e) => {
+            warn!("{e:#}: if pglock is killed, the command's children may outlive the lock");
+            None
+        }
+    }
+}
+
+/// After the command: the ledger's record, then a lost lock's outcome, or --min-hold and the
+/// release.
+fn finish(
+    opts: &RunOptions,
+    router: &Router,
+    mut holder: Holder,
+    ledger: Option<Box<Recorder>>,
+    mut deadman: Option<DeadMan>,
+    ended: supervise::Ended,
+    acquired_at: Instant,
+) -> Result<Outcome> {
+    let label = &opts.target.label;
     // Reaped when `deadman` goes out of scope, after the release (or before a --min-hold).
     if let Some(deadman) = &mut deadman {
         deadman.disarm();
@@ -157,19 +187,34 @@ fn run_held(
             return Ok(ran);
         }
     }
-    match release(
-        router,
-        holder,
-        ended.status.success(),
-        opts.check_interval,
-        label,
-    ) {
+    let success = ended.status.success();
+    match release(router, holder, success, opts.check_interval, label) {
         Ok(()) => Ok(ran),
         Err(reason) => Ok(Outcome::Lost {
             label: label.clone(),
             reason,
         }),
     }
+}
+
+/// Releases the lock of a command that did not run, and ends with `outcome`: a release problem
+/// only warns, so the reason the command did not run is what the user sees.
+fn release_then(
+    router: &Router,
+    holder: Holder,
+    opts: &RunOptions,
+    outcome: Result<Outcome>,
+) -> Result<Outcome> {
+    let success = matches!(outcome, Ok(Outcome::Done { .. }));
+    step!("releasing lock \"{}\"", opts.target.label);
+    let _ = release(
+        router,
+        holder,
+        success,
+        opts.check_interval,
+        &opts.target.label,
+    );
+    outcome
 }
 
 /// --min-hold: keep the lock, watched like a running command, until `until`.
