@@ -2,7 +2,9 @@
 //! page and the shell completions.
 
 use crate::{duration, exit, key};
+use clap::builder::{OsStringValueParser, TypedValueParser};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
 use std::time::Duration;
 
 const EXAMPLES: &str = "\
@@ -64,11 +66,11 @@ pub struct Cli {
     pub lock_id: Option<key::LockId>,
 
     /// Run STRING with /bin/sh -c instead of a COMMAND after --.
-    #[arg(short = 'c', long, value_name = "STRING")]
-    pub command: Option<String>,
+    #[arg(short = 'c', long, value_name = "STRING", value_parser = non_empty_command())]
+    pub command: Option<OsString>,
 
     /// Do not wait: if the lock is busy, exit with the conflict status at once.
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "timeout")]
     pub nowait: bool,
 
     /// Wait at most this long for the lock (30, 0.5, 500ms, 10m, 1h30m); 0 means --nowait.
@@ -91,7 +93,8 @@ pub struct Cli {
 
     /// How --key becomes a lock id: pglock's own SHA-256 formula, or the one sqlx or Python's
     /// postgres-lock uses, to share a lock with an application built on them.
-    #[arg(long, value_enum, value_name = "SCHEME", default_value_t = key::KeyHash::Sha256)]
+    #[arg(long, value_enum, value_name = "SCHEME", default_value_t = key::KeyHash::Sha256,
+          conflicts_with = "lock_id")]
     pub key_hash: key::KeyHash,
 
     /// Keep the lock at least this long after it was acquired, even if the command ends sooner,
@@ -137,9 +140,10 @@ pub struct Cli {
     #[arg(short, long)]
     pub quiet: bool,
 
-    /// The command to run while holding the lock, after --.
-    #[arg(last = true, value_name = "COMMAND", num_args = 1..)]
-    pub args: Vec<String>,
+    /// The command to run while holding the lock, after --. Any bytes, as the OS passes them.
+    #[arg(last = true, value_name = "COMMAND", num_args = 1..,
+          value_parser = clap::value_parser!(OsString))]
+    pub args: Vec<OsString>,
 
     #[command(subcommand)]
     pub sub: Option<Sub>,
@@ -253,15 +257,6 @@ pub enum Scope {
     Xact,
 }
 
-impl Scope {
-    pub fn name(self) -> &'static str {
-        match self {
-            Scope::Session => "session",
-            Scope::Xact => "xact",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OnLost {
     /// Log, SIGTERM the command's process group, SIGKILL after --kill-after, exit 74.
@@ -289,19 +284,15 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-impl Cli {
-    /// The command and arguments to spawn.
-    pub fn program(&self) -> (String, Vec<String>) {
-        match &self.command {
-            Some(script) => ("/bin/sh".into(), vec!["-c".into(), script.clone()]),
-            None => (self.args[0].clone(), self.args[1..].to_vec()),
+/// `-c STRING`: an empty script would run nothing under the lock, which is never meant.
+fn non_empty_command() -> impl TypedValueParser<Value = OsString> {
+    OsStringValueParser::new().try_map(|s| {
+        if s.is_empty() {
+            Err("the command string is empty: give -c the shell command to run")
+        } else {
+            Ok(s)
         }
-    }
-
-    /// --nowait, or a zero --timeout.
-    pub fn no_wait(&self) -> bool {
-        self.nowait || self.timeout == Some(Duration::ZERO)
-    }
+    })
 }
 
 #[cfg(test)]

@@ -3,8 +3,10 @@
 //! Code deep inside attaches a [`Failure`] to an `anyhow::Error`; `main` asks [`code_for`] which
 //! number that means. Everything without a `Failure` is an ordinary failure (1).
 
+use nix::sys::signal::Signal;
 use std::fmt;
 use std::process::ExitStatus;
+use std::time::Duration;
 
 /// Default status when the lock was not obtained (EX_TEMPFAIL: "try again later").
 pub const CONFLICT_DEFAULT: u8 = 75;
@@ -30,9 +32,6 @@ pub const STATUS_FREE: u8 = 3;
 pub enum Failure {
     Usage,
     Unavailable,
-    /// The lock is busy (--nowait) or --timeout expired.
-    Conflict,
-    LockLost,
     NotExecutable,
     NotFound,
 }
@@ -42,8 +41,6 @@ impl fmt::Display for Failure {
         let text = match self {
             Failure::Usage => "usage error",
             Failure::Unavailable => "database unavailable",
-            Failure::Conflict => "lock not obtained",
-            Failure::LockLost => "lock lost",
             Failure::NotExecutable => "command not executable",
             Failure::NotFound => "command not found",
         };
@@ -59,12 +56,10 @@ pub fn fail(failure: Failure, message: impl fmt::Display) -> anyhow::Error {
 }
 
 /// The exit status for an error that ended pglock.
-pub fn code_for(err: &anyhow::Error, conflict_code: u8) -> u8 {
+pub fn code_for(err: &anyhow::Error) -> u8 {
     match err.downcast_ref::<Failure>() {
         Some(Failure::Usage) => USAGE,
         Some(Failure::Unavailable) => UNAVAILABLE,
-        Some(Failure::Conflict) => conflict_code,
-        Some(Failure::LockLost) => LOCK_LOST,
         Some(Failure::NotExecutable) => NOT_EXECUTABLE,
         Some(Failure::NotFound) => NOT_FOUND,
         None => FAILURE,
@@ -78,6 +73,77 @@ pub fn message(err: &anyhow::Error) -> String {
         .map(|e| e.to_string())
         .collect::<Vec<_>>()
         .join(": ")
+}
+
+/// How a lock-and-run ended, before it becomes a number in [`Outcome::code`].
+#[derive(Debug)]
+pub enum Outcome {
+    /// The command ran under the lock (or with --on-lost ignore); its status.
+    Ran(ExitStatus),
+    /// A signal ended pglock before the command started.
+    Interrupted(Signal),
+    /// The lock was not obtained: busy, --timeout, or the wait was cancelled on the server.
+    /// The message is None with --quiet.
+    NotObtained(Option<String>),
+    /// The lock was lost while the command ran, and the command was stopped for it.
+    Lost { label: String, reason: LostReason },
+}
+
+impl Outcome {
+    pub fn code(&self, conflict_code: u8) -> u8 {
+        match self {
+            Outcome::Ran(status) => child_code(*status),
+            Outcome::Interrupted(sig) => signal_code(*sig as i32),
+            Outcome::NotObtained(_) => conflict_code,
+            Outcome::Lost { .. } => LOCK_LOST,
+        }
+    }
+
+    /// The `pglock:` line to print, if any.
+    pub fn message(&self) -> Option<String> {
+        match self {
+            Outcome::NotObtained(message) => message.clone(),
+            Outcome::Lost { label, reason } => Some(format!(
+                "lock \"{label}\" was lost while the command ran ({reason})"
+            )),
+            Outcome::Ran(_) | Outcome::Interrupted(_) => None,
+        }
+    }
+}
+
+/// Why a held lock counts as lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LostReason {
+    /// The connection failed or the server closed it.
+    Connection(String),
+    /// A lock check got no answer in time; the connection was cut.
+    NoAnswer(Duration),
+    /// A lock check failed with an error.
+    CheckFailed(String),
+    /// The session is alive but no longer holds the lock.
+    NotHeld,
+    /// The release found the lock no longer held.
+    NotHeldAtRelease,
+}
+
+impl fmt::Display for LostReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LostReason::Connection(why) => f.write_str(why),
+            LostReason::NoAnswer(limit) => write!(
+                f,
+                "no answer to the lock check within {}",
+                crate::duration::format(*limit)
+            ),
+            LostReason::CheckFailed(why) => write!(f, "the lock check failed: {why}"),
+            LostReason::NotHeld => f.write_str(
+                "this session no longer holds it (a transaction-pooling PgBouncer? use --scope xact)",
+            ),
+            LostReason::NotHeldAtRelease => {
+                f.write_str("the lock was no longer held when the command ended")
+            }
+        }
+    }
 }
 
 /// The shell's convention for "killed by signal N".
@@ -101,8 +167,9 @@ Exit status:
   the command's own  the command ran; its exit status
   128+N              the command was killed by signal N, or pglock was
                      interrupted by signal N while waiting for the lock
-  75 (or -E N)       the lock was not obtained: busy with --nowait, or
-                     --timeout expired
+  75 (or -E N)       the lock was not obtained: busy with --nowait,
+                     --timeout expired, or the wait was cancelled on the
+                     server
   69                 could not connect to or authenticate with PostgreSQL
   74                 the lock was lost while the command ran
   2                  usage error
@@ -132,10 +199,10 @@ mod tests {
 
     #[test]
     fn failure_survives_context() {
-        let err = fail(Failure::Conflict, "busy").context("outer");
-        assert_eq!(code_for(&err, 9), 9);
-        assert_eq!(message(&err), "outer: busy");
+        let err = fail(Failure::Unavailable, "down").context("outer");
+        assert_eq!(code_for(&err), UNAVAILABLE);
+        assert_eq!(message(&err), "outer: down");
         let plain = anyhow::anyhow!("x");
-        assert_eq!(code_for(&plain, 75), FAILURE);
+        assert_eq!(code_for(&plain), FAILURE);
     }
 }

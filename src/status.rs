@@ -8,17 +8,18 @@
 //!
 //! What "since" means. pg_locks records when a waiter started waiting (`waitstart`, PG 14+) but
 //! nothing about when a holder got the lock. A pglock holder tags the lock checks it runs with
-//! its grant time (lock::GRANTED_TAG), and its last query is visible in pg_stat_activity, so for
+//! its grant time (pg::sql::GRANTED_TAG), and its last query is visible in pg_stat_activity, so for
 //! it we report that. Otherwise, for an idle holder we report `state_change`, the moment its last
 //! statement ended: the lock was taken by that statement or an earlier one, so it has been held
 //! at least that long (for a pglock that has not run a check yet, the lock call is that
 //! statement). For a holder busy running a statement the server cannot tell; we report its
 //! `backend_start`, the earliest moment it could have taken the lock.
 
-use crate::cli::Scope;
 use crate::cli::{KeyArgs, ListArgs, Server, StatusArgs, Sub};
 use crate::key::LockId;
-use crate::lock::{self, Opener, Request, Session};
+use crate::lock::Request;
+use crate::pg::sql::Scope;
+use crate::pg::{self, Opener, Session};
 use crate::{conninfo, duration, exit, step};
 use anyhow::{Context, Result};
 use postgres::SimpleQueryMessage;
@@ -90,7 +91,7 @@ pub fn rows_sql(filter: &str) -> String {
         ts("backend_start"),
         ts("held_since"),
         ts("waiting_since"),
-        tag = regex_quote(lock::GRANTED_TAG),
+        tag = regex_quote(pg::sql::GRANTED_TAG),
     )
 }
 
@@ -119,7 +120,7 @@ pub fn query(
     prefix: &str,
     filter: &str,
 ) -> Result<Vec<Row>, postgres::Error> {
-    let messages = session.simple_query(&format!("{prefix}{}", rows_sql(filter)))?;
+    let messages = session.query(&format!("{prefix}{}", rows_sql(filter)))?;
     let mut rows: Vec<Row> = messages
         .iter()
         .filter_map(|m| match m {
@@ -314,7 +315,7 @@ pub fn conflict_message(
         Err(e) => {
             step!(
                 "cannot find out who holds the lock: {}",
-                lock::describe_error(&e)
+                pg::describe_error(&e)
             );
             format!("{lead}lock \"{label}\" is busy")
         }
@@ -333,7 +334,8 @@ pub fn command(sub: &Sub) -> Result<u8> {
 fn connect(server: &Server, what: &str) -> Result<Session> {
     let target = conninfo::resolve(server.database_url.as_deref(), &conninfo::process_env)?;
     // `pglock-status@host:pid`: visibly pglock, but not `pglock:` so it never reads as a holder.
-    let name = lock::application_name("").replacen("pglock:", &format!("pglock-{what}"), 1);
+    let name =
+        crate::appname::application_name("").replacen("pglock:", &format!("pglock-{what}"), 1);
     // Keepalives matter to connections that stay open; this one lives for one query.
     let opener = Opener::new(&target, &name, None, Duration::from_secs(5))?;
     opener.open().map_err(|e| opener.failure(&e))
@@ -341,7 +343,7 @@ fn connect(server: &Server, what: &str) -> Result<Session> {
 
 fn fetch(session: &mut Session, filter: &str) -> Result<Vec<Row>> {
     query(session, "", filter)
-        .map_err(|e| anyhow::anyhow!("{}", lock::describe_error(&e)))
+        .map_err(|e| anyhow::anyhow!("{}", pg::describe_error(&e)))
         .context("cannot read pg_locks")
 }
 

@@ -12,7 +12,7 @@
 //! flight just finishes in the background and its connection closes with the thread.
 
 use crate::key::LockId;
-use crate::lock::{self, Opener, Session};
+use crate::pg::{self as lock, Opener, Session};
 use crate::status::{self, Row};
 use crate::{conninfo, step};
 use nix::unistd::isatty;

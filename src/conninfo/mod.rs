@@ -669,7 +669,7 @@ mod tests {
     }
 
     fn message(err: anyhow::Error) -> (u8, String) {
-        (crate::exit::code_for(&err, 75), crate::exit::message(&err))
+        (crate::exit::code_for(&err), crate::exit::message(&err))
     }
 
     fn usage_error(conninfo: Option<&str>, vars: &[(&str, &str)]) -> String {

@@ -25,14 +25,14 @@
 //! above its own N in use. Cancelling the head needs the right to signal its backend (same role,
 //! or pg_signal_backend); without it a release is noticed at the next re-check.
 
-use crate::cli::Scope;
+use super::{Acquired, Held, Request, Wait, outcome_of};
 use crate::key::{LockId, semaphore_id};
-use crate::lock::{
-    Acquired, Held, Request, Session, final_value, first_value, lock_fn, lock_timeout_ms,
-    outcome_of, prelude,
-};
+use crate::pg::Session;
+use crate::pg::error::{is_cancel, is_lock_timeout};
+use crate::pg::session::{final_column, final_value};
+use crate::pg::sql::{self, Scope};
 use crate::{step, warn};
-use postgres::error::SqlState;
+use postgres::SimpleQueryMessage;
 use std::time::{Duration, Instant};
 
 /// The highest --limit.
@@ -57,54 +57,34 @@ impl Semaphore {
             recheck,
         }
     }
+
+    fn held(&self, scope: Scope, slot: usize) -> Acquired {
+        step!("took semaphore slot {slot} of {}", self.slots.len());
+        Acquired::Held(Held {
+            id: self.slots[slot],
+            shared: false,
+            scope,
+            slot: Some((slot, self.gate)),
+        })
+    }
+
+    /// The slot a `held_slots` answer names.
+    fn slot_of(&self, messages: &[SimpleQueryMessage]) -> Option<usize> {
+        let classid: u32 = final_column(messages, "classid")?.parse().ok()?;
+        let objid: u32 = final_column(messages, "objid")?.parse().ok()?;
+        self.slots
+            .iter()
+            .position(|s| s.pg_locks_coordinates() == (classid, objid, 1))
+    }
 }
 
 fn slot_id(base: &str, i: usize) -> LockId {
     semaphore_id(base, &format!("slot\0{i}"))
 }
 
-fn id_array(ids: &[LockId]) -> String {
-    let list: Vec<String> = ids.iter().map(LockId::sql_args).collect();
-    format!("ARRAY[{}]::bigint[]", list.join(","))
-}
-
-/// The first slot this session can take at once, as a 0-based number, or no row.
-fn try_all(scope: Scope, slots: &[LockId]) -> String {
-    format!(
-        "SELECT t.n - 1 FROM unnest({}) WITH ORDINALITY AS t(id, n) WHERE {}(t.id) LIMIT 1",
-        id_array(slots),
-        lock_fn(true, scope, false)
-    )
-}
-
-/// Which slot this session already holds, if any (after a wait that may have raced a grant).
-fn mine(slots: &[LockId]) -> String {
-    format!(
-        "SELECT t.n - 1 FROM unnest({}) WITH ORDINALITY AS t(id, n) JOIN pg_locks l \
-         ON l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted AND l.pid = pg_backend_pid() \
-         AND l.classid = ((t.id >> 32) & 4294967295)::oid AND l.objid = (t.id & 4294967295)::oid \
-         LIMIT 1",
-        id_array(slots)
-    )
-}
-
-/// Appended to a slot's release: cancel the gate holder's wait statement so it looks again.
-/// Only that statement: a cancel landing on any other would abort more than a wait.
-pub fn wake_gate_sql(gate: LockId) -> String {
-    format!(
-        "; SELECT pg_cancel_backend(l.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-         WHERE {} AND l.granted AND l.pid <> pg_backend_pid() AND a.state = 'active' \
-         AND starts_with(a.query, '{WAIT_MARK}') AND pg_has_role(a.usesysid, 'MEMBER')",
-        gate.pg_locks_filter()
-    )
-}
-
-fn slot_in(messages: &[postgres::SimpleQueryMessage]) -> Option<usize> {
+fn slot_in(messages: &[SimpleQueryMessage]) -> Option<usize> {
     final_value(messages).and_then(|v| v.parse().ok())
 }
-
-/// Marks the head's wait statement, so that a release cancels that statement and nothing else.
-const WAIT_MARK: &str = "/* pglock: semaphore wait */";
 
 pub fn acquire(
     session: &mut Session,
@@ -112,22 +92,21 @@ pub fn acquire(
     sem: &Semaphore,
     interrupted: &dyn Fn() -> bool,
 ) -> Result<Acquired, postgres::Error> {
-    let deadline = req.timeout.map(|t| Instant::now() + t);
+    let deadline = match req.wait {
+        Wait::For(t) => Some(Instant::now() + t),
+        _ => None,
+    };
     loop {
         match attempt(session, req, sem, interrupted, deadline) {
             Err(e) if req.scope == Scope::Xact && is_cancel(&e) && !interrupted() => {
                 // A wake-up meant for our wait statement landed on another one and aborted the
                 // transaction. Nothing is held but the gate: start over.
                 step!("semaphore wait disturbed; starting over");
-                session.simple_query("ROLLBACK; SELECT pg_advisory_unlock_all()")?;
+                session.query(sql::RESTART_TRANSACTION)?;
             }
             other => return other,
         }
     }
-}
-
-fn is_cancel(e: &postgres::Error) -> bool {
-    e.code() == Some(&SqlState::QUERY_CANCELED)
 }
 
 /// Runs an idempotent statement, repeating it if a stray wake-up cancels it.
@@ -135,10 +114,10 @@ fn query_again(
     session: &mut Session,
     sql: &str,
     interrupted: &dyn Fn() -> bool,
-) -> Result<Vec<postgres::SimpleQueryMessage>, postgres::Error> {
+) -> Result<Vec<SimpleQueryMessage>, postgres::Error> {
     let mut tries = 0;
     loop {
-        match session.simple_query(sql) {
+        match session.query(sql) {
             Err(e) if is_cancel(&e) && !interrupted() && tries < 5 => tries += 1,
             other => return other,
         }
@@ -152,69 +131,70 @@ fn attempt(
     interrupted: &dyn Fn() -> bool,
     deadline: Option<Instant>,
 ) -> Result<Acquired, postgres::Error> {
-    let local = req.scope == Scope::Xact;
-    let take = |session: &mut Session, slot: usize| {
-        session.hold(Held {
-            id: sem.slots[slot],
-            shared: false,
-            scope: req.scope,
-            slot: Some((slot, sem.gate)),
-        });
-        step!("took semaphore slot {slot} of {}", sem.slots.len());
-        Ok(Acquired::Held)
-    };
-
     // 1. The settings and one try over every slot.
-    let first = format!("{}{}", prelude(req, 0), try_all(req.scope, &sem.slots));
-    match session.simple_query(&first) {
+    let first = format!(
+        "{}{}",
+        sql::prelude(req.scope, 0),
+        sql::try_slots(req.scope, &sem.slots)
+    );
+    match session.query(&first) {
         Ok(messages) => {
             if let Some(slot) = slot_in(&messages) {
-                return take(session, slot);
+                return Ok(sem.held(req.scope, slot));
             }
         }
         Err(e) => return outcome_of(e),
     }
-    if req.nowait {
+    if req.wait == Wait::Try {
         return Ok(Acquired::Busy);
     }
-
     // 2. Queue at the gate.
-    if left(deadline) == Some(Duration::ZERO) {
-        return Ok(Acquired::TimedOut);
+    if let Some(outcome) = queue_at_gate(session, req, sem, interrupted, deadline)? {
+        return Ok(outcome);
     }
-    let gate = format!(
-        "SELECT set_config('lock_timeout', '{}', {local}); SELECT pg_advisory_lock({})",
-        lock_timeout_ms(false, left(deadline)),
-        sem.gate.sql_args()
-    );
-    let holds_gate = format!(
-        "SELECT count(*) FROM pg_locks l WHERE {} AND l.pid = pg_backend_pid() AND l.granted",
-        sem.gate.pg_locks_filter()
-    );
+    step!("at the head of the queue for {} slots", sem.slots.len());
+    warn_about_larger_limits(session, sem);
+    // 3. At the head: wait for any slot.
+    wait_at_head(session, req, sem, interrupted, deadline)
+}
+
+/// Waits for the gate; Some(outcome) if the wait ended without it.
+fn queue_at_gate(
+    session: &mut Session,
+    req: &Request,
+    sem: &Semaphore,
+    interrupted: &dyn Fn() -> bool,
+    deadline: Option<Instant>,
+) -> Result<Option<Acquired>, postgres::Error> {
+    let local = req.scope == Scope::Xact;
+    if left(deadline) == Some(Duration::ZERO) {
+        return Ok(Some(Acquired::TimedOut));
+    }
+    let gate = sql::gate(req.scope, sql::lock_timeout_ms(left(deadline)), sem.gate);
+    let holds_gate = sql::holds(sem.gate, None);
     loop {
-        match session.simple_query(&gate) {
-            Ok(_) => break,
+        match session.query(&gate) {
+            Ok(_) => return Ok(None),
             // In session scope a wake-up can only have come with the grant: see whether it did.
             Err(e) if !local && is_cancel(&e) && !interrupted() => {
                 let held = query_again(session, &holds_gate, interrupted)?;
                 if final_value(&held).as_deref() != Some("0") {
-                    break;
+                    return Ok(None);
                 }
             }
             Err(e) if local => return Err(e),
-            Err(e) => return outcome_of(e),
+            Err(e) => return outcome_of(e).map(Some),
         }
     }
-    step!("at the head of the queue for {} slots", sem.slots.len());
-    warn_about_larger_limits(session, sem);
+}
 
-    // 3. At the head: wait for any slot.
-    let savepoint = if local { "SAVEPOINT pglock_wait; " } else { "" };
-    let rollback = if local {
-        "ROLLBACK TO SAVEPOINT pglock_wait; RELEASE SAVEPOINT pglock_wait; "
-    } else {
-        ""
-    };
+fn wait_at_head(
+    session: &mut Session,
+    req: &Request,
+    sem: &Semaphore,
+    interrupted: &dyn Fn() -> bool,
+    deadline: Option<Instant>,
+) -> Result<Acquired, postgres::Error> {
     let mut round = 0;
     loop {
         if interrupted() {
@@ -227,46 +207,31 @@ fn attempt(
         };
         let k = round % sem.slots.len();
         round += 1;
-        let sql = format!(
-            "{WAIT_MARK} {savepoint}SELECT set_config('lock_timeout', '{}', {local}); \
-             SELECT COALESCE(({}), (SELECT {k} FROM (SELECT {}({})) AS w))",
-            lock_timeout_ms(false, Some(wait)),
-            try_all(req.scope, &sem.slots),
-            lock_fn(false, req.scope, false),
-            sem.slots[k].sql_args()
-        );
-        let slot = match session.simple_query(&sql) {
+        let statement = sql::head_wait(req.scope, sql::lock_timeout_ms(Some(wait)), &sem.slots, k);
+        let slot = match session.query(&statement) {
             Ok(messages) => slot_in(&messages),
-            Err(e) if is_cancel(&e) || e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+            Err(e) if is_cancel(&e) || is_lock_timeout(&e) => {
                 if interrupted() {
                     return Ok(Acquired::Cancelled);
                 }
                 // Woken by a release, or time to re-check; the wait may have been granted just
                 // before it ended (a transaction lock is undone with the savepoint).
-                let check = format!("{rollback}{}", mine(&sem.slots));
-                slot_in(&query_again(session, &check, interrupted)?)
+                let check = sql::held_slots(req.scope, &sem.slots);
+                sem.slot_of(&query_again(session, &check, interrupted)?)
             }
             Err(e) => return Err(e),
         };
         if let Some(slot) = slot {
-            let leave = format!(
-                "{}SELECT pg_advisory_unlock({})",
-                if local {
-                    "RELEASE SAVEPOINT pglock_wait; "
-                } else {
-                    ""
-                },
-                sem.gate.sql_args()
-            );
-            session.simple_query(&leave).or_else(|e| {
-                if !local && is_cancel(&e) {
+            let leave = sql::leave_gate(req.scope, sem.gate);
+            session.query(&leave).or_else(|e| {
+                if req.scope == Scope::Session && is_cancel(&e) {
                     // Unlocking the gate twice only earns a warning.
                     query_again(session, &leave, interrupted)
                 } else {
                     Err(e)
                 }
             })?;
-            return take(session, slot);
+            return Ok(sem.held(req.scope, slot));
         }
     }
 }
@@ -276,21 +241,16 @@ fn left(deadline: Option<Instant>) -> Option<Duration> {
     deadline.map(|d| d.saturating_duration_since(Instant::now()))
 }
 
-/// A holder of a slot above our N means another user of the key passed a larger --limit.
+/// A holder of a slot above our N, in this database, means another user of the key passed a
+/// larger --limit.
 fn warn_about_larger_limits(session: &mut Session, sem: &Semaphore) {
     let n = sem.slots.len();
     if n >= MAX_SLOTS {
         return;
     }
     let above: Vec<LockId> = (n..MAX_SLOTS).map(|i| slot_id(&sem.base, i)).collect();
-    let sql = format!(
-        "SELECT count(*) FROM unnest({}) AS t(id) JOIN pg_locks l \
-         ON l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted \
-         AND l.classid = ((t.id >> 32) & 4294967295)::oid AND l.objid = (t.id & 4294967295)::oid",
-        id_array(&above)
-    );
-    if let Ok(messages) = session.simple_query(&sql) {
-        if first_value(&messages).is_some_and(|c| c != "0") {
+    if let Ok(messages) = session.query(&sql::count_held(&above)) {
+        if final_column(&messages, "n").is_some_and(|c| c != "0") {
             warn!(
                 "slots above --limit {n} are in use: every user of this key must pass the same --limit"
             );
