@@ -126,7 +126,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__key)
-            opts="-h --lock-id --key-hash --help"
+            opts="-h --lock-id --key-hash --limit --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -138,6 +138,10 @@ _pglock() {
                     ;;
                 --key-hash)
                     COMPREPLY=($(compgen -W "sha256 sqlx postgres-lock" -- "${cur}"))
+                    return 0
+                    ;;
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)
@@ -170,7 +174,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__status)
-            opts="-k -d -h --key --lock-id --key-hash --json --database-url --help"
+            opts="-k -d -h --key --lock-id --key-hash --limit --json --database-url --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -190,6 +194,10 @@ _pglock() {
                     ;;
                 --key-hash)
                     COMPREPLY=($(compgen -W "sha256 sqlx postgres-lock" -- "${cur}"))
+                    return 0
+                    ;;
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --database-url)

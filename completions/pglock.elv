@@ -59,6 +59,7 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand --key 'Name of the lock, as given to pglock --key'
             cand --lock-id 'A raw lock id: one signed 64-bit integer, or A,B (two signed 32-bit)'
             cand --key-hash 'How KEY becomes a lock id, as in the main command'
+            cand --limit 'The --limit its users pass, for a semaphore: count its N slots. Without it every slot that can exist is read, and N comes from the holders'' application_names'
             cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --json 'Print one JSON object instead of a table'
@@ -75,6 +76,7 @@ set edit:completion:arg-completer[pglock] = {|@words|
         &'pglock;key'= {
             cand --lock-id 'A raw lock id instead: one signed 64-bit integer, or A,B (two signed 32-bit)'
             cand --key-hash 'How KEY becomes a lock id, as in the main command'
+            cand --limit 'Also print the ids of the N slots and the queue that --limit N uses'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
         }

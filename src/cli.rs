@@ -31,9 +31,9 @@ Examples:
 const USAGE: &str = "\
 pglock [OPTIONS] (--key KEY | --lock-id ID) -- COMMAND [ARGS]...
        pglock [OPTIONS] (--key KEY | --lock-id ID) --command STRING
-       pglock status (--key KEY | --lock-id ID) [--json]
+       pglock status (--key KEY | --lock-id ID) [--limit N] [--json]
        pglock list [--json]
-       pglock key (KEY | --lock-id ID)";
+       pglock key (KEY | --lock-id ID) [--limit N]";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -216,6 +216,11 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub hash: Hash,
 
+    /// The --limit its users pass, for a semaphore: count its N slots. Without it every slot
+    /// that can exist is read, and N comes from the holders' application_names.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub limit: Option<u16>,
+
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -247,6 +252,10 @@ pub struct KeyArgs {
 
     #[command(flatten)]
     pub hash: Hash,
+
+    /// Also print the ids of the N slots and the queue that --limit N uses.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub limit: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

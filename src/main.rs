@@ -14,11 +14,10 @@ mod lock;
 mod log;
 mod options;
 mod pg;
+mod report;
 mod run;
-mod status;
 mod supervise;
 mod tls;
-mod watch;
 
 use clap::FromArgMatches;
 use std::process::ExitCode;
@@ -54,7 +53,7 @@ fn main() -> ExitCode {
                     nix::sys::signal::SigHandler::SigDfl,
                 )
             };
-            failed_or(status::command(sub))
+            failed_or(report::command(sub))
         }
         None => {
             let opts = options::RunOptions::from_cli(&cli);

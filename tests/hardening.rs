@@ -225,14 +225,19 @@ fn a_lost_lock_with_stderr_on_a_closed_pipe_still_stops_the_command() {
 #[test]
 fn a_lock_lost_during_min_hold_ends_the_hold_with_the_commands_status() {
     let k = unique_key("minholdlost");
-    let mut child = start(pglock().args(["--key", &k, "--min-hold", "1h", "--", "true"]));
+    let dir = temp_dir("minholdlost");
+    let ran = dir.join("ran");
+    let script = format!("touch {}", ran.display());
+    let mut child = start(pglock().args(["--key", &k, "--min-hold", "1h", "-c", &script]));
     let pid = child.id();
     let mut probe = sql();
+    // The command ran, and pglock has reaped it and its dead man's switch: the hold is on.
     wait_until("the hold to begin", LIMIT, || {
         let children =
             std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        children.trim().is_empty() && lock_rows(&mut probe, key_id(&k), true) == 1
+        ran.exists() && children.trim().is_empty()
     });
+    assert_eq!(lock_rows(&mut probe, key_id(&k), true), 1);
     probe
         .execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE $1",

@@ -26,7 +26,7 @@
 //! or pg_signal_backend); without it a release is noticed at the next re-check.
 
 use super::{Acquired, Held, Request, Wait, outcome_of};
-use crate::key::{LockId, semaphore_id};
+use crate::key::{self, LockId};
 use crate::pg::Session;
 use crate::pg::error::{is_cancel, is_lock_timeout};
 use crate::pg::session::{final_column, final_value};
@@ -52,7 +52,7 @@ impl Semaphore {
     pub fn new(base: &str, limit: usize, recheck: Duration) -> Semaphore {
         Semaphore {
             base: base.to_string(),
-            gate: semaphore_id(base, "gate"),
+            gate: key::gate_id(base),
             slots: (0..limit).map(|i| slot_id(base, i)).collect(),
             recheck,
         }
@@ -79,7 +79,7 @@ impl Semaphore {
 }
 
 fn slot_id(base: &str, i: usize) -> LockId {
-    semaphore_id(base, &format!("slot\0{i}"))
+    key::slot_id(base, i)
 }
 
 fn slot_in(messages: &[SimpleQueryMessage]) -> Option<usize> {

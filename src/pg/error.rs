@@ -3,7 +3,8 @@
 use postgres::error::SqlState;
 
 /// A postgres error as one line: the server's own message when there is one, else the chain of
-/// causes with repeated links (native-tls repeats OpenSSL's text) left out.
+/// causes with repeated links left out: native-tls shows OpenSSL's text with the certificate
+/// check's result appended, and its cause shows the same text again without it.
 pub fn describe_error(e: &postgres::Error) -> String {
     use std::error::Error as _;
     if let Some(db) = e.as_db_error() {
@@ -19,7 +20,7 @@ pub fn describe_error(e: &postgres::Error) -> String {
     let mut source = e.source();
     while let Some(s) = source {
         let part = s.to_string();
-        if !text.ends_with(&part) {
+        if !text.contains(&part) {
             text.push_str(": ");
             text.push_str(&part);
         }

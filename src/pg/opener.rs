@@ -5,7 +5,7 @@
 use super::error::describe_error;
 use super::session::Session;
 use super::socket;
-use crate::conninfo::Target;
+use crate::conninfo::{Target, keepalive};
 use crate::exit::{Failure, fail};
 use crate::tls::Connector;
 use crate::{duration, step};
@@ -45,12 +45,21 @@ impl Opener {
             }
             None => {}
         }
-        keepalives(&mut config, check_interval);
+        keepalive::apply(&mut config, check_interval);
         Ok(Opener {
             config,
             connector,
             describe: target.describe.clone(),
         })
+    }
+
+    /// The same target under another application_name, for a connection that holds nothing
+    /// (the observer): nothing is resolved or loaded again.
+    pub fn renamed(&self, app_name: &str, connect_timeout: Duration) -> Opener {
+        let mut other = self.clone();
+        other.config.application_name(app_name);
+        other.config.connect_timeout(connect_timeout);
+        other
     }
 
     /// The application_name every connection of this opener carries.
@@ -76,23 +85,6 @@ impl Opener {
             Failure::Unavailable,
             format!("cannot connect to {}: {}", self.describe, describe_error(e)),
         )
-    }
-}
-
-/// The kernel counts keepalive times in whole seconds, and refuses TCP_KEEPIDLE and
-/// TCP_KEEPINTVL above 32767 s; tcp_user_timeout is an int of milliseconds.
-fn keepalives(config: &mut Config, check_interval: Duration) {
-    const MAX_PROBE: Duration = Duration::from_secs(32767);
-    let probe = check_interval.clamp(Duration::from_secs(1), MAX_PROBE);
-    config
-        .keepalives(true)
-        .keepalives_idle(probe)
-        .keepalives_interval(probe)
-        .keepalives_retries(3);
-    if config.get_tcp_user_timeout().is_none() {
-        let limit = (2 * check_interval + Duration::from_secs(5))
-            .min(Duration::from_millis(i32::MAX as u64));
-        config.tcp_user_timeout(limit);
     }
 }
 
@@ -147,27 +139,4 @@ fn addresses(config: &Config) -> Option<Vec<std::net::SocketAddr>> {
         Err(_) => Vec::new(),
     };
     Some(addrs)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keepalives_stay_within_what_the_kernel_takes() {
-        let mut config = Config::new();
-        keepalives(&mut config, Duration::from_secs(10 * 3600));
-        assert_eq!(config.get_keepalives_idle(), Duration::from_secs(32767));
-        assert_eq!(
-            config.get_keepalives_interval(),
-            Some(Duration::from_secs(32767))
-        );
-        let mut small = Config::new();
-        keepalives(&mut small, Duration::from_millis(100));
-        assert_eq!(small.get_keepalives_idle(), Duration::from_secs(1));
-        assert_eq!(
-            small.get_tcp_user_timeout(),
-            Some(&Duration::from_millis(5200))
-        );
-    }
 }

@@ -66,21 +66,10 @@ impl Call {
     }
 }
 
-/// The pg_locks rows (aliased `l`) of these advisory locks in the current database.
+/// The pg_locks rows (aliased `l`) of these advisory locks in the current database: the one
+/// predicate, [`crate::key::pg_locks_match`], which reports use too.
 pub fn matches(ids: &[LockId]) -> String {
-    let coords: Vec<String> = ids
-        .iter()
-        .map(|id| {
-            let (classid, objid, objsubid) = id.pg_locks_coordinates();
-            format!("({classid}::oid, {objid}::oid, {objsubid}::int2)")
-        })
-        .collect();
-    format!(
-        "l.locktype = 'advisory' \
-         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-         AND (l.classid, l.objid, l.objsubid) IN ({})",
-        coords.join(", ")
-    )
+    crate::key::pg_locks_match(ids)
 }
 
 /// lock_timeout in milliseconds: 0 waits forever, so a wait that must end gets at least 1.
@@ -273,10 +262,10 @@ mod tests {
     #[test]
     fn predicate_uses_the_coordinates() {
         assert_eq!(
-            matches(&[ID, LockId::Pair(-1, 7)]),
+            matches(&[ID]),
             "l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_database WHERE \
-             datname = current_database()) AND (l.classid, l.objid, l.objsubid) IN \
-             ((3183282002::oid, 4044550532::oid, 1::int2), (4294967295::oid, 7::oid, 2::int2))"
+             datname = current_database()) AND l.classid = 3183282002 AND l.objid = 4044550532 \
+             AND l.objsubid = 1"
         );
     }
 

@@ -4,14 +4,15 @@
 
 mod wait;
 
+use crate::appname::{AppName, Label};
 use crate::exit::{LostReason, Outcome};
 use crate::lock::{Held, Holder, Request, Semaphore, Unconfirmed};
 use crate::options::{Fencing, RunOptions};
 use crate::pg::Opener;
 use crate::supervise::deadman::DeadMan;
-use crate::supervise::signals::Router;
+use crate::supervise::signals::{Deferred, Router};
 use crate::supervise::{self, Guard, Policy, child};
-use crate::{appname, conninfo, duration, step, warn};
+use crate::{conninfo, duration, step, warn};
 use anyhow::Result;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use wait::Waited;
 /// Runs the command under the lock.
 pub fn run(opts: &RunOptions) -> Result<Outcome> {
     // First of all, so that a signal sent right after start-up is handled like any other.
-    let router = Router::start()?;
+    let deferred = Deferred::block()?;
     let target = conninfo::resolve(opts.database_url.as_deref(), &conninfo::process_env)?;
     if target.password_on_command_line {
         step!(
@@ -30,10 +31,18 @@ pub fn run(opts: &RunOptions) -> Result<Outcome> {
     }
     let opener = Opener::new(
         &target,
-        &appname::application_name(&opts.target.label),
+        &AppName::holder(
+            Label::new(opts.target.key.as_deref(), opts.target.id),
+            opts.limit,
+        )
+        .encoded(),
         opts.connect_timeout,
         opts.check_interval,
     )?;
+    // Only now: building the opener's TLS connector skips the system trust store only while
+    // pglock has a single thread (tls::trust_store), and the router starts one.
+    let router = Router::start()?;
+    drop(deferred);
     let request = Request {
         id: opts.target.id,
         shared: opts.shared,

@@ -6,10 +6,10 @@ use crate::lock::{self, Acquired, Holder, Request, Wait};
 use crate::options::RunOptions;
 use crate::pg::error::{describe_error, is_transient};
 use crate::pg::{Opener, Session};
+use crate::report::{self, Watch};
 use crate::supervise::signals::Router;
 use crate::supervise::wait_guard::WaitGuard;
-use crate::watch::{self, Watch};
-use crate::{duration, status, step};
+use crate::{duration, step};
 use anyhow::Result;
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
@@ -176,12 +176,12 @@ impl Waiter<'_> {
 
     /// The observer of a wait, when anyone will see what it finds.
     fn observe(&self) -> Option<Watch> {
-        Watch::start(&watch::Wait {
-            database_url: self.opts.database_url.as_deref(),
+        Watch::start(&report::Wait {
+            opener: self.opener,
             id: self.request.id,
+            semaphore: self.request.semaphore.as_ref(),
             label: &self.opts.target.label,
             shared: self.request.shared,
-            app_name: self.opener.application_name(),
             verbose: self.opts.verbose,
             quiet: self.opts.quiet,
         })
@@ -205,7 +205,7 @@ impl Waiter<'_> {
             _ => self.started.elapsed(),
         });
         let message = match (session, timed_out) {
-            (Some(session), _) => status::conflict_message(session, self.request, label, timed_out),
+            (Some(session), _) => report::conflict_message(session, self.request, label, timed_out),
             (None, Some(waited)) => format!(
                 "timed out after {} waiting for lock \"{label}\"",
                 duration::format(waited)

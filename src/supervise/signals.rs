@@ -15,7 +15,7 @@
 use crate::pg::Canceller;
 use crate::pg::cancel::CANCEL_DEADLINE;
 use anyhow::{Context, Result};
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, killpg, pthread_sigmask};
 use nix::unistd::Pid;
 use signal_hook::consts::signal::*;
 use signal_hook::iterator::Signals;
@@ -46,6 +46,36 @@ pub const FORWARDED: &[i32] = &[
     nix::libc::SIGPWR,
     SIGIO,
 ];
+
+/// The forwarded signals, held back on the calling thread until this is dropped: one sent
+/// before the [`Router`] is installed then waits for it, instead of ending pglock by default.
+/// Lets the run path do its single-threaded start-up (see `tls::trust_store`) before the
+/// router's thread exists. Threads started meanwhile, the router's among them, keep them
+/// blocked; the router does not mind on which thread its handlers run.
+pub struct Deferred {
+    previous: SigSet,
+}
+
+impl Deferred {
+    pub fn block() -> Result<Deferred> {
+        let set: SigSet = FORWARDED
+            .iter()
+            .filter_map(|&sig| Signal::try_from(sig).ok())
+            .collect();
+        let mut previous = SigSet::empty();
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut previous))
+            .context("cannot block signals during start-up")?;
+        Ok(Deferred { previous })
+    }
+}
+
+impl Drop for Deferred {
+    /// Signals that arrived meanwhile are delivered now: to the router's handlers once it is
+    /// installed, or with their default action when start-up failed before it.
+    fn drop(&mut self) {
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.previous), None);
+    }
+}
 
 /// How long dropping the router waits for its thread.
 const JOIN_BOUND: Duration = Duration::from_secs(2);
