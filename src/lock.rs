@@ -226,18 +226,6 @@ fn connect(connector: &Connector, config: &Config) -> Result<Client, postgres::E
     }
 }
 
-/// Whether trying again later may help: the connection broke or the server is restarting, as
-/// opposed to a wrong password, an unknown database or a bad query.
-pub fn is_transient(e: &postgres::Error) -> bool {
-    match e.code() {
-        None => true,
-        Some(code) => {
-            let code = code.code();
-            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
-        }
-    }
-}
-
 impl Session {
     /// A handle that cancels a running lock wait from another thread.
     pub fn canceller(&self) -> Canceller {

@@ -1,5 +1,6 @@
 //! pglock: run a command while holding a PostgreSQL advisory lock.
 
+mod classify;
 mod cli;
 mod conninfo;
 mod deadman;
@@ -9,6 +10,7 @@ mod exit;
 mod key;
 mod lock;
 mod log;
+mod retry;
 mod run;
 mod semaphore;
 mod signals;

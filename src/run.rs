@@ -5,6 +5,7 @@ use crate::cli::{self, Cli};
 use crate::deadman::DeadMan;
 use crate::exit::{self, Failure, fail};
 use crate::lock::{self, Acquired, Held, Opener, Request, Semaphore, Session};
+use crate::retry::{Retry, Stage, Verdict, Window};
 use crate::signals::Router;
 use crate::supervise::{self, Guard, Job, OnLost};
 use crate::watch::{Wait, Watch};
@@ -12,10 +13,6 @@ use crate::{conninfo, duration, status, step};
 use anyhow::Result;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
-
-/// Reconnection backoff: doubling from the first delay up to the cap.
-const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_CAP: Duration = Duration::from_secs(5);
 
 /// Runs the command under the lock and returns pglock's exit status.
 pub fn run(cli: &Cli) -> Result<u8> {
@@ -149,9 +146,9 @@ enum Waited {
     Interrupted(i32),
 }
 
-/// Connects and waits for the lock. A connection that breaks while waiting is reopened with
-/// capped exponential backoff, within --timeout when one is given; the first connection is
-/// retried for --retry-connect.
+/// Connects and waits for the lock. Failures that may pass (see [`crate::retry`]) are retried
+/// with jittered backoff: the first connection for --retry-connect, a broken connection or a
+/// full house within --timeout when one is given.
 fn wait_for_lock(
     cli: &Cli,
     opener: &Opener,
@@ -164,31 +161,25 @@ fn wait_for_lock(
         .timeout
         .filter(|_| !request.nowait)
         .map(|t| started + t);
-    let mut retry_until = Some(started + cli.retry_connect);
-    let mut delay = BACKOFF_FIRST;
-    let mut backoff = |why: String, until: Option<Instant>| -> Option<Option<i32>> {
-        let now = Instant::now();
-        if until.is_some_and(|u| now + delay > u) {
-            return None;
-        }
-        step!("{why}; retrying in {}", duration::format(delay));
-        let sig = router.pause(delay);
-        delay = (delay * 2).min(BACKOFF_CAP);
-        Some(sig)
+    let window = Window {
+        nowait: request.nowait,
+        connect_until: started + cli.retry_connect,
+        deadline,
     };
+    let mut retry = Retry::new(opener, request.scope, label, cli.quiet, window);
+    let pause = |d| router.pause(d);
     loop {
+        let began = Instant::now();
         let mut session = match opener.open() {
             Ok(session) => session,
-            Err(e) if lock::is_transient(&e) => {
-                let why = format!("cannot connect: {}", lock::describe_error(&e));
-                match backoff(why, retry_until.or(deadline)) {
-                    None => return Err(opener.failure(&e)),
-                    Some(Some(sig)) => return Ok(Waited::Interrupted(sig)),
-                    Some(None) => continue,
-                }
-            }
-            Err(e) => return Err(opener.failure(&e)),
+            Err(e) => match retry.failed(&e, Stage::Connect { began }, &pause) {
+                Verdict::Again => continue,
+                Verdict::Interrupted(sig) => return Ok(Waited::Interrupted(sig)),
+                Verdict::TimedOut(why) => return Err(timed_out(cli, label, &why)),
+                Verdict::Unavailable | Verdict::Fatal(_) => return Err(opener.failure(&e)),
+            },
         };
+        retry.connected();
         let mut attempt = request.clone();
         if let Some(deadline) = deadline {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -218,6 +209,7 @@ fn wait_for_lock(
                 })
             })
             .flatten();
+        let asked = Instant::now();
         let acquired = session.acquire(&attempt, &|| router.interrupted().is_some());
         drop(watch);
         router.idle();
@@ -248,25 +240,15 @@ fn wait_for_lock(
                 ));
             }
             Ok(Acquired::Cancelled) => anyhow::bail!("the server cancelled the lock wait"),
-            Err(e) if lock::is_transient(&e) => {
-                // From here on, reconnecting is bounded by --timeout alone.
-                retry_until = None;
-                let why = format!(
-                    "connection lost while waiting: {}",
-                    lock::describe_error(&e)
-                );
-                match backoff(why, deadline) {
-                    None => return Err(conflict(cli, label, Acquired::TimedOut, None)),
-                    Some(Some(sig)) => return Ok(Waited::Interrupted(sig)),
-                    Some(None) => continue,
+            Err(e) => match retry.failed(&e, Stage::Lock { asked }, &pause) {
+                Verdict::Again => continue,
+                Verdict::Interrupted(sig) => return Ok(Waited::Interrupted(sig)),
+                Verdict::TimedOut(why) => return Err(timed_out(cli, label, &why)),
+                Verdict::Unavailable => return Err(opener.failure(&e)),
+                Verdict::Fatal(why) => {
+                    return Err(anyhow::anyhow!("cannot take lock \"{label}\": {why}"));
                 }
-            }
-            Err(e) => {
-                return Err(anyhow::anyhow!(
-                    "cannot take lock \"{label}\": {}",
-                    lock::describe_error(&e)
-                ));
-            }
+            },
         }
     }
 }
@@ -294,6 +276,19 @@ fn conflict(
         (None, None) => format!("lock \"{label}\" is busy"),
     };
     fail(Failure::Conflict, message)
+}
+
+/// --timeout ran out while pglock could not even wait in the lock's queue: the conflict status,
+/// saying what kept it out.
+fn timed_out(cli: &Cli, label: &str, why: &str) -> anyhow::Error {
+    let plain = conflict(cli, label, Acquired::TimedOut, None);
+    if cli.quiet {
+        return plain;
+    }
+    fail(
+        Failure::Conflict,
+        format!("{}; {why}", exit::message(&plain)),
+    )
 }
 
 impl Guard for Session {
