@@ -14,7 +14,10 @@
 //! The pause is capped exponential backoff with full jitter: uniform between zero and a ceiling
 //! that doubles from [`FIRST`] to [`CAP`]. Waiters that lost their connections together (a
 //! restart, a pooler, a network blip) then come back spread over the whole ceiling instead of in
-//! lockstep, and a herd waiting for connection slots does not knock in waves.
+//! lockstep, and a herd waiting for connection slots does not knock in waves. Waiting for a slot
+//! has a ceiling of its own, from [`SLOT_FIRST`] to [`SLOT_CAP`]: such a wait can be long, and
+//! every try costs the server a backend start and an authentication: W waiters retrying at a
+//! mean 2.5 s (W = 1000: 400 logins a second) load it more than they wait.
 
 use crate::classify::{self, Class, Fatal};
 use crate::cli::Scope;
@@ -25,9 +28,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The first backoff ceiling.
 pub const FIRST: Duration = Duration::from_millis(100);
-/// The highest backoff ceiling. A waiter in a herd of N retries N / 2.5 s times a second on
-/// average; each failed try for a slot costs the server a backend start and an authentication.
+/// The highest backoff ceiling after a broken connection: an outage is usually short.
 pub const CAP: Duration = Duration::from_secs(5);
+/// The first ceiling when there was no free connection slot.
+pub const SLOT_FIRST: Duration = Duration::from_millis(500);
+/// The highest ceiling when there was no free connection slot: W waiters in backoff then try
+/// about W / 7.5 times a second together.
+pub const SLOT_CAP: Duration = Duration::from_secs(15);
 
 /// Capped exponential backoff with full jitter.
 pub struct Backoff {
@@ -135,6 +142,7 @@ pub struct Retry<'a> {
     /// The server answered at least once, if only to say it has no slot.
     reached: bool,
     backoff: Backoff,
+    slot_backoff: Backoff,
     note: Option<Note>,
 }
 
@@ -155,6 +163,7 @@ impl<'a> Retry<'a> {
             started: Instant::now(),
             reached: false,
             backoff: Backoff::new(FIRST, CAP),
+            slot_backoff: Backoff::new(SLOT_FIRST, SLOT_CAP),
             note: None,
         }
     }
@@ -187,9 +196,14 @@ impl<'a> Retry<'a> {
         if let Stage::Lock { asked } = stage {
             if asked.elapsed() >= CAP {
                 self.backoff.reset();
+                self.slot_backoff.reset();
             }
         }
-        let mut delay = self.backoff.next();
+        let mut delay = if slot {
+            self.slot_backoff.next()
+        } else {
+            self.backoff.next()
+        };
         if let Some(until) = until {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
