@@ -483,6 +483,20 @@ fleet_mode() { # fleet_mode none|role|pool
             2>>"$OUT/fleet-$mode.err" &
         pids+=($!)
     done
+    # Memory: 1 s after the server has as many client backends as there will be waiters in the
+    # lock's queue (from ps, which needs nothing from the server), all waiters still waiting.
+    (
+        until [ "$(backends "$pm")" -ge "$queued" ]; do sleep 0.1; done
+        sleep 1
+        for i in "${pids[@]}"; do
+            # A waiter that already ran or gave up has no memory to count.
+            v=$(kib "$i" VmRSS 2>/dev/null || true)
+            rss=$((rss + ${v:-0}))
+            v=$(pss_kib "$i" 2>/dev/null || true)
+            pss=$((pss + ${v:-0}))
+        done
+        echo "$rss $pss" >"$OUT/fleet-$mode.memory"
+    ) &
     # Settled: the server shows them queued. The job's own lock check may give up first (it is
     # answered late while the server is busy), and then the queue starts to move.
     while kill -0 "$holder" 2>/dev/null; do
@@ -492,14 +506,8 @@ fleet_mode() { # fleet_mode none|role|pool
         fi
         sleep 0.1
     done
-    sleep 1
-    for i in "${pids[@]}"; do
-        # A waiter that already ran or gave up has no memory to count.
-        v=$(kib "$i" VmRSS 2>/dev/null || true)
-        rss=$((rss + ${v:-0}))
-        v=$(pss_kib "$i" 2>/dev/null || true)
-        pss=$((pss + ${v:-0}))
-    done
+    wait $!
+    read -r rss pss <"$OUT/fleet-$mode.memory"
     [ -z "$dir" ] || extra=" (PgBouncer: $(mib "$(kib "$(cat "$dir/pgbouncer.pid")" VmRSS)"))"
     touch "$release"
     wait "$holder" || lost="yes (exit $?)"
