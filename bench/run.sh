@@ -13,8 +13,8 @@
 # critical section lasts in the hand-off test; SCALE (200): waiters in the scale test;
 # FLEET (1000), FLEET_CAP (20) and FLEET_MODES ("none tuned role pool"): waiters, the
 # connection cap, and the modes of the fleet test (pool needs pgbouncer); SECTIONS ("uncontended
-# handoff memory scale fleet"): which sections to run; MODES ("default disable"): which
-# connection settings the hand-off, memory and scale sections use.
+# ledger handoff memory scale fleet"): which sections to run; MODES ("default disable"): which
+# connection settings the ledger, hand-off, memory and scale sections use.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -194,6 +194,64 @@ uncontended() {
             esac
             v=$(value "$mode" "$label")
             say "| $name | $(mode_name "$mode") | $v | $(ratio "$v" "$fl") | $(ratio "$v" "$ps") | $(count "$mode" "$label") |"
+        done
+    done
+    say ""
+}
+
+# ---------------------------------------------------------------------------------------------
+# The run ledger (--record, --once-per): what recording costs an uncontended run. The ledger
+# table is created once; a --once-per window of 1ms has always passed by the next run (so it
+# runs and records), one of 1h has not (so every run after the first skips).
+ledger() {
+    local round mode table=public.bench_pglock_runs
+    PGSSLMODE=disable "$PGLOCK" init --ledger "$table" >/dev/null
+    for round in $(seq "$ROUNDS"); do
+        for mode in ${MODES:-default disable}; do
+            (
+                use_mode "$mode"
+                measure "$mode" ledger-plain "$PGLOCK" --key bench-ledger-plain -- true
+                measure "$mode" ledger-record "$PGLOCK" --key bench-ledger-record --record \
+                    --ledger "$table" -- true
+                measure "$mode" ledger-once-run "$PGLOCK" --key bench-ledger-once-run \
+                    --once-per 1ms --ledger "$table" -- true
+                measure "$mode" ledger-once-skip "$PGLOCK" --key bench-ledger-once-skip \
+                    --once-per 1h --ledger "$table" -- true
+                measure "$mode" ledger-xact "$PGLOCK" --key bench-ledger-xact --scope xact -- true
+                measure "$mode" ledger-xact-record "$PGLOCK" --key bench-ledger-xact-record \
+                    --scope xact --record --ledger "$table" -- true
+            )
+        done
+    done
+
+    say "## Run ledger"
+    say ""
+    say "Median wall time of one uncontended run, and the ratio to the same run without the"
+    say "ledger (in the same scope), from the same run of this script: $ROUNDS rounds of $RUNS runs per command after"
+    say "3 warm-up runs, the rounds interleaving the commands. The ledger table held"
+    say "$(sql "SELECT count(*) FROM $table") rows at the end."
+    say ""
+    say "| command | sslmode | median ms | x plain | + ms | runs |"
+    say "| --- | --- | ---: | ---: | ---: | ---: |"
+    local label name v plain
+    for mode in ${MODES:-default disable}; do
+        for label in ledger-plain ledger-record ledger-once-run ledger-once-skip ledger-xact \
+            ledger-xact-record; do
+            # xact scope compares with xact scope: its ledger has a connection of its own.
+            case $label in
+                ledger-xact*) plain=$(value "$mode" ledger-xact) ;;
+                *) plain=$(value "$mode" ledger-plain) ;;
+            esac
+            case $label in
+                ledger-plain) name="pglock --key k -- true" ;;
+                ledger-record) name="pglock --key k **--record** -- true" ;;
+                ledger-once-run) name="pglock --key k **--once-per** -- true (runs)" ;;
+                ledger-once-skip) name="pglock --key k **--once-per** -- true (skips)" ;;
+                ledger-xact) name="pglock --key k --scope xact -- true" ;;
+                ledger-xact-record) name="pglock --key k --scope xact **--record** -- true" ;;
+            esac
+            v=$(value "$mode" "$label")
+            say "| $name | $(mode_name "$mode") | $v | $(ratio "$v" "$plain") | $(awk -v a="$v" -v b="$plain" 'BEGIN { printf "%.2f", a - b }') | $(count "$mode" "$label") |"
         done
     done
     say ""
@@ -489,11 +547,14 @@ fleet_mode() { # fleet_mode none|role|pool
         until [ "$(backends "$pm")" -ge "$queued" ]; do sleep 0.1; done
         sleep 1
         for i in "${pids[@]}"; do
-            # A waiter that already ran or gave up has no memory to count.
-            v=$(kib "$i" VmRSS 2>/dev/null || true)
-            rss=$((rss + ${v:-0}))
-            v=$(pss_kib "$i" 2>/dev/null || true)
-            pss=$((pss + ${v:-0}))
+            # A waiter and its children (its wait guard); one that already ran or gave up has
+            # no memory to count.
+            for c in "$i" $(cat "/proc/$i/task/$i/children" 2>/dev/null || true); do
+                v=$(kib "$c" VmRSS 2>/dev/null || true)
+                rss=$((rss + ${v:-0}))
+                v=$(pss_kib "$c" 2>/dev/null || true)
+                pss=$((pss + ${v:-0}))
+            done
         done
         echo "$rss $pss" >"$OUT/fleet-$mode.memory"
     ) &
@@ -544,7 +605,8 @@ fleet() {
     say "cap's worth) queued. Drain: from the first section's start to the last one's end."
     say "Peak backends: the server's client backends, authenticating ones included, sampled every"
     say "0.1 s. Slowest probe: the longest a new psql connection with \`SELECT 1\` took, tried"
-    say "twice a second throughout. Memory: summed over the waiters 1 s after settling. Hand-off:"
+    say "twice a second throughout. Memory: summed over the waiters and their wait guards once"
+    say "the server has as many client backends as will queue for the lock, plus 1 s. Hand-off:"
     say "from one section's end to the next one's start. Job lost: the job's own lock check got"
     say "no answer within its --check-interval (5 s) and it gave up."
     say ""
@@ -568,7 +630,7 @@ fleet() {
 
 started=$SECONDS
 machine
-for section in ${SECTIONS:-uncontended handoff memory scale fleet}; do
+for section in ${SECTIONS:-uncontended ledger handoff memory scale fleet}; do
     "$section"
 done
 say "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); $((SECONDS - started)) s in all. Raw samples: $OUT"

@@ -34,6 +34,10 @@ Register-ArgumentCompleter -Native -CommandName 'pglock' -ScriptBlock {
             [CompletionResult]::new('--key-hash', '--key-hash', [CompletionResultType]::ParameterName, 'How --key becomes a lock id: pglock''s own SHA-256 formula, or the one sqlx or Python''s postgres-lock uses, to share a lock with an application built on them')
             [CompletionResult]::new('--min-hold', '--min-hold', [CompletionResultType]::ParameterName, 'Keep the lock at least this long after it was acquired, even if the command ends sooner, so hosts whose clocks differ a little do not run the same job twice')
             [CompletionResult]::new('--scope', '--scope', [CompletionResultType]::ParameterName, 'Lock scope: a session-level lock, or a transaction-level lock inside BEGIN ... COMMIT')
+            [CompletionResult]::new('--once-per', '--once-per', [CompletionResultType]::ParameterName, 'Run at most once per DURATION across every host: once the lock is granted, skip the command if a run of this key succeeded within DURATION, by the server''s clock. Implies --record')
+            [CompletionResult]::new('--max-attempts', '--max-attempts', [CompletionResultType]::ParameterName, 'With --once-per: when N runs failed within DURATION, do not run again; exit with the conflict status')
+            [CompletionResult]::new('--done-exit-code', '--done-exit-code', [CompletionResultType]::ParameterName, 'With --once-per: the exit status when the job already succeeded within DURATION')
+            [CompletionResult]::new('--ledger', '--ledger', [CompletionResultType]::ParameterName, 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public')
             [CompletionResult]::new('-d', '-d', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
             [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
             [CompletionResult]::new('--check-interval', '--check-interval', [CompletionResultType]::ParameterName, 'How often to ask the server whether the lock is still held while the command runs')
@@ -45,6 +49,8 @@ Register-ArgumentCompleter -Native -CommandName 'pglock' -ScriptBlock {
             [CompletionResult]::new('--nowait', '--nowait', [CompletionResultType]::ParameterName, 'Do not wait: if the lock is busy, exit with the conflict status at once')
             [CompletionResult]::new('-s', '-s', [CompletionResultType]::ParameterName, 'Take a shared lock: shared holders coexist, an exclusive holder excludes them all')
             [CompletionResult]::new('--shared', '--shared', [CompletionResultType]::ParameterName, 'Take a shared lock: shared holders coexist, an exclusive holder excludes them all')
+            [CompletionResult]::new('--record', '--record', [CompletionResultType]::ParameterName, 'Record the run in the ledger table: a row before the command starts, its end before the lock is released. The command gets PGLOCK_RUN_ID and PGLOCK_LAST_SUCCESS')
+            [CompletionResult]::new('--record-command', '--record-command', [CompletionResultType]::ParameterName, 'Store the command line in the ledger''s command column too (it may carry secrets)')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log each step to stderr with a timestamp')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log each step to stderr with a timestamp')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print nothing when the lock is busy')
@@ -56,6 +62,11 @@ Register-ArgumentCompleter -Native -CommandName 'pglock' -ScriptBlock {
             [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show who holds a lock and who waits for it; exit 0 if held, 3 if free')
             [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List every advisory lock in the current database, holders and waiters')
             [CompletionResult]::new('key', 'key', [CompletionResultType]::ParameterValue, 'Print a key''s lock id, where pg_locks shows it, and a SQL query that finds it. Needs no server')
+            [CompletionResult]::new('init', 'init', [CompletionResultType]::ParameterValue, 'Create the run ledger table (for --record and --once-per) and its indexes. Safe to run again, and from several hosts at once')
+            [CompletionResult]::new('history', 'history', [CompletionResultType]::ParameterValue, 'Show recorded runs, newest first')
+            [CompletionResult]::new('check', 'check', [CompletionResultType]::ParameterValue, 'A monitoring plugin (Nagios, Icinga, Sensu): is a key''s last success recent enough?')
+            [CompletionResult]::new('metrics', 'metrics', [CompletionResultType]::ParameterValue, 'Print the Prometheus text format for every key in the ledger')
+            [CompletionResult]::new('prune', 'prune', [CompletionResultType]::ParameterValue, 'Delete old runs in batches, keeping each key''s newest run and newest success')
             break
         }
         'pglock;status' {
@@ -63,6 +74,7 @@ Register-ArgumentCompleter -Native -CommandName 'pglock' -ScriptBlock {
             [CompletionResult]::new('--key', '--key', [CompletionResultType]::ParameterName, 'Name of the lock, as given to pglock --key')
             [CompletionResult]::new('--lock-id', '--lock-id', [CompletionResultType]::ParameterName, 'A raw lock id: one signed 64-bit integer, or A,B (two signed 32-bit)')
             [CompletionResult]::new('--key-hash', '--key-hash', [CompletionResultType]::ParameterName, 'How KEY becomes a lock id, as in the main command')
+            [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'The --limit its users pass, for a semaphore: count its N slots. Without it every slot that can exist is read, and N comes from the holders'' application_names')
             [CompletionResult]::new('-d', '-d', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
             [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print one JSON object instead of a table')
@@ -81,8 +93,66 @@ Register-ArgumentCompleter -Native -CommandName 'pglock' -ScriptBlock {
         'pglock;key' {
             [CompletionResult]::new('--lock-id', '--lock-id', [CompletionResultType]::ParameterName, 'A raw lock id instead: one signed 64-bit integer, or A,B (two signed 32-bit)')
             [CompletionResult]::new('--key-hash', '--key-hash', [CompletionResultType]::ParameterName, 'How KEY becomes a lock id, as in the main command')
+            [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'Also print the ids of the N slots and the queue that --limit N uses')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            break
+        }
+        'pglock;init' {
+            [CompletionResult]::new('--grant', '--grant', [CompletionResultType]::ParameterName, 'Grant ROLE what a runner needs: SELECT, INSERT and UPDATE of the end columns (no DELETE), and USAGE on the schema. ROLE is taken literally, case and all. Repeatable')
+            [CompletionResult]::new('--ledger', '--ledger', [CompletionResultType]::ParameterName, 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public')
+            [CompletionResult]::new('-d', '-d', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
+            [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
+            [CompletionResult]::new('--print', '--print', [CompletionResultType]::ParameterName, 'Only print the SQL, for a DBA to apply; connect to nothing')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'pglock;history' {
+            [CompletionResult]::new('-k', '-k', [CompletionResultType]::ParameterName, 'The runs of this key')
+            [CompletionResult]::new('--key', '--key', [CompletionResultType]::ParameterName, 'The runs of this key')
+            [CompletionResult]::new('--lock-id', '--lock-id', [CompletionResultType]::ParameterName, 'The runs of this raw lock id (recorded as lock-id:ID)')
+            [CompletionResult]::new('--since', '--since', [CompletionResultType]::ParameterName, 'Only runs started within DURATION, by the server''s clock')
+            [CompletionResult]::new('--last', '--last', [CompletionResultType]::ParameterName, 'At most N runs [default: 20, or all with --since]')
+            [CompletionResult]::new('--ledger', '--ledger', [CompletionResultType]::ParameterName, 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public')
+            [CompletionResult]::new('-d', '-d', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
+            [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
+            [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'The runs of every key')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print a JSON array instead of a table')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'pglock;check' {
+            [CompletionResult]::new('-k', '-k', [CompletionResultType]::ParameterName, 'Name of the lock, as given to pglock --key')
+            [CompletionResult]::new('--key', '--key', [CompletionResultType]::ParameterName, 'Name of the lock, as given to pglock --key')
+            [CompletionResult]::new('--lock-id', '--lock-id', [CompletionResultType]::ParameterName, 'A raw lock id: one signed 64-bit integer, or A,B (two signed 32-bit)')
+            [CompletionResult]::new('--critical', '--critical', [CompletionResultType]::ParameterName, 'CRITICAL when the last success is older than this (or there is none)')
+            [CompletionResult]::new('--warning', '--warning', [CompletionResultType]::ParameterName, 'WARNING when the last success is older than this; below --critical')
+            [CompletionResult]::new('--ledger', '--ledger', [CompletionResultType]::ParameterName, 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public')
+            [CompletionResult]::new('-d', '-d', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
+            [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'pglock;metrics' {
+            [CompletionResult]::new('--output', '--output', [CompletionResultType]::ParameterName, 'Write to FILE instead of standard output, atomically (a temporary file, then rename), for node_exporter''s textfile collector')
+            [CompletionResult]::new('--ledger', '--ledger', [CompletionResultType]::ParameterName, 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public')
+            [CompletionResult]::new('-d', '-d', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
+            [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'pglock;prune' {
+            [CompletionResult]::new('--older-than', '--older-than', [CompletionResultType]::ParameterName, 'Delete runs that started longer ago than DURATION')
+            [CompletionResult]::new('--ledger', '--ledger', [CompletionResultType]::ParameterName, 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public')
+            [CompletionResult]::new('-d', '-d', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
+            [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
+            [CompletionResult]::new('--dry-run', '--dry-run', [CompletionResultType]::ParameterName, 'Only count what would be deleted')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break
         }
     })

@@ -31,6 +31,10 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand --key-hash 'How --key becomes a lock id: pglock''s own SHA-256 formula, or the one sqlx or Python''s postgres-lock uses, to share a lock with an application built on them'
             cand --min-hold 'Keep the lock at least this long after it was acquired, even if the command ends sooner, so hosts whose clocks differ a little do not run the same job twice'
             cand --scope 'Lock scope: a session-level lock, or a transaction-level lock inside BEGIN ... COMMIT'
+            cand --once-per 'Run at most once per DURATION across every host: once the lock is granted, skip the command if a run of this key succeeded within DURATION, by the server''s clock. Implies --record'
+            cand --max-attempts 'With --once-per: when N runs failed within DURATION, do not run again; exit with the conflict status'
+            cand --done-exit-code 'With --once-per: the exit status when the job already succeeded within DURATION'
+            cand --ledger 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public'
             cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --check-interval 'How often to ask the server whether the lock is still held while the command runs'
@@ -42,6 +46,8 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand --nowait 'Do not wait: if the lock is busy, exit with the conflict status at once'
             cand -s 'Take a shared lock: shared holders coexist, an exclusive holder excludes them all'
             cand --shared 'Take a shared lock: shared holders coexist, an exclusive holder excludes them all'
+            cand --record 'Record the run in the ledger table: a row before the command starts, its end before the lock is released. The command gets PGLOCK_RUN_ID and PGLOCK_LAST_SUCCESS'
+            cand --record-command 'Store the command line in the ledger''s command column too (it may carry secrets)'
             cand -v 'Log each step to stderr with a timestamp'
             cand --verbose 'Log each step to stderr with a timestamp'
             cand -q 'Print nothing when the lock is busy'
@@ -53,12 +59,18 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand status 'Show who holds a lock and who waits for it; exit 0 if held, 3 if free'
             cand list 'List every advisory lock in the current database, holders and waiters'
             cand key 'Print a key''s lock id, where pg_locks shows it, and a SQL query that finds it. Needs no server'
+            cand init 'Create the run ledger table (for --record and --once-per) and its indexes. Safe to run again, and from several hosts at once'
+            cand history 'Show recorded runs, newest first'
+            cand check 'A monitoring plugin (Nagios, Icinga, Sensu): is a key''s last success recent enough?'
+            cand metrics 'Print the Prometheus text format for every key in the ledger'
+            cand prune 'Delete old runs in batches, keeping each key''s newest run and newest success'
         }
         &'pglock;status'= {
             cand -k 'Name of the lock, as given to pglock --key'
             cand --key 'Name of the lock, as given to pglock --key'
             cand --lock-id 'A raw lock id: one signed 64-bit integer, or A,B (two signed 32-bit)'
             cand --key-hash 'How KEY becomes a lock id, as in the main command'
+            cand --limit 'The --limit its users pass, for a semaphore: count its N slots. Without it every slot that can exist is read, and N comes from the holders'' application_names'
             cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --json 'Print one JSON object instead of a table'
@@ -75,8 +87,61 @@ set edit:completion:arg-completer[pglock] = {|@words|
         &'pglock;key'= {
             cand --lock-id 'A raw lock id instead: one signed 64-bit integer, or A,B (two signed 32-bit)'
             cand --key-hash 'How KEY becomes a lock id, as in the main command'
+            cand --limit 'Also print the ids of the N slots and the queue that --limit N uses'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
+        }
+        &'pglock;init'= {
+            cand --grant 'Grant ROLE what a runner needs: SELECT, INSERT and UPDATE of the end columns (no DELETE), and USAGE on the schema. ROLE is taken literally, case and all. Repeatable'
+            cand --ledger 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public'
+            cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
+            cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
+            cand --print 'Only print the SQL, for a DBA to apply; connect to nothing'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'pglock;history'= {
+            cand -k 'The runs of this key'
+            cand --key 'The runs of this key'
+            cand --lock-id 'The runs of this raw lock id (recorded as lock-id:ID)'
+            cand --since 'Only runs started within DURATION, by the server''s clock'
+            cand --last 'At most N runs [default: 20, or all with --since]'
+            cand --ledger 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public'
+            cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
+            cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
+            cand --all 'The runs of every key'
+            cand --json 'Print a JSON array instead of a table'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'pglock;check'= {
+            cand -k 'Name of the lock, as given to pglock --key'
+            cand --key 'Name of the lock, as given to pglock --key'
+            cand --lock-id 'A raw lock id: one signed 64-bit integer, or A,B (two signed 32-bit)'
+            cand --critical 'CRITICAL when the last success is older than this (or there is none)'
+            cand --warning 'WARNING when the last success is older than this; below --critical'
+            cand --ledger 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public'
+            cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
+            cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'pglock;metrics'= {
+            cand --output 'Write to FILE instead of standard output, atomically (a temporary file, then rename), for node_exporter''s textfile collector'
+            cand --ledger 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public'
+            cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
+            cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'pglock;prune'= {
+            cand --older-than 'Delete runs that started longer ago than DURATION'
+            cand --ledger 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public'
+            cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
+            cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
+            cand --dry-run 'Only count what would be deleted'
+            cand -h 'Print help'
+            cand --help 'Print help'
         }
     ]
     $completions[$command]

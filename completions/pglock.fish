@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_pglock_global_optspecs
-    string join \n k/key= lock-id= c/command= n/nowait w/timeout= E/conflict-exit-code= s/shared limit= key-hash= min-hold= scope= d/database-url= check-interval= on-lost= kill-after= connect-timeout= retry-connect= v/verbose q/quiet h/help V/version
+    string join \n k/key= lock-id= c/command= n/nowait w/timeout= E/conflict-exit-code= s/shared limit= key-hash= min-hold= scope= record record-command once-per= max-attempts= done-exit-code= ledger= d/database-url= check-interval= on-lost= kill-after= connect-timeout= retry-connect= v/verbose q/quiet h/help V/version
 end
 
 function __fish_pglock_needs_command
@@ -36,6 +36,10 @@ postgres-lock\t'Python postgres-lock: SHA-1 of the key as a decimal integer, its
 complete -c pglock -n "__fish_pglock_needs_command" -l min-hold -d 'Keep the lock at least this long after it was acquired, even if the command ends sooner, so hosts whose clocks differ a little do not run the same job twice' -r
 complete -c pglock -n "__fish_pglock_needs_command" -l scope -d 'Lock scope: a session-level lock, or a transaction-level lock inside BEGIN ... COMMIT' -r -f -a "session\t'pg_advisory_lock, released with pg_advisory_unlock'
 xact\t'pg_advisory_xact_lock inside a transaction, released by COMMIT or ROLLBACK'"
+complete -c pglock -n "__fish_pglock_needs_command" -l once-per -d 'Run at most once per DURATION across every host: once the lock is granted, skip the command if a run of this key succeeded within DURATION, by the server\'s clock. Implies --record' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l max-attempts -d 'With --once-per: when N runs failed within DURATION, do not run again; exit with the conflict status' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l done-exit-code -d 'With --once-per: the exit status when the job already succeeded within DURATION' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l ledger -d 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public' -r
 complete -c pglock -n "__fish_pglock_needs_command" -s d -l database-url -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql' -r
 complete -c pglock -n "__fish_pglock_needs_command" -l check-interval -d 'How often to ask the server whether the lock is still held while the command runs' -r
 complete -c pglock -n "__fish_pglock_needs_command" -l on-lost -d 'What to do when the lock is lost while the command runs' -r -f -a "terminate\t'Log, SIGTERM the command\'s process group, SIGKILL after --kill-after, exit 74'
@@ -45,6 +49,8 @@ complete -c pglock -n "__fish_pglock_needs_command" -l connect-timeout -d 'Bound
 complete -c pglock -n "__fish_pglock_needs_command" -l retry-connect -d 'Keep retrying the first connection, with backoff, for up to this long before giving up' -r
 complete -c pglock -n "__fish_pglock_needs_command" -s n -l nowait -d 'Do not wait: if the lock is busy, exit with the conflict status at once'
 complete -c pglock -n "__fish_pglock_needs_command" -s s -l shared -d 'Take a shared lock: shared holders coexist, an exclusive holder excludes them all'
+complete -c pglock -n "__fish_pglock_needs_command" -l record -d 'Record the run in the ledger table: a row before the command starts, its end before the lock is released. The command gets PGLOCK_RUN_ID and PGLOCK_LAST_SUCCESS'
+complete -c pglock -n "__fish_pglock_needs_command" -l record-command -d 'Store the command line in the ledger\'s command column too (it may carry secrets)'
 complete -c pglock -n "__fish_pglock_needs_command" -s v -l verbose -d 'Log each step to stderr with a timestamp'
 complete -c pglock -n "__fish_pglock_needs_command" -s q -l quiet -d 'Print nothing when the lock is busy'
 complete -c pglock -n "__fish_pglock_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -52,11 +58,17 @@ complete -c pglock -n "__fish_pglock_needs_command" -s V -l version -d 'Print ve
 complete -c pglock -n "__fish_pglock_needs_command" -a "status" -d 'Show who holds a lock and who waits for it; exit 0 if held, 3 if free'
 complete -c pglock -n "__fish_pglock_needs_command" -a "list" -d 'List every advisory lock in the current database, holders and waiters'
 complete -c pglock -n "__fish_pglock_needs_command" -a "key" -d 'Print a key\'s lock id, where pg_locks shows it, and a SQL query that finds it. Needs no server'
+complete -c pglock -n "__fish_pglock_needs_command" -a "init" -d 'Create the run ledger table (for --record and --once-per) and its indexes. Safe to run again, and from several hosts at once'
+complete -c pglock -n "__fish_pglock_needs_command" -a "history" -d 'Show recorded runs, newest first'
+complete -c pglock -n "__fish_pglock_needs_command" -a "check" -d 'A monitoring plugin (Nagios, Icinga, Sensu): is a key\'s last success recent enough?'
+complete -c pglock -n "__fish_pglock_needs_command" -a "metrics" -d 'Print the Prometheus text format for every key in the ledger'
+complete -c pglock -n "__fish_pglock_needs_command" -a "prune" -d 'Delete old runs in batches, keeping each key\'s newest run and newest success'
 complete -c pglock -n "__fish_pglock_using_subcommand status" -s k -l key -d 'Name of the lock, as given to pglock --key' -r
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l lock-id -d 'A raw lock id: one signed 64-bit integer, or A,B (two signed 32-bit)' -r
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l key-hash -d 'How KEY becomes a lock id, as in the main command' -r -f -a "sha256\t'First 8 bytes of SHA-256(key), big-endian, signed'
 sqlx\t'sqlx\'s PgAdvisoryLock::new: HKDF-SHA256 (no salt), 8 bytes, little-endian, signed'
 postgres-lock\t'Python postgres-lock: SHA-1 of the key as a decimal integer, its first 18 digits'"
+complete -c pglock -n "__fish_pglock_using_subcommand status" -l limit -d 'The --limit its users pass, for a semaphore: count its N slots. Without it every slot that can exist is read, and N comes from the holders\' application_names' -r
 complete -c pglock -n "__fish_pglock_using_subcommand status" -s d -l database-url -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql' -r
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l json -d 'Print one JSON object instead of a table'
 complete -c pglock -n "__fish_pglock_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -67,4 +79,35 @@ complete -c pglock -n "__fish_pglock_using_subcommand key" -l lock-id -d 'A raw 
 complete -c pglock -n "__fish_pglock_using_subcommand key" -l key-hash -d 'How KEY becomes a lock id, as in the main command' -r -f -a "sha256\t'First 8 bytes of SHA-256(key), big-endian, signed'
 sqlx\t'sqlx\'s PgAdvisoryLock::new: HKDF-SHA256 (no salt), 8 bytes, little-endian, signed'
 postgres-lock\t'Python postgres-lock: SHA-1 of the key as a decimal integer, its first 18 digits'"
+complete -c pglock -n "__fish_pglock_using_subcommand key" -l limit -d 'Also print the ids of the N slots and the queue that --limit N uses' -r
 complete -c pglock -n "__fish_pglock_using_subcommand key" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c pglock -n "__fish_pglock_using_subcommand init" -l grant -d 'Grant ROLE what a runner needs: SELECT, INSERT and UPDATE of the end columns (no DELETE), and USAGE on the schema. ROLE is taken literally, case and all. Repeatable' -r
+complete -c pglock -n "__fish_pglock_using_subcommand init" -l ledger -d 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public' -r
+complete -c pglock -n "__fish_pglock_using_subcommand init" -s d -l database-url -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql' -r
+complete -c pglock -n "__fish_pglock_using_subcommand init" -l print -d 'Only print the SQL, for a DBA to apply; connect to nothing'
+complete -c pglock -n "__fish_pglock_using_subcommand init" -s h -l help -d 'Print help'
+complete -c pglock -n "__fish_pglock_using_subcommand history" -s k -l key -d 'The runs of this key' -r
+complete -c pglock -n "__fish_pglock_using_subcommand history" -l lock-id -d 'The runs of this raw lock id (recorded as lock-id:ID)' -r
+complete -c pglock -n "__fish_pglock_using_subcommand history" -l since -d 'Only runs started within DURATION, by the server\'s clock' -r
+complete -c pglock -n "__fish_pglock_using_subcommand history" -l last -d 'At most N runs [default: 20, or all with --since]' -r
+complete -c pglock -n "__fish_pglock_using_subcommand history" -l ledger -d 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public' -r
+complete -c pglock -n "__fish_pglock_using_subcommand history" -s d -l database-url -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql' -r
+complete -c pglock -n "__fish_pglock_using_subcommand history" -l all -d 'The runs of every key'
+complete -c pglock -n "__fish_pglock_using_subcommand history" -l json -d 'Print a JSON array instead of a table'
+complete -c pglock -n "__fish_pglock_using_subcommand history" -s h -l help -d 'Print help'
+complete -c pglock -n "__fish_pglock_using_subcommand check" -s k -l key -d 'Name of the lock, as given to pglock --key' -r
+complete -c pglock -n "__fish_pglock_using_subcommand check" -l lock-id -d 'A raw lock id: one signed 64-bit integer, or A,B (two signed 32-bit)' -r
+complete -c pglock -n "__fish_pglock_using_subcommand check" -l critical -d 'CRITICAL when the last success is older than this (or there is none)' -r
+complete -c pglock -n "__fish_pglock_using_subcommand check" -l warning -d 'WARNING when the last success is older than this; below --critical' -r
+complete -c pglock -n "__fish_pglock_using_subcommand check" -l ledger -d 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public' -r
+complete -c pglock -n "__fish_pglock_using_subcommand check" -s d -l database-url -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql' -r
+complete -c pglock -n "__fish_pglock_using_subcommand check" -s h -l help -d 'Print help'
+complete -c pglock -n "__fish_pglock_using_subcommand metrics" -l output -d 'Write to FILE instead of standard output, atomically (a temporary file, then rename), for node_exporter\'s textfile collector' -r -F
+complete -c pglock -n "__fish_pglock_using_subcommand metrics" -l ledger -d 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public' -r
+complete -c pglock -n "__fish_pglock_using_subcommand metrics" -s d -l database-url -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql' -r
+complete -c pglock -n "__fish_pglock_using_subcommand metrics" -s h -l help -d 'Print help'
+complete -c pglock -n "__fish_pglock_using_subcommand prune" -l older-than -d 'Delete runs that started longer ago than DURATION' -r
+complete -c pglock -n "__fish_pglock_using_subcommand prune" -l ledger -d 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public' -r
+complete -c pglock -n "__fish_pglock_using_subcommand prune" -s d -l database-url -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql' -r
+complete -c pglock -n "__fish_pglock_using_subcommand prune" -l dry-run -d 'Only count what would be deleted'
+complete -c pglock -n "__fish_pglock_using_subcommand prune" -s h -l help -d 'Print help'

@@ -2,12 +2,23 @@
 //! page and the shell completions.
 
 use crate::{duration, exit, key};
+use clap::builder::{OsStringValueParser, TypedValueParser};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
 use std::time::Duration;
+
+mod ledger;
+pub use ledger::{
+    CheckArgs, HistoryArgs, InitArgs, LedgerSub, MetricsArgs, PruneArgs, RecordArgs, Runs,
+    check_combinations,
+};
 
 const EXAMPLES: &str = "\
 Examples:
-  # Nightly job on every host; only one runs, the others skip quietly
+  # Nightly job in every host's crontab: it runs once, and another host retries if it fails
+  pglock --key nightly-report --once-per 20h --timeout 2h -- ./job.sh
+
+  # Only one at a time; the others skip quietly
   pglock --key nightly-report --nowait --quiet -- ./job.sh
 
   # Wait up to ten minutes for another deploy to finish
@@ -22,16 +33,24 @@ Examples:
   # Who holds it, who waits; every advisory lock; where a key shows up in pg_locks
   pglock status --key nightly-report
   pglock list --json
-  pglock key nightly-report";
+  pglock key nightly-report
+
+  # Did it succeed recently? (Nagios/Icinga plugin; see also pglock history and metrics)
+  pglock check --key nightly-report --warning 25h --critical 49h";
 
 /// The forms of the command line. Subcommands come first and a command to run always follows
 /// `--` or `-c`, so `pglock --key k -- status` runs a program called status.
 const USAGE: &str = "\
 pglock [OPTIONS] (--key KEY | --lock-id ID) -- COMMAND [ARGS]...
        pglock [OPTIONS] (--key KEY | --lock-id ID) --command STRING
-       pglock status (--key KEY | --lock-id ID) [--json]
+       pglock status (--key KEY | --lock-id ID) [--limit N] [--json]
        pglock list [--json]
-       pglock key (KEY | --lock-id ID)";
+       pglock key (KEY | --lock-id ID) [--limit N]
+       pglock init [--print] [--grant ROLE]
+       pglock history (--key KEY | --lock-id ID | --all) [--since DURATION] [--last N] [--json]
+       pglock check (--key KEY | --lock-id ID) --critical DURATION [--warning DURATION]
+       pglock metrics [--output FILE]
+       pglock prune --older-than DURATION [--dry-run]";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -64,11 +83,11 @@ pub struct Cli {
     pub lock_id: Option<key::LockId>,
 
     /// Run STRING with /bin/sh -c instead of a COMMAND after --.
-    #[arg(short = 'c', long, value_name = "STRING")]
-    pub command: Option<String>,
+    #[arg(short = 'c', long, value_name = "STRING", value_parser = non_empty_command())]
+    pub command: Option<OsString>,
 
     /// Do not wait: if the lock is busy, exit with the conflict status at once.
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "timeout")]
     pub nowait: bool,
 
     /// Wait at most this long for the lock (30, 0.5, 500ms, 10m, 1h30m); 0 means --nowait.
@@ -91,7 +110,8 @@ pub struct Cli {
 
     /// How --key becomes a lock id: pglock's own SHA-256 formula, or the one sqlx or Python's
     /// postgres-lock uses, to share a lock with an application built on them.
-    #[arg(long, value_enum, value_name = "SCHEME", default_value_t = key::KeyHash::Sha256)]
+    #[arg(long, value_enum, value_name = "SCHEME", default_value_t = key::KeyHash::Sha256,
+          conflicts_with = "lock_id")]
     pub key_hash: key::KeyHash,
 
     /// Keep the lock at least this long after it was acquired, even if the command ends sooner,
@@ -102,6 +122,9 @@ pub struct Cli {
     /// Lock scope: a session-level lock, or a transaction-level lock inside BEGIN ... COMMIT.
     #[arg(long, value_enum, value_name = "SCOPE", default_value_t = Scope::Session)]
     pub scope: Scope,
+
+    #[command(flatten)]
+    pub record: RecordArgs,
 
     #[command(flatten)]
     pub server: Server,
@@ -137,12 +160,22 @@ pub struct Cli {
     #[arg(short, long)]
     pub quiet: bool,
 
-    /// The command to run while holding the lock, after --.
-    #[arg(last = true, value_name = "COMMAND", num_args = 1..)]
-    pub args: Vec<String>,
+    /// The command to run while holding the lock, after --. Any bytes, as the OS passes them.
+    #[arg(last = true, value_name = "COMMAND", num_args = 1..,
+          value_parser = clap::value_parser!(OsString))]
+    pub args: Vec<OsString>,
 
     #[command(subcommand)]
-    pub sub: Option<Sub>,
+    pub sub: Option<Commands>,
+}
+
+/// Every subcommand: the reports on locks, and the run ledger's.
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    #[command(flatten)]
+    Report(Sub),
+    #[command(flatten)]
+    Ledger(LedgerSub),
 }
 
 /// Looking at locks instead of taking one.
@@ -212,6 +245,11 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub hash: Hash,
 
+    /// The --limit its users pass, for a semaphore: count its N slots. Without it every slot
+    /// that can exist is read, and N comes from the holders' application_names.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub limit: Option<u16>,
+
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -243,6 +281,10 @@ pub struct KeyArgs {
 
     #[command(flatten)]
     pub hash: Hash,
+
+    /// Also print the ids of the N slots and the queue that --limit N uses.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub limit: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -251,15 +293,6 @@ pub enum Scope {
     Session,
     /// pg_advisory_xact_lock inside a transaction, released by COMMIT or ROLLBACK.
     Xact,
-}
-
-impl Scope {
-    pub fn name(self) -> &'static str {
-        match self {
-            Scope::Session => "session",
-            Scope::Xact => "xact",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -289,19 +322,15 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-impl Cli {
-    /// The command and arguments to spawn.
-    pub fn program(&self) -> (String, Vec<String>) {
-        match &self.command {
-            Some(script) => ("/bin/sh".into(), vec!["-c".into(), script.clone()]),
-            None => (self.args[0].clone(), self.args[1..].to_vec()),
+/// `-c STRING`: an empty script would run nothing under the lock, which is never meant.
+fn non_empty_command() -> impl TypedValueParser<Value = OsString> {
+    OsStringValueParser::new().try_map(|s| {
+        if s.is_empty() {
+            Err("the command string is empty: give -c the shell command to run")
+        } else {
+            Ok(s)
         }
-    }
-
-    /// --nowait, or a zero --timeout.
-    pub fn no_wait(&self) -> bool {
-        self.nowait || self.timeout == Some(Duration::ZERO)
-    }
+    })
 }
 
 #[cfg(test)]

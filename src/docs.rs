@@ -5,11 +5,16 @@
 //! than an xtask: pglock is a binary crate with no library an xtask could import the definition
 //! from, and this way what is generated is exactly what the binary parses. The subcommand is
 //! attached only when parsing (see [`command`]), not in the definition the generators read, so it
-//! appears in neither --help nor the completions nor the man page. Packagers can run the same
-//! command on an installed pglock.
+//! appears in neither --help nor the completions nor the man page. Without DIR it writes into the
+//! source tree pglock was built from (so `cargo run -- generate-docs` works from any directory,
+//! and never litters the current one); packagers give a DIR to an installed pglock.
+//!
+//! The man page's list of variables comes from the table of libpq's keys in
+//! [`conninfo::known`](crate::conninfo::known), like the behaviour it describes.
 
 use crate::cli::Cli;
-use crate::exit;
+use crate::conninfo::known::{FILE_VARIABLES, KNOWN, Use};
+use crate::exit::{self, Failure, fail};
 use anyhow::{Context, Result};
 use clap::{Arg, ArgMatches, Command, CommandFactory};
 use clap_complete::Shell;
@@ -25,33 +30,54 @@ pub fn command() -> Command {
     Cli::command().subcommand(
         Command::new(GENERATE)
             .hide(true)
-            .about("Write man/pglock.1 and completions/* under DIR")
+            .about(
+                "Write man/pglock.1 and completions/* under DIR (default: the source tree \
+                 pglock was built from)",
+            )
             .arg(
                 Arg::new("dir")
                     .value_name("DIR")
-                    .default_value(".")
                     .value_parser(clap::value_parser!(PathBuf)),
             ),
     )
 }
 
-/// `pglock generate-docs DIR`.
+/// `pglock generate-docs [DIR]`: writes the files that changed, and lists every file.
 pub fn run(matches: &ArgMatches) -> Result<u8> {
-    let dir = matches
-        .get_one::<PathBuf>("dir")
-        .cloned()
-        .unwrap_or_else(|| PathBuf::from("."));
+    let dir = match matches.get_one::<PathBuf>("dir") {
+        Some(dir) => dir.clone(),
+        None => source_tree()?,
+    };
     for (path, content) in files()? {
         let path = dir.join(path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        std::fs::write(&path, content)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        // Unchanged files keep their time stamps.
+        if std::fs::read(&path).ok().as_ref() != Some(&content) {
+            std::fs::write(&path, content)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
         println!("{}", path.display());
     }
     Ok(0)
+}
+
+/// The directory of pglock's Cargo.toml at build time, if it still holds it.
+fn source_tree() -> Result<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if dir.join("Cargo.toml").is_file() {
+        return Ok(dir);
+    }
+    Err(fail(
+        Failure::Usage,
+        format!(
+            "{GENERATE} writes into the source tree pglock was built from, and {} is gone; give \
+             the directory to write into: pglock {GENERATE} DIR",
+            dir.display()
+        ),
+    ))
 }
 
 /// Every generated file, by its path in the repository.
@@ -142,8 +168,10 @@ fn subcommands(cmd: &Command, out: &mut Vec<u8>) -> Result<()> {
     let mut head = Roff::new();
     head.control("SH", ["COMMANDS"]);
     head.text([roman(
-        "Instead of running a command, pglock can report on locks. These forms take none of \
-         the options above except their own.",
+        "Instead of running a command, pglock can report on locks (status, list, key) and \
+         create, read and prune the run ledger that --record and --once-per write (init, \
+         history, check, metrics, prune). These forms take none of the options above except \
+         their own.",
     )]);
     head.to_writer(out)?;
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
@@ -196,59 +224,62 @@ fn exit_status() -> Roff {
     r.control("SH", ["EXIT STATUS"]);
     table(&mut r, exit::TABLE, false);
     table(&mut r, exit::STATUS_TABLE, true);
+    table(&mut r, exit::LEDGER_TABLE, true);
+    table(&mut r, exit::CHECK_TABLE, true);
     r
+}
+
+/// One tagged entry of a list.
+fn item(r: &mut Roff, name: &str, what: &str) {
+    r.control("TP", []);
+    r.text([bold(name)]);
+    r.text([roman(what)]);
+}
+
+/// The variables of the keys that `how` describes, as a comma-separated list.
+fn variables(how: Use) -> String {
+    let names: Vec<&str> = KNOWN
+        .iter()
+        .filter(|k| k.how == how)
+        .filter_map(|k| k.env)
+        .collect();
+    names.join(", ")
 }
 
 fn environment() -> Roff {
     let mut r = Roff::new();
     r.control("SH", ["ENVIRONMENT"]);
     r.text([roman("pglock reads:")]);
-    let read: &[(&str, &str)] = &[
-        (
-            "PGLOCK_DATABASE_URL",
-            "a libpq connection string, URL or key=value, as --database-url; it wins over the \
-             PG* variables",
-        ),
-        ("PGHOST", "the server host, or a socket directory"),
-        ("PGHOSTADDR", "the server's numeric address"),
-        ("PGPORT", "the server port (5432)"),
-        ("PGDATABASE", "the database (the user name)"),
-        ("PGUSER", "the user (the operating-system user)"),
-        ("PGPASSWORD", "the password; pglock never prints it"),
-        (
-            "PGPASSFILE",
-            "the password file (~/.pgpass), with libpq's matching rules",
-        ),
-        ("PGSERVICE", "a service name from the service file"),
-        (
-            "PGSERVICEFILE, PGSYSCONFDIR",
-            "where the service files are (~/.pg_service.conf, then PGSYSCONFDIR/pg_service.conf)",
-        ),
-        ("PGCONNECT_TIMEOUT", "seconds to wait for a connection"),
-        (
-            "PGSSLMODE",
-            "disable, allow, prefer (the default), require, verify-ca or verify-full",
-        ),
-        (
-            "PGSSLROOTCERT, PGSSLCERT, PGSSLKEY",
-            "the root certificate (or system), client certificate and key files",
-        ),
-        (
-            "PGTARGETSESSIONATTRS",
-            "read-write (pglock's default) or any",
-        ),
-        ("PGLOADBALANCEHOSTS", "disable or random"),
-        ("PGOPTIONS", "server options for the session"),
-        (
-            "PGAPPNAME",
-            "ignored: pglock names its session pglock:KEY@HOST:PID",
-        ),
-    ];
-    for (name, what) in read {
-        r.control("TP", []);
-        r.text([bold(*name)]);
-        r.text([roman(*what)]);
+    item(
+        &mut r,
+        "PGLOCK_DATABASE_URL",
+        "a libpq connection string, URL or key=value, as --database-url; it wins over the PG* \
+         variables",
+    );
+    item(
+        &mut r,
+        "PGLOCK_LEDGER",
+        "the run ledger table, as --ledger (default public.pglock_runs)",
+    );
+    for k in KNOWN.iter().filter(|k| k.how == Use::Honoured) {
+        let Some(name) = k.env else { continue };
+        item(&mut r, name, k.about);
+        if name == "PGSERVICE" {
+            for (name, what) in FILE_VARIABLES {
+                item(&mut r, name, what);
+            }
+        }
     }
+    r.control("PP", []);
+    r.text([roman(format!(
+        "Accepted and ignored, because they change neither the server, the user nor the \
+         protection of the connection: {}; pglock names its session pglock:KEY@HOST:PID \
+         itself. Refused with exit status 2, because pglock cannot give the protection they ask \
+         for: {}. A variable of a setting that is not valid UTF-8 is refused with exit status 2 \
+         too; PGSERVICEFILE, PGSYSCONFDIR and HOME are paths and may hold any bytes.",
+        variables(Use::Ignored),
+        variables(Use::Unsupported)
+    ))]);
     r.control("PP", []);
     r.text([roman("The command runs with pglock's environment plus:")]);
     let set: &[(&str, &str)] = &[
@@ -259,11 +290,18 @@ fn environment() -> Roff {
             "PGLOCK_SLOT",
             "with --limit above 1, the semaphore slot held, 0 to N-1",
         ),
+        (
+            "PGLOCK_RUN_ID",
+            "with --record or --once-per, the run's id in the ledger table",
+        ),
+        (
+            "PGLOCK_LAST_SUCCESS",
+            "with --record or --once-per, the start of the key's latest succeeded run as RFC \
+             3339 UTC (2026-11-26T03:00:01.250000Z), empty if none",
+        ),
     ];
     for (name, what) in set {
-        r.control("TP", []);
-        r.text([bold(*name)]);
-        r.text([roman(*what)]);
+        item(&mut r, name, what);
     }
     r
 }
@@ -289,6 +327,25 @@ fn examples() -> Roff {
         "A nightly job in the crontab of every host: one host runs it, the others skip quietly \
          (exit 75, no output, so cron sends no mail).",
         &["0 3 * * * pglock --key nightly-report --nowait --quiet -- /opt/app/nightly-report"],
+    );
+    example(
+        &mut r,
+        "The same job in the crontab of every host, run once a day across the fleet: the first \
+         host to get the lock runs it; the others wait, see the success in the ledger and skip. \
+         If the run fails, the next waiting host runs it (at most three failures a day). Create \
+         the ledger once with pglock init.",
+        &[
+            "0 3 * * * pglock --key nightly-report --once-per 20h --timeout 2h -- /opt/app/nightly-report",
+        ],
+    );
+    example(
+        &mut r,
+        "Alert when it has not succeeded for 26 hours (Nagios, Icinga), or export it to \
+         Prometheus:",
+        &[
+            "pglock check --key nightly-report --warning 25h --critical 26h",
+            "pglock metrics --output /var/lib/node_exporter/pglock.prom",
+        ],
     );
     example(
         &mut r,
@@ -351,6 +408,19 @@ mod tests {
         let text = r.to_roff();
         assert!(text.contains("128+N"), "{text}");
         assert!(text.contains("interrupted by signal N while waiting for the lock"));
-        assert_eq!(text.matches(".TP").count(), 9, "{text}");
+        assert_eq!(text.matches(".TP").count(), 11, "{text}");
+    }
+
+    #[test]
+    fn the_environment_section_lists_every_variable_of_the_table() {
+        let text = environment().to_roff();
+        for k in KNOWN {
+            if let Some(name) = k.env {
+                assert!(text.contains(name), "{name} missing from\n{text}");
+            }
+        }
+        for (name, _) in FILE_VARIABLES {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
     }
 }

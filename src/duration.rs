@@ -5,8 +5,18 @@ use std::time::Duration;
 
 const HINT: &str = "use seconds (30, 0.5) or units (500ms, 30s, 10m, 1h, 1h30m)";
 
+/// The units, largest first.
+const UNITS: &[(&str, f64)] = &[
+    ("d", 86400.0),
+    ("h", 3600.0),
+    ("m", 60.0),
+    ("s", 1.0),
+    ("ms", 0.001),
+];
+
 /// Parses a duration. A bare number is seconds, fractions allowed; otherwise a sequence of
-/// number+unit pairs (`ms`, `s`, `m`, `h`, `d`) that add up.
+/// number+unit pairs (`d`, `h`, `m`, `s`, `ms`) that add up, largest unit first and each unit at
+/// most once, so that a typo such as `1m1h` is not silently read as 61 minutes.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let s = text.trim();
     if s.is_empty() {
@@ -18,6 +28,8 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     let bad = || format!("'{text}' is not a duration: {HINT}");
     let mut total = 0f64;
     let mut rest = s;
+    // Index in UNITS of the last unit seen: the next one must come after it.
+    let mut last: Option<usize> = None;
     while !rest.is_empty() {
         let num_len = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -30,15 +42,20 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
+        let unit = &rest[..unit_len];
+        let scale = if unit.is_empty() && num_len == s.len() {
             // A bare number means seconds, but only on its own: "1h30" is ambiguous.
-            "" if total == 0.0 && num_len == s.len() => 1.0,
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
-            _ => return Err(bad()),
+            1.0
+        } else {
+            let at = UNITS.iter().position(|(u, _)| *u == unit).ok_or_else(bad)?;
+            if last.is_some_and(|l| at <= l) {
+                return Err(format!(
+                    "'{text}' is not a duration: give each unit once, largest first (1h30m, \
+                     2m30s)"
+                ));
+            }
+            last = Some(at);
+            UNITS[at].1
         };
         rest = &rest[unit_len..];
         total += number * scale;
@@ -99,6 +116,15 @@ mod tests {
             "", "-1", "-5s", "abc", "5x", "1.2.3", "1h30", "s", "1e3", "inf", "nan",
         ] {
             assert!(parse(text).is_err(), "{text} should be rejected");
+        }
+    }
+
+    #[test]
+    fn units_go_from_largest_to_smallest_once_each() {
+        assert_eq!(parse("1d2h3m4s5ms"), Ok(Duration::from_millis(93_784_005)));
+        for text in ["1m1h", "30s1m", "1h1h", "5s5s", "1ms1s", "1s1ms1s"] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains("largest first"), "{text}: {err}");
         }
     }
 

@@ -3,8 +3,10 @@
 //! Code deep inside attaches a [`Failure`] to an `anyhow::Error`; `main` asks [`code_for`] which
 //! number that means. Everything without a `Failure` is an ordinary failure (1).
 
+use nix::sys::signal::Signal;
 use std::fmt;
 use std::process::ExitStatus;
+use std::time::Duration;
 
 /// Default status when the lock was not obtained (EX_TEMPFAIL: "try again later").
 pub const CONFLICT_DEFAULT: u8 = 75;
@@ -12,6 +14,8 @@ pub const CONFLICT_DEFAULT: u8 = 75;
 pub const UNAVAILABLE: u8 = 69;
 /// The lock was lost while the command ran (EX_IOERR).
 pub const LOCK_LOST: u8 = 74;
+/// The run ledger's table is missing or not writable (EX_CONFIG).
+pub const CONFIG: u8 = 78;
 /// Usage error, as clap exits.
 pub const USAGE: u8 = 2;
 /// The command exists but cannot be executed (shell convention).
@@ -24,17 +28,21 @@ pub const FAILURE: u8 = 1;
 pub const STATUS_HELD: u8 = 0;
 /// `pglock status`: the lock is free (LSB status convention: "not running").
 pub const STATUS_FREE: u8 = 3;
+/// `pglock check`: the monitoring-plugin statuses.
+pub const CHECK_OK: u8 = 0;
+pub const CHECK_WARNING: u8 = 1;
+pub const CHECK_CRITICAL: u8 = 2;
+pub const CHECK_UNKNOWN: u8 = 3;
 
 /// Why pglock is giving up, when that reason has its own exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     Usage,
     Unavailable,
-    /// The lock is busy (--nowait) or --timeout expired.
-    Conflict,
-    LockLost,
     NotExecutable,
     NotFound,
+    /// The run ledger cannot be used: its table is missing or not writable.
+    Config,
 }
 
 impl fmt::Display for Failure {
@@ -42,10 +50,9 @@ impl fmt::Display for Failure {
         let text = match self {
             Failure::Usage => "usage error",
             Failure::Unavailable => "database unavailable",
-            Failure::Conflict => "lock not obtained",
-            Failure::LockLost => "lock lost",
             Failure::NotExecutable => "command not executable",
             Failure::NotFound => "command not found",
+            Failure::Config => "ledger not usable",
         };
         f.write_str(text)
     }
@@ -59,14 +66,13 @@ pub fn fail(failure: Failure, message: impl fmt::Display) -> anyhow::Error {
 }
 
 /// The exit status for an error that ended pglock.
-pub fn code_for(err: &anyhow::Error, conflict_code: u8) -> u8 {
+pub fn code_for(err: &anyhow::Error) -> u8 {
     match err.downcast_ref::<Failure>() {
         Some(Failure::Usage) => USAGE,
         Some(Failure::Unavailable) => UNAVAILABLE,
-        Some(Failure::Conflict) => conflict_code,
-        Some(Failure::LockLost) => LOCK_LOST,
         Some(Failure::NotExecutable) => NOT_EXECUTABLE,
         Some(Failure::NotFound) => NOT_FOUND,
+        Some(Failure::Config) => CONFIG,
         None => FAILURE,
     }
 }
@@ -78,6 +84,84 @@ pub fn message(err: &anyhow::Error) -> String {
         .map(|e| e.to_string())
         .collect::<Vec<_>>()
         .join(": ")
+}
+
+/// How a lock-and-run ended, before it becomes a number in [`Outcome::code`].
+#[derive(Debug)]
+pub enum Outcome {
+    /// The command ran under the lock (or with --on-lost ignore); its status.
+    Ran(ExitStatus),
+    /// A signal ended pglock before the command started.
+    Interrupted(Signal),
+    /// The lock was not obtained: busy, --timeout, or the wait was cancelled on the server.
+    /// The message is None with --quiet.
+    NotObtained(Option<String>),
+    /// The lock was lost while the command ran, and the command was stopped for it.
+    Lost { label: String, reason: LostReason },
+    /// --once-per: the job already succeeded within the window, so the command did not run.
+    /// Exits `code` (--done-exit-code); the message is None with --quiet.
+    Done { code: u8, message: Option<String> },
+    /// --max-attempts: the job failed too often within the window, so the command did not run.
+    Exhausted(String),
+}
+
+impl Outcome {
+    pub fn code(&self, conflict_code: u8) -> u8 {
+        match self {
+            Outcome::Ran(status) => child_code(*status),
+            Outcome::Interrupted(sig) => signal_code(*sig as i32),
+            Outcome::NotObtained(_) | Outcome::Exhausted(_) => conflict_code,
+            Outcome::Lost { .. } => LOCK_LOST,
+            Outcome::Done { code, .. } => *code,
+        }
+    }
+
+    /// The `pglock:` line to print, if any.
+    pub fn message(&self) -> Option<String> {
+        match self {
+            Outcome::NotObtained(message) | Outcome::Done { message, .. } => message.clone(),
+            Outcome::Exhausted(message) => Some(message.clone()),
+            Outcome::Lost { label, reason } => Some(format!(
+                "lock \"{label}\" was lost while the command ran ({reason})"
+            )),
+            Outcome::Ran(_) | Outcome::Interrupted(_) => None,
+        }
+    }
+}
+
+/// Why a held lock counts as lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LostReason {
+    /// The connection failed or the server closed it.
+    Connection(String),
+    /// A lock check got no answer in time; the connection was cut.
+    NoAnswer(Duration),
+    /// A lock check failed with an error.
+    CheckFailed(String),
+    /// The session is alive but no longer holds the lock.
+    NotHeld,
+    /// The release found the lock no longer held.
+    NotHeldAtRelease,
+}
+
+impl fmt::Display for LostReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LostReason::Connection(why) => f.write_str(why),
+            LostReason::NoAnswer(limit) => write!(
+                f,
+                "no answer to the lock check within {}",
+                crate::duration::format(*limit)
+            ),
+            LostReason::CheckFailed(why) => write!(f, "the lock check failed: {why}"),
+            LostReason::NotHeld => f.write_str(
+                "this session no longer holds it (a transaction-pooling PgBouncer? use --scope xact)",
+            ),
+            LostReason::NotHeldAtRelease => {
+                f.write_str("the lock was no longer held when the command ended")
+            }
+        }
+    }
 }
 
 /// The shell's convention for "killed by signal N".
@@ -101,10 +185,16 @@ Exit status:
   the command's own  the command ran; its exit status
   128+N              the command was killed by signal N, or pglock was
                      interrupted by signal N while waiting for the lock
-  75 (or -E N)       the lock was not obtained: busy with --nowait, or
-                     --timeout expired
+  75 (or -E N)       the lock was not obtained: busy with --nowait,
+                     --timeout expired, or the wait was cancelled on the
+                     server; or --max-attempts runs failed within --once-per
+  0 (or --done-exit-code N)
+                     --once-per: the job already succeeded within DURATION,
+                     so the command did not run
   69                 could not connect to or authenticate with PostgreSQL
   74                 the lock was lost while the command ran
+  78                 the ledger table (--record, --once-per) is missing or
+                     not writable: see pglock init
   2                  usage error
   126                the command is not executable
   127                the command was not found
@@ -119,6 +209,26 @@ Exit status of pglock status:
   2                  usage error
   1                  any other failure";
 
+/// The statuses of `pglock init`, `history`, `metrics` and `prune`.
+pub const LEDGER_TABLE: &str = "\
+Exit status of pglock init, history, metrics and prune:
+  0                  done
+  78                 the ledger table is missing, or this role may not use
+                     it (init: may not create it)
+  69                 could not connect to or authenticate with PostgreSQL
+  2                  usage error
+  1                  any other failure";
+
+/// The statuses of `pglock check`: the monitoring-plugin convention (Nagios, Icinga, Sensu).
+pub const CHECK_TABLE: &str = "\
+Exit status of pglock check (monitoring-plugin convention):
+  0                  OK: the last success is younger than --warning
+  1                  WARNING: older than --warning
+  2                  CRITICAL: older than --critical, never succeeded, or no
+                     connection to PostgreSQL
+  3                  UNKNOWN: usage error, the ledger table is missing, or
+                     any other failure";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,11 +241,22 @@ mod tests {
     }
 
     #[test]
+    fn ledger_tables_match_the_codes() {
+        for code in [0, CONFIG, UNAVAILABLE, USAGE, FAILURE] {
+            assert!(LEDGER_TABLE.contains(&format!("\n  {code} ")), "{code}");
+        }
+        for code in [CHECK_OK, CHECK_WARNING, CHECK_CRITICAL, CHECK_UNKNOWN] {
+            assert!(CHECK_TABLE.contains(&format!("\n  {code} ")), "{code}");
+        }
+        assert!(TABLE.contains(&format!("\n  {CONFIG} ")));
+    }
+
+    #[test]
     fn failure_survives_context() {
-        let err = fail(Failure::Conflict, "busy").context("outer");
-        assert_eq!(code_for(&err, 9), 9);
-        assert_eq!(message(&err), "outer: busy");
+        let err = fail(Failure::Unavailable, "down").context("outer");
+        assert_eq!(code_for(&err), UNAVAILABLE);
+        assert_eq!(message(&err), "outer: down");
         let plain = anyhow::anyhow!("x");
-        assert_eq!(code_for(&plain, 75), FAILURE);
+        assert_eq!(code_for(&plain), FAILURE);
     }
 }

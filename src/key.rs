@@ -68,11 +68,21 @@ pub fn semaphore_id(base: &str, what: &str) -> LockId {
     LockId::from_key(&format!("{base}\0{what}"))
 }
 
+/// Slot `i` (0-based) of the semaphore on `base`.
+pub fn slot_id(base: &str, i: usize) -> LockId {
+    semaphore_id(base, &format!("slot\0{i}"))
+}
+
+/// The gate of the semaphore on `base`: its waiters' queue.
+pub fn gate_id(base: &str) -> LockId {
+    semaphore_id(base, "gate")
+}
+
 /// Keys are names, not payloads; a bound keeps application_name and messages readable.
 pub const MAX_KEY_BYTES: usize = 1024;
 
 /// The two advisory-lock key spaces, which never overlap on the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LockId {
     /// One bigint: `pg_advisory_lock(bigint)`.
     Big(i64),
@@ -120,16 +130,54 @@ impl LockId {
             LockId::Pair(a, b) => (a as u32, b as u32, 2),
         }
     }
+}
 
-    /// A SQL condition on pg_locks (aliased `l`) that matches exactly this lock in the current
-    /// database.
-    pub fn pg_locks_filter(&self) -> String {
-        let (classid, objid, objsubid) = self.pg_locks_coordinates();
-        format!(
-            "l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-             AND l.classid = {classid} AND l.objid = {objid} AND l.objsubid = {objsubid}"
-        )
-    }
+/// Every advisory lock in the current database: a SQL condition on pg_locks aliased `l`.
+pub const ALL_ADVISORY: &str = "l.locktype = 'advisory' \
+    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+
+/// A SQL condition on pg_locks (aliased `l`) that matches exactly these locks in the current
+/// database (none for an empty list). The one place that knows where pg_locks shows an advisory
+/// lock, so every statement that looks for one uses it; the text holds only numbers.
+pub fn pg_locks_match(ids: &[LockId]) -> String {
+    predicate(ids, " ")
+}
+
+/// [`pg_locks_match`] laid out for a person to read and paste, one condition a line.
+pub fn pg_locks_match_pretty(ids: &[LockId]) -> String {
+    predicate(ids, "\n   ")
+}
+
+/// Many locks are three arrays of coordinates, which the server joins by hashing: a list of
+/// 1026 row comparisons took 20 ms to plan, the arrays well under 1 ms.
+fn predicate(ids: &[LockId], sep: &str) -> String {
+    let which = match ids {
+        [] => "false".to_string(),
+        [one] => {
+            let (classid, objid, objsubid) = one.pg_locks_coordinates();
+            format!("l.classid = {classid} AND l.objid = {objid} AND l.objsubid = {objsubid}")
+        }
+        many => {
+            let column = |pick: fn((u32, u32, i16)) -> String| {
+                let list: Vec<String> = many
+                    .iter()
+                    .map(|id| pick(id.pg_locks_coordinates()))
+                    .collect();
+                list.join(",")
+            };
+            format!(
+                "(l.classid, l.objid, l.objsubid) IN (SELECT * FROM unnest('{{{}}}'::oid[], \
+                 '{{{}}}'::oid[], '{{{}}}'::int2[]))",
+                column(|c| c.0.to_string()),
+                column(|c| c.1.to_string()),
+                column(|c| c.2.to_string()),
+            )
+        }
+    };
+    format!(
+        "l.locktype = 'advisory'{sep}AND l.database = (SELECT oid FROM pg_database WHERE \
+         datname = current_database()){sep}AND {which}"
+    )
 }
 
 impl fmt::Display for LockId {
@@ -251,6 +299,39 @@ mod tests {
         assert_eq!(((classid as u64) << 32 | objid as u64) as i64, id);
         assert_eq!(sub, 1);
         assert_eq!(LockId::Pair(-1, 7).pg_locks_coordinates(), (u32::MAX, 7, 2));
+    }
+
+    #[test]
+    fn one_predicate_for_one_or_many_locks() {
+        let db = "l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_database WHERE \
+                  datname = current_database())";
+        assert_eq!(ALL_ADVISORY, db);
+        assert_eq!(
+            pg_locks_match(&[LockId::Pair(-7, 9)]),
+            format!("{db} AND l.classid = 4294967289 AND l.objid = 9 AND l.objsubid = 2")
+        );
+        assert_eq!(
+            pg_locks_match(&[LockId::Big(-4294967289), LockId::Pair(1, 2)]),
+            format!(
+                "{db} AND (l.classid, l.objid, l.objsubid) IN (SELECT * FROM unnest(\
+                 '{{4294967295,1}}'::oid[], '{{7,2}}'::oid[], '{{1,2}}'::int2[]))"
+            )
+        );
+        assert_eq!(pg_locks_match(&[]), format!("{db} AND false"));
+        assert_eq!(
+            pg_locks_match_pretty(&[LockId::Big(5)]),
+            "l.locktype = 'advisory'\n   AND l.database = (SELECT oid FROM pg_database WHERE \
+             datname = current_database())\n   AND l.classid = 0 AND l.objid = 5 AND l.objsubid = 1"
+        );
+    }
+
+    #[test]
+    fn semaphore_ids_follow_the_documented_formula() {
+        // First 8 bytes of SHA-256(base NUL "slot" NUL i) and (base NUL "gate"), computed with
+        // Python's hashlib.
+        assert_eq!(slot_id("k", 0), LockId::Big(9009068897969849019));
+        assert_eq!(gate_id("k"), LockId::Big(-4934267895824464760));
+        assert_eq!(slot_id("lock-id:42", 2), LockId::Big(-6512913733935295479));
     }
 
     #[test]

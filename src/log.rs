@@ -18,7 +18,7 @@ pub fn verbose() -> bool {
 macro_rules! step {
     ($($arg:tt)*) => {
         if $crate::log::verbose() {
-            eprintln!("{} pglock: {}", $crate::log::now_utc(), format_args!($($arg)*));
+            $crate::log::line(format_args!("{} pglock: {}", $crate::log::now_utc(), format_args!($($arg)*)));
         }
     };
 }
@@ -27,8 +27,16 @@ macro_rules! step {
 #[macro_export]
 macro_rules! warn {
     ($($arg:tt)*) => {
-        eprintln!("pglock: {}", format_args!($($arg)*))
+        $crate::log::line(format_args!("pglock: {}", format_args!($($arg)*)))
     };
+}
+
+/// Writes one line to stderr. A message that cannot be written (a closed pipe, a hung-up
+/// terminal, a full disk) is dropped: pglock's duty to its command and its exit status come
+/// before its messages, and eprintln! would panic.
+pub fn line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{args}");
 }
 
 /// The current time as `2026-11-26T03:00:01.123Z`.

@@ -1,35 +1,51 @@
 //! pglock: run a command while holding a PostgreSQL advisory lock.
+//!
+//! The run path reads top-down: [`cli`] (clap) → [`options`] (typed) → [`run`] (wait, run,
+//! release) → [`supervise`] (the command's loop); [`exit`] turns the outcome into a number.
 
-mod classify;
+mod appname;
 mod cli;
 mod conninfo;
-mod deadman;
 mod docs;
 mod duration;
 mod exit;
 mod key;
+mod ledger;
 mod lock;
 mod log;
-mod retry;
+mod options;
+mod pg;
+mod report;
 mod run;
-mod semaphore;
-mod signals;
-mod status;
 mod supervise;
 mod tls;
-mod watch;
 
 use clap::FromArgMatches;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let matches = docs::command().get_matches();
-    if let Some(generate) = matches.subcommand_matches(docs::GENERATE) {
-        return finish(docs::run(generate), exit::CONFLICT_DEFAULT);
+    // The wait guard is pglock too, started by a waiting pglock; it is no command for users.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() == Some(supervise::wait_guard::ARG.as_ref()) {
+        let app_name = args.next().unwrap_or_default();
+        return ExitCode::from(supervise::wait_guard::serve(&app_name.to_string_lossy()));
     }
-    let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let matches = match docs::command().try_get_matches() {
+        Ok(matches) => matches,
+        Err(e) => return usage(e),
+    };
+    if let Some(generate) = matches.subcommand_matches(docs::GENERATE) {
+        return failed_or(docs::run(generate));
+    }
+    let cli = match cli::Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => return usage(e),
+    };
+    if let Err(e) = cli::check_combinations(&cli) {
+        return usage(e);
+    }
     log::set_verbose(cli.verbose);
-    let result = match &cli.sub {
+    match &cli.sub {
         Some(sub) => {
             // Reports end quietly when their reader goes away (`pglock list | head`), as ls
             // does; the lock-and-run form keeps ignoring SIGPIPE, since it must outlive its
@@ -41,22 +57,55 @@ fn main() -> ExitCode {
                     nix::sys::signal::SigHandler::SigDfl,
                 )
             };
-            status::command(sub)
+            failed_or(match sub {
+                cli::Commands::Report(sub) => report::command(sub),
+                cli::Commands::Ledger(sub) => ledger::command(sub),
+            })
         }
-        None => run::run(&cli),
-    };
-    finish(result, cli.conflict_exit_code)
+        None => {
+            let opts = options::RunOptions::from_cli(&cli);
+            let code = match run::run(&opts) {
+                Ok(outcome) => {
+                    if let Some(message) = outcome.message() {
+                        warn!("{message}");
+                    }
+                    Ok(outcome.code(cli.conflict_exit_code))
+                }
+                Err(e) => Err(e),
+            };
+            failed_or(code)
+        }
+    }
 }
 
-fn finish(result: anyhow::Result<u8>, conflict_exit_code: u8) -> ExitCode {
+/// The exit status for a result: the code itself, or the failure's after its `pglock:` line.
+fn failed_or(result: anyhow::Result<u8>) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             let message = exit::message(&err);
             if !message.is_empty() {
-                eprintln!("pglock: {message}");
+                warn!("{message}");
             }
-            ExitCode::from(exit::code_for(&err, conflict_exit_code))
+            ExitCode::from(exit::code_for(&err))
         }
     }
+}
+
+/// clap's own text (usage and all), then the `pglock:` line every error ends with.
+fn usage(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let _ = e.print();
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        return ExitCode::from(e.exit_code() as u8);
+    }
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    warn!("usage error: {first}; see 'pglock --help'");
+    // A monitoring plugin's usage errors are UNKNOWN (3), not 2 (CRITICAL).
+    if ledger::check::invoked(std::env::args_os()) {
+        return ExitCode::from(ledger::check::usage_error(&text));
+    }
+    ExitCode::from(exit::USAGE)
 }

@@ -298,13 +298,14 @@ fn min_hold_keeps_the_lock_after_a_short_command() {
     let k = unique_key("minhold");
     let id = key_id(&k);
     let dir = temp_dir("minhold");
+    // Connected first: on a loaded machine a new connection alone can take a second.
+    let mut probe = sql();
     let start = Instant::now();
     let child = start_script(
         &["--key", &k, "--min-hold", "1500ms"],
         &format!("touch {}/done; exit 4", dir.display()),
     );
     wait_until("the command", LIMIT, || dir.join("done").exists());
-    let mut probe = sql();
     assert_eq!(
         lock_rows(&mut probe, id, true),
         1,

@@ -603,7 +603,8 @@ fn bad_settings_are_usage_errors_before_connecting() {
         (
             "host=db1 target_session_attrs=standby",
             None,
-            "protect nothing",
+            "target_session_attrs=standby (from target_session_attrs in the connection string) \
+             would take the lock on a standby",
         ),
         ("host=db1", Some(("PGSSLCRL", "/x.crl")), "set by PGSSLCRL"),
     ] {
@@ -682,4 +683,92 @@ fn verbose_warns_about_a_password_on_the_command_line() {
     );
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains(warning), "{stderr}");
+}
+
+/// pglock's stderr for a run whose command must not start, and its exit code.
+fn refused(cmd: &mut Command) -> (Option<i32>, String) {
+    let (code, stdout, stderr) = output(cmd.args(["--", "echo", "ran"]));
+    assert_eq!(stdout, "", "the command ran: {stderr}");
+    (code, stderr)
+}
+
+#[test]
+fn a_variable_that_is_not_utf8_is_refused_by_name() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    // Before: PGHOST was dropped (the default socket instead), PGUSER too (the OS user instead).
+    for name in ["PGHOST", "PGUSER", "PGDATABASE", "PGSSLMODE"] {
+        let (code, stderr) = refused(
+            pglock()
+                .env(name, OsStr::from_bytes(b"db\xff"))
+                .args(["--key", "utf8"]),
+        );
+        assert_eq!(code, Some(2), "{name}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!(
+                "pglock: environment variable {name} is not valid UTF-8"
+            )),
+            "{name}: {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
+    }
+}
+
+#[test]
+fn a_check_interval_beyond_the_kernels_keepalive_limit_still_connects() {
+    // TCP_KEEPIDLE stops at 32767 s (9h6m7s); 10h failed every connection with EINVAL (exit 69).
+    // Over TCP, which is where keepalives apply.
+    let host = std::env::var("PGHOST").unwrap_or_default();
+    let host = if host.is_empty() || host.starts_with('/') {
+        "localhost".to_string()
+    } else {
+        host
+    };
+    let (code, _, stderr) = output(pglock().env("PGHOST", host).args([
+        "--check-interval",
+        "10h",
+        "--key",
+        &unique_key("keepidle"),
+        "--",
+        "true",
+    ]));
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn an_unreadable_password_file_gets_a_warning() {
+    // libpq skips it without a word; pglock says why the password in it was not used. Root reads
+    // any file, so as root pglock runs as nobody.
+    let dir = temp_dir("pgpass-unreadable");
+    let file = dir.join("pgpass");
+    write(&file, "*:*:*:*:Zq7Secret\n", 0o000);
+    let mut cmd = if nix::unistd::geteuid().is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]);
+        c
+    } else {
+        pglock()
+    };
+    cmd.env_remove("PGPASSWORD")
+        .env_remove("PGLOCK_DATABASE_URL")
+        .env("PGPASSFILE", &file)
+        .args(["-d", "host=127.0.0.1", "--key", "pgpass"]);
+    let (code, stderr) = refused(&mut cmd);
+    let warning = format!(
+        "pglock: warning: password file \"{}\" cannot be read (Permission denied",
+        file.display()
+    );
+    assert!(stderr.starts_with(&warning), "{stderr}");
+    assert_eq!(code, Some(69), "{stderr}");
+    assert!(!stderr.contains("Zq7Secret"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn durations_take_their_units_largest_first() {
+    // `1m1h` used to mean 61 minutes.
+    let (code, stderr) = refused(pglock().args(["--timeout", "1m1h", "--key", "duration"]));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("'1m1h'"), "{stderr}");
+    assert!(stderr.contains("largest first"), "{stderr}");
 }

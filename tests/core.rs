@@ -388,6 +388,7 @@ fn helper_count_sigint() {
     let dir = Path::new(&dir);
     let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let c = count.clone();
+    // SAFETY: the handler does one atomic add, which is async-signal-safe.
     unsafe {
         signal_hook::low_level::register(signal_hook::consts::SIGINT, move || {
             c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -35,10 +35,28 @@ fn generated_files_are_up_to_date() {
     assert_eq!(count, 6, "the man page and five completion files: {listed}");
     assert!(
         stale.is_empty(),
-        "{} differ from what the current clap definition generates; regenerate them from the \
-         repository root with:\n\n    {REGENERATE}\n",
+        "{} differ from what the current clap definition generates; regenerate them with:\n\n    \
+         {REGENERATE}\n",
         stale.join(", ")
     );
+
+    // Without DIR, run from another directory: the files go to the source tree (and, being up
+    // to date, are left as they are), never into the current directory. Checked here, after the
+    // staleness check, so that it cannot refresh a stale file before that check reads it.
+    let elsewhere = temp_dir("docs-cwd");
+    let out = pglock()
+        .arg("generate-docs")
+        .current_dir(&elsewhere)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(listed.lines().count(), 6, "{listed}");
+    for written in listed.lines() {
+        assert!(Path::new(written).starts_with(repo()), "{written}");
+    }
+    let litter: Vec<_> = std::fs::read_dir(&elsewhere).unwrap().collect();
+    assert!(litter.is_empty(), "{litter:?}");
 }
 
 #[test]

@@ -205,8 +205,23 @@ fn a_sigkilled_waiter_leaves_the_queue() {
     wait_until("the waiter", LIMIT, || {
         lock_rows(&mut probe, id, false) == 1
     });
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    // Before PostgreSQL 14 only the wait guard gets a dead waiter out of the queue.
+    let mut guard = 0;
+    wait_until("the wait guard", LIMIT, || {
+        guard = wait_guard_of(child.id()).unwrap_or(0);
+        guard != 0
+    });
+    assert!(
+        sockets_of(guard).is_empty(),
+        "the guard must not keep the lock connection open"
+    );
+    // A group kill, which must miss the guard: it runs in a session of its own.
+    nix::sys::signal::killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
     finish(child);
+    wait_until("the guard to do its work and exit", LIMIT, || {
+        !std::path::Path::new(&format!("/proc/{guard}/cmdline")).exists()
+            || read(Path::new(&format!("/proc/{guard}/stat"))).contains(") Z")
+    });
     let start = Instant::now();
     wait_until("the dead waiter to leave", Duration::from_secs(5), || {
         lock_rows(&mut probe, id, false) == 0
@@ -276,4 +291,29 @@ fn retry_connect_waits_for_a_server_that_comes_up_late() {
             .env("PGPORT", down.port.to_string()),
     ));
     assert_eq!(rc, 69, "{err}");
+}
+
+/// The wait guard a waiting pglock started, if any: a child of one of its threads.
+fn wait_guard_of(pglock: u32) -> Option<i32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pglock}/task")).ok()?;
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .find(|pid| read(Path::new(&format!("/proc/{pid}/cmdline"))).contains("__wait-guard"))
+}
+
+/// The sockets a process has open.
+fn sockets_of(pid: i32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .map(|p| p.display().to_string())
+                .filter(|p| p.starts_with("socket:"))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::io::Read;
 use std::process::{Child, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -19,16 +19,24 @@ struct Holder {
 
 impl Holder {
     fn start(key: &str) -> Holder {
+        Holder::run(&["--key", key], |client| {
+            lock_rows(client, key_id(key), true) == 1
+        })
+    }
+
+    /// pglock with `args` around `cat`, once `ready` sees it on the server.
+    fn run(args: &[&str], mut ready: impl FnMut(&mut postgres::Client) -> bool) -> Holder {
         let child = pglock()
-            .args(["--key", key, "--", "cat"])
+            .args(args)
+            .args(["--", "cat"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let mut client = sql();
-        let id = key_id(key);
-        wait_until("the holder to take the lock", LIMIT, || {
-            lock_rows(&mut client, id, true) == 1
+        wait_until("the holder to queue or take the lock", LIMIT, || {
+            ready(&mut client)
         });
         Holder { child }
     }
@@ -355,6 +363,13 @@ fn check_schema(row: &Value) {
     for field in ["classid", "objid", "objsubid"] {
         assert!(obj[field].is_u64(), "{field}: {row}");
     }
+    let for_id = &obj["for_lock_id"];
+    assert!(
+        for_id.is_null() || for_id.is_i64() || for_id.as_array().is_some_and(|a| a.len() == 2),
+        "{row}"
+    );
+    assert!(obj["slot"].is_null() || obj["slot"].is_u64(), "{row}");
+    assert!(obj["queue"].is_boolean(), "{row}");
     assert!(
         obj["mode"] == "exclusive" || obj["mode"] == "shared",
         "{row}"
@@ -487,6 +502,20 @@ fn hidden_sessions_are_reported_not_shown_empty() {
         "{err}"
     );
     assert!(stdout(&status).contains(" ? "), "{}", stdout(&status));
+    // A note that cannot be written is dropped: the report and its status stand.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let quiet = pglock()
+        .args(["status", "--key", &key])
+        .env("PGUSER", &role)
+        .env("PGPASSWORD", "pw")
+        .stderr(full)
+        .output()
+        .unwrap();
+    assert_eq!(quiet.status.code(), Some(0));
+    assert_eq!(stdout(&quiet), stdout(&status));
 
     let busy = as_role(&["--key", &key, "--nowait", "--", "true"]);
     assert_eq!(busy.status.code(), Some(75));
@@ -626,4 +655,368 @@ fn verbose_wait_reports_the_holder_when_it_starts() {
 
 fn hostname() -> String {
     nix::unistd::gethostname().unwrap().into_string().unwrap()
+}
+
+/// Slot `i` of the `--limit` semaphore on `base` (SHA-256 of base NUL "slot" NUL i), or its
+/// queue (base NUL "gate"), computed here as the README gives the formula.
+fn semaphore_lock(base: &str, what: &str) -> i64 {
+    key_id(&format!("{base}\0{what}"))
+}
+
+fn slot(base: &str, i: usize) -> i64 {
+    semaphore_lock(base, &format!("slot\0{i}"))
+}
+
+/// Granted rows among the first `n` slots of `base`'s semaphore.
+fn slots_taken(client: &mut postgres::Client, base: &str, n: usize) -> i64 {
+    (0..n).map(|i| lock_rows(client, slot(base, i), true)).sum()
+}
+
+#[test]
+fn status_and_list_see_a_limit_semaphore() {
+    let key = unique_key("sem");
+    let args = ["--key", key.as_str(), "--limit", "3"];
+    let mut holders: Vec<Holder> = (1..=2)
+        .map(|n| Holder::run(&args, |c| slots_taken(c, &key, 3) == n))
+        .collect();
+
+    // The README's "is a deploy running?" guard, with and without the limit.
+    for extra in [&[][..], &["--limit", "3"][..]] {
+        let out = pglock()
+            .args(["status", "--key", &key])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let text = stdout(&out);
+        assert!(
+            text.starts_with(&format!(
+                "lock \"{key}\" is held: 2 of 3 slots taken (--limit)\nSLOT "
+            )),
+            "{text}"
+        );
+        assert_eq!(text.lines().filter(|l| l.starts_with("slot ")).count(), 2);
+        assert!(text.contains(&format!("pglock:{key}@")), "{text}");
+    }
+    let json = pglock()
+        .args(["status", "--key", &key, "--json"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        (&v["held"], &v["limit"], &v["slots_taken"]),
+        (&json!(true), &json!(3), &json!(2))
+    );
+    assert_eq!(v["holders"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v["holders"][0]["key"], key.as_str());
+    assert!(v["holders"][0]["slot"].as_u64().unwrap() < 3, "{v}");
+
+    // Fill the third slot, then queue two more: the first waits at the head of the queue, the
+    // second behind it.
+    holders.push(Holder::run(&args, |c| slots_taken(c, &key, 3) == 3));
+    let gate = semaphore_lock(&key, "gate");
+    holders.push(Holder::run(&args, |c| lock_rows(c, gate, true) == 1));
+    holders.push(Holder::run(&args, |c| lock_rows(c, gate, false) == 1));
+
+    let out = pglock().args(["list", "--json"]).output().unwrap();
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let ours: Vec<&Value> = rows.iter().filter(|r| r["key"] == key.as_str()).collect();
+    // The head of the queue also waits on one slot.
+    let mut slots: Vec<u64> = ours
+        .iter()
+        .filter(|r| r["granted"] == true)
+        .filter_map(|r| r["slot"].as_u64())
+        .collect();
+    slots.sort();
+    assert_eq!(slots, [0, 1, 2], "{ours:#?}");
+    let queue: Vec<&&Value> = ours.iter().filter(|r| r["queue"] == true).collect();
+    assert_eq!(queue.len(), 2, "{ours:#?}");
+    for row in &ours {
+        check_schema(row);
+        let id = row["lock_id"].as_i64().unwrap();
+        match row["slot"].as_u64() {
+            Some(i) => assert_eq!(id, slot(&key, i as usize)),
+            None => assert_eq!(id, gate),
+        }
+    }
+    let table = stdout(&pglock().args(["list"]).output().unwrap());
+    for expect in [
+        format!("{key} slot 0 "),
+        format!("{key} slot 2 "),
+        format!("{key} queue "),
+    ] {
+        assert!(
+            table.lines().any(|l| l.starts_with(&expect)),
+            "{expect}: {table}"
+        );
+    }
+    let queue_lines: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with(&format!("{key} queue ")))
+        .collect();
+    assert!(queue_lines[0].contains(" next in line "), "{table}");
+    assert!(queue_lines[1].contains(" in line #2 "), "{table}");
+    assert!(
+        table
+            .lines()
+            .all(|l| !l.starts_with(&format!("--lock-id {gate} "))),
+        "{table}"
+    );
+
+    // `key --limit` prints the same ids, and a query that finds the holders.
+    let out = pglock()
+        .args(["key", &key, "--limit", "3"])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    for (what, id) in [
+        ("slot 0", slot(&key, 0)),
+        ("slot 2", slot(&key, 2)),
+        ("queue", gate),
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(what) && l.split_whitespace().any(|w| w == id.to_string())),
+            "{what} {id}: {text}"
+        );
+    }
+    let query = text[text.find("SELECT").unwrap()..].trim_end_matches([';', '\n']);
+    // Three holders; the head holds the queue and waits on a slot; one more waits in the queue.
+    assert_eq!(sql().query(query, &[]).unwrap().len(), 6, "{query}");
+
+    for holder in holders {
+        holder.release();
+    }
+}
+
+/// A table line's words.
+fn cells(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+/// A key made of `word` and something unique, short enough to fit in application_name whole.
+fn short_key(word: &str) -> String {
+    unique_key("x").replacen("test-x", word, 1)
+}
+
+#[test]
+fn keys_with_non_ascii_and_control_characters_survive_in_reports() {
+    let key = short_key("dé\tp");
+    let shown = key.replace('\t', "\\t");
+    let holder = Holder::start(&key);
+    let pid = Holder::backend_pid(&key);
+    let name: String = sql()
+        .query_one(
+            "SELECT application_name FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .unwrap()
+        .get(0);
+    let encoded = key.replace('é', "%C3%A9").replace('\t', "%09");
+    assert!(name.starts_with(&format!("pglock:{encoded}@")), "{name}");
+
+    let busy = pglock()
+        .args(["--key", &key, "--nowait", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(busy.status.code(), Some(75));
+    assert!(
+        stderr(&busy).contains(&format!(" is held by pglock:{shown}@")),
+        "{}",
+        stderr(&busy)
+    );
+    let status = pglock().args(["status", "--key", &key]).output().unwrap();
+    let text = stdout(&status);
+    assert!(
+        text.starts_with(&format!("lock \"{shown}\" (id ")),
+        "{text}"
+    );
+    assert!(text.contains(&format!(" pglock:{shown}@")), "{text}");
+
+    let list = pglock().args(["list", "--json"]).output().unwrap();
+    let rows: Vec<Value> = serde_json::from_slice(&list.stdout).unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r["lock_id"] == key_id(&key))
+        .expect("the lock");
+    assert_eq!(row["key"], key.as_str());
+    assert_eq!(row["application_name"], name.as_str());
+    let table = stdout(&pglock().args(["list"]).output().unwrap());
+    assert!(
+        table
+            .lines()
+            .any(|l| cells(l).starts_with(&[&shown, "exclusive", "held"])),
+        "{table}"
+    );
+    holder.release();
+}
+
+#[test]
+fn a_key_and_a_lock_id_of_the_same_number_read_differently() {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = format!(
+        "{}{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let id: i64 = n.parse().unwrap();
+    let by_key = Holder::start(&n);
+    let by_id = Holder::run(&["--lock-id", &n], |c| lock_rows(c, id, true) == 1);
+
+    let table = stdout(&pglock().args(["list"]).output().unwrap());
+    let by_key_line = [n.as_str(), "exclusive", "held"];
+    assert!(
+        table.lines().any(|l| cells(l).starts_with(&by_key_line)),
+        "{table}"
+    );
+    let by_id_line = ["--lock-id", n.as_str(), "exclusive", "held"];
+    assert!(
+        table
+            .lines()
+            .any(|l| cells(l).starts_with(&by_id_line) && l.contains(&format!(" pglock:#{n}@"))),
+        "{table}"
+    );
+    let out = pglock().args(["list", "--json"]).output().unwrap();
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let raw = rows.iter().find(|r| r["lock_id"] == id).unwrap();
+    assert_eq!(
+        (&raw["key"], &raw["for_lock_id"]),
+        (&Value::Null, &json!(id))
+    );
+    let keyed = rows.iter().find(|r| r["lock_id"] == key_id(&n)).unwrap();
+    assert_eq!(
+        (&keyed["key"], &keyed["for_lock_id"]),
+        (&json!(n), &Value::Null)
+    );
+
+    let status = pglock().args(["status", "--lock-id", &n]).output().unwrap();
+    assert!(
+        stdout(&status).starts_with(&format!("lock {n} is held\n")),
+        "{}",
+        stdout(&status)
+    );
+    by_key.release();
+    by_id.release();
+}
+
+#[test]
+fn a_report_that_cannot_be_written_is_one_error_line_not_a_panic() {
+    let key = unique_key("full");
+    let holder = Holder::start(&key);
+    for args in [
+        vec!["key", "foo"],
+        vec!["status", "--key", &key],
+        vec!["list"],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = pglock().args(&args).stdout(full).output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(
+            err,
+            "pglock: cannot write the report to standard output: No space left on device \
+             (os error 28)\n",
+            "{args:?}"
+        );
+    }
+    holder.release();
+}
+
+#[test]
+fn a_report_to_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    for args in [vec!["key", "foo"], vec!["list"]] {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        drop(read);
+        let out = pglock()
+            .args(&args)
+            .stdout(Stdio::from(write))
+            .output()
+            .unwrap();
+        assert_eq!(stderr(&out), "", "{args:?}");
+        assert_eq!(out.status.signal(), Some(nix::libc::SIGPIPE), "{args:?}");
+    }
+}
+
+#[test]
+fn verbose_wait_on_a_full_semaphore_names_its_holders() {
+    let key = unique_key("semwait");
+    let args = ["--key", key.as_str(), "--limit", "2"];
+    let holders: Vec<Holder> = (1..=2)
+        .map(|n| Holder::run(&args, |c| slots_taken(c, &key, 2) == n))
+        .collect();
+    let mut waiter = pglock()
+        .args(args)
+        .args(["-v", "--", "true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&log);
+    let mut err = waiter.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        while let Ok(n @ 1..) = err.read(&mut buf) {
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    wait_until("the holder line", LIMIT, || {
+        log.lock().unwrap().contains("1st of 1 in line")
+    });
+    for holder in holders {
+        holder.release();
+    }
+    assert!(waiter.wait().unwrap().success());
+    reader.join().unwrap();
+    let log = log.lock().unwrap().clone();
+    let line = log
+        .lines()
+        .find(|l| l.contains("1st of 1 in line"))
+        .unwrap();
+    assert!(
+        line.contains(&format!("lock \"{key}\" is held by pglock:{key}@"))
+            && line.contains("/2 (backend ")
+            && line.contains(" and 1 other; waiting "),
+        "{line}"
+    );
+}
+
+#[test]
+fn verbose_wait_with_stderr_on_a_full_disk_runs_the_command() {
+    let key = unique_key("vfull");
+    let holder = Holder::start(&key);
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut waiter = pglock()
+        .args(["--key", &key, "-v", "--", "true"])
+        .stderr(full)
+        .spawn()
+        .unwrap();
+    // The observer has looked, and so has written (or dropped) its holder line, once its
+    // session has finished the report query.
+    let observer = format!("pglock-watch@{}:{}", hostname(), waiter.id());
+    let mut client = sql();
+    wait_until("the observer's first look", LIMIT, || {
+        if let Some(status) = waiter.try_wait().unwrap() {
+            panic!("pglock ended while waiting: {status}");
+        }
+        let looked: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+                 AND state = 'idle' AND query LIKE 'WITH r AS (%'",
+                &[&observer],
+            )
+            .unwrap()
+            .get(0);
+        looked == 1
+    });
+    holder.release();
+    assert_eq!(waiter.wait().unwrap().code(), Some(0));
 }

@@ -200,8 +200,9 @@ fn torture() {
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains("helper_critical_section"))
+            // Only this run's sections: their environment names this run's log.
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&log.display().to_string()))
                 .unwrap_or(false)
         })
         .collect();

@@ -1,9 +1,15 @@
 //! The files libpq reads besides the connection string: service files (pg_service.conf) and the
 //! password file (~/.pgpass).
 
-use super::{Entry, Env, Options, SYSCONFDIR, Source, lookup, usage};
+use super::hosts::Entry;
+use super::known::lookup;
+use super::{Env, Options, Source, path_var, usage};
 use anyhow::Result;
-use std::path::{Path, PathBuf};
+use std::io::ErrorKind;
+use std::path::Path;
+
+/// Debian's libpq looks for the system-wide pg_service.conf here when PGSYSCONFDIR is unset.
+const SYSCONFDIR: &str = "/etc/postgresql-common";
 
 /// Fills unset options from the named service: PGSERVICEFILE (or ~/.pg_service.conf) first,
 /// then PGSYSCONFDIR/pg_service.conf. The first file that defines the service is the only one
@@ -14,10 +20,10 @@ pub(super) fn apply_service(
     env: Env,
     home: Option<&Path>,
 ) -> Result<()> {
-    let user_file = env("PGSERVICEFILE")
-        .map(PathBuf::from)
-        .or_else(|| home.map(|h| h.join(".pg_service.conf")));
-    let system_file = PathBuf::from(env("PGSYSCONFDIR").unwrap_or_else(|| SYSCONFDIR.into()))
+    let user_file =
+        path_var(env, "PGSERVICEFILE").or_else(|| home.map(|h| h.join(".pg_service.conf")));
+    let system_file = path_var(env, "PGSYSCONFDIR")
+        .unwrap_or_else(|| SYSCONFDIR.into())
         .join("pg_service.conf");
     let mut searched = Vec::new();
     for file in user_file.into_iter().chain([system_file]) {
@@ -100,26 +106,9 @@ pub(super) fn password_from_file(
     dbname: &str,
     user: &str,
 ) -> Result<Option<String>> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(file) else {
+    let Some(text) = read_password_file(file) else {
         return Ok(None);
     };
-    let shown = file.display();
-    if !meta.is_file() {
-        crate::warn!("warning: password file \"{shown}\" is not a plain file; ignoring it");
-        return Ok(None);
-    }
-    if meta.mode() & 0o077 != 0 {
-        crate::warn!(
-            "warning: password file \"{shown}\" has group or world access, so it is ignored; \
-             run chmod 0600 \"{shown}\""
-        );
-        return Ok(None);
-    }
-    let Ok(text) = std::fs::read(file) else {
-        return Ok(None);
-    };
-    let text = String::from_utf8_lossy(&text);
     let mut found: Vec<String> = Vec::new();
     for e in entries {
         if let Some(pw) = passfile_match(&text, &e.passfile_host, &e.port_text, dbname, user)
@@ -131,11 +120,47 @@ pub(super) fn password_from_file(
     if found.len() > 1 {
         // rust-postgres sends one password to every host of the list.
         return Err(usage(format!(
-            "password file \"{shown}\" gives different passwords for the hosts of the host list; \
-             pglock needs one password for all of them (use a \"*\" line or PGPASSWORD)"
+            "password file \"{}\" gives different passwords for the hosts of the host list; \
+             pglock needs one password for all of them (use a \"*\" line or PGPASSWORD)",
+            file.display()
         )));
     }
     Ok(found.pop())
+}
+
+/// The text of a password file pglock may use. A missing file is skipped quietly; one that
+/// exists but is not used gets a warning: libpq's for a file that is not plain or that others
+/// can read, and one of pglock's own for a file it cannot read, which libpq skips without a
+/// word, leaving the user to wonder why the password in it was not sent.
+fn read_password_file(file: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let shown = file.display();
+    let unreadable = |e: std::io::Error| -> Option<String> {
+        crate::warn!("warning: password file \"{shown}\" cannot be read ({e}); ignoring it");
+        None
+    };
+    let meta = match std::fs::metadata(file) {
+        Ok(meta) => meta,
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+            return None;
+        }
+        Err(e) => return unreadable(e),
+    };
+    if !meta.is_file() {
+        crate::warn!("warning: password file \"{shown}\" is not a plain file; ignoring it");
+        return None;
+    }
+    if meta.mode() & 0o077 != 0 {
+        crate::warn!(
+            "warning: password file \"{shown}\" has group or world access, so it is ignored; \
+             run chmod 0600 \"{shown}\""
+        );
+        return None;
+    }
+    match std::fs::read(file) {
+        Ok(text) => Some(String::from_utf8_lossy(&text).into_owned()),
+        Err(e) => unreadable(e),
+    }
 }
 
 /// The first line of a password file that matches, de-escaped.

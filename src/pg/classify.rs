@@ -19,7 +19,7 @@
 //! server hangs up at once, and a statement-pooling PgBouncer, which closes the connection when a
 //! transaction stays open, is found by [`rejects_transactions`].
 
-use crate::lock::Opener;
+use super::Opener;
 use std::io::ErrorKind;
 
 /// What to do about a failure of the lock connection.
@@ -190,12 +190,12 @@ pub fn rejects_transactions(opener: &Opener) -> bool {
     let Ok(mut probe) = opener.open() else {
         return false;
     };
-    if probe.simple_query("SELECT 1").is_err() {
+    if probe.query("SELECT 1").is_err() {
         return false;
     }
-    match probe.simple_query("BEGIN") {
+    match probe.query("BEGIN") {
         Ok(_) => {
-            let _ = probe.simple_query("ROLLBACK");
+            let _ = probe.query("ROLLBACK");
             false
         }
         Err(e) => e.is_closed() || e.code().is_none() && io_kind(&e).is_some(),

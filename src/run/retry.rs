@@ -1,5 +1,6 @@
-//! Waiting out failures of the lock connection: whether to try again ([`crate::classify`]), for
-//! how long (the wait the user asked for), and how long to pause before the next try.
+//! Waiting out failures of the lock connection: whether to try again
+//! ([`crate::pg::classify`]), for how long (the wait the user asked for), and how long to pause
+//! before the next try.
 //!
 //! How long failures that may pass are retried:
 //! - `--nowait`: not beyond `--retry-connect`; then exit 69.
@@ -19,11 +20,12 @@
 //! every try costs the server a backend start and an authentication: W waiters retrying at a
 //! mean 2.5 s (W = 1000: 400 logins a second) load it more than they wait.
 
-use crate::classify::{self, Class, Fatal};
-use crate::cli::Scope;
-use crate::lock::{self, Opener};
-use crate::watch::Note;
+use crate::pg::classify::{self, Class, Fatal};
+use crate::pg::sql::Scope;
+use crate::pg::{Opener, describe_error};
+use crate::report::Note;
 use crate::{duration, step};
+use nix::sys::signal::Signal;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The first backoff ceiling.
@@ -113,7 +115,7 @@ pub enum Verdict {
     /// The pause is over: connect again.
     Again,
     /// A terminating signal arrived during the pause.
-    Interrupted(i32),
+    Interrupted(Signal),
     /// Give up as "cannot connect" (69).
     Unavailable,
     /// Give up as "the wait is over" (75); the text says what kept pglock from the lock.
@@ -180,7 +182,7 @@ impl<'a> Retry<'a> {
         &mut self,
         e: &postgres::Error,
         stage: Stage,
-        pause: &dyn Fn(Duration) -> Option<i32>,
+        pause: &dyn Fn(Duration) -> Option<Signal>,
     ) -> Verdict {
         let (class, why) = self.classify(e, stage);
         let slot = match class {
@@ -220,7 +222,7 @@ impl<'a> Retry<'a> {
                 "pglock: waiting {} for a connection slot for lock \"{}\" ({})",
                 duration::format(self.started.elapsed()),
                 self.label,
-                lock::describe_error(e)
+                describe_error(e)
             ));
         }
         match pause(delay) {
@@ -231,7 +233,7 @@ impl<'a> Retry<'a> {
 
     /// The class of a failure and the reason to log or report.
     fn classify(&self, e: &postgres::Error, stage: Stage) -> (Class, String) {
-        let described = lock::describe_error(e);
+        let described = describe_error(e);
         let class = classify::classify(e);
         let lock_asked = match stage {
             Stage::Connect { began } if queued(e, began) => {
@@ -270,7 +272,7 @@ impl<'a> Retry<'a> {
 /// Whether a connection attempt that ended in a closed connection had been waiting in a queue.
 /// A server that is down (or a proxy or pooler in front of it) hangs up at once; a pooler that
 /// gives up on a client waiting for a server connection (PgBouncer's query_wait_timeout, in whole
-/// seconds) held it open first. The pooler's error itself is lost: see [`crate::classify`].
+/// seconds) held it open first. The pooler's error itself is lost: see [`crate::pg::classify`].
 fn queued(e: &postgres::Error, began: Instant) -> bool {
     e.is_closed() && e.code().is_none() && began.elapsed() >= classify::QUEUED_AFTER
 }

@@ -7,14 +7,21 @@
 //! - -v: the holder line when the wait starts and again every minute, as log lines.
 //! - otherwise (cron, CI, pipes): no observer, no thread, no extra connection, no query.
 //!
+//! For a `--limit` semaphore the observer watches its slots, whose holders keep us out, and its
+//! queue: the queue lock's holder is first in line, its waiters come after it.
+//!
 //! The observer never delays the main flow: stopping it only flips a flag and erases the line,
 //! under the lock that every draw takes, so a draw can't land after the erase. A query still in
 //! flight just finishes in the background and its connection closes with the thread.
 
+use super::model::{self, Row};
+use super::render;
+use super::sql::Locks;
+use crate::appname::{self, AppName};
 use crate::key::LockId;
-use crate::lock::{self, Opener, Session};
-use crate::status::{self, Row};
-use crate::{conninfo, step};
+use crate::lock::Semaphore;
+use crate::pg::{Opener, Session};
+use crate::step;
 use nix::unistd::isatty;
 use std::io::Write;
 use std::os::fd::BorrowedFd;
@@ -35,8 +42,6 @@ const LOG_TRIES: u32 = 10;
 const LOG_EVERY: Duration = Duration::from_secs(60);
 /// The observer is an extra; it must not hang on an unreachable server for long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// TCP keepalive probing for the observer's connection, which lives as long as the wait.
-const KEEPALIVE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -46,12 +51,13 @@ enum Mode {
 
 /// What the observer needs to know about the wait.
 pub struct Wait<'a> {
-    pub database_url: Option<&'a str>,
+    /// The lock connection's opener: the observer connects the same way under its own name.
+    pub opener: &'a Opener,
     pub id: LockId,
+    /// With `--limit`: watch its slots and queue instead of `id`.
+    pub semaphore: Option<&'a Semaphore>,
     pub label: &'a str,
     pub shared: bool,
-    /// The lock connection's application_name, which identifies our queued request.
-    pub app_name: &'a str,
     pub verbose: bool,
     pub quiet: bool,
 }
@@ -88,13 +94,22 @@ impl Watch {
             drawn: false,
         }));
         let (stop, stopped) = mpsc::channel();
+        let (ids, gate) = match wait.semaphore {
+            Some(sem) => {
+                let mut ids = sem.slots.clone();
+                ids.push(sem.gate);
+                (ids, Some(sem.gate))
+            }
+            None => (vec![wait.id], None),
+        };
         let mut observer = Observer {
             mode,
-            database_url: wait.database_url.map(str::to_string),
-            id: wait.id,
+            opener: observer_opener(wait.opener),
+            ids,
+            gate,
             label: wait.label.to_string(),
             shared: wait.shared,
-            app_name: wait.app_name.to_string(),
+            app_name: wait.opener.application_name().to_string(),
             screen: Arc::clone(&screen),
             session: None,
             started: Instant::now(),
@@ -153,8 +168,11 @@ fn lock(screen: &Mutex<Screen>) -> std::sync::MutexGuard<'_, Screen> {
 
 struct Observer {
     mode: Mode,
-    database_url: Option<String>,
-    id: LockId,
+    opener: Opener,
+    /// The locks to look at.
+    ids: Vec<LockId>,
+    /// A semaphore's queue lock, among `ids`.
+    gate: Option<LockId>,
     label: String,
     shared: bool,
     app_name: String,
@@ -163,8 +181,18 @@ struct Observer {
     started: Instant,
 }
 
+/// The lock's opener under the observer's name, `pglock-watch@host:pid`: not `pglock:`, since
+/// it holds nothing. Same target, settings and TLS connector: nothing is resolved again.
+fn observer_opener(lock: &Opener) -> Opener {
+    let watch = appname::Observer::Watch;
+    let name = AppName::parse(lock.application_name())
+        .map_or_else(|| AppName::observer(watch), |ours| ours.as_observer(watch));
+    lock.renamed(&name.encoded(), CONNECT_TIMEOUT)
+}
+
 /// What one look at the server found.
 struct Seen {
+    /// The rows of the locks whose holders keep us out.
     rows: Vec<Row>,
     /// Our queued request: its position in line.
     position: Option<i64>,
@@ -187,50 +215,57 @@ impl Seen {
 
 impl Observer {
     fn run(&mut self, stop: Receiver<()>) {
+        // True when the wait is over.
         let sleep = |d: Duration| !matches!(stop.recv_timeout(d), Err(RecvTimeoutError::Timeout));
         match self.mode {
-            Mode::Line => {
-                if sleep(TTY_GRACE) {
-                    return;
-                }
-                let mut seen = None;
-                let mut asked: Option<Instant> = None;
-                loop {
-                    if asked.is_none_or(|t| t.elapsed() >= TTY_REFRESH) {
-                        asked = Some(Instant::now());
-                        // Keep the last answer if this look fails: a stale holder beats none.
-                        if let Some(now) = self.look() {
-                            seen = Some(now);
-                        }
-                    }
-                    self.draw(&self.line(seen.as_ref()));
-                    if sleep(TTY_REDRAW) {
-                        return;
-                    }
+            Mode::Line => self.run_line(&sleep),
+            Mode::Log => self.run_log(&sleep),
+        }
+    }
+
+    /// The status line: redrawn every second, the server asked every two.
+    fn run_line(&mut self, sleep: &dyn Fn(Duration) -> bool) {
+        if sleep(TTY_GRACE) {
+            return;
+        }
+        let mut seen = None;
+        let mut asked: Option<Instant> = None;
+        loop {
+            if asked.is_none_or(|t| t.elapsed() >= TTY_REFRESH) {
+                asked = Some(Instant::now());
+                // Keep the last answer if this look fails: a stale holder beats none.
+                if let Some(now) = self.look() {
+                    seen = Some(now);
                 }
             }
-            Mode::Log => {
-                if sleep(LOG_FIRST) {
-                    return;
+            self.draw(&self.line(seen.as_ref()));
+            if sleep(TTY_REDRAW) {
+                return;
+            }
+        }
+    }
+
+    /// -v: a holder line when the wait starts, then one a minute.
+    fn run_log(&mut self, sleep: &dyn Fn(Duration) -> bool) {
+        if sleep(LOG_FIRST) {
+            return;
+        }
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let next = match self.look() {
+                // Our request may not be queued yet; look again soon, but not forever
+                // (a pooler may hide our application_name).
+                Some(seen) if seen.position.is_none() && tries < LOG_TRIES => LOG_RETRY,
+                Some(seen) => {
+                    self.log(&seen);
+                    LOG_EVERY
                 }
-                let mut tries = 0;
-                loop {
-                    tries += 1;
-                    let next = match self.look() {
-                        // Our request may not be queued yet; look again soon, but not forever
-                        // (a pooler may hide our application_name).
-                        Some(seen) if seen.position.is_none() && tries < LOG_TRIES => LOG_RETRY,
-                        Some(seen) => {
-                            self.log(&seen);
-                            LOG_EVERY
-                        }
-                        // The server did not answer: don't hammer it.
-                        None => LOG_EVERY,
-                    };
-                    if sleep(next) {
-                        return;
-                    }
-                }
+                // The server did not answer: don't hammer it.
+                None => LOG_EVERY,
+            };
+            if sleep(next) {
+                return;
             }
         }
     }
@@ -243,40 +278,48 @@ impl Observer {
                 "observer: opening a second connection to see who holds lock \"{}\"",
                 self.label
             );
-            let target =
-                conninfo::resolve(self.database_url.as_deref(), &conninfo::process_env).ok()?;
-            // `pglock-watch@host:pid`: not `pglock:`, it holds nothing.
-            let name = match self.app_name.rsplit_once('@') {
-                Some((_, host_pid)) => format!("pglock-watch@{host_pid}"),
-                None => "pglock-watch".into(),
-            };
-            let opener = Opener::new(&target, &name, Some(CONNECT_TIMEOUT), KEEPALIVE).ok()?;
-            match opener.open() {
+            match self.opener.open() {
                 Ok(s) => self.session = Some(s),
                 Err(e) => {
-                    step!("observer: {}", lock::describe_error(&e));
+                    step!("observer: {}", crate::pg::describe_error(&e));
                     return None;
                 }
             }
         }
         let session = self.session.as_mut()?;
-        match status::query(session, "", &self.id.pg_locks_filter()) {
-            Ok(rows) => {
-                let ours = rows
-                    .iter()
-                    .find(|r| !r.granted && r.application_name.as_deref() == Some(&self.app_name));
-                Some(Seen {
-                    position: ours.and_then(|r| r.position),
-                    waiters: rows.iter().filter(|r| !r.granted).count(),
-                    rows,
-                    at: Instant::now(),
-                })
-            }
+        match model::query(session, Locks::These(&self.ids), false) {
+            Ok(rows) => Some(self.seen(rows)),
             Err(e) => {
-                step!("observer: {}", lock::describe_error(&e));
+                step!("observer: {}", crate::pg::describe_error(&e));
                 self.session = None;
                 None
             }
+        }
+    }
+
+    /// Where we are in line. A semaphore's line is its queue lock: the holder first, then the
+    /// waiters; a plain lock's line is its waiters.
+    fn seen(&self, rows: Vec<Row>) -> Seen {
+        let ours = |r: &&Row| r.application_name.as_deref() == Some(self.app_name.as_str());
+        let (line, rows): (Vec<Row>, Vec<Row>) = match self.gate {
+            Some(gate) => rows.into_iter().partition(|r| r.id == gate),
+            None => (rows.iter().filter(|r| !r.granted).cloned().collect(), rows),
+        };
+        let head = line.iter().find(|r| r.granted);
+        let position = if head.is_some_and(|r| ours(&r)) {
+            Some(1)
+        } else {
+            line.iter()
+                .filter(|r| !r.granted)
+                .find(ours)
+                .and_then(|r| r.position)
+                .map(|p| p + i64::from(head.is_some()))
+        };
+        Seen {
+            position,
+            waiters: line.len(),
+            rows,
+            at: Instant::now(),
         }
     }
 
@@ -284,7 +327,7 @@ impl Observer {
     fn line(&self, seen: Option<&Seen>) -> String {
         let mut text = format!(
             "pglock: waiting {} for lock \"{}\"",
-            status::age_text(self.started.elapsed().as_secs() as i64),
+            render::age_text(self.started.elapsed().as_secs() as i64),
             self.label
         );
         // Most useful first: a narrow terminal cuts the end.
@@ -292,7 +335,7 @@ impl Observer {
             if let Some(pos) = seen.position {
                 text.push_str(&format!(" ({} of {} in line)", ordinal(pos), seen.waiters));
             }
-            if let Some(phrase) = status::holder_phrase(&seen.rows_now(), self.shared) {
+            if let Some(phrase) = render::holder_phrase(&seen.rows_now(), self.shared) {
                 text.push_str("; ");
                 text.push_str(&phrase);
             }
@@ -319,14 +362,14 @@ impl Observer {
         if screen.stopped {
             return;
         }
-        let mut text = match status::holder_phrase(&seen.rows, self.shared) {
+        let mut text = match render::holder_phrase(&seen.rows, self.shared) {
             Some(phrase) => format!("lock \"{}\" is {phrase}", self.label),
             None => format!("lock \"{}\" is busy", self.label),
         };
         if let Some(pos) = seen.position {
             text.push_str(&format!(
                 "; waiting {}, {} of {} in line",
-                status::age_text(self.started.elapsed().as_secs() as i64),
+                render::age_text(self.started.elapsed().as_secs() as i64),
                 ordinal(pos),
                 seen.waiters
             ));

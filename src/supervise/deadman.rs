@@ -1,11 +1,15 @@
 //! The dead man's switch: a small forked process that stops the command's whole process group
-//! if pglock dies without saying goodbye (SIGKILL, the OOM killer).
+//! if pglock dies without saying goodbye (SIGKILL, the OOM killer, a killed process group).
 //!
 //! The parent-death signal set on the command reaches only the command itself, not the children
 //! of a wrapping shell, and when pglock dies the server frees the lock at once. The switch holds
 //! the read end of a pipe whose write end only pglock has: end of file means pglock is gone, and
 //! the switch sends SIGTERM to the group, then SIGKILL after --kill-after. pglock stands it down
 //! with one byte once the command has exited.
+//!
+//! The switch starts a session of its own: a signal for pglock's process group (`kill -9 -PGID`,
+//! `timeout -s KILL`, a shell's `kill %1`) or a terminal's hangup must not take it down together
+//! with pglock, since that is exactly when it is needed.
 //!
 //! It is forked without exec from a multi-threaded process, so the child makes raw system calls
 //! only: no allocation, no locks.
@@ -31,8 +35,11 @@ impl DeadMan {
         let (read_end, write_end) =
             pipe2(OFlag::O_CLOEXEC).context("cannot create the dead man's pipe")?;
         let read_fd = read_end.as_raw_fd();
-        // SAFETY: the child runs only async-signal-safe system calls and ends in _exit.
+        // SAFETY: the child runs only async-signal-safe system calls (see `watch`) and ends in
+        // _exit, so the locks and allocator state it inherits from other threads are never
+        // touched.
         match unsafe { fork() }.context("cannot fork the dead man's switch")? {
+            // SAFETY: `read_fd` is the pipe's read end, open in the child.
             ForkResult::Child => unsafe { watch(read_fd, pgid.as_raw(), kill_after) },
             ForkResult::Parent { child } => {
                 drop(read_end);
@@ -64,8 +71,14 @@ impl Drop for DeadMan {
 }
 
 /// The switch itself.
+///
+/// # Safety
+/// Only for the child of a fork: it never returns, and `line` must be an open descriptor.
 unsafe fn watch(line: libc::c_int, pgid: libc::pid_t, kill_after: Duration) -> ! {
+    // SAFETY: raw system calls on descriptors and signal dispositions of this (single-threaded)
+    // child; nothing allocates or takes a lock.
     unsafe {
+        libc::setsid();
         // Keep nothing but the pipe: above all not the lock connection, which would keep the
         // lock alive, and not stdout/stderr, which readers wait on.
         libc::syscall(libc::SYS_close_range, 0, line as libc::c_uint - 1, 0);
@@ -75,10 +88,16 @@ unsafe fn watch(line: libc::c_int, pgid: libc::pid_t, kill_after: Duration) -> !
             libc::c_uint::MAX,
             0,
         );
-        // A terminal's keys and hangups are for the command, not for the switch.
-        for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGHUP, libc::SIGTSTP] {
-            libc::signal(sig, libc::SIG_IGN);
+        // The inherited handlers belong to pglock's signal thread, which does not exist here:
+        // back to the defaults, nothing blocked.
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
         }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         let mut byte = 0u8;
         loop {
             let n = libc::read(line, (&raw mut byte).cast(), 1);

@@ -1,0 +1,417 @@
+//! Every statement the ledger sends: the DDL that `pglock init` runs (and `--print` shows), and
+//! the queries of the run hooks and the reading commands.
+//!
+//! The table name is the only text spliced in, always as checked, double-quoted identifiers
+//! ([`Table::quoted`]); role names go through [`super::table::quote_ident`]; lock ids are
+//! numbers. Everything a user typed otherwise (keys, host names, commands, durations) travels as
+//! a bind parameter: these statements go over the extended protocol as unnamed statements,
+//! with Parse, Bind, Execute and Sync in one message, which a transaction-pooling PgBouncer keeps
+//! on one server connection. Each statement's doc lists its parameters; the types are
+//! declared with it ([`Statement::types`]), so the server never has to guess them.
+//!
+//! Every time is the server's: `clock_timestamp()`, never a host clock, and times go out as
+//! RFC 3339 UTC text or Unix seconds computed on the server.
+
+use super::table::Table;
+use crate::key::LockId;
+use postgres::types::Type;
+
+/// A statement and the types of its parameters, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    pub text: String,
+    pub types: &'static [Type],
+}
+
+/// The run statuses, as the CHECK constraint lists them.
+pub const STATUSES: [&str; 5] = ["running", "succeeded", "failed", "lost", "abandoned"];
+
+/// A timestamptz column as RFC 3339 UTC text with microseconds: `2026-11-26T03:00:01.250000Z`.
+fn rfc3339(column: &str) -> String {
+    format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+}
+
+/// Seconds from a timestamptz to now, by the server's clock.
+fn age(column: &str) -> String {
+    format!("extract(epoch FROM clock_timestamp() - {column})::float8")
+}
+
+/// `pglock init`: the table, its indexes and the grants, in one transaction serialized by a
+/// fixed advisory lock (`init_lock`), since concurrent `CREATE ... IF NOT EXISTS` can still
+/// collide in the catalogs. Its first value says whether the table existed before.
+pub fn init(table: &Table, init_lock: LockId, roles: &[String]) -> String {
+    let t = table.quoted();
+    let statuses: Vec<String> = STATUSES.iter().map(|s| format!("'{s}'")).collect();
+    let mut script = format!(
+        "-- pglock run ledger ({table}); pglock init runs exactly this.\n\
+         BEGIN;\n\
+         -- One init at a time: concurrent CREATE ... IF NOT EXISTS can collide in the catalogs.\n\
+         SELECT pg_advisory_xact_lock({lock});\n\
+         SELECT to_regclass('{t}') IS NOT NULL AS existed;\n\
+         CREATE TABLE IF NOT EXISTS {t} (\n    \
+             id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,\n    \
+             key         text        NOT NULL,\n    \
+             slot        integer,\n    \
+             host        text        NOT NULL,\n    \
+             pid         integer     NOT NULL,\n    \
+             backend_pid integer     NOT NULL,\n    \
+             db_user     text        NOT NULL,\n    \
+             started_at  timestamptz NOT NULL,\n    \
+             finished_at timestamptz,\n    \
+             status      text        NOT NULL CHECK (status IN ({statuses})),\n    \
+             exit_code   integer,\n    \
+             command     text,\n    \
+             CHECK ((status = 'running') = (finished_at IS NULL))\n\
+         );\n\
+         -- history and check by key, the next holder's last-success read, prune's newer-row test\n\
+         CREATE INDEX IF NOT EXISTS {key_started} ON {t} (key, started_at);\n\
+         CREATE INDEX IF NOT EXISTS {succeeded} ON {t} (key, started_at) WHERE status = 'succeeded';\n\
+         CREATE INDEX IF NOT EXISTS {running} ON {t} (key, slot) WHERE status = 'running';\n\
+         -- history --all and prune by age\n\
+         CREATE INDEX IF NOT EXISTS {started} ON {t} (started_at);\n",
+        lock = init_lock.sql_args(),
+        statuses = statuses.join(", "),
+        key_started = table.index("key_started"),
+        succeeded = table.index("succeeded"),
+        running = table.index("running"),
+        started = table.index("started"),
+    );
+    for role in roles {
+        script.push_str(&grant(table, role));
+    }
+    script.push_str("COMMIT;\n");
+    script
+}
+
+/// What a runner needs: read, insert, and update of the columns a run's end sets (no delete,
+/// and no rewriting of who ran what when).
+fn grant(table: &Table, role: &str) -> String {
+    format!(
+        "GRANT USAGE ON SCHEMA {schema} TO {role};\n\
+         GRANT SELECT, INSERT, UPDATE (status, finished_at, exit_code) ON {t} TO {role};\n",
+        schema = table.quoted_schema(),
+        t = table.quoted(),
+    )
+}
+
+/// The one statement before the command: marks this key's (and slot's) `running` rows
+/// `abandoned` when `$8` (holding the lock exclusively proves their pglock is gone), reads the
+/// last success, counts the failures in the `--once-per` window, decides, and inserts the
+/// `running` row only when the command will run.
+///
+/// `$1` key, `$2` slot (NULL without --limit), `$3` host, `$4` pid, `$5` command (NULL unless
+/// --record-command), `$6` the --once-per window in seconds (NULL without it), `$7`
+/// --max-attempts, `$8` whether to mark running rows abandoned.
+///
+/// One row: `verdict` (`run`, `skip` or `exhausted`), `run_id`, `last_success` (RFC 3339),
+/// `last_host`, `last_age` (seconds), `failures`, `abandoned`.
+pub fn begin(table: &Table) -> Statement {
+    let t = table.quoted();
+    let text = format!(
+        "WITH abandoned AS (\
+             UPDATE {t} SET status = 'abandoned', finished_at = clock_timestamp() \
+             WHERE $8 AND key = $1 AND slot IS NOT DISTINCT FROM $2 AND status = 'running' \
+             RETURNING id), \
+         last AS (\
+             SELECT started_at, host FROM {t} WHERE key = $1 AND status = 'succeeded' \
+             ORDER BY started_at DESC, id DESC LIMIT 1), \
+         failures AS (\
+             SELECT count(*) AS n FROM {t} \
+             WHERE $6 IS NOT NULL AND key = $1 AND status <> 'succeeded' \
+             AND started_at > clock_timestamp() - $6 * interval '1 second'), \
+         verdict AS (\
+             SELECT CASE \
+                 WHEN $6 IS NULL THEN 'run' \
+                 WHEN (SELECT started_at FROM last) > clock_timestamp() - $6 * interval '1 second' \
+                 THEN 'skip' \
+                 WHEN (SELECT n FROM failures) >= $7 THEN 'exhausted' \
+                 ELSE 'run' END AS verdict), \
+         run AS (\
+             INSERT INTO {t} (key, slot, host, pid, backend_pid, db_user, started_at, status, command) \
+             SELECT $1, $2, $3, $4, pg_backend_pid(), session_user, clock_timestamp(), 'running', $5 \
+             FROM verdict WHERE verdict = 'run' \
+             RETURNING id) \
+         SELECT v.verdict, (SELECT id FROM run) AS run_id, {last_success} AS last_success, \
+                l.host AS last_host, {last_age} AS last_age, \
+                (SELECT n FROM failures) AS failures, (SELECT count(*) FROM abandoned) AS abandoned \
+         FROM verdict v LEFT JOIN last l ON true",
+        last_success = rfc3339("l.started_at"),
+        last_age = age("l.started_at"),
+    );
+    Statement {
+        text,
+        types: &[
+            Type::TEXT,
+            Type::INT4,
+            Type::TEXT,
+            Type::INT4,
+            Type::TEXT,
+            Type::FLOAT8,
+            Type::INT4,
+            Type::BOOL,
+        ],
+    }
+}
+
+/// The one statement after the command: the run's end. `$1` run id, `$2` status, `$3` exit
+/// code. With `guard` (session scope, where this runs on the lock's own connection) the row says
+/// `lost` with exit code 74 if this session no longer holds that lock, which is what the release
+/// that follows will find; a loss already known (`$2` = `lost`) keeps its exit code, which
+/// `--on-lost ignore` takes from the command. Returns the status written, or no row if the run
+/// was no longer `running` (another holder marked it abandoned).
+pub fn finish(table: &Table, guard: Option<LockId>) -> Statement {
+    let held = match guard {
+        Some(id) => format!(
+            "EXISTS (SELECT FROM pg_locks l WHERE {} AND l.pid = pg_backend_pid() AND l.granted)",
+            crate::pg::sql::matches(&[id])
+        ),
+        None => "true".into(),
+    };
+    let text = format!(
+        "UPDATE {t} SET finished_at = clock_timestamp(), \
+             status = CASE WHEN h.held THEN $2 ELSE 'lost' END, \
+             exit_code = CASE WHEN h.held OR $2 = 'lost' THEN $3 ELSE {lost} END \
+         FROM (SELECT {held} AS held) AS h \
+         WHERE id = $1 AND status = 'running' \
+         RETURNING status",
+        t = table.quoted(),
+        lost = crate::exit::LOCK_LOST,
+    );
+    Statement {
+        text,
+        types: &[Type::INT8, Type::TEXT, Type::INT4],
+    }
+}
+
+/// `pglock history`: newest first. `$1` key (NULL: every key), `$2` seconds back (NULL: no
+/// bound), `$3` how many (NULL: all).
+pub fn history(table: &Table) -> Statement {
+    let text = format!(
+        "SELECT id, key, slot, host, pid, backend_pid, db_user, \
+                {started} AS started_at, {finished} AS finished_at, \
+                extract(epoch FROM coalesce(finished_at, clock_timestamp()) - started_at)::float8 \
+                    AS duration, \
+                status, exit_code, command \
+         FROM {t} \
+         WHERE ($1::text IS NULL OR key = $1) \
+           AND ($2::float8 IS NULL OR started_at > clock_timestamp() - $2 * interval '1 second') \
+         ORDER BY started_at DESC, id DESC \
+         LIMIT $3",
+        t = table.quoted(),
+        started = rfc3339("started_at"),
+        finished = rfc3339("finished_at"),
+    );
+    Statement {
+        text,
+        types: &[Type::TEXT, Type::FLOAT8, Type::INT8],
+    }
+}
+
+/// `pglock check`: one key's last success, last finished run and run in progress. `$1` key.
+pub fn check(table: &Table) -> Statement {
+    let t = table.quoted();
+    let newest = "ORDER BY started_at DESC, id DESC LIMIT 1";
+    let text = format!(
+        "WITH s AS (SELECT started_at, host FROM {t} WHERE key = $1 AND status = 'succeeded' {newest}), \
+              f AS (SELECT started_at, finished_at, host, status, exit_code FROM {t} \
+                    WHERE key = $1 AND status <> 'running' {newest}), \
+              r AS (SELECT started_at, host FROM {t} WHERE key = $1 AND status = 'running' {newest}) \
+         SELECT {s_at} AS success_at, s.host AS success_host, {s_age} AS success_age, \
+                {f_at} AS last_at, f.host AS last_host, f.status AS last_status, \
+                f.exit_code AS last_exit, {f_age} AS last_age, \
+                {r_at} AS running_at, r.host AS running_host, {r_age} AS running_age \
+         FROM (SELECT) AS one LEFT JOIN s ON true LEFT JOIN f ON true LEFT JOIN r ON true",
+        s_at = rfc3339("s.started_at"),
+        s_age = age("s.started_at"),
+        f_at = rfc3339("f.started_at"),
+        f_age = age("f.finished_at"),
+        r_at = rfc3339("r.started_at"),
+        r_age = age("r.started_at"),
+    );
+    Statement {
+        text,
+        types: &[Type::TEXT],
+    }
+}
+
+/// `pglock metrics`: one row per key, found with a loose index scan (one index probe per key,
+/// however many runs the table holds), as Unix seconds.
+pub fn metrics(table: &Table) -> Statement {
+    let t = table.quoted();
+    let epoch = |c: &str| format!("extract(epoch FROM {c})::float8");
+    let text = format!(
+        "WITH RECURSIVE keys AS (\
+             (SELECT key FROM {t} ORDER BY key LIMIT 1) \
+             UNION ALL \
+             SELECT (SELECT key FROM {t} WHERE key > keys.key ORDER BY key LIMIT 1) \
+             FROM keys WHERE keys.key IS NOT NULL) \
+         SELECT k.key, \
+                (SELECT {success} FROM {t} WHERE key = k.key AND status = 'succeeded') AS last_success, \
+                f.started, f.finished, f.exit_code, \
+                (SELECT count(*) FROM {t} WHERE key = k.key AND status = 'running') AS running \
+         FROM keys k \
+         LEFT JOIN LATERAL (\
+             SELECT {started} AS started, {finished} AS finished, exit_code FROM {t} \
+             WHERE key = k.key AND status <> 'running' \
+             ORDER BY started_at DESC, id DESC LIMIT 1) AS f ON true \
+         WHERE k.key IS NOT NULL \
+         ORDER BY k.key",
+        success = epoch("max(started_at)"),
+        started = epoch("started_at"),
+        finished = epoch("finished_at"),
+    );
+    Statement { text, types: &[] }
+}
+
+/// The rows `pglock prune` may delete (aliased `r`): finished, started more than `$1` seconds
+/// ago, with a newer finished run of the key, and, for a success, a newer success. So each
+/// key keeps its newest finished run, its newest success and every running row.
+fn doomed(t: &str) -> String {
+    let newer = "n.key = r.key AND (n.started_at, n.id) > (r.started_at, r.id)";
+    format!(
+        "r.status <> 'running' \
+         AND r.started_at < clock_timestamp() - $1 * interval '1 second' \
+         AND EXISTS (SELECT FROM {t} n WHERE {newer} AND n.status <> 'running') \
+         AND (r.status <> 'succeeded' \
+              OR EXISTS (SELECT FROM {t} n WHERE {newer} AND n.status = 'succeeded'))"
+    )
+}
+
+/// One batch of `pglock prune`: deletes at most `$2` rows, `$1` the age in seconds; how many.
+pub fn prune_batch(table: &Table) -> Statement {
+    let t = table.quoted();
+    Statement {
+        text: format!(
+            "WITH d AS (DELETE FROM {t} WHERE id IN \
+             (SELECT r.id FROM {t} r WHERE {} ORDER BY r.id LIMIT $2) RETURNING 1) \
+             SELECT count(*) FROM d",
+            doomed(&t)
+        ),
+        types: &[Type::FLOAT8, Type::INT8],
+    }
+}
+
+/// `pglock prune --dry-run`: how many rows a prune would delete. `$1` the age in seconds.
+pub fn prune_count(table: &Table) -> Statement {
+    let t = table.quoted();
+    Statement {
+        text: format!("SELECT count(*) FROM {t} r WHERE {}", doomed(&t)),
+        types: &[Type::FLOAT8],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Table {
+        Table::parse("ops.runs").unwrap()
+    }
+
+    #[test]
+    fn init_snapshot() {
+        let script = init(&table(), LockId::Big(7), &["\"runner\"".into()]);
+        assert!(script.starts_with("-- pglock run ledger (ops.runs)"));
+        for line in [
+            "BEGIN;",
+            "SELECT pg_advisory_xact_lock(7);",
+            "SELECT to_regclass('\"ops\".\"runs\"') IS NOT NULL AS existed;",
+            "CREATE TABLE IF NOT EXISTS \"ops\".\"runs\" (",
+            "    status      text        NOT NULL CHECK (status IN ('running', 'succeeded', \
+             'failed', 'lost', 'abandoned')),",
+            "    CHECK ((status = 'running') = (finished_at IS NULL))",
+            "CREATE INDEX IF NOT EXISTS \"runs_key_started\" ON \"ops\".\"runs\" (key, started_at);",
+            "CREATE INDEX IF NOT EXISTS \"runs_succeeded\" ON \"ops\".\"runs\" (key, started_at) \
+             WHERE status = 'succeeded';",
+            "CREATE INDEX IF NOT EXISTS \"runs_running\" ON \"ops\".\"runs\" (key, slot) \
+             WHERE status = 'running';",
+            "CREATE INDEX IF NOT EXISTS \"runs_started\" ON \"ops\".\"runs\" (started_at);",
+            "GRANT USAGE ON SCHEMA \"ops\" TO \"runner\";",
+            "GRANT SELECT, INSERT, UPDATE (status, finished_at, exit_code) ON \"ops\".\"runs\" \
+             TO \"runner\";",
+        ] {
+            assert!(script.lines().any(|l| l == line), "{line}\n{script}");
+        }
+        assert!(script.ends_with("COMMIT;\n"));
+        assert!(!script.contains("DELETE"));
+    }
+
+    #[test]
+    fn begin_snapshot() {
+        let s = begin(&table());
+        assert_eq!(s.types.len(), 8);
+        assert!(s.text.starts_with(
+            "WITH abandoned AS (UPDATE \"ops\".\"runs\" SET status = 'abandoned', finished_at = \
+             clock_timestamp() WHERE $8 AND key = $1 AND slot IS NOT DISTINCT FROM $2 AND \
+             status = 'running' RETURNING id), "
+        ));
+        assert!(s.text.contains(
+            "WHEN (SELECT started_at FROM last) > clock_timestamp() - $6 * interval '1 second' \
+             THEN 'skip' WHEN (SELECT n FROM failures) >= $7 THEN 'exhausted' ELSE 'run' END"
+        ));
+        assert!(s.text.contains(
+            "SELECT $1, $2, $3, $4, pg_backend_pid(), session_user, clock_timestamp(), \
+             'running', $5 FROM verdict WHERE verdict = 'run' RETURNING id"
+        ));
+        assert!(s.text.contains(
+            "to_char(l.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS \
+             last_success"
+        ));
+        // Parameters only: nothing of the key or host is in the text.
+        assert!(!s.text.contains("now()"));
+    }
+
+    #[test]
+    fn finish_snapshots() {
+        let plain = finish(&table(), None);
+        assert_eq!(
+            plain.text,
+            "UPDATE \"ops\".\"runs\" SET finished_at = clock_timestamp(), status = CASE WHEN \
+             h.held THEN $2 ELSE 'lost' END, exit_code = CASE WHEN h.held OR $2 = 'lost' THEN \
+             $3 ELSE 74 END FROM (SELECT true AS held) AS h WHERE id = $1 AND status = 'running' \
+             RETURNING status"
+        );
+        let guarded = finish(&table(), Some(LockId::Big(42)));
+        assert!(guarded.text.contains(&format!(
+            "FROM (SELECT EXISTS (SELECT FROM pg_locks l WHERE {} AND l.pid = pg_backend_pid() \
+             AND l.granted) AS held) AS h",
+            crate::pg::sql::matches(&[LockId::Big(42)])
+        )));
+    }
+
+    #[test]
+    fn reading_snapshots() {
+        let h = history(&table());
+        assert!(h.text.contains(
+            "WHERE ($1::text IS NULL OR key = $1) AND ($2::float8 IS NULL OR started_at > \
+             clock_timestamp() - $2 * interval '1 second') ORDER BY started_at DESC, id DESC LIMIT $3"
+        ));
+        let c = check(&table());
+        assert!(c.text.contains("FROM (SELECT) AS one LEFT JOIN s ON true"));
+        let m = metrics(&table());
+        assert!(m.text.starts_with(
+            "WITH RECURSIVE keys AS ((SELECT key FROM \"ops\".\"runs\" ORDER BY key LIMIT 1) \
+             UNION ALL SELECT (SELECT key FROM \"ops\".\"runs\" WHERE key > keys.key"
+        ));
+    }
+
+    #[test]
+    fn prune_snapshots() {
+        let batch = prune_batch(&table());
+        assert_eq!(
+            batch.text,
+            "WITH d AS (DELETE FROM \"ops\".\"runs\" WHERE id IN (SELECT r.id FROM \"ops\".\"runs\" r WHERE \
+             r.status <> 'running' AND r.started_at < clock_timestamp() - $1 * interval '1 second' \
+             AND EXISTS (SELECT FROM \"ops\".\"runs\" n WHERE n.key = r.key AND (n.started_at, \
+             n.id) > (r.started_at, r.id) AND n.status <> 'running') AND (r.status <> 'succeeded' \
+             OR EXISTS (SELECT FROM \"ops\".\"runs\" n WHERE n.key = r.key AND (n.started_at, \
+             n.id) > (r.started_at, r.id) AND n.status = 'succeeded')) ORDER BY r.id LIMIT $2) \
+             RETURNING 1) SELECT count(*) FROM d"
+        );
+        assert!(
+            prune_count(&table())
+                .text
+                .starts_with("SELECT count(*) FROM")
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! The lock layer: taking one advisory lock (or one slot of a `--limit` semaphore) on a
+//! dedicated [`Session`], proving it is still held while the command runs, and releasing it.
+//! Statement text comes from [`crate::pg::sql`]; this layer decides what to send and what the
+//! answers mean.
+
+pub mod semaphore;
+
+use crate::exit::LostReason;
+use crate::key::LockId;
+use crate::pg::session::{Failed, final_column, final_value};
+use crate::pg::sql::{self, Call, Scope};
+use crate::pg::{Session, error};
+pub use semaphore::Semaphore;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long to wait for a lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// One try (--nowait, --timeout 0).
+    Try,
+    /// At most this long (--timeout).
+    For(Duration),
+    /// As long as it takes.
+    Forever,
+}
+
+impl Wait {
+    /// The wait left of this policy at `deadline`, as the server's lock_timeout sees it.
+    pub fn until(self, deadline: Option<Instant>) -> Wait {
+        match (self, deadline) {
+            (Wait::For(_), Some(d)) => match d.saturating_duration_since(Instant::now()) {
+                // --timeout bounds the wait, and connecting ate it all: one last try without
+                // waiting still takes a free lock, or finds out who holds it.
+                Duration::ZERO => Wait::Try,
+                left => Wait::For(left),
+            },
+            (other, _) => other,
+        }
+    }
+
+    fn lock_timeout_ms(self) -> u128 {
+        match self {
+            Wait::Try | Wait::Forever => 0,
+            Wait::For(d) => sql::lock_timeout_ms(Some(d)),
+        }
+    }
+}
+
+/// What to take.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub id: LockId,
+    pub shared: bool,
+    pub scope: Scope,
+    pub wait: Wait,
+    /// `--limit N` above 1: take one of N slots instead of `id`.
+    pub semaphore: Option<Semaphore>,
+}
+
+/// The lock a session holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub id: LockId,
+    pub shared: bool,
+    pub scope: Scope,
+    /// The semaphore slot, with the gate whose holder a release must wake.
+    pub slot: Option<(usize, LockId)>,
+}
+
+/// How an acquisition attempt ended, short of an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acquired {
+    Held(Held),
+    Busy,
+    TimedOut,
+    /// The wait was cancelled: by a signal of ours, or by someone's pg_cancel_backend.
+    Cancelled,
+}
+
+/// Takes the lock (or a semaphore slot). `interrupted` tells a cancel caused by a signal from
+/// one sent by another pglock.
+pub fn acquire(
+    session: &mut Session,
+    req: &Request,
+    interrupted: &dyn Fn() -> bool,
+) -> Result<Acquired, postgres::Error> {
+    if let Some(semaphore) = &req.semaphore {
+        return semaphore::acquire(session, req, semaphore, interrupted);
+    }
+    let call = Call {
+        try_only: req.wait == Wait::Try,
+        scope: req.scope,
+        shared: req.shared,
+    };
+    match session.query(&sql::acquire(call, req.wait.lock_timeout_ms(), req.id)) {
+        Ok(messages) if call.try_only && final_value(&messages).as_deref() != Some("t") => {
+            Ok(Acquired::Busy)
+        }
+        Ok(_) => Ok(Acquired::Held(Held {
+            id: req.id,
+            shared: req.shared,
+            scope: req.scope,
+            slot: None,
+        })),
+        Err(e) => outcome_of(e),
+    }
+}
+
+/// Maps the errors a lock wait ends with normally.
+pub(crate) fn outcome_of(e: postgres::Error) -> Result<Acquired, postgres::Error> {
+    if error::is_lock_timeout(&e) {
+        Ok(Acquired::TimedOut)
+    } else if error::is_cancel(&e) {
+        Ok(Acquired::Cancelled)
+    } else {
+        Err(e)
+    }
+}
+
+/// A session that holds a lock.
+pub struct Holder {
+    session: Session,
+    held: Held,
+    /// When the lock was granted, in Unix milliseconds; see [`sql::GRANTED_TAG`].
+    granted_at_ms: Option<u128>,
+}
+
+/// The release could not be confirmed; the server frees the lock when the session ends.
+#[derive(Debug)]
+pub struct Unconfirmed(pub String);
+
+impl Holder {
+    pub fn new(session: Session, held: Held) -> Holder {
+        let granted_at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_millis());
+        Holder {
+            session,
+            held,
+            granted_at_ms,
+        }
+    }
+
+    pub fn held(&self) -> Held {
+        self.held
+    }
+
+    pub fn socket(&self) -> Option<std::os::fd::RawFd> {
+        self.session.socket()
+    }
+
+    /// The lock's own connection, for statements that belong with the lock: the run ledger's,
+    /// in session scope.
+    pub fn session(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    pub fn canceller(&self) -> crate::pg::Canceller {
+        self.session.canceller()
+    }
+
+    /// Handles whatever the server sent unasked: a closed session means a lost lock.
+    pub fn readable(&mut self) -> Result<(), LostReason> {
+        self.session.readable().map_err(LostReason::Connection)
+    }
+
+    /// Asks the server whether this backend still holds the lock as granted, within `limit`.
+    pub fn check(&mut self, limit: Duration) -> Result<(), LostReason> {
+        let sql = sql::holds(self.held.id, self.granted_at_ms);
+        match self.session.query_within(&sql, limit) {
+            Err(Failed::NoAnswer(limit)) => Err(LostReason::NoAnswer(limit)),
+            Err(Failed::Error(e)) => Err(LostReason::CheckFailed(error::describe_error(&e))),
+            Ok(messages) if final_column(&messages, "n").as_deref() == Some("0") => {
+                Err(LostReason::NotHeld)
+            }
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// Ends the lock: pg_advisory_unlock for a session lock (it must report that it was held),
+    /// COMMIT or ROLLBACK for a transaction lock; then closes the connection. The answer must
+    /// come within `limit`. Ok(Err(_)) is a release that could not be confirmed; Err(_) a lock
+    /// that turned out to have been lost. `done` runs after the statement and before the socket
+    /// closes, while its descriptor still belongs to the connection.
+    pub fn release(
+        mut self,
+        success: bool,
+        limit: Duration,
+        done: impl FnOnce(),
+    ) -> Result<Result<(), Unconfirmed>, LostReason> {
+        // A semaphore slot frees up: wake the waiter at the gate, if any.
+        let wake = self
+            .held
+            .slot
+            .map(|(_, gate)| sql::wake_gate(gate))
+            .unwrap_or_default();
+        let statement = match self.held.scope {
+            Scope::Session => format!("{}{wake}", sql::unlock(self.held.shared, self.held.id)),
+            Scope::Xact => format!("{}{wake}", sql::end_transaction(success)),
+        };
+        let outcome = match self.session.query_within(&statement, limit) {
+            Ok(messages) => {
+                let was_held = crate::pg::session::first_value(&messages);
+                if self.held.scope == Scope::Session && was_held.as_deref() != Some("t") {
+                    Err(LostReason::NotHeldAtRelease)
+                } else {
+                    Ok(Ok(()))
+                }
+            }
+            Err(e) => Ok(Err(Unconfirmed(e.to_string()))),
+        };
+        done();
+        self.session.close();
+        outcome
+    }
+
+    /// Gives the connection up without a word: the server frees the lock with the session.
+    pub fn abandon(self) {
+        self.session.close();
+    }
+}

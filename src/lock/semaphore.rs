@@ -1,0 +1,261 @@
+//! `--limit N`: a counting semaphore, at most N holders of a key at once, built from advisory
+//! locks.
+//!
+//! Design. The key has N slot locks and one gate lock (ids in `key::semaphore_id`).
+//! - A newcomer first tries every slot in one statement (`pg_try_advisory_lock` over the slot
+//!   ids, stopping at the first success). With `--nowait` that is all it does.
+//! - Otherwise it queues on the gate, an ordinary blocking advisory lock. PostgreSQL grants a
+//!   lock's waiters in arrival order, so the gate is the semaphore's fair FIFO queue, and only its
+//!   holder, the head of the queue, ever waits for a slot.
+//! - The head waits in a single statement that tries every slot again and, if none is free,
+//!   blocks on one of them: `COALESCE((try all), (block on slot k))`. Trying and blocking in one
+//!   statement leaves no moment in which a release can be missed.
+//! - A holder releasing its slot also cancels the head's statement (`pg_cancel_backend` on the
+//!   gate's holder, in the same round trip as the unlock), so the head tries all slots again at
+//!   once and takes the freed one. Nothing polls.
+//! - A holder that dies frees its slot without cancelling anybody. If that is slot k the head
+//!   gets it at once; otherwise the head's wait ends after --check-interval (lock_timeout) and
+//!   it tries all slots again. That re-check, one query per interval by the head alone, is the
+//!   only periodic work, and it happens only while every slot is taken.
+//! - A cancel can race with a grant, so after any interrupted wait the head asks pg_locks which
+//!   slot, if any, it holds.
+//!
+//! Limits: every user of a key must pass the same N; a user with a larger N takes slots that a
+//! smaller N never sees, so the smaller limit is not enforced. The head warns when it sees slots
+//! above its own N in use. Cancelling the head needs the right to signal its backend (same role,
+//! or pg_signal_backend); without it a release is noticed at the next re-check.
+
+use super::{Acquired, Held, Request, Wait, outcome_of};
+use crate::key::{self, LockId};
+use crate::pg::Session;
+use crate::pg::error::{is_cancel, is_lock_timeout};
+use crate::pg::session::{final_column, final_value};
+use crate::pg::sql::{self, Scope};
+use crate::{step, warn};
+use postgres::SimpleQueryMessage;
+use std::time::{Duration, Instant};
+
+/// The highest --limit.
+pub const MAX_SLOTS: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct Semaphore {
+    base: String,
+    pub gate: LockId,
+    pub slots: Vec<LockId>,
+    /// How often the head of the queue re-checks for slots freed by holders that died.
+    pub recheck: Duration,
+}
+
+impl Semaphore {
+    /// `base` is the key, or `lock-id:ID` for a raw id.
+    pub fn new(base: &str, limit: usize, recheck: Duration) -> Semaphore {
+        Semaphore {
+            base: base.to_string(),
+            gate: key::gate_id(base),
+            slots: (0..limit).map(|i| slot_id(base, i)).collect(),
+            recheck,
+        }
+    }
+
+    fn held(&self, scope: Scope, slot: usize) -> Acquired {
+        step!("took semaphore slot {slot} of {}", self.slots.len());
+        Acquired::Held(Held {
+            id: self.slots[slot],
+            shared: false,
+            scope,
+            slot: Some((slot, self.gate)),
+        })
+    }
+
+    /// The slot a `held_slots` answer names.
+    fn slot_of(&self, messages: &[SimpleQueryMessage]) -> Option<usize> {
+        let classid: u32 = final_column(messages, "classid")?.parse().ok()?;
+        let objid: u32 = final_column(messages, "objid")?.parse().ok()?;
+        self.slots
+            .iter()
+            .position(|s| s.pg_locks_coordinates() == (classid, objid, 1))
+    }
+}
+
+fn slot_id(base: &str, i: usize) -> LockId {
+    key::slot_id(base, i)
+}
+
+fn slot_in(messages: &[SimpleQueryMessage]) -> Option<usize> {
+    final_value(messages).and_then(|v| v.parse().ok())
+}
+
+pub fn acquire(
+    session: &mut Session,
+    req: &Request,
+    sem: &Semaphore,
+    interrupted: &dyn Fn() -> bool,
+) -> Result<Acquired, postgres::Error> {
+    let mut taker = Taker {
+        session,
+        req,
+        sem,
+        interrupted,
+        deadline: match req.wait {
+            Wait::For(t) => Some(Instant::now() + t),
+            _ => None,
+        },
+    };
+    loop {
+        match taker.attempt() {
+            Err(e) if req.scope == Scope::Xact && is_cancel(&e) && !interrupted() => {
+                // A wake-up meant for our wait statement landed on another one and aborted the
+                // transaction. Nothing is held but the gate: start over.
+                step!("semaphore wait disturbed; starting over");
+                taker.session.query(sql::RESTART_TRANSACTION)?;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One acquisition: the session, what to take, and when to stop waiting.
+struct Taker<'a> {
+    session: &'a mut Session,
+    req: &'a Request,
+    sem: &'a Semaphore,
+    interrupted: &'a dyn Fn() -> bool,
+    deadline: Option<Instant>,
+}
+
+impl Taker<'_> {
+    /// Runs an idempotent statement, repeating it if a stray wake-up cancels it.
+    fn query_again(&mut self, sql: &str) -> Result<Vec<SimpleQueryMessage>, postgres::Error> {
+        let mut tries = 0;
+        loop {
+            match self.session.query(sql) {
+                Err(e) if is_cancel(&e) && !(self.interrupted)() && tries < 5 => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    fn attempt(&mut self) -> Result<Acquired, postgres::Error> {
+        let (scope, sem) = (self.req.scope, self.sem);
+        // 1. The settings and one try over every slot.
+        let first = format!(
+            "{}{}",
+            sql::prelude(scope, 0),
+            sql::try_slots(scope, &sem.slots)
+        );
+        match self.session.query(&first) {
+            Ok(messages) => {
+                if let Some(slot) = slot_in(&messages) {
+                    return Ok(sem.held(scope, slot));
+                }
+            }
+            Err(e) => return outcome_of(e),
+        }
+        if self.req.wait == Wait::Try {
+            return Ok(Acquired::Busy);
+        }
+        // 2. Queue at the gate.
+        if let Some(outcome) = self.queue_at_gate()? {
+            return Ok(outcome);
+        }
+        step!("at the head of the queue for {} slots", sem.slots.len());
+        warn_about_larger_limits(self.session, sem);
+        // 3. At the head: wait for any slot.
+        self.wait_at_head()
+    }
+
+    /// Waits for the gate; Some(outcome) if the wait ended without it.
+    fn queue_at_gate(&mut self) -> Result<Option<Acquired>, postgres::Error> {
+        let local = self.req.scope == Scope::Xact;
+        if left(self.deadline) == Some(Duration::ZERO) {
+            return Ok(Some(Acquired::TimedOut));
+        }
+        let timeout = sql::lock_timeout_ms(left(self.deadline));
+        let gate = sql::gate(self.req.scope, timeout, self.sem.gate);
+        let holds_gate = sql::holds(self.sem.gate, None);
+        loop {
+            match self.session.query(&gate) {
+                Ok(_) => return Ok(None),
+                // In session scope a wake-up can only have come with the grant: see whether it
+                // did.
+                Err(e) if !local && is_cancel(&e) && !(self.interrupted)() => {
+                    let held = self.query_again(&holds_gate)?;
+                    if final_value(&held).as_deref() != Some("0") {
+                        return Ok(None);
+                    }
+                }
+                Err(e) if local => return Err(e),
+                Err(e) => return outcome_of(e).map(Some),
+            }
+        }
+    }
+
+    fn wait_at_head(&mut self) -> Result<Acquired, postgres::Error> {
+        let (scope, sem) = (self.req.scope, self.sem);
+        let mut round = 0;
+        loop {
+            if (self.interrupted)() {
+                return Ok(Acquired::Cancelled);
+            }
+            let wait = match left(self.deadline) {
+                Some(Duration::ZERO) => return Ok(Acquired::TimedOut),
+                Some(left) => left.min(sem.recheck),
+                None => sem.recheck,
+            };
+            let k = round % sem.slots.len();
+            round += 1;
+            let statement = sql::head_wait(scope, sql::lock_timeout_ms(Some(wait)), &sem.slots, k);
+            let slot = match self.session.query(&statement) {
+                Ok(messages) => slot_in(&messages),
+                Err(e) if is_cancel(&e) || is_lock_timeout(&e) => {
+                    if (self.interrupted)() {
+                        return Ok(Acquired::Cancelled);
+                    }
+                    // Woken by a release, or time to re-check; the wait may have been granted
+                    // just before it ended (a transaction lock is undone with the savepoint).
+                    let check = sql::held_slots(scope, &sem.slots);
+                    sem.slot_of(&self.query_again(&check)?)
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(slot) = slot {
+                self.leave_gate()?;
+                return Ok(sem.held(scope, slot));
+            }
+        }
+    }
+
+    fn leave_gate(&mut self) -> Result<(), postgres::Error> {
+        let leave = sql::leave_gate(self.req.scope, self.sem.gate);
+        match self.session.query(&leave) {
+            // Unlocking the gate twice only earns a warning.
+            Err(e) if self.req.scope == Scope::Session && is_cancel(&e) => {
+                self.query_again(&leave).map(drop)
+            }
+            other => other.map(drop),
+        }
+    }
+}
+
+/// Time left before `deadline`: None without one, Some(ZERO) once it has passed.
+fn left(deadline: Option<Instant>) -> Option<Duration> {
+    deadline.map(|d| d.saturating_duration_since(Instant::now()))
+}
+
+/// A holder of a slot above our N, in this database, means another user of the key passed a
+/// larger --limit.
+fn warn_about_larger_limits(session: &mut Session, sem: &Semaphore) {
+    let n = sem.slots.len();
+    if n >= MAX_SLOTS {
+        return;
+    }
+    let above: Vec<LockId> = (n..MAX_SLOTS).map(|i| slot_id(&sem.base, i)).collect();
+    if let Ok(messages) = session.query(&sql::count_held(&above)) {
+        if final_column(&messages, "n").is_some_and(|c| c != "0") {
+            warn!(
+                "slots above --limit {n} are in use: every user of this key must pass the same --limit"
+            );
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The PostgreSQL layer: opening a dedicated connection, running pglock's statements on it,
+//! watching it, cancelling it from another thread, and describing its errors. Nothing here knows
+//! about keys, semaphores or the command; every statement's text comes from [`sql`].
+
+pub mod cancel;
+pub mod classify;
+pub mod error;
+pub mod opener;
+pub mod session;
+mod socket;
+pub mod sql;
+mod watchdog;
+
+pub use cancel::Canceller;
+pub use error::describe_error;
+pub use opener::Opener;
+pub use session::Session;

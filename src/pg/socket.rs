@@ -1,0 +1,95 @@
+//! Finding the lock connection's socket. rust-postgres does not expose it, and pglock needs it
+//! to poll(2) for a closed session and to cut a connection that stopped answering.
+//!
+//! Connecting opens exactly one socket that stays open, so the socket that is new after the
+//! connect is the connection's. Two things could spoil that diff: another thread opening a
+//! socket meanwhile, and a reused descriptor number. Every connection pglock opens goes through
+//! [`identify`], which holds a process-wide lock for the connect, and sockets are compared by
+//! inode as well as number, so a number closed and reused in between is still told apart.
+//! Short-lived sockets of other threads (a cancel request) are excluded by looking again until
+//! one candidate is left.
+
+use std::os::fd::{BorrowedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::sync::Mutex;
+use std::time::Duration;
+
+static CONNECTING: Mutex<()> = Mutex::new(());
+
+/// An open socket: its descriptor and its inode.
+type Entry = (RawFd, u64);
+
+/// Runs `connect` and returns its result with the one socket it left open, if that is clear.
+pub fn identify<T, E>(connect: impl FnOnce() -> Result<T, E>) -> Result<(T, Option<RawFd>), E> {
+    let _only_one = CONNECTING.lock().unwrap_or_else(|p| p.into_inner());
+    let before = open_sockets();
+    let value = connect()?;
+    let mut candidates = new_since(&before);
+    for _ in 0..20 {
+        if candidates.len() <= 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        let now = open_sockets();
+        candidates.retain(|c| now.contains(c));
+    }
+    let socket = match candidates.as_slice() {
+        [(fd, _)] => Some(*fd),
+        _ => None,
+    };
+    Ok((value, socket))
+}
+
+fn new_since(before: &[Entry]) -> Vec<Entry> {
+    open_sockets()
+        .into_iter()
+        .filter(|e| !before.contains(e))
+        .collect()
+}
+
+/// The sockets this process has open, with their inodes.
+fn open_sockets() -> Vec<Entry> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| {
+        let entry = entry.ok()?;
+        let fd: RawFd = entry.file_name().to_str()?.parse().ok()?;
+        // stat follows the link to the socket itself: its inode and type.
+        let meta = std::fs::metadata(entry.path()).ok()?;
+        is_socket(&meta).then_some((fd, meta.ino()))
+    })
+    .collect()
+}
+
+fn is_socket(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    meta.file_type().is_socket()
+}
+
+/// Shuts a socket down in both directions: a query blocked on it fails at once, and the server
+/// sees the session end. The descriptor stays open (its owner closes it).
+pub fn cut(fd: RawFd) {
+    // SAFETY: shutdown(2) does not close the descriptor; the caller guarantees `fd` is the
+    // connection's socket and still open (it is only cut while its session exists).
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let _ = nix::sys::socket::shutdown(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        nix::sys::socket::Shutdown::Both,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_one_new_socket_even_with_a_reused_number() {
+        let (pair, socket) = identify(std::os::unix::net::UnixStream::pair).unwrap();
+        // A pair is two sockets: ambiguous, so nothing is claimed.
+        assert_eq!(socket, None);
+        drop(pair);
+        let (listener, socket) = identify(|| std::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        assert_eq!(socket, Some(std::os::fd::AsRawFd::as_raw_fd(&listener)));
+    }
+}

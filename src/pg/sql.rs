@@ -1,0 +1,374 @@
+//! Every statement pglock sends while it takes, watches and releases a lock, built only from
+//! numbers and static text. Lock ids go in as integers; their pg_locks coordinates come from
+//! [`LockId::pg_locks_coordinates`] through [`matches`], the one predicate every query uses.
+//!
+//! All of it runs over the simple protocol (PgBouncer breaks named prepared statements), and
+//! where statements go together they go in one round trip.
+
+use crate::key::LockId;
+use std::time::Duration;
+
+/// How quickly the server notices a waiter whose client vanished (PG 14+).
+pub const CLIENT_CHECK_MS: u32 = 500;
+
+/// The lock checks start with `/* pglock: granted <unix ms> */`. pg_stat_activity keeps no
+/// record of when a lock was granted, and each check moves the session's state_change, so this
+/// comment in its visible last query is how `pglock status` and holder reports tell since when
+/// a pglock has held its lock.
+pub const GRANTED_TAG: &str = "/* pglock: granted ";
+
+/// Marks the semaphore head's wait statement, so that a release cancels that statement and
+/// nothing else.
+pub const WAIT_MARK: &str = "/* pglock: semaphore wait */";
+
+/// Session or transaction lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// pg_advisory_lock, released with pg_advisory_unlock.
+    Session,
+    /// pg_advisory_xact_lock inside a transaction, released by COMMIT or ROLLBACK.
+    Xact,
+}
+
+impl Scope {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Session => "session",
+            Scope::Xact => "xact",
+        }
+    }
+
+    fn local(self) -> bool {
+        self == Scope::Xact
+    }
+}
+
+/// Which advisory-lock function a call uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Call {
+    pub try_only: bool,
+    pub scope: Scope,
+    pub shared: bool,
+}
+
+impl Call {
+    pub fn function(self) -> &'static str {
+        match (self.try_only, self.scope, self.shared) {
+            (false, Scope::Session, false) => "pg_advisory_lock",
+            (false, Scope::Session, true) => "pg_advisory_lock_shared",
+            (false, Scope::Xact, false) => "pg_advisory_xact_lock",
+            (false, Scope::Xact, true) => "pg_advisory_xact_lock_shared",
+            (true, Scope::Session, false) => "pg_try_advisory_lock",
+            (true, Scope::Session, true) => "pg_try_advisory_lock_shared",
+            (true, Scope::Xact, false) => "pg_try_advisory_xact_lock",
+            (true, Scope::Xact, true) => "pg_try_advisory_xact_lock_shared",
+        }
+    }
+}
+
+/// The pg_locks rows (aliased `l`) of these advisory locks in the current database: the one
+/// predicate, [`crate::key::pg_locks_match`], which reports use too.
+pub fn matches(ids: &[LockId]) -> String {
+    crate::key::pg_locks_match(ids)
+}
+
+/// lock_timeout in milliseconds: 0 waits forever, so a wait that must end gets at least 1.
+pub fn lock_timeout_ms(wait: Option<Duration>) -> u128 {
+    wait.map_or(0, |t| t.as_millis().max(1))
+}
+
+/// BEGIN for xact scope, then the session settings.
+///
+/// A DBA's server-wide timeouts must not end a lock holder, so they are zeroed here. Settings the
+/// server lacks (transaction_timeout before 17, idle_session_timeout and
+/// client_connection_check_interval before 14) are skipped: `current_setting(name, true)` is NULL
+/// for them, so an older server costs no error and no extra round trip. (Joining pg_settings
+/// instead builds all of the server's ~350 settings and cost a new backend about 1 ms.) In xact
+/// scope they are SET LOCAL, so a transaction-pooling PgBouncer does not leak them to other
+/// clients.
+pub fn prelude(scope: Scope, lock_timeout_ms: u128) -> String {
+    let settings = format!(
+        "SELECT set_config(v.name, v.setting, {local}) FROM (VALUES \
+         ('statement_timeout', '0'), ('idle_in_transaction_session_timeout', '0'), \
+         ('idle_session_timeout', '0'), ('transaction_timeout', '0'), \
+         ('lock_timeout', '{lock_timeout_ms}'), \
+         ('client_connection_check_interval', '{CLIENT_CHECK_MS}')) AS v(name, setting) \
+         WHERE current_setting(v.name, true) IS NOT NULL; ",
+        local = scope.local()
+    );
+    match scope {
+        Scope::Session => settings,
+        Scope::Xact => format!("BEGIN; {settings}"),
+    }
+}
+
+/// The settings and the lock call, in one round trip. Its last value is the try's boolean.
+pub fn acquire(call: Call, lock_timeout_ms: u128, id: LockId) -> String {
+    format!(
+        "{}SELECT {}({})",
+        prelude(call.scope, lock_timeout_ms),
+        call.function(),
+        id.sql_args()
+    )
+}
+
+/// Releases a session lock; its value says whether it was held. `wake` may follow.
+pub fn unlock(shared: bool, id: LockId) -> String {
+    let function = if shared {
+        "pg_advisory_unlock_shared"
+    } else {
+        "pg_advisory_unlock"
+    };
+    format!("SELECT {function}({})", id.sql_args())
+}
+
+/// Ends a transaction lock.
+pub fn end_transaction(commit: bool) -> &'static str {
+    if commit { "COMMIT" } else { "ROLLBACK" }
+}
+
+/// Whether this backend holds `id` as granted (a count). The tag records the grant time.
+pub fn holds(id: LockId, granted_at_ms: Option<u128>) -> String {
+    let tag = granted_at_ms.map_or(String::new(), |ms| format!("{GRANTED_TAG}{ms} */ "));
+    format!(
+        "{tag}SELECT count(*) AS n FROM pg_locks l WHERE {} AND l.pid = pg_backend_pid() AND l.granted",
+        matches(&[id])
+    )
+}
+
+fn id_array(ids: &[LockId]) -> String {
+    let list: Vec<String> = ids.iter().map(LockId::sql_args).collect();
+    format!("ARRAY[{}]::bigint[]", list.join(","))
+}
+
+/// The first slot this session can take at once, as a 0-based `slot`, or no row.
+pub fn try_slots(scope: Scope, slots: &[LockId]) -> String {
+    let call = Call {
+        try_only: true,
+        scope,
+        shared: false,
+    };
+    format!(
+        "SELECT t.n - 1 AS slot FROM unnest({}) WITH ORDINALITY AS t(id, n) WHERE {}(t.id) LIMIT 1",
+        id_array(slots),
+        call.function()
+    )
+}
+
+/// The slot locks (`classid`, `objid`) this session holds, after a wait that may have raced a
+/// grant. A transaction's wait is undone with its savepoint first.
+pub fn held_slots(scope: Scope, slots: &[LockId]) -> String {
+    let rollback = match scope {
+        Scope::Xact => "ROLLBACK TO SAVEPOINT pglock_wait; RELEASE SAVEPOINT pglock_wait; ",
+        Scope::Session => "",
+    };
+    format!(
+        "{rollback}SELECT l.classid::text AS classid, l.objid::text AS objid FROM pg_locks l \
+         WHERE {} AND l.granted AND l.pid = pg_backend_pid() LIMIT 1",
+        matches(slots)
+    )
+}
+
+/// Queues at the semaphore's gate, waiting at most `lock_timeout_ms`.
+pub fn gate(scope: Scope, lock_timeout_ms: u128, gate: LockId) -> String {
+    format!(
+        "SELECT set_config('lock_timeout', '{lock_timeout_ms}', {}); SELECT pg_advisory_lock({})",
+        scope.local(),
+        gate.sql_args()
+    )
+}
+
+/// The head's wait: try every slot and, if none is free, block on slot `k`, in one statement, so
+/// that no release can fall between the try and the wait.
+pub fn head_wait(scope: Scope, lock_timeout_ms: u128, slots: &[LockId], k: usize) -> String {
+    let savepoint = match scope {
+        Scope::Xact => "SAVEPOINT pglock_wait; ",
+        Scope::Session => "",
+    };
+    let block = Call {
+        try_only: false,
+        scope,
+        shared: false,
+    };
+    format!(
+        "{WAIT_MARK} {savepoint}SELECT set_config('lock_timeout', '{lock_timeout_ms}', {}); \
+         SELECT COALESCE(({}), (SELECT {k} FROM (SELECT {}({})) AS w)) AS slot",
+        scope.local(),
+        try_slots(scope, slots),
+        block.function(),
+        slots[k].sql_args()
+    )
+}
+
+/// Leaves the gate once a slot is ours.
+pub fn leave_gate(scope: Scope, gate: LockId) -> String {
+    let release = match scope {
+        Scope::Xact => "RELEASE SAVEPOINT pglock_wait; ",
+        Scope::Session => "",
+    };
+    format!("{release}SELECT pg_advisory_unlock({})", gate.sql_args())
+}
+
+/// An xact-scope semaphore wait whose transaction a stray wake-up aborted: start over.
+pub const RESTART_TRANSACTION: &str = "ROLLBACK; SELECT pg_advisory_unlock_all()";
+
+/// Appended to a slot's release: cancel the gate holder's wait statement so it looks again.
+/// Only that statement: a cancel landing on any other would abort more than a wait.
+pub fn wake_gate(gate: LockId) -> String {
+    format!(
+        "; SELECT pg_cancel_backend(l.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE {} AND l.granted AND l.pid <> pg_backend_pid() AND a.state = 'active' \
+         AND starts_with(a.query, '{WAIT_MARK}') AND pg_has_role(a.usesysid, 'MEMBER')",
+        matches(&[gate])
+    )
+}
+
+/// How many of these slot locks are held in this database (slots above our --limit).
+pub fn count_held(slots: &[LockId]) -> String {
+    format!(
+        "SELECT count(*) AS n FROM pg_locks l WHERE {} AND l.granted",
+        matches(slots)
+    )
+}
+
+/// A string literal for any text, dollar-quoted with a tag the text does not contain, so that
+/// neither quotes nor backslashes (whatever standard_conforming_strings says) can end it.
+pub fn literal(text: &str) -> String {
+    let mut tag = String::from("$pglock$");
+    let mut n = 0;
+    // The literal ends at the first tag after the opening one: that must be the closing one.
+    while format!("{text}{tag}").find(&tag) != Some(text.len()) {
+        n += 1;
+        tag = format!("$pglock{n}$");
+    }
+    format!("{tag}{text}{tag}")
+}
+
+/// Cancels the statement of the sessions named `app_name` (a dead waiter's, for the wait guard).
+pub fn cancel_waiter(app_name: &str) -> String {
+    format!(
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = {} \
+         AND pid <> pg_backend_pid()",
+        literal(app_name)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: LockId = LockId::Big(-4774651977129594492);
+
+    #[test]
+    fn predicate_uses_the_coordinates() {
+        assert_eq!(
+            matches(&[ID]),
+            "l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_database WHERE \
+             datname = current_database()) AND l.classid = 3183282002 AND l.objid = 4044550532 \
+             AND l.objsubid = 1"
+        );
+    }
+
+    #[test]
+    fn function_names() {
+        let call = |try_only, scope, shared| {
+            Call {
+                try_only,
+                scope,
+                shared,
+            }
+            .function()
+        };
+        assert_eq!(call(false, Scope::Session, false), "pg_advisory_lock");
+        assert_eq!(
+            call(true, Scope::Session, true),
+            "pg_try_advisory_lock_shared"
+        );
+        assert_eq!(
+            call(true, Scope::Xact, true),
+            "pg_try_advisory_xact_lock_shared"
+        );
+        assert_eq!(call(false, Scope::Xact, false), "pg_advisory_xact_lock");
+    }
+
+    #[test]
+    fn acquire_snapshot() {
+        let call = Call {
+            try_only: false,
+            scope: Scope::Xact,
+            shared: true,
+        };
+        assert_eq!(
+            acquire(call, 1500, LockId::Pair(1, 2)),
+            "BEGIN; SELECT set_config(v.name, v.setting, true) FROM (VALUES \
+             ('statement_timeout', '0'), ('idle_in_transaction_session_timeout', '0'), \
+             ('idle_session_timeout', '0'), ('transaction_timeout', '0'), \
+             ('lock_timeout', '1500'), ('client_connection_check_interval', '500')) AS \
+             v(name, setting) WHERE current_setting(v.name, true) IS NOT NULL; \
+             SELECT pg_advisory_xact_lock_shared(1,2)"
+        );
+    }
+
+    #[test]
+    fn release_and_check_snapshots() {
+        assert_eq!(
+            unlock(true, LockId::Big(42)),
+            "SELECT pg_advisory_unlock_shared(42)"
+        );
+        assert_eq!(end_transaction(false), "ROLLBACK");
+        assert_eq!(
+            holds(LockId::Big(42), Some(7)),
+            format!(
+                "/* pglock: granted 7 */ SELECT count(*) AS n FROM pg_locks l WHERE {} AND \
+                 l.pid = pg_backend_pid() AND l.granted",
+                matches(&[LockId::Big(42)])
+            )
+        );
+    }
+
+    #[test]
+    fn semaphore_snapshots() {
+        let slots = [LockId::Big(1), LockId::Big(2)];
+        assert_eq!(
+            try_slots(Scope::Session, &slots),
+            "SELECT t.n - 1 AS slot FROM unnest(ARRAY[1,2]::bigint[]) WITH ORDINALITY AS t(id, n) \
+             WHERE pg_try_advisory_lock(t.id) LIMIT 1"
+        );
+        assert_eq!(
+            gate(Scope::Xact, 0, LockId::Big(9)),
+            "SELECT set_config('lock_timeout', '0', true); SELECT pg_advisory_lock(9)"
+        );
+        let wait = head_wait(Scope::Xact, 250, &slots, 1);
+        assert!(wait.starts_with("/* pglock: semaphore wait */ SAVEPOINT pglock_wait; "));
+        assert!(wait.ends_with("(SELECT 1 FROM (SELECT pg_advisory_xact_lock(2)) AS w)) AS slot"));
+        assert_eq!(
+            leave_gate(Scope::Xact, LockId::Big(9)),
+            "RELEASE SAVEPOINT pglock_wait; SELECT pg_advisory_unlock(9)"
+        );
+        assert!(held_slots(Scope::Xact, &slots).starts_with("ROLLBACK TO SAVEPOINT"));
+        assert!(
+            wake_gate(LockId::Big(9))
+                .contains("starts_with(a.query, '/* pglock: semaphore wait */')")
+        );
+        assert!(count_held(&slots).contains(&matches(&slots)));
+    }
+
+    #[test]
+    fn literals_cannot_be_escaped() {
+        assert_eq!(literal("it's \\ ok"), "$pglock$it's \\ ok$pglock$");
+        assert_eq!(literal("a$pglock$b"), "$pglock1$a$pglock$b$pglock1$");
+        assert_eq!(literal("a$pglock"), "$pglock1$a$pglock$pglock1$");
+        assert_eq!(
+            cancel_waiter("pglock:k@h:1"),
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = \
+             $pglock$pglock:k@h:1$pglock$ AND pid <> pg_backend_pid()"
+        );
+    }
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(lock_timeout_ms(None), 0);
+        assert_eq!(lock_timeout_ms(Some(Duration::ZERO)), 1);
+        assert_eq!(lock_timeout_ms(Some(Duration::from_secs(2))), 2000);
+    }
+}

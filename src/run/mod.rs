@@ -1,0 +1,316 @@
+//! One pglock run from start to finish: connect, wait for the lock, run the command under it,
+//! and release it. Reading order: [`run`] → [`wait::wait_for_lock`] → [`run_held`] →
+//! [`crate::supervise::wait`].
+
+mod retry;
+mod wait;
+
+use crate::appname::{AppName, Label};
+use crate::exit::{LostReason, Outcome};
+use crate::ledger::record::{self, Begun, End, Recorder};
+use crate::lock::{Held, Holder, Request, Semaphore, Unconfirmed};
+use crate::options::{Fencing, RunOptions};
+use crate::pg::Opener;
+use crate::supervise::child::Running;
+use crate::supervise::deadman::DeadMan;
+use crate::supervise::signals::{Deferred, Router};
+use crate::supervise::{self, Guard, Policy, child};
+use crate::{conninfo, duration, step, warn};
+use anyhow::Result;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+use wait::Waited;
+
+/// Runs the command under the lock.
+pub fn run(opts: &RunOptions) -> Result<Outcome> {
+    // First of all, so that a signal sent right after start-up is handled like any other.
+    let deferred = Deferred::block()?;
+    let target = conninfo::resolve(opts.database_url.as_deref(), &conninfo::process_env)?;
+    if target.password_on_command_line {
+        step!(
+            "warning: a password on the command line is visible to every local user in ps; \
+             use PGPASSWORD, PGPASSFILE (~/.pgpass) or a service file instead"
+        );
+    }
+    let opener = Opener::new(
+        &target,
+        &AppName::holder(
+            Label::new(opts.target.key.as_deref(), opts.target.id),
+            opts.limit,
+        )
+        .encoded(),
+        opts.connect_timeout,
+        opts.check_interval,
+    )?;
+    // Only now: building the opener's TLS connector skips the system trust store only while
+    // pglock has a single thread (tls::trust_store), and the router starts one.
+    let router = Router::start()?;
+    drop(deferred);
+    let request = Request {
+        id: opts.target.id,
+        shared: opts.shared,
+        scope: opts.scope,
+        wait: opts.wait,
+        semaphore: (opts.limit > 1)
+            .then(|| Semaphore::new(&opts.target.base, opts.limit.into(), opts.check_interval)),
+    };
+    match wait::wait_for_lock(opts, &opener, &router, &request)? {
+        Waited::Held(holder) => run_held(opts, &router, &opener, *holder),
+        Waited::Gave(outcome) => Ok(outcome),
+    }
+}
+
+/// Runs the command while `holder` holds the lock, then releases it. Steps: the ledger's
+/// say, the spawn, the supervising loop, and [`finish`].
+fn run_held(
+    opts: &RunOptions,
+    router: &Router,
+    opener: &Opener,
+    mut holder: Holder,
+) -> Result<Outcome> {
+    let acquired_at = Instant::now();
+    let mut env = child_env(opts, &holder.held());
+    // --record, --once-per: the ledger decides whether the command runs, and records it.
+    let ledger = match begin_ledger(opts, opener, &mut holder) {
+        Ok(None) => None,
+        Ok(Some(Begun::Run(recorder, vars))) => {
+            env.extend(vars);
+            Some(recorder)
+        }
+        Ok(Some(Begun::Skip(outcome))) => return release_then(router, holder, opts, Ok(outcome)),
+        Err(e) => return release_then(router, holder, opts, Err(e)),
+    };
+    let mut running = match start(opts, router, &env) {
+        Ok(running) => running,
+        Err(not_started) => {
+            let code = match &not_started {
+                // Only an interruption gets here, whose code does not depend on -E.
+                Ok(outcome) => outcome.code(crate::exit::CONFLICT_DEFAULT),
+                Err(e) => crate::exit::code_for(e),
+            };
+            record_end(ledger, &mut holder, End::not_started(code));
+            return release_then(router, holder, opts, not_started);
+        }
+    };
+    // From here on the command exists: nothing returns before supervise::wait has reaped it.
+    let deadman = arm_deadman(opts, &running);
+    let policy = Policy {
+        check_every: opts.check_interval,
+        fencing: opts.fencing,
+        kill_after: opts.kill_after,
+    };
+    let ended = supervise::wait(
+        &mut running,
+        router,
+        &mut holder,
+        policy,
+        &opts.target.label,
+    );
+    finish(opts, router, holder, ledger, deadman, ended, acquired_at)
+}
+
+/// Spawns the command unless a terminating signal came first. Err holds what pglock then ends
+/// with: the interruption, or the spawn's error (126, 127).
+fn start(
+    opts: &RunOptions,
+    router: &Router,
+    env: &[(String, String)],
+) -> Result<Running, Result<Outcome>> {
+    let fenced = matches!(opts.fencing, Fencing::Terminate { .. });
+    match router.spawn(|| child::spawn(&opts.job, env, fenced)) {
+        Ok(Some(running)) => Ok(running),
+        Ok(None) => {
+            let sig = router
+                .interrupted()
+                .unwrap_or(nix::sys::signal::Signal::SIGTERM);
+            step!("signal {sig} arrived before the command started; not running it");
+            Err(Ok(Outcome::Interrupted(sig)))
+        }
+        Err(e) => Err(Err(e)),
+    }
+}
+
+/// The dead man's switch for a fenced command. With --on-lost ignore the user accepted a
+/// command that outlives the lock; a switch that cannot start only warns, since the command
+/// already runs.
+fn arm_deadman(opts: &RunOptions, running: &Running) -> Option<DeadMan> {
+    if !matches!(opts.fencing, Fencing::Terminate { .. }) {
+        return None;
+    }
+    match DeadMan::arm(running.pid(), opts.kill_after) {
+        Ok(deadman) => Some(deadman),
+        Err(e) => {
+            warn!("{e:#}: if pglock is killed, the command's children may outlive the lock");
+            None
+        }
+    }
+}
+
+/// After the command: the ledger's record, then a lost lock's outcome, or --min-hold and the
+/// release.
+fn finish(
+    opts: &RunOptions,
+    router: &Router,
+    mut holder: Holder,
+    ledger: Option<Box<Recorder>>,
+    mut deadman: Option<DeadMan>,
+    ended: supervise::Ended,
+    acquired_at: Instant,
+) -> Result<Outcome> {
+    let label = &opts.target.label;
+    // Reaped when `deadman` goes out of scope, after the release (or before a --min-hold).
+    if let Some(deadman) = &mut deadman {
+        deadman.disarm();
+    }
+    step!("command exited: {}", ended.status);
+    // Before the release (and any --min-hold), so that the next holder sees it.
+    let end = End::ran(ended.status, ended.lost.is_some(), opts.fencing);
+    record_end(ledger, &mut holder, end);
+    let ran = Outcome::Ran(ended.status);
+    if let Some(reason) = ended.lost {
+        // The session is gone or no longer holds the lock: there is nothing to release.
+        holder.abandon();
+        return Ok(match opts.fencing {
+            Fencing::Terminate { .. } => Outcome::Lost {
+                label: label.clone(),
+                reason,
+            },
+            Fencing::Ignore => ran,
+        });
+    }
+    if let Some(min_hold) = opts.min_hold {
+        // Nothing to hurry for: reap the switch now, not leave it a zombie for the hold.
+        drop(deadman.take());
+        if let Err(reason) = min_hold_for(router, &mut holder, opts, acquired_at + min_hold) {
+            // The command ran under the lock; only the grace period after it was cut short.
+            warn!("lock \"{label}\" lost during --min-hold: {reason}; the hold ends now");
+            holder.abandon();
+            return Ok(ran);
+        }
+    }
+    let success = ended.status.success();
+    match release(router, holder, success, opts.check_interval, label) {
+        Ok(()) => Ok(ran),
+        Err(reason) => Ok(Outcome::Lost {
+            label: label.clone(),
+            reason,
+        }),
+    }
+}
+
+/// Releases the lock of a command that did not run, and ends with `outcome`: a release problem
+/// only warns, so the reason the command did not run is what the user sees.
+fn release_then(
+    router: &Router,
+    holder: Holder,
+    opts: &RunOptions,
+    outcome: Result<Outcome>,
+) -> Result<Outcome> {
+    let success = matches!(outcome, Ok(Outcome::Done { .. }));
+    step!("releasing lock \"{}\"", opts.target.label);
+    let _ = release(
+        router,
+        holder,
+        success,
+        opts.check_interval,
+        &opts.target.label,
+    );
+    outcome
+}
+
+/// --min-hold: keep the lock, watched like a running command, until `until`.
+fn min_hold_for(
+    router: &Router,
+    holder: &mut Holder,
+    opts: &RunOptions,
+    until: Instant,
+) -> Result<(), LostReason> {
+    let left = until.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Ok(());
+    }
+    step!(
+        "holding the lock {} more (--min-hold)",
+        duration::format(left)
+    );
+    supervise::hold(router, holder, until, opts.check_interval)
+}
+
+/// Ends the lock, within `limit`. A release that cannot be confirmed (a server that stopped
+/// answering, a signal) only warns: the server frees the lock when the session ends.
+fn release(
+    router: &Router,
+    holder: Holder,
+    success: bool,
+    limit: Duration,
+    label: &str,
+) -> Result<(), LostReason> {
+    router.closing(holder.canceller());
+    match holder.release(success, limit, || router.idle())? {
+        Ok(()) => step!("released lock \"{label}\""),
+        Err(Unconfirmed(why)) => warn!(
+            "warning: the release of lock \"{label}\" was not confirmed ({why}); \
+             the server frees it when the session ends"
+        ),
+    }
+    Ok(())
+}
+
+/// How long the ledger's own connection (xact scope) may take without --connect-timeout.
+const LEDGER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The ledger's statement after the grant, with --record or --once-per.
+fn begin_ledger(opts: &RunOptions, opener: &Opener, holder: &mut Holder) -> Result<Option<Begun>> {
+    let Some(record) = &opts.record else {
+        return Ok(None);
+    };
+    let held = holder.held();
+    let cx = record::Context {
+        record,
+        target: &opts.target,
+        holding: record::Holding {
+            id: held.id,
+            slot: held.slot.map(|(slot, _)| slot),
+            shared: held.shared,
+            scope: held.scope,
+        },
+        quiet: opts.quiet,
+        check_interval: opts.check_interval,
+        connect_timeout: opts.connect_timeout.unwrap_or(LEDGER_CONNECT_TIMEOUT),
+    };
+    record::begin(&cx, opener, holder.session()).map(Some)
+}
+
+/// Records the run's end in the ledger, when there is one.
+fn record_end(ledger: Option<Box<Recorder>>, holder: &mut Holder, end: End) {
+    if let Some(recorder) = ledger {
+        recorder.finish(holder.session(), end);
+    }
+}
+
+/// What the command learns about its lock.
+fn child_env(opts: &RunOptions, held: &Held) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PGLOCK_KEY".into(), opts.target.label.clone()),
+        ("PGLOCK_LOCK_ID".into(), held.id.sql_args()),
+        ("PGLOCK_SCOPE".into(), held.scope.name().into()),
+    ];
+    if let Some((slot, _)) = held.slot {
+        env.push(("PGLOCK_SLOT".into(), slot.to_string()));
+    }
+    env
+}
+
+impl Guard for Holder {
+    fn socket(&self) -> Option<RawFd> {
+        Holder::socket(self)
+    }
+
+    fn readable(&mut self) -> Result<(), LostReason> {
+        Holder::readable(self)
+    }
+
+    fn check(&mut self, limit: Duration) -> Result<(), LostReason> {
+        Holder::check(self, limit)
+    }
+}

@@ -1,0 +1,198 @@
+//! Waiting for the lock: connect, take it or queue for it, and try again after a failure that
+//! may pass (see [`super::retry`]), within the wait the user asked for.
+
+use super::retry::{Retry, Stage, Verdict, Window};
+use crate::exit::Outcome;
+use crate::lock::{self, Acquired, Holder, Request, Wait};
+use crate::options::RunOptions;
+use crate::pg::{Opener, Session};
+use crate::report::{self, Watch};
+use crate::supervise::signals::Router;
+use crate::supervise::wait_guard::WaitGuard;
+use crate::{duration, step};
+use anyhow::Result;
+use std::time::Instant;
+
+/// How the wait ended, short of an error.
+pub enum Waited {
+    Held(Box<Holder>),
+    /// Ended by this outcome: interrupted, or not obtained.
+    Gave(Outcome),
+}
+
+/// What one connection's attempt came to.
+enum Attempt {
+    Done(Waited),
+    /// The lock query failed (sent at the instant given): try again, if the failure may pass
+    /// and the wait allows.
+    Broken(postgres::Error, Instant),
+}
+
+struct Waiter<'a> {
+    opts: &'a RunOptions,
+    opener: &'a Opener,
+    router: &'a Router,
+    request: &'a Request,
+    started: Instant,
+    deadline: Option<Instant>,
+}
+
+/// Connects and waits for the lock. Failures that may pass are retried with jittered backoff:
+/// the first connection for --retry-connect, a broken connection or a full house within
+/// --timeout when one is given (see [`super::retry`]).
+pub fn wait_for_lock(
+    opts: &RunOptions,
+    opener: &Opener,
+    router: &Router,
+    request: &Request,
+) -> Result<Waited> {
+    let started = Instant::now();
+    let deadline = match request.wait {
+        Wait::For(t) => Some(started + t),
+        _ => None,
+    };
+    let waiter = Waiter {
+        opts,
+        opener,
+        router,
+        request,
+        started,
+        deadline,
+    };
+    let label = &opts.target.label;
+    let window = Window {
+        nowait: request.wait == Wait::Try,
+        connect_until: started + opts.retry_connect,
+        deadline,
+    };
+    let mut retry = Retry::new(opener, request.scope, label, opts.quiet, window);
+    let pause = |d| router.pause(d);
+    loop {
+        let began = Instant::now();
+        let (e, stage) = match opener.open() {
+            Ok(session) => {
+                retry.connected();
+                match waiter.attempt(session)? {
+                    Attempt::Done(waited) => return Ok(waited),
+                    Attempt::Broken(e, asked) => (e, Stage::Lock { asked }),
+                }
+            }
+            Err(e) => (e, Stage::Connect { began }),
+        };
+        let connecting = matches!(stage, Stage::Connect { .. });
+        match retry.failed(&e, stage, &pause) {
+            Verdict::Again => continue,
+            Verdict::Interrupted(sig) => return Ok(Waited::Gave(Outcome::Interrupted(sig))),
+            Verdict::TimedOut(why) => return Ok(Waited::Gave(waiter.timed_out(&why))),
+            Verdict::Unavailable => return Err(opener.failure(&e)),
+            Verdict::Fatal(_) if connecting => return Err(opener.failure(&e)),
+            Verdict::Fatal(why) => anyhow::bail!("cannot take lock \"{label}\": {why}"),
+        }
+    }
+}
+
+impl Waiter<'_> {
+    /// One connection's try or wait.
+    fn attempt(&self, mut session: Session) -> Result<Attempt> {
+        let label = &self.opts.target.label;
+        let mut request = self.request.clone();
+        request.wait = request.wait.until(self.deadline);
+        if request.wait == Wait::Try {
+            step!("trying lock \"{label}\" (id {})", request.id);
+        } else {
+            step!("waiting for lock \"{label}\" (id {})", request.id);
+        }
+        if let Some(sig) = self.router.waiting(session.canceller()) {
+            return Ok(Attempt::Done(Waited::Gave(Outcome::Interrupted(sig))));
+        }
+        let waits = request.wait != Wait::Try;
+        let observer = waits.then(|| self.observe()).flatten();
+        let guard = waits.then(|| {
+            WaitGuard::start(
+                self.opener.application_name(),
+                self.opts.database_url.as_deref(),
+            )
+        });
+        let asked = Instant::now();
+        let acquired = lock::acquire(&mut session, &request, &|| {
+            self.router.interrupted().is_some()
+        });
+        drop(guard);
+        drop(observer);
+        self.router.idle();
+        if let Some(sig) = self.router.interrupted() {
+            step!("interrupted by signal {sig} while waiting; giving up");
+            // Closing the connection also drops the lock if the grant raced with the cancel.
+            return Ok(Attempt::Done(Waited::Gave(Outcome::Interrupted(sig))));
+        }
+        let outcome = match acquired {
+            Ok(Acquired::Held(held)) => {
+                step!(
+                    "acquired lock \"{label}\" after {}",
+                    duration::format(self.started.elapsed())
+                );
+                return Ok(Attempt::Done(Waited::Held(Box::new(Holder::new(
+                    session, held,
+                )))));
+            }
+            Ok(Acquired::Busy) if self.request.wait == Wait::Try => Acquired::Busy,
+            Ok(Acquired::Busy | Acquired::TimedOut) => Acquired::TimedOut,
+            Ok(Acquired::Cancelled) => Acquired::Cancelled,
+            Err(e) => return Ok(Attempt::Broken(e, asked)),
+        };
+        let message = self.not_obtained(outcome, Some(&mut session));
+        Ok(Attempt::Done(Waited::Gave(message)))
+    }
+
+    /// --timeout ran out while pglock could not even queue for the lock: the conflict status,
+    /// saying what kept it out.
+    fn timed_out(&self, why: &str) -> Outcome {
+        match self.not_obtained(Acquired::TimedOut, None) {
+            Outcome::NotObtained(Some(message)) => {
+                Outcome::NotObtained(Some(format!("{message}; {why}")))
+            }
+            quiet => quiet,
+        }
+    }
+
+    /// The observer of a wait, when anyone will see what it finds.
+    fn observe(&self) -> Option<Watch> {
+        Watch::start(&report::Wait {
+            opener: self.opener,
+            id: self.request.id,
+            semaphore: self.request.semaphore.as_ref(),
+            label: &self.opts.target.label,
+            shared: self.request.shared,
+            verbose: self.opts.verbose,
+            quiet: self.opts.quiet,
+        })
+    }
+
+    /// The lock was not obtained: a message unless --quiet. When the lock connection is still
+    /// there, the message names the holder; that costs a query, so it is only asked for when
+    /// the message will be printed.
+    fn not_obtained(&self, outcome: Acquired, session: Option<&mut Session>) -> Outcome {
+        if self.opts.quiet {
+            return Outcome::NotObtained(None);
+        }
+        let label = &self.opts.target.label;
+        if outcome == Acquired::Cancelled {
+            return Outcome::NotObtained(Some(format!(
+                "the wait for lock \"{label}\" was cancelled on the server (pg_cancel_backend?)"
+            )));
+        }
+        let timed_out = (outcome == Acquired::TimedOut).then(|| match self.request.wait {
+            Wait::For(t) => t,
+            _ => self.started.elapsed(),
+        });
+        let message = match (session, timed_out) {
+            (Some(session), _) => report::conflict_message(session, self.request, label, timed_out),
+            (None, Some(waited)) => format!(
+                "timed out after {} waiting for lock \"{label}\"",
+                duration::format(waited)
+            ),
+            (None, None) => format!("lock \"{label}\" is busy"),
+        };
+        Outcome::NotObtained(Some(message))
+    }
+}

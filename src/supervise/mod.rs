@@ -1,0 +1,299 @@
+//! Supervision: the one loop that owns the command once it exists (after tini).
+//!
+//! The rule: once the command has been spawned, the only way out of [`wait`] is reaping it.
+//! Nothing in the loop returns early: a lost lock, a failed poll or a failed waitpid all turn
+//! into "stop the command (SIGTERM to its group, SIGKILL after --kill-after), keep reaping".
+//! Signals are forwarded by the router's thread meanwhile; the loop only wakes on them.
+//!
+//! [`hold`] is the same watch without a command, for --min-hold.
+//!
+//! A plain run (`pglock --key k -- cmd`, stderr not a terminal) has these threads and
+//! processes: pglock's main thread, the `signals` router, the `watchdog` started by the first
+//! lock check; rust-postgres's runtime runs on the main thread. Processes: pglock, the command,
+//! and the dead man's switch, a forked process in a session of its own. A cancel request (after
+//! a signal while waiting) runs on a short-lived `cancel` thread, and the terminal status line
+//! or -v adds an `observer` thread with a second connection while waiting.
+
+pub mod child;
+pub mod deadman;
+pub mod signals;
+pub mod wait_guard;
+
+use crate::exit::LostReason;
+use crate::options::Fencing;
+use crate::{step, warn};
+use child::Running;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::Signal;
+use signals::Router;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+/// The lock, as the supervising loop sees it.
+pub trait Guard {
+    /// The lock connection's socket, watched so that a closed session is noticed at once.
+    fn socket(&self) -> Option<RawFd>;
+    /// The socket is readable; Err(reason) if the lock is gone.
+    fn readable(&mut self) -> Result<(), LostReason>;
+    /// The periodic check, answered within `limit`; Err(reason) if the lock is gone.
+    fn check(&mut self, limit: Duration) -> Result<(), LostReason>;
+}
+
+/// How the loop watches and what it does about a loss.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub check_every: Duration,
+    pub fencing: Fencing,
+    /// How long a command that is being stopped gets between SIGTERM and SIGKILL.
+    pub kill_after: Duration,
+}
+
+/// How the command's run ended.
+#[derive(Debug)]
+pub struct Ended {
+    pub status: ExitStatus,
+    /// Why the lock was lost while it ran, if it was.
+    pub lost: Option<LostReason>,
+}
+
+/// Waits for the command while watching the lock: the socket at once, the server's pg_locks
+/// every `check_every`. Returns only once the command has been reaped.
+pub fn wait(
+    running: &mut Running,
+    router: &Router,
+    guard: &mut dyn Guard,
+    policy: Policy,
+    label: &str,
+) -> Ended {
+    let mut lost: Option<LostReason> = None;
+    let mut next_check = Instant::now() + policy.check_every;
+    let mut kill_at: Option<Instant> = None;
+    let stop = |running: &Running, kill_at: &mut Option<Instant>, kill_after: Duration| {
+        if kill_at.is_none() {
+            running.signal_group(Signal::SIGTERM);
+            *kill_at = Some(Instant::now() + kill_after);
+        }
+    };
+    loop {
+        match running.poll() {
+            Ok(Some(status)) => {
+                router.child_gone();
+                return Ended { status, lost };
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!("cannot wait for the command ({e}); stopping it");
+                stop(running, &mut kill_at, policy.kill_after);
+                // waitpid failing is no reason to spin.
+                router.pause(Duration::from_millis(50));
+            }
+        }
+        let watching = lost.is_none();
+        let deadline = [watching.then_some(next_check), kill_at]
+            .into_iter()
+            .flatten()
+            .min();
+        let socket = guard.socket().filter(|_| watching);
+        let socket_ready = match wait_for_events(router, socket, deadline) {
+            Ok(ready) => ready,
+            Err(e) => {
+                warn!("cannot watch the lock ({e}); stopping the command");
+                stop(running, &mut kill_at, policy.kill_after);
+                router.pause(Duration::from_millis(50));
+                false
+            }
+        };
+        router.drain();
+        if watching {
+            if let Err(why) = look(guard, socket_ready, &mut next_check, policy.check_every) {
+                match policy.fencing {
+                    Fencing::Terminate { kill_after } => {
+                        warn!("lock \"{label}\" lost: {why}; terminating the command");
+                        stop(running, &mut kill_at, kill_after);
+                    }
+                    Fencing::Ignore => warn!(
+                        "lock \"{label}\" lost: {why}; --on-lost ignore: the command keeps running"
+                    ),
+                }
+                lost = Some(why);
+            }
+        }
+        if kill_at.is_some_and(|at| Instant::now() >= at) {
+            step!("the command outlived --kill-after; sending SIGKILL");
+            running.signal_group(Signal::SIGKILL);
+            kill_at = Some(Instant::now() + Duration::from_secs(3600));
+        }
+    }
+}
+
+/// Keeps watching the lock until `until` (--min-hold) or a terminating signal. Err(reason) if
+/// the lock is lost meanwhile.
+pub fn hold(
+    router: &Router,
+    guard: &mut dyn Guard,
+    until: Instant,
+    check_every: Duration,
+) -> Result<(), LostReason> {
+    let mut next_check = Instant::now() + check_every;
+    loop {
+        if let Some(sig) = router.interrupted() {
+            step!("signal {sig} ends the --min-hold early");
+            return Ok(());
+        }
+        if Instant::now() >= until {
+            return Ok(());
+        }
+        let socket_ready = wait_for_events(router, guard.socket(), Some(until.min(next_check)))
+            .unwrap_or_else(|_| {
+                std::thread::sleep(Duration::from_millis(50));
+                false
+            });
+        router.drain();
+        look(guard, socket_ready, &mut next_check, check_every)?;
+    }
+}
+
+/// One look at the lock: what the socket says, and the periodic check when it is due.
+fn look(
+    guard: &mut dyn Guard,
+    socket_ready: bool,
+    next_check: &mut Instant,
+    every: Duration,
+) -> Result<(), LostReason> {
+    if socket_ready {
+        guard.readable()?;
+    }
+    if Instant::now() >= *next_check {
+        let result = guard.check(every);
+        *next_check = Instant::now() + every;
+        result?;
+    }
+    Ok(())
+}
+
+/// Blocks until a signal arrives, the socket is readable, or `deadline`. True if the socket is.
+fn wait_for_events(
+    router: &Router,
+    socket: Option<RawFd>,
+    deadline: Option<Instant>,
+) -> nix::Result<bool> {
+    let mut fds = vec![PollFd::new(router.wake_fd(), PollFlags::POLLIN)];
+    if let Some(fd) = socket {
+        // SAFETY: the socket belongs to the lock session, which the guard keeps open for the
+        // whole loop; poll only reads its state.
+        fds.push(PollFd::new(
+            unsafe { BorrowedFd::borrow_raw(fd) },
+            PollFlags::POLLIN,
+        ));
+    }
+    let timeout = match deadline {
+        None => PollTimeout::NONE,
+        Some(at) => {
+            // Round up so the loop does not spin just before the deadline.
+            let ms = at
+                .saturating_duration_since(Instant::now())
+                .as_micros()
+                .div_ceil(1000);
+            PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+        }
+    };
+    match poll(&mut fds, timeout) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(fds
+        .get(1)
+        .and_then(|f| f.revents())
+        .is_some_and(|r| !r.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The loop with a fake lock and a real command: the fencing sequence, step by step.
+    use super::*;
+    use crate::options::Job;
+    use std::os::unix::process::ExitStatusExt;
+
+    /// A lock that is lost at the first check.
+    struct LosesAtOnce {
+        checks: u32,
+    }
+
+    impl Guard for LosesAtOnce {
+        fn socket(&self) -> Option<RawFd> {
+            None
+        }
+        fn readable(&mut self) -> Result<(), LostReason> {
+            Ok(())
+        }
+        fn check(&mut self, _: Duration) -> Result<(), LostReason> {
+            self.checks += 1;
+            Err(LostReason::NotHeld)
+        }
+    }
+
+    fn sh(script: &str) -> Job {
+        Job {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+        }
+    }
+
+    fn policy(kill_after: Duration) -> Policy {
+        Policy {
+            check_every: Duration::from_millis(20),
+            fencing: Fencing::Terminate { kill_after },
+            kill_after,
+        }
+    }
+
+    #[test]
+    fn lost_lock_terminates_then_kills_after_kill_after() {
+        let router = Router::start().unwrap();
+        // Ignores SIGTERM, so only the SIGKILL after --kill-after ends it.
+        let (mut running, _) =
+            child::spawn(&sh("trap '' TERM; sleep 30 & wait; sleep 30"), &[], false).unwrap();
+        let mut guard = LosesAtOnce { checks: 0 };
+        let started = Instant::now();
+        let ended = wait(
+            &mut running,
+            &router,
+            &mut guard,
+            policy(Duration::from_millis(300)),
+            "t",
+        );
+        assert_eq!(ended.lost, Some(LostReason::NotHeld));
+        assert_eq!(ended.status.signal(), Some(Signal::SIGKILL as i32));
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        // One check found the loss; the lock is not asked about again.
+        assert_eq!(guard.checks, 1);
+    }
+
+    #[test]
+    fn lost_lock_terminates_a_command_that_obeys() {
+        let router = Router::start().unwrap();
+        let (mut running, _) = child::spawn(&sh("sleep 30"), &[], false).unwrap();
+        let mut guard = LosesAtOnce { checks: 0 };
+        let ended = wait(
+            &mut running,
+            &router,
+            &mut guard,
+            policy(Duration::from_secs(30)),
+            "t",
+        );
+        assert_eq!(ended.status.signal(), Some(Signal::SIGTERM as i32));
+    }
+
+    #[test]
+    fn ignore_lets_the_command_finish() {
+        let router = Router::start().unwrap();
+        let (mut running, _) = child::spawn(&sh("sleep 0.2; exit 3"), &[], false).unwrap();
+        let mut guard = LosesAtOnce { checks: 0 };
+        let mut ignore = policy(Duration::from_millis(10));
+        ignore.fencing = Fencing::Ignore;
+        let ended = wait(&mut running, &router, &mut guard, ignore, "t");
+        assert_eq!(ended.status.code(), Some(3));
+        assert_eq!(ended.lost, Some(LostReason::NotHeld));
+    }
+}

@@ -1,0 +1,303 @@
+//! Signal routing: one `signals` thread receives every signal pglock handles and acts on it at
+//! once, whatever the main thread is blocked in.
+//!
+//! - While waiting for the lock, a terminating signal cancels the wait on the server; if the
+//!   cancel cannot be delivered within a second, it cuts the lock connection instead.
+//! - While the command runs, every forwarded signal goes to the command's process group, so it
+//!   reaches a wrapping shell's children too.
+//! - While the lock is being released, a terminating signal cuts the connection: the release
+//!   then ends at once, and the server frees the lock with the session.
+//! - In every phase it writes the signal number to a pipe, so the main loop can poll(2) it next
+//!   to the lock connection's socket.
+//!
+//! Nothing blocking runs under the routing lock: a cancel request is sent after letting go of it.
+
+use crate::pg::Canceller;
+use crate::pg::cancel::CANCEL_DEADLINE;
+use anyhow::{Context, Result};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, killpg, pthread_sigmask};
+use nix::unistd::Pid;
+use signal_hook::consts::signal::*;
+use signal_hook::iterator::Signals;
+use signal_hook::iterator::backend::Handle;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Signals passed on to the command. Every one of them would otherwise end pglock (or, for
+/// SIGWINCH, matter to an interactive command), and pglock must never exit before its command.
+pub const FORWARDED: &[i32] = &[
+    SIGHUP,
+    SIGINT,
+    SIGQUIT,
+    SIGTERM,
+    SIGUSR1,
+    SIGUSR2,
+    SIGWINCH,
+    SIGALRM,
+    SIGVTALRM,
+    SIGPROF,
+    SIGXCPU,
+    SIGXFSZ,
+    nix::libc::SIGPWR,
+    SIGIO,
+];
+
+/// The forwarded signals, held back on the calling thread until this is dropped: one sent
+/// before the [`Router`] is installed then waits for it, instead of ending pglock by default.
+/// Lets the run path do its single-threaded start-up (see `tls::trust_store`) before the
+/// router's thread exists. Threads started meanwhile, the router's among them, keep them
+/// blocked; the router does not mind on which thread its handlers run.
+pub struct Deferred {
+    previous: SigSet,
+}
+
+impl Deferred {
+    pub fn block() -> Result<Deferred> {
+        let set: SigSet = FORWARDED
+            .iter()
+            .filter_map(|&sig| Signal::try_from(sig).ok())
+            .collect();
+        let mut previous = SigSet::empty();
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut previous))
+            .context("cannot block signals during start-up")?;
+        Ok(Deferred { previous })
+    }
+}
+
+impl Drop for Deferred {
+    /// Signals that arrived meanwhile are delivered now: to the router's handlers once it is
+    /// installed, or with their default action when start-up failed before it.
+    fn drop(&mut self) {
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.previous), None);
+    }
+}
+
+/// How long dropping the router waits for its thread.
+const JOIN_BOUND: Duration = Duration::from_secs(2);
+
+/// What a signal means right now.
+enum Route {
+    /// Nothing to act on: only remember terminating signals.
+    Idle,
+    /// Waiting for the lock (attempt number): a terminating signal cancels the wait.
+    Waiting(Canceller, u64),
+    /// The command runs in this process group.
+    Child(Pid),
+    /// The lock is being released: a terminating signal cuts the connection.
+    Closing(Canceller),
+}
+
+struct State {
+    route: Route,
+    /// The first terminating signal that arrived outside the command's lifetime.
+    interrupted: Option<Signal>,
+    /// Counts lock waits, so a late cancel never touches a later attempt's connection.
+    attempt: u64,
+}
+
+pub struct Router {
+    state: Arc<Mutex<State>>,
+    wake: UnixStream,
+    handle: Handle,
+    thread: Option<JoinHandle<()>>,
+    finished: mpsc::Receiver<()>,
+}
+
+/// Everything but SIGWINCH ends a process by default; SIGCHLD only wakes the loop.
+fn terminating(sig: i32) -> bool {
+    sig != SIGWINCH && sig != SIGCHLD
+}
+
+impl Router {
+    /// Installs the handlers and starts the routing thread.
+    pub fn start() -> Result<Router> {
+        let mut watched = FORWARDED.to_vec();
+        watched.push(SIGCHLD);
+        let mut signals = Signals::new(&watched).context("cannot install signal handlers")?;
+        let handle = signals.handle();
+        let (wake, mut ring) = UnixStream::pair().context("cannot create the wake-up pipe")?;
+        wake.set_nonblocking(true)?;
+        let state = Arc::new(Mutex::new(State {
+            route: Route::Idle,
+            interrupted: None,
+            attempt: 0,
+        }));
+        let shared = Arc::clone(&state);
+        let (done, finished) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    route(&shared, sig);
+                    let _ = ring.write_all(&[sig as u8]);
+                }
+                let _ = done.send(());
+            })
+            .context("cannot start the signal thread")?;
+        Ok(Router {
+            state,
+            wake,
+            handle,
+            thread: Some(thread),
+            finished,
+        })
+    }
+
+    /// From now on a terminating signal cancels the lock wait through `canceller`. Returns the
+    /// signal instead if one already arrived: then there is nothing to wait for.
+    pub fn waiting(&self, canceller: Canceller) -> Option<Signal> {
+        let mut st = lock(&self.state);
+        if st.interrupted.is_none() {
+            st.attempt += 1;
+            let attempt = st.attempt;
+            st.route = Route::Waiting(canceller, attempt);
+        }
+        st.interrupted
+    }
+
+    /// The release begins: a terminating signal cuts the connection through `canceller`.
+    pub fn closing(&self, canceller: Canceller) {
+        lock(&self.state).route = Route::Closing(canceller);
+    }
+
+    /// Sleeps for `d`, or less if a terminating signal arrives; returns that signal.
+    pub fn pause(&self, d: Duration) -> Option<Signal> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let until = Instant::now() + d;
+        loop {
+            if let Some(sig) = self.interrupted() {
+                return Some(sig);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let ms = PollTimeout::try_from(left.as_millis().clamp(1, i32::MAX as u128) as i32)
+                .unwrap_or(PollTimeout::MAX);
+            let _ = poll(&mut [PollFd::new(self.wake_fd(), PollFlags::POLLIN)], ms);
+            self.drain();
+        }
+    }
+
+    /// The lock wait (or the release) is over: signals are only remembered again.
+    pub fn idle(&self) {
+        lock(&self.state).route = Route::Idle;
+    }
+
+    /// The first terminating signal received while no command ran.
+    pub fn interrupted(&self) -> Option<Signal> {
+        lock(&self.state).interrupted
+    }
+
+    /// Starts the command unless a terminating signal already arrived, and from then on forwards
+    /// signals to its process group. Holding the routing lock across the spawn means no signal
+    /// falls between "not yet started" and "forwarded".
+    pub fn spawn<T>(&self, start: impl FnOnce() -> Result<(T, Pid)>) -> Result<Option<T>> {
+        let mut st = lock(&self.state);
+        if st.interrupted.is_some() {
+            return Ok(None);
+        }
+        let (child, pgid) = start()?;
+        st.route = Route::Child(pgid);
+        Ok(Some(child))
+    }
+
+    /// The command has exited: its process group may be gone or reused, so stop forwarding.
+    pub fn child_gone(&self) {
+        lock(&self.state).route = Route::Idle;
+    }
+
+    /// The read end of the wake-up pipe: readable when a signal arrived.
+    pub fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    /// Empties the wake-up pipe and returns the signals it carried, oldest first.
+    pub fn drain(&self) -> Vec<i32> {
+        let mut buf = [0u8; 64];
+        let mut out = Vec::new();
+        while let Ok(n) = (&self.wake).read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend(buf[..n].iter().map(|&b| i32::from(b)));
+        }
+        out
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        self.handle.close();
+        // The thread ends as soon as it sees the close, unless a cancel request is under way:
+        // that is bounded by CANCEL_DEADLINE, so wait a little longer than that, not forever.
+        if self.finished.recv_timeout(JOIN_BOUND).is_ok() {
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// Acts on one signal.
+fn route(state: &Mutex<State>, sig: i32) {
+    let mut st = lock(state);
+    match &st.route {
+        Route::Child(pgid) if sig != SIGCHLD => {
+            if let Ok(s) = Signal::try_from(sig) {
+                let _ = killpg(*pgid, s);
+            }
+        }
+        Route::Waiting(canceller, attempt) if terminating(sig) && st.interrupted.is_none() => {
+            let (canceller, attempt) = (canceller.clone(), *attempt);
+            st.interrupted = Signal::try_from(sig).ok();
+            drop(st);
+            cancel_until_done(state, &canceller, attempt);
+        }
+        Route::Closing(canceller) if terminating(sig) => {
+            canceller.cut();
+            st.interrupted
+                .get_or_insert(Signal::try_from(sig).unwrap_or(Signal::SIGTERM));
+        }
+        _ if terminating(sig) => {
+            if let Ok(s) = Signal::try_from(sig) {
+                st.interrupted.get_or_insert(s);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A cancel request that reaches the server before the lock query does is ignored, so keep
+/// cancelling until the main thread has left the wait. A cancel that cannot be delivered in
+/// time gives way to cutting the connection.
+fn cancel_until_done(state: &Mutex<State>, canceller: &Canceller, attempt: u64) {
+    let still_waiting = |st: &State| matches!(st.route, Route::Waiting(_, a) if a == attempt);
+    loop {
+        let delivered = canceller.cancel_within(CANCEL_DEADLINE);
+        let st = lock(state);
+        if !still_waiting(&st) {
+            return;
+        }
+        if !delivered {
+            // Under the lock: the main thread cannot leave the wait and close the socket
+            // meanwhile, so the descriptor is still the connection's.
+            canceller.cut();
+            return;
+        }
+        drop(st);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic in the signal thread must not take the supervisor down with it.
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,143 @@
+//! The wait guard: the dead man's switch's sibling for the time before the lock is granted.
+//!
+//! A pglock that dies while it waits (SIGKILL, the OOM killer) leaves its backend in the server's
+//! queue. PostgreSQL 14 and later notice the vanished client within
+//! `client_connection_check_interval`, which pglock sets; older servers notice only when the lock
+//! is granted and they try to answer, so the dead waiter holds the lock for a moment and, until
+//! then, keeps its place in the queue. The guard closes that gap on every version: a pglock
+//! process of its own (`pglock __wait-guard NAME`, in a session of its own so that a group kill
+//! misses it) that reads a pipe from the waiter. A byte stands it down; end of file means the
+//! waiter died, and the guard connects with the same settings and cancels the waiting backend,
+//! found by its application_name (which carries the waiter's host and pid).
+//!
+//! Starting a process costs a few milliseconds, so it is armed only for waits that last longer
+//! than [`ARM_AFTER`]; a lock granted at once never starts one.
+
+use crate::conninfo;
+use crate::pg::{Opener, sql};
+use crate::step;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The hidden first argument that makes pglock a wait guard.
+pub const ARG: &str = "__wait-guard";
+
+/// A wait shorter than this is not guarded beyond what the server does itself.
+pub const ARM_AFTER: Duration = Duration::from_millis(200);
+
+/// The guard's own connection must not hang on a server that is gone.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Guards one lock wait; dropping it stands the guard down.
+pub struct WaitGuard {
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WaitGuard {
+    /// Starts the `wait-guard` thread, which starts the guard process after [`ARM_AFTER`]
+    /// unless the wait is over by then.
+    pub fn start(app_name: &str, database_url: Option<&str>) -> WaitGuard {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let (app_name, url) = (app_name.to_string(), database_url.map(str::to_string));
+        let thread = std::thread::Builder::new()
+            .name("wait-guard".into())
+            .spawn(move || {
+                if stopped.recv_timeout(ARM_AFTER) != Err(RecvTimeoutError::Timeout) {
+                    return;
+                }
+                let Some(mut guard) = launch(&app_name, url.as_deref()) else {
+                    return;
+                };
+                let _ = stopped.recv();
+                // Stand it down and reap it: it exits as soon as it reads the byte.
+                if let Some(mut line) = guard.stdin.take() {
+                    let _ = line.write_all(b"x");
+                }
+                let _ = guard.wait();
+            })
+            .ok();
+        WaitGuard {
+            stop: Some(stop),
+            thread,
+        }
+    }
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        // The thread only waits on the channel and on a guard that exits at once.
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn launch(app_name: &str, database_url: Option<&str>) -> Option<Child> {
+    let exe = std::env::current_exe().ok()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg(ARG)
+        .arg(app_name)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null());
+    // Through the environment, not argv: a URL may hold a password, and ps shows argv.
+    match database_url {
+        Some(url) => cmd.env("PGLOCK_DATABASE_URL", url),
+        None => cmd.env_remove("PGLOCK_DATABASE_URL"),
+    };
+    // SAFETY: setsid(2) is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            Ok(())
+        });
+    }
+    match cmd.spawn() {
+        Ok(child) => {
+            step!("wait guard started as pid {}", child.id());
+            Some(child)
+        }
+        Err(e) => {
+            step!("cannot start the wait guard: {e}");
+            None
+        }
+    }
+}
+
+/// `pglock __wait-guard NAME`: waits for the waiter's pipe to close without a byte, then cancels
+/// the wait of the backend named NAME. Its exit status is only for the record.
+pub fn serve(app_name: &str) -> u8 {
+    let mut byte = [0u8; 1];
+    loop {
+        match std::io::stdin().read(&mut byte) {
+            Ok(1) => return 0,
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    match cancel(app_name) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+fn cancel(app_name: &str) -> anyhow::Result<()> {
+    let url = std::env::var("PGLOCK_DATABASE_URL").ok();
+    let target = conninfo::resolve(url.as_deref(), &conninfo::process_env)?;
+    let opener = Opener::new(
+        &target,
+        "pglock-guard",
+        Some(CONNECT_TIMEOUT),
+        CONNECT_TIMEOUT,
+    )?;
+    let mut session = opener.open()?;
+    session.query(&sql::cancel_waiter(app_name))?;
+    session.close();
+    Ok(())
+}
