@@ -1,9 +1,7 @@
 //! The checked-in man page and shell completions: up to date with the clap definition, rendered
 //! by man without warnings, and loadable by bash. No server needed.
 
-mod common;
-
-use common::*;
+use crate::util::*;
 use std::path::Path;
 use std::process::Command;
 

@@ -2,11 +2,8 @@
 //! password files, service files and connection strings (same user, database and server, or the
 //! same failure); the multi-host rules; usage errors; and passwords kept out of every message.
 
-mod cluster;
-mod common;
-
-use cluster::{Cluster, Outcome, free_port, hold, psql, session, write};
-use common::*;
+use crate::util::cluster::{Cluster, Outcome, free_port, hold, psql, session, write};
+use crate::util::*;
 use postgres::Client;
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -6,10 +6,8 @@
 //! Each test has its own table (`Ledger::new`), so they run in parallel with each other and with
 //! the rest of the suite.
 
-mod common;
-
-use common::bouncer::Bouncer;
-use common::*;
+use crate::util::bouncer::Bouncer;
+use crate::util::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use postgres::Client;

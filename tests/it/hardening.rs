@@ -2,10 +2,8 @@
 //! job control at a real terminal, a server that stops answering, unwritable stderr, losses
 //! during --min-hold, arguments that are not UTF-8, and contradictory flags.
 
-mod common;
-
-use common::proxy::Proxy;
-use common::*;
+use crate::util::proxy::Proxy;
+use crate::util::*;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use std::io::{Read, Write};

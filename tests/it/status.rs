@@ -1,9 +1,7 @@
 //! Who holds what, against a real server: holder reports on a conflict, the waiting status line
 //! and -v reports, `pglock status`, `pglock list --json`, `pglock key`, and the permission note.
 
-mod common;
-
-use common::*;
+use crate::util::*;
 use serde_json::{Value, json};
 use std::io::Read;
 use std::process::{Child, Output, Stdio};

@@ -4,9 +4,7 @@
 //! may overlap only within the short window between a backend's termination and its command's
 //! end.
 
-mod common;
-
-use common::*;
+use crate::util::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::collections::{BTreeMap, HashSet};
@@ -108,11 +106,9 @@ fn torture() {
                             "S"
                         }
                     };
-                    let me = std::env::current_exe().unwrap();
                     let mut child = cmd
                         .arg("--")
-                        .arg(me)
-                        .args(["--exact", "helper_critical_section", "--nocapture"])
+                        .args(helper(concat!(module_path!(), "::helper_critical_section")))
                         .env(
                             "PGLOCK_TEST_SECTION",
                             format!("{mode} {} {}", 10 + rng.next(80), log.display()),

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bouncer;
+pub mod cluster;
 pub mod proxy;
 
 use postgres::{Client, NoTls};
@@ -19,6 +20,22 @@ pub fn pglock() -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_remove("PGLOCK_DATABASE_URL");
     cmd
+}
+
+/// This test binary, told to run just the helper test at `path`, written as
+/// `concat!(module_path!(), "::helper_name")` so that it follows the module: for tests whose
+/// command under pglock is a helper test (which does nothing unless its variable is set).
+pub fn helper(path: &str) -> Vec<std::ffi::OsString> {
+    // module_path!() starts with the crate's name, which test names leave out.
+    let (_, name) = path.split_once("::").expect("a module path");
+    let exe = std::env::current_exe().unwrap();
+    vec![
+        exe.into(),
+        "--exact".into(),
+        name.into(),
+        "--nocapture".into(),
+        "--test-threads=1".into(),
+    ]
 }
 
 /// A key no other test uses, even when tests run in parallel or again against the same server.

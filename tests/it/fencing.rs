@@ -2,11 +2,9 @@
 //! Every fault is real: backends terminated by the server, a TCP proxy that goes silent or cuts
 //! connections, SIGKILLed processes, a real PgBouncer.
 
-mod common;
-
-use common::bouncer::Bouncer;
-use common::proxy::Proxy;
-use common::*;
+use crate::util::bouncer::Bouncer;
+use crate::util::proxy::Proxy;
+use crate::util::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::path::Path;

@@ -1,8 +1,6 @@
 //! Beyond flock: --limit (a semaphore), --key-hash (other libraries' lock ids), --min-hold.
 
-mod common;
-
-use common::*;
+use crate::util::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::time::{Duration, Instant};

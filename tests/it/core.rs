@@ -1,8 +1,6 @@
 //! The core behaviour, end to end: the real binary against a real server.
 
-mod common;
-
-use common::*;
+use crate::util::*;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use std::io::Write;
@@ -416,16 +414,9 @@ fn helper_count_sigint() {
 fn a_process_group_sigint_reaches_the_command_once() {
     let k = unique_key("once");
     let dir = temp_dir("once");
-    let me = std::env::current_exe().unwrap();
     let mut cmd = pglock();
     cmd.args(["--key", &k, "--"])
-        .arg(&me)
-        .args([
-            "--exact",
-            "helper_count_sigint",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(helper(concat!(module_path!(), "::helper_count_sigint")))
         .env("PGLOCK_TEST_SIGCOUNT_DIR", &dir)
         .stdout(Stdio::null())
         .stdin(Stdio::null())

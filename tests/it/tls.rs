@@ -3,11 +3,8 @@
 //! separate connection while pglock holds its lock, shows whether pglock's session is encrypted
 //! and which client certificate it presented.
 
-mod cluster;
-mod common;
-
-use cluster::{Cluster, Outcome, hold, session, write};
-use common::*;
+use crate::util::cluster::{Cluster, Outcome, hold, session, write};
+use crate::util::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
