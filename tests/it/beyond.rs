@@ -1,20 +1,13 @@
 //! Beyond flock: --limit (a semaphore), --key-hash (other libraries' lock ids), --min-hold.
 
 use crate::util::*;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
-const LIMIT: Duration = Duration::from_secs(30);
-
-/// Lock rows of the semaphore's gate: (granted, waiting).
-fn gate_rows(key: &str) -> (i64, i64) {
-    let gate = key_id(&format!("{key}\0gate"));
-    let mut c = sql();
-    (
-        lock_rows(&mut c, gate, true),
-        lock_rows(&mut c, gate, false),
-    )
+/// Lock rows of the semaphore's queue: (granted, waiting).
+fn gate_rows(env: &TestEnv) -> (i64, i64) {
+    let gate = Lock::gate(env.key());
+    (env.rows(gate, true), env.rows(gate, false))
 }
 
 #[test]
@@ -28,9 +21,8 @@ fn xact_scope_semaphore_never_exceeds_its_slots() {
 }
 
 fn contend(contenders: usize, limit: usize, scope: &str) {
-    let k = unique_key("limit");
-    let dir = temp_dir("limit");
-    let log = dir.join("log");
+    let env = TestEnv::new("limit");
+    let log = env.path("log");
     let script = format!(
         "echo \"enter $(date +%s%N) $PGLOCK_SLOT\" >> {0}; sleep 0.1; \
          echo \"leave $(date +%s%N) $PGLOCK_SLOT\" >> {0}",
@@ -38,16 +30,10 @@ fn contend(contenders: usize, limit: usize, scope: &str) {
     );
     let limit_s = limit.to_string();
     let children: Vec<_> = (0..contenders)
-        .map(|_| {
-            start_script(
-                &["--key", &k, "--limit", &limit_s, "--scope", scope],
-                &script,
-            )
-        })
+        .map(|_| env.start_script(&["--limit", &limit_s, "--scope", scope], &script))
         .collect();
     for child in children {
-        let (rc, err) = finish(child);
-        assert_eq!(rc, 0, "{err}");
+        child.finish().assert_success();
     }
     let mut events: Vec<(u128, bool, String)> = read(&log)
         .lines()
@@ -76,152 +62,92 @@ fn contend(contenders: usize, limit: usize, scope: &str) {
 
 #[test]
 fn nowait_is_busy_only_when_every_slot_is_taken() {
-    let k = unique_key("limitnowait");
-    let dir = temp_dir("limitnowait");
-    let hold = |name: &str| {
-        start_script(
-            &["--key", &k, "--limit", "2"],
-            &format!(
-                "touch {0}/{name}; while [ ! -e {0}/go ]; do sleep 0.05; done",
-                dir.display()
-            ),
-        )
-    };
-    let a = hold("a");
-    wait_until("a", LIMIT, || dir.join("a").exists());
-    let out = pglock()
-        .args(["--key", &k, "--limit", "2", "-n", "-c", "echo $PGLOCK_SLOT"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "one slot is still free");
-    let b = hold("b");
-    wait_until("b", LIMIT, || dir.join("b").exists());
-    let out = pglock()
-        .args(["--key", &k, "--limit", "2", "-n", "--", "true"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(75));
-    std::fs::write(dir.join("go"), "").unwrap();
-    assert_eq!(finish(a).0, 0);
-    assert_eq!(finish(b).0, 0);
+    let env = TestEnv::new("limitnowait");
+    let a = env.hold(&["--limit", "2"]);
+    // One slot is still free.
+    run(env.pglock(&["--limit", "2", "-n", "-c", "echo $PGLOCK_SLOT"])).assert_success();
+    let b = env.hold(&["--limit", "2"]);
+    run(env.pglock(&["--limit", "2", "-n", "--", "true"])).assert_code(75);
+    a.release().assert_success();
+    b.release().assert_success();
 }
 
 #[test]
 fn a_release_wakes_the_head_of_the_queue_without_polling() {
-    let k = unique_key("limitwake");
-    let dir = temp_dir("limitwake");
-    let holder = |name: &str| {
-        start_script(
-            &["--key", &k, "--limit", "2"],
-            &format!(
-                "touch {0}/{name}; while [ ! -e {0}/go-{name} ]; do sleep 0.02; done",
-                dir.display()
-            ),
-        )
-    };
-    let (a, b) = (holder("a"), holder("b"));
-    wait_until("both holders", LIMIT, || {
-        dir.join("a").exists() && dir.join("b").exists()
-    });
+    let env = TestEnv::new("limitwake");
+    let (a, b) = (env.hold(&["--limit", "2"]), env.hold(&["--limit", "2"]));
     // A re-check interval of an hour: only the release's wake-up can hand the slot over.
-    let waiter = start_script(
-        &["--key", &k, "--limit", "2", "--check-interval", "1h"],
-        &format!("echo $PGLOCK_SLOT > {}/slot", dir.display()),
+    let waiter = env.start_script(
+        &["--limit", "2", "--check-interval", "1h"],
+        &format!("echo $PGLOCK_SLOT > {}/slot", env.dir().display()),
     );
-    wait_until("the waiter at the head of the queue", LIMIT, || {
-        gate_rows(&k).0 == 1
+    wait_until("the waiter at the head of the queue", || {
+        gate_rows(&env).0 == 1
     });
     let released = Instant::now();
-    std::fs::write(dir.join("go-b"), "").unwrap();
-    assert_eq!(finish(b).0, 0);
-    let (rc, err) = finish(waiter);
+    let freed = b.slot();
+    b.release().assert_success();
+    let out = waiter.finish();
     let took = released.elapsed();
-    assert_eq!(rc, 0, "{err}");
+    out.assert_success();
     eprintln!("semaphore hand-off, release to the waiter's exit: {took:?}");
     assert!(took < Duration::from_secs(10), "hand-off took {took:?}");
-    assert!(["0", "1"].contains(&read(&dir.join("slot")).trim()));
-    std::fs::write(dir.join("go-a"), "").unwrap();
-    assert_eq!(finish(a).0, 0);
+    assert_eq!(read(&env.path("slot")).trim(), freed.to_string());
+    a.release().assert_success();
 }
 
 #[test]
 fn a_killed_holders_slot_is_reused() {
-    let k = unique_key("limitkill");
-    let dir = temp_dir("limitkill");
-    let a = start_script(
-        &["--key", &k, "--limit", "1", "--check-interval", "1s"],
-        "true",
+    let env = TestEnv::new("limitkill");
+    env.run_script(&["--limit", "1", "--check-interval", "1s"], "true")
+        .assert_success();
+    let a = env.hold(&["--limit", "2"]);
+    let b = env.hold(&["--limit", "2"]);
+    let waiter = env.start_script(
+        &["--limit", "2", "--check-interval", "1s"],
+        &format!("echo $PGLOCK_SLOT > {}/c", env.dir().display()),
     );
-    finish(a);
-    let holder = |name: &str| {
-        start_script(
-            &["--key", &k, "--limit", "2"],
-            &format!("echo $PGLOCK_SLOT > {0}/{name}; sleep 300", dir.display()),
-        )
-    };
-    let a = holder("a");
-    wait_until("a", LIMIT, || !read(&dir.join("a")).is_empty());
-    let b = holder("b");
-    wait_until("b", LIMIT, || !read(&dir.join("b")).is_empty());
-    let waiter = start_script(
-        &["--key", &k, "--limit", "2", "--check-interval", "1s"],
-        &format!("echo $PGLOCK_SLOT > {}/c", dir.display()),
-    );
-    wait_until("the waiter at the head of the queue", LIMIT, || {
-        gate_rows(&k).0 == 1
+    wait_until("the waiter at the head of the queue", || {
+        gate_rows(&env).0 == 1
     });
-    kill(Pid::from_raw(a.id() as i32), Signal::SIGKILL).unwrap();
-    let (rc, err) = finish(waiter);
-    assert_eq!(rc, 0, "{err}");
+    a.kill(Signal::SIGKILL);
+    waiter.finish().assert_success();
     assert_eq!(
-        read(&dir.join("c")),
-        read(&dir.join("a")),
+        read(&env.path("c")).trim(),
+        a.slot().to_string(),
         "the dead holder's slot"
     );
-    kill(Pid::from_raw(b.id() as i32), Signal::SIGTERM).unwrap();
-    finish(b);
-    drop(a);
+    b.kill(Signal::SIGTERM);
+    b.release();
+    a.release().assert_signal(Signal::SIGKILL);
 }
 
 #[test]
 fn waiters_get_slots_in_arrival_order() {
-    let k = unique_key("limitfifo");
-    let dir = temp_dir("limitfifo");
-    let go = dir.join("go");
-    let holders: Vec<_> = (0..3)
-        .map(|i| {
-            start_script(
-                &["--key", &k, "--limit", "3"],
-                &format!(
-                    "touch {0}/h{i}; while [ ! -e {0}/go ]; do sleep 0.02; done",
-                    dir.display()
-                ),
-            )
-        })
-        .collect();
-    wait_until("three holders", LIMIT, || {
-        (0..3).all(|i| dir.join(format!("h{i}")).exists())
-    });
-    let order = dir.join("order");
+    let env = TestEnv::new("limitfifo");
+    let mut holders: Vec<Holder> = (0..3).map(|_| env.hold(&["--limit", "3"])).collect();
+    let order = env.path("order");
     let mut waiters = Vec::new();
     for i in 0..10 {
-        waiters.push(start_script(
-            &["--key", &k, "--limit", "3"],
+        waiters.push(env.start_script(
+            &["--limit", "3"],
             &format!("echo {i} >> {}; sleep 0.05", order.display()),
         ));
         // The next one arrives only once this one is queued.
-        wait_until("the waiter to queue", LIMIT, || {
-            let (granted, waiting) = gate_rows(&k);
+        wait_until("the waiter to queue", || {
+            let (granted, waiting) = gate_rows(&env);
             granted + waiting == i + 1
         });
     }
-    std::fs::write(&go, "").unwrap();
+    // All three slots come free at once.
+    for h in &mut holders {
+        h.let_go();
+    }
     for h in holders {
-        assert_eq!(finish(h).0, 0);
+        h.release().assert_success();
     }
     for w in waiters {
-        let (rc, err) = finish(w);
-        assert_eq!(rc, 0, "{err}");
+        w.finish().assert_success();
     }
     let got: Vec<usize> = read(&order).lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(got.len(), 10);
@@ -235,17 +161,9 @@ fn waiters_get_slots_in_arrival_order() {
 
 #[test]
 fn limit_with_shared_is_a_usage_error() {
-    let out = pglock()
-        .args(["--key", "k", "--limit", "2", "--shared", "--", "true"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    run(pglock().args(["--key", "k", "--limit", "2", "--shared", "--", "true"])).assert_code(2);
     for bad in ["0", "1025", "x"] {
-        let out = pglock()
-            .args(["--key", "k", "--limit", bad, "--", "true"])
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "--limit {bad}");
+        run(pglock().args(["--key", "k", "--limit", bad, "--", "true"])).assert_code(2);
     }
 }
 
@@ -270,79 +188,53 @@ fn key_hash_schemes_share_locks_with_other_libraries() {
         holder
             .execute("SELECT pg_advisory_lock($1)", &[&id])
             .unwrap();
-        let out = pglock()
-            .args(["--key", key, "--key-hash", scheme, "-n", "--", "true"])
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(75), "{scheme} {key}");
-        let shown = pglock()
-            .args(["key", "--key-hash", scheme, key])
-            .output()
-            .unwrap();
-        assert!(String::from_utf8_lossy(&shown.stdout).contains(&id.to_string()));
+        run(pglock().args(["--key", key, "--key-hash", scheme, "-n", "--", "true"]))
+            .assert_code(75);
+        run(pglock().args(["key", "--key-hash", scheme, key]))
+            .assert_stdout_contains(&id.to_string());
         holder
             .execute("SELECT pg_advisory_unlock($1)", &[&id])
             .unwrap();
-        let out = pglock()
-            .args(["--key", key, "--key-hash", scheme, "-n", "--", "true"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{scheme} {key} once free");
+        run(pglock().args(["--key", key, "--key-hash", scheme, "-n", "--", "true"]))
+            .assert_success();
     }
 }
 
 #[test]
 fn min_hold_keeps_the_lock_after_a_short_command() {
-    let k = unique_key("minhold");
-    let id = key_id(&k);
-    let dir = temp_dir("minhold");
+    let env = TestEnv::new("minhold");
     let start = Instant::now();
-    let child = start_script(
-        &["--key", &k, "--min-hold", "1500ms"],
-        &format!("touch {}/done; exit 4", dir.display()),
+    let child = env.start_script(
+        &["--min-hold", "1500ms"],
+        &format!("touch {}/done; exit 4", env.dir().display()),
     );
-    wait_until("the command", LIMIT, || dir.join("done").exists());
-    let mut probe = sql();
-    assert_eq!(
-        lock_rows(&mut probe, id, true),
-        1,
-        "released before --min-hold"
-    );
-    let (rc, err) = finish(child);
-    assert_eq!(rc, 4, "{err}");
+    env.wait_for_file("done");
+    assert_eq!(env.granted(), 1, "released before --min-hold");
+    child.finish().assert_code(4);
     assert!(start.elapsed() >= Duration::from_millis(1500));
-    assert_eq!(lock_rows(&mut probe, id, true), 0);
+    assert_eq!(env.granted(), 0);
 }
 
 #[test]
 fn a_signal_ends_the_min_hold_early() {
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
-        let k = unique_key("minholdsig");
-        let id = key_id(&k);
-        let dir = temp_dir("minholdsig");
-        let child = start_script(
-            &["--key", &k, "--min-hold", "1h"],
-            &format!("touch {}/done", dir.display()),
+        let env = TestEnv::new("minholdsig");
+        let child = env.start_script(
+            &["--min-hold", "1h"],
+            &format!("touch {}/done", env.dir().display()),
         );
-        wait_until("the command", LIMIT, || dir.join("done").exists());
-        let mut probe = sql();
+        env.wait_for_file("done");
         // The command is done; pglock is in its extra hold once only it holds the lock.
         // (A stood-down dead man's switch may linger briefly as a zombie.)
-        wait_until("the command to exit", LIMIT, || {
+        wait_until("the command to exit", || {
             std::fs::read_to_string(format!("/proc/{}/task/{0}/children", child.id()))
                 .unwrap_or_default()
                 .split_whitespace()
-                .all(|pid| {
-                    let stat =
-                        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                    stat.rsplit_once(") ")
-                        .is_none_or(|(_, rest)| rest.starts_with('Z'))
-                })
+                .all(|pid| !alive(pid.parse().unwrap()))
         });
-        assert_eq!(lock_rows(&mut probe, id, true), 1);
-        kill(Pid::from_raw(child.id() as i32), sig).unwrap();
-        let (rc, err) = finish(child);
-        assert_eq!(rc, 0, "{err}");
-        assert_eq!(lock_rows(&mut probe, id, true), 0);
+        assert_eq!(env.granted(), 1);
+        child.kill(sig);
+        child.finish().assert_code(0);
+        assert_eq!(env.granted(), 0);
     }
 }

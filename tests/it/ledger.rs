@@ -8,15 +8,11 @@
 
 use crate::util::bouncer::Bouncer;
 use crate::util::*;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use postgres::Client;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
-
-const LIMIT: Duration = Duration::from_secs(30);
 
 /// One test's ledger table, created with `pglock init` and dropped at the end.
 struct Ledger {
@@ -26,8 +22,7 @@ struct Ledger {
 impl Ledger {
     fn new() -> Ledger {
         let ledger = Ledger::unmade();
-        let out = ledger.pglock(&["init"]).output().unwrap();
-        assert!(out.status.success(), "{}", text(&out.stderr));
+        run(ledger.pglock(&["init"])).assert_success();
         ledger
     }
 
@@ -51,13 +46,8 @@ impl Ledger {
     }
 
     /// A lock-and-run of `script` under `key` with `args`.
-    fn run(&self, key: &str, args: &[&str], script: &str) -> Output {
-        self.pglock(&["--key", key])
-            .args(args)
-            .args(["-c", script])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+    fn run(&self, key: &str, args: &[&str], script: &str) -> Run {
+        run(self.pglock(&["--key", key]).args(args).args(["-c", script]))
     }
 
     /// The key's runs, oldest first: (status, exit_code).
@@ -108,18 +98,6 @@ impl Drop for Ledger {
     }
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn waiters(key: &str) -> i64 {
-    lock_rows(&mut sql(), key_id(key), false)
-}
-
-fn held(key: &str) -> i64 {
-    lock_rows(&mut sql(), key_id(key), true)
-}
-
 /// A command that records that it ran and then waits for `go` to exist.
 fn ran_then_wait(dir: &Path) -> String {
     format!(
@@ -128,94 +106,96 @@ fn ran_then_wait(dir: &Path) -> String {
     )
 }
 
-fn lines(path: &Path) -> usize {
-    read(path).lines().count()
+/// How many runs `ran_then_wait` recorded.
+fn ran(env: &TestEnv) -> usize {
+    read(&env.path("ran")).lines().count()
 }
 
 #[test]
 fn once_per_among_five_contenders_runs_exactly_once() {
     let ledger = Ledger::new();
-    let key = unique_key("once5");
-    let dir = temp_dir("once5");
-    let script = ran_then_wait(&dir);
-    let children: Vec<_> = (0..5)
+    let env = TestEnv::new("once5");
+    let key = env.key();
+    let script = ran_then_wait(env.dir());
+    let children: Vec<Started> = (0..5)
         .map(|_| {
             start(
                 ledger
-                    .pglock(&["--key", &key, "--once-per", "1h"])
+                    .pglock(&["--key", key, "--once-per", "1h"])
                     .args(["-c", &script]),
             )
         })
         .collect();
     // One runs, the four others queue behind it: real contention, observed on the server.
-    wait_until("one run and four waiters", LIMIT, || {
-        lines(&dir.join("ran")) == 1 && waiters(&key) == 4
+    wait_until("one run and four waiters", || {
+        ran(&env) == 1 && env.waiting() == 4
     });
-    std::fs::write(dir.join("go"), "").unwrap();
-    let results: Vec<(i32, String)> = children.into_iter().map(finish).collect();
-    assert_eq!(lines(&dir.join("ran")), 1);
+    std::fs::write(env.path("go"), "").unwrap();
+    let results: Vec<Run> = children.into_iter().map(Started::finish).collect();
+    assert_eq!(ran(&env), 1);
     let skips = results
         .iter()
-        .filter(|(_, err)| err.contains("already succeeded"))
+        .filter(|r| r.stderr().contains("already succeeded"))
         .count();
     assert_eq!(skips, 4, "{results:?}");
-    assert!(results.iter().all(|(code, _)| *code == 0), "{results:?}");
-    assert_eq!(ledger.runs(&key), [("succeeded".into(), Some(0))]);
+    for result in &results {
+        result.assert_code(0);
+    }
+    assert_eq!(ledger.runs(key), [("succeeded".into(), Some(0))]);
 }
 
 #[test]
 fn a_failed_run_fails_over_to_the_next_waiter_then_later_runs_skip() {
     let ledger = Ledger::new();
-    let key = unique_key("failover");
-    let dir = temp_dir("failover");
+    let env = TestEnv::new("failover");
+    let key = env.key();
     // Host A fails while host B waits; B then runs the job itself.
     let a = start(
         ledger
-            .pglock(&["--key", &key, "--once-per", "1h"])
-            .args(["-c", &format!("{}; exit 1", ran_then_wait(&dir))]),
+            .pglock(&["--key", key, "--once-per", "1h"])
+            .args(["-c", &format!("{}; exit 1", ran_then_wait(env.dir()))]),
     );
-    wait_until("A running", LIMIT, || lines(&dir.join("ran")) == 1);
-    let b = start(ledger.pglock(&["--key", &key, "--once-per", "1h"]).args([
+    wait_until("A running", || ran(&env) == 1);
+    let b = start(ledger.pglock(&["--key", key, "--once-per", "1h"]).args([
         "-c",
-        &format!("echo \"[$PGLOCK_LAST_SUCCESS]\" > {}/b", dir.display()),
+        &format!(
+            "echo \"[$PGLOCK_LAST_SUCCESS]\" > {}/b",
+            env.dir().display()
+        ),
     ]));
-    wait_until("B waiting", LIMIT, || waiters(&key) == 1);
-    std::fs::write(dir.join("go"), "").unwrap();
-    assert_eq!(finish(a).0, 1);
-    let (code, err) = finish(b);
-    assert_eq!(code, 0, "{err}");
+    wait_until("B waiting", || env.waiting() == 1);
+    std::fs::write(env.path("go"), "").unwrap();
+    a.finish().assert_code(1);
+    b.finish().assert_code(0);
     // No earlier success: the variable is there and empty.
-    assert_eq!(read(&dir.join("b")), "[]\n");
+    assert_eq!(read(&env.path("b")), "[]\n");
     assert_eq!(
-        ledger.runs(&key),
+        ledger.runs(key),
         [("failed".into(), Some(1)), ("succeeded".into(), Some(0))]
     );
 
     // Now it is done: a skip says when and where, exits 0, runs nothing and records nothing.
-    let never = dir.join("never");
+    let never = env.path("never");
     let skip = ledger.run(
-        &key,
+        key,
         &["--once-per", "1h"],
         &format!("touch {}", never.display()),
     );
-    assert_eq!(skip.status.code(), Some(0));
+    skip.assert_code(0)
+        .assert_one_pglock_line()
+        .assert_stderr_starts_with(&format!("pglock: \"{key}\" already succeeded "))
+        .assert_stderr_contains(" UTC on ");
     assert!(!never.exists());
-    let err = text(&skip.stderr);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.starts_with(&format!("pglock: \"{key}\" already succeeded "))
-            && err.contains(" UTC on ")
-            && err.ends_with("(--once-per 1h00m)\n"),
-        "{err}"
-    );
-    let quiet = ledger.run(
-        &key,
-        &["--once-per", "1h", "-q", "--done-exit-code", "9"],
-        "true",
-    );
-    assert_eq!(quiet.status.code(), Some(9));
-    assert_eq!(text(&quiet.stderr), "");
-    assert_eq!(ledger.runs(&key).len(), 2);
+    assert!(skip.stderr().ends_with("(--once-per 1h00m)\n"), "{skip}");
+    ledger
+        .run(
+            key,
+            &["--once-per", "1h", "-q", "--done-exit-code", "9"],
+            "true",
+        )
+        .assert_code(9)
+        .assert_stderr("");
+    assert_eq!(ledger.runs(key).len(), 2);
 
     // --record gets the last success's start, as the ledger has it.
     let at: String = sql()
@@ -229,12 +209,13 @@ fn a_failed_run_fails_over_to_the_next_waiter_then_later_runs_skip() {
         )
         .unwrap()
         .get(0);
-    let env = ledger.run(
-        &key,
-        &["--record"],
-        "echo $PGLOCK_RUN_ID $PGLOCK_LAST_SUCCESS",
-    );
-    let out = text(&env.stdout);
+    let out = ledger
+        .run(
+            key,
+            &["--record"],
+            "echo $PGLOCK_RUN_ID $PGLOCK_LAST_SUCCESS",
+        )
+        .stdout();
     let (id, last) = out.trim().split_once(' ').unwrap();
     assert_eq!(last, at);
     assert!(id.parse::<i64>().unwrap() > 0);
@@ -243,62 +224,54 @@ fn a_failed_run_fails_over_to_the_next_waiter_then_later_runs_skip() {
 #[test]
 fn max_attempts_stops_replaying_a_deterministic_failure() {
     let ledger = Ledger::new();
-    let key = unique_key("attempts");
-    let dir = temp_dir("attempts");
-    let script = format!("echo x >> {}/ran; exit 3", dir.display());
+    let env = TestEnv::new("attempts");
+    let key = env.key();
+    let script = format!("echo x >> {}/ran; exit 3", env.dir().display());
     for _ in 0..2 {
-        let out = ledger.run(&key, &["--once-per", "1h", "--max-attempts", "2"], &script);
-        assert_eq!(out.status.code(), Some(3));
-    }
-    let out = ledger.run(&key, &["--once-per", "1h", "--max-attempts", "2"], &script);
-    assert_eq!(out.status.code(), Some(75));
-    let err = text(&out.stderr);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.contains("failed 2 times within --once-per 1h00m (--max-attempts 2)"),
-        "{err}"
-    );
-    let other = ledger.run(
-        &key,
-        &["--once-per", "1h", "--max-attempts", "2", "-E", "9"],
-        &script,
-    );
-    assert_eq!(other.status.code(), Some(9));
-    // The default is 3: one more try is allowed.
-    assert_eq!(
         ledger
-            .run(&key, &["--once-per", "1h"], &script)
-            .status
-            .code(),
-        Some(3)
-    );
-    assert_eq!(lines(&dir.join("ran")), 3);
-    assert_eq!(ledger.runs(&key).len(), 3);
+            .run(key, &["--once-per", "1h", "--max-attempts", "2"], &script)
+            .assert_code(3);
+    }
+    ledger
+        .run(key, &["--once-per", "1h", "--max-attempts", "2"], &script)
+        .assert_code(75)
+        .assert_one_pglock_line()
+        .assert_stderr_contains("failed 2 times within --once-per 1h00m (--max-attempts 2)");
+    ledger
+        .run(
+            key,
+            &["--once-per", "1h", "--max-attempts", "2", "-E", "9"],
+            &script,
+        )
+        .assert_code(9);
+    // The default is 3: one more try is allowed.
+    ledger
+        .run(key, &["--once-per", "1h"], &script)
+        .assert_code(3);
+    assert_eq!(ran(&env), 3);
+    assert_eq!(ledger.runs(key).len(), 3);
 }
 
 #[test]
 fn a_sigkilled_pglock_leaves_a_running_row_that_the_next_holder_abandons() {
     let ledger = Ledger::new();
-    let key = unique_key("killed");
-    let dir = temp_dir("killed");
-    let mut child = start(
+    let env = TestEnv::new("killed");
+    let key = env.key();
+    let child = start(
         ledger
-            .pglock(&["--key", &key, "--record"])
-            .args(["-c", &ran_then_wait(&dir)]),
+            .pglock(&["--key", key, "--record"])
+            .args(["-c", &ran_then_wait(env.dir())]),
     );
-    wait_until("the command running", LIMIT, || {
-        lines(&dir.join("ran")) == 1
-    });
-    assert_eq!(ledger.runs(&key), [("running".into(), None)]);
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
-    child.wait().unwrap();
-    wait_until("the lock freed", LIMIT, || held(&key) == 0);
-    assert_eq!(ledger.runs(&key), [("running".into(), None)]);
+    wait_until("the command running", || ran(&env) == 1);
+    assert_eq!(ledger.runs(key), [("running".into(), None)]);
+    child.kill(Signal::SIGKILL);
+    child.finish().assert_signal(Signal::SIGKILL);
+    wait_until("the lock freed", || env.granted() == 0);
+    assert_eq!(ledger.runs(key), [("running".into(), None)]);
 
-    let next = ledger.run(&key, &["--record"], "true");
-    assert!(next.status.success(), "{}", text(&next.stderr));
+    ledger.run(key, &["--record"], "true").assert_success();
     assert_eq!(
-        ledger.runs(&key),
+        ledger.runs(key),
         [("abandoned".into(), None), ("succeeded".into(), Some(0))]
     );
     // Abandoned rows get an end time too: none is left without one.
@@ -318,20 +291,21 @@ fn a_sigkilled_pglock_leaves_a_running_row_that_the_next_holder_abandons() {
 #[test]
 fn shared_holders_do_not_abandon_each_others_runs() {
     let ledger = Ledger::new();
-    let key = unique_key("shared");
-    let dir = temp_dir("shared");
+    let env = TestEnv::new("shared");
+    let key = env.key();
     let first = start(
         ledger
-            .pglock(&["--key", &key, "--shared", "--record"])
-            .args(["-c", &ran_then_wait(&dir)]),
+            .pglock(&["--key", key, "--shared", "--record"])
+            .args(["-c", &ran_then_wait(env.dir())]),
     );
-    wait_until("the first running", LIMIT, || lines(&dir.join("ran")) == 1);
-    let second = ledger.run(&key, &["--shared", "--record"], "true");
-    assert!(second.status.success());
-    std::fs::write(dir.join("go"), "").unwrap();
-    assert_eq!(finish(first).0, 0);
+    wait_until("the first running", || ran(&env) == 1);
+    ledger
+        .run(key, &["--shared", "--record"], "true")
+        .assert_success();
+    std::fs::write(env.path("go"), "").unwrap();
+    first.finish().assert_code(0);
     assert_eq!(
-        ledger.runs(&key),
+        ledger.runs(key),
         [("succeeded".into(), Some(0)), ("succeeded".into(), Some(0))]
     );
 }
@@ -340,98 +314,68 @@ fn shared_holders_do_not_abandon_each_others_runs() {
 fn xact_scope_through_a_transaction_pooling_pgbouncer_records_success_and_failure() {
     let bouncer = Bouncer::start("transaction");
     let ledger = Ledger::new();
-    let key = unique_key("bounce");
-    let dir = temp_dir("bounce");
+    let env = TestEnv::new("bounce");
+    let key = env.key();
     let url = bouncer.conninfo();
     let args = ["--scope", "xact", "-d", &url, "--once-per", "1h"];
     // The running row is visible to everyone while the command runs: it is not inside the
     // lock's transaction.
     let running = start(
         ledger
-            .pglock(&["--key", &key])
+            .pglock(&["--key", key])
             .args(args)
-            .args(["-c", &format!("{}; exit 4", ran_then_wait(&dir))]),
+            .args(["-c", &format!("{}; exit 4", ran_then_wait(env.dir()))]),
     );
-    wait_until("the running row", LIMIT, || {
-        ledger.runs(&key) == [("running".to_string(), None)]
+    wait_until("the running row", || {
+        ledger.runs(key) == [("running".to_string(), None)]
     });
-    std::fs::write(dir.join("go"), "").unwrap();
-    assert_eq!(finish(running).0, 4);
-    let ok = ledger.run(&key, &args, "true");
-    assert!(ok.status.success(), "{}", text(&ok.stderr));
-    let never = dir.join("never");
-    let skip = ledger.run(&key, &args, &format!("touch {}", never.display()));
-    assert!(text(&skip.stderr).contains("already succeeded"));
+    std::fs::write(env.path("go"), "").unwrap();
+    running.finish().assert_code(4);
+    ledger.run(key, &args, "true").assert_success();
+    let never = env.path("never");
+    ledger
+        .run(key, &args, &format!("touch {}", never.display()))
+        .assert_stderr_contains("already succeeded");
     assert!(!never.exists());
     assert_eq!(
-        ledger.runs(&key),
+        ledger.runs(key),
         [("failed".into(), Some(4)), ("succeeded".into(), Some(0))]
     );
     // Reading through the pooler works too.
-    let history = ledger
-        .pglock(&["history", "--key", &key, "-d", &url])
-        .output()
-        .unwrap();
-    assert!(history.status.success(), "{}", text(&history.stderr));
-    assert_eq!(text(&history.stdout).lines().count(), 3);
+    let history = run(ledger.pglock(&["history", "--key", key, "-d", &url]));
+    history.assert_success();
+    assert_eq!(history.stdout().lines().count(), 3);
 }
 
 #[test]
 fn xact_scope_records_a_lost_lock() {
     let ledger = Ledger::new();
-    let key = unique_key("xlost");
-    let dir = temp_dir("xlost");
+    let env = TestEnv::new("xlost");
+    let key = env.key();
     let child = start(
         ledger
-            .pglock(&["--key", &key, "--scope", "xact", "--record"])
-            .args(["--check-interval", "200ms", "-c", &ran_then_wait(&dir)]),
+            .pglock(&["--key", key, "--scope", "xact", "--record"])
+            .args(["--check-interval", "200ms", "-c", &ran_then_wait(env.dir())]),
     );
-    wait_until("the command running", LIMIT, || {
-        lines(&dir.join("ran")) == 1
-    });
-    sql()
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
-             AND classid::bigint = $1 AND objid::bigint = $2 AND granted",
-            &[
-                &(((key_id(&key) as u64) >> 32) as i64),
-                &((key_id(&key) as u64 & 0xffff_ffff) as i64),
-            ],
-        )
-        .unwrap();
-    let (code, err) = finish(child);
-    assert_eq!(code, 74, "{err}");
-    assert_eq!(ledger.runs(&key), [("lost".into(), Some(74))]);
+    wait_until("the command running", || ran(&env) == 1);
+    assert_eq!(env.terminate_holder(), 1, "no backend holds the lock");
+    child.finish().assert_code(74);
+    assert_eq!(ledger.runs(key), [("lost".into(), Some(74))]);
 }
 
 #[test]
 fn a_host_clock_days_off_still_decides_by_the_server_clock() {
+    need("faketime", "faketime");
     let ledger = Ledger::new();
-    let key = unique_key("skew");
-    let dir = temp_dir("skew");
+    let env = TestEnv::new("skew");
     let faked = |offset: &str, script: &str| {
-        Command::new("faketime")
-            .args([
-                "-f",
-                offset,
-                BIN,
-                "--key",
-                &key,
-                "--once-per",
-                "1h",
-                "-c",
-                script,
-            ])
-            .env("PGLOCK_LEDGER", &ledger.table)
-            .env_remove("PGLOCK_DATABASE_URL")
-            .stdin(Stdio::null())
-            .output()
-            .expect("faketime is needed for this test: apt-get install faketime")
+        run(wrapped("faketime", &["-f", offset])
+            .args(["--key", env.key(), "--once-per", "1h", "-c", script])
+            .env("PGLOCK_LEDGER", &ledger.table))
     };
     // The faked clock is visible to the command: the skew is real.
-    let probe = faked("+3d", &format!("date +%s > {}/now", dir.display()));
-    assert!(probe.status.success(), "{}", text(&probe.stderr));
-    let skewed: i64 = read(&dir.join("now")).trim().parse().unwrap();
+    faked("+3d", &format!("date +%s > {}/now", env.dir().display())).assert_success();
+    let skewed: i64 = read(&env.path("now")).trim().parse().unwrap();
     let real = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -444,7 +388,7 @@ fn a_host_clock_days_off_still_decides_by_the_server_clock() {
                 "SELECT abs(extract(epoch FROM now() - started_at))::float8 FROM {} WHERE key = $1",
                 ledger.table
             ),
-            &[&key],
+            &[&env.key()],
         )
         .unwrap()
         .get(0);
@@ -454,13 +398,8 @@ fn a_host_clock_days_off_still_decides_by_the_server_clock() {
     );
 
     // A host 3 days ahead still sees the fresh success as within the hour.
-    let never = dir.join("never");
-    let ahead = faked("+3d", &format!("touch {}", never.display()));
-    assert!(
-        text(&ahead.stderr).contains("already succeeded"),
-        "{}",
-        text(&ahead.stderr)
-    );
+    let never = env.path("never");
+    faked("+3d", &format!("touch {}", never.display())).assert_stderr_contains("already succeeded");
     // A host 3 days behind still sees a 2-hour-old success as outside it, and runs.
     sql()
         .execute(
@@ -469,42 +408,32 @@ fn a_host_clock_days_off_still_decides_by_the_server_clock() {
                  finished_at = finished_at - interval '2 hours' WHERE key = $1",
                 ledger.table
             ),
-            &[&key],
+            &[&env.key()],
         )
         .unwrap();
-    let behind = faked("-3d", &format!("touch {}/behind", dir.display()));
-    assert!(behind.status.success(), "{}", text(&behind.stderr));
-    assert!(dir.join("behind").exists());
+    faked("-3d", &format!("touch {}/behind", env.dir().display())).assert_success();
+    assert!(env.exists("behind"));
     assert!(!never.exists());
 }
 
 #[test]
 fn concurrent_inits_all_succeed_and_init_is_idempotent() {
     let ledger = Ledger::unmade();
-    let children: Vec<_> = (0..6)
-        .map(|_| {
-            ledger
-                .pglock(&["init"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let outs: Vec<Output> = children
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
+    let outs: Vec<Run> = std::thread::scope(|s| {
+        let inits: Vec<_> = (0..6)
+            .map(|_| s.spawn(|| run(ledger.pglock(&["init"]))))
+            .collect();
+        inits.into_iter().map(|t| t.join().unwrap()).collect()
+    });
     for out in &outs {
-        assert!(out.status.success(), "{}", text(&out.stderr));
+        out.assert_success();
     }
     let created = outs
         .iter()
-        .filter(|o| text(&o.stdout).starts_with("created ledger table"))
+        .filter(|o| o.stdout().starts_with("created ledger table"))
         .count();
-    assert_eq!(created, 1);
-    let again = ledger.pglock(&["init"]).output().unwrap();
-    assert!(text(&again.stdout).contains("already exists"));
+    assert_eq!(created, 1, "{outs:?}");
+    run(ledger.pglock(&["init"])).assert_stdout_contains("already exists");
     let indexes: i64 = sql()
         .query_one(
             "SELECT count(*) FROM pg_indexes WHERE tablename = $1",
@@ -518,29 +447,24 @@ fn concurrent_inits_all_succeed_and_init_is_idempotent() {
 #[test]
 fn a_missing_table_exits_78_and_the_command_does_not_run() {
     let ledger = Ledger::unmade();
-    let key = unique_key("missing");
-    let dir = temp_dir("missing");
-    let marker = dir.join("ran");
+    let env = TestEnv::new("missing");
+    let marker = env.path("ran");
     for args in [
         &["--record"][..],
         &["--once-per", "1h"],
         &["--record", "--scope", "xact"],
     ] {
-        let out = ledger.run(&key, args, &format!("touch {}", marker.display()));
-        assert_eq!(out.status.code(), Some(78), "{args:?}");
-        let err = text(&out.stderr);
-        assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(
-            err.contains(&format!("ledger table {} is missing", ledger.table))
-                && err.contains("pglock init"),
-            "{err}"
-        );
+        ledger
+            .run(env.key(), args, &format!("touch {}", marker.display()))
+            .assert_code(78)
+            .assert_one_pglock_line()
+            .assert_stderr_contains(&format!("ledger table {} is missing", ledger.table))
+            .assert_stderr_contains("pglock init");
         assert!(!marker.exists());
         // The lock was released on the way out.
-        assert_eq!(held(&key), 0);
+        assert_eq!(env.granted(), 0);
     }
-    let history = ledger.pglock(&["history", "--all"]).output().unwrap();
-    assert_eq!(history.status.code(), Some(78));
+    run(ledger.pglock(&["history", "--all"])).assert_code(78);
 }
 
 #[test]
@@ -553,47 +477,32 @@ fn a_least_privilege_role_works_after_init_grant() {
             "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'pw'"
         ))
         .unwrap();
-    let as_role = |args: &[&str]| {
-        ledger
+    let as_role = |ledger: &Ledger, args: &[&str]| {
+        run(ledger
             .pglock(args)
             .env("PGUSER", &role)
-            .env("PGPASSWORD", "pw")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            .env("PGPASSWORD", "pw"))
     };
     // PostgreSQL 15 took CREATE on public away from everyone: the runner cannot init.
-    let init = as_role(&["init"]);
-    assert_eq!(init.status.code(), Some(78), "{}", text(&init.stderr));
-    assert!(text(&init.stderr).contains("pglock init --print"));
+    as_role(&ledger, &["init"])
+        .assert_code(78)
+        .assert_stderr_contains("pglock init --print");
 
-    let out = ledger.pglock(&["init", "--grant", &role]).output().unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let key = unique_key("lp");
-    let run = as_role(&["--key", &key, "--once-per", "1h", "-c", "true"]);
-    assert!(run.status.success(), "{}", text(&run.stderr));
-    let skip = as_role(&["--key", &key, "--once-per", "1h", "-c", "true"]);
-    assert!(text(&skip.stderr).contains("already succeeded"));
-    let check = as_role(&["check", "--key", &key, "--critical", "1h"]);
-    assert_eq!(check.status.code(), Some(0), "{}", text(&check.stdout));
+    run(ledger.pglock(&["init", "--grant", &role])).assert_success();
+    let env = TestEnv::new("lp");
+    let key = env.key();
+    as_role(&ledger, &["--key", key, "--once-per", "1h", "-c", "true"]).assert_success();
+    as_role(&ledger, &["--key", key, "--once-per", "1h", "-c", "true"])
+        .assert_stderr_contains("already succeeded");
+    as_role(&ledger, &["check", "--key", key, "--critical", "1h"]).assert_code(0);
     // Not delete: pruning needs a role of its own.
-    let prune = as_role(&["prune", "--older-than", "1ms"]);
-    assert_eq!(prune.status.code(), Some(78), "{}", text(&prune.stderr));
-    let rewrite = {
-        let mut c = postgres::Config::new();
-        c.host(&std::env::var("PGHOST").unwrap_or_else(|_| "localhost".into()))
-            .port(
-                std::env::var("PGPORT")
-                    .ok()
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or(5432),
-            )
-            .user(&role)
-            .password("pw")
-            .dbname(&std::env::var("PGDATABASE").unwrap_or_else(|_| "postgres".into()));
-        let mut client = c.connect(postgres::NoTls).unwrap();
-        client.batch_execute(&format!("UPDATE {} SET started_at = now()", ledger.table))
-    };
+    as_role(&ledger, &["prune", "--older-than", "1ms"]).assert_code(78);
+    let rewrite = sql_config()
+        .user(&role)
+        .password("pw")
+        .connect(postgres::NoTls)
+        .unwrap()
+        .batch_execute(&format!("UPDATE {} SET started_at = now()", ledger.table));
     assert!(
         rewrite.is_err(),
         "the runner may not rewrite when runs started"
@@ -601,18 +510,9 @@ fn a_least_privilege_role_works_after_init_grant() {
 
     // Without a grant, a run says so and does not run.
     let other = Ledger::new();
-    let denied = other
-        .pglock(&["--key", &key, "--record", "-c", "true"])
-        .env("PGUSER", &role)
-        .env("PGPASSWORD", "pw")
-        .output()
-        .unwrap();
-    assert_eq!(denied.status.code(), Some(78));
-    assert!(
-        text(&denied.stderr).contains("--grant ROLE"),
-        "{}",
-        text(&denied.stderr)
-    );
+    as_role(&other, &["--key", key, "--record", "-c", "true"])
+        .assert_code(78)
+        .assert_stderr_contains("--grant ROLE");
     drop(other);
     drop(ledger);
     // DROP OWNED also revokes the grants that init made to the role.
@@ -624,19 +524,16 @@ fn a_least_privilege_role_works_after_init_grant() {
 #[test]
 fn check_follows_the_monitoring_plugin_conventions() {
     let ledger = Ledger::new();
-    let key = unique_key("check");
+    let env = TestEnv::new("check");
+    let key = env.key();
     let mut client = sql();
-    ledger.insert(&mut client, &key, "succeeded", "2 hours");
-    ledger.insert(&mut client, &key, "failed", "30 minutes");
+    ledger.insert(&mut client, key, "succeeded", "2 hours");
+    ledger.insert(&mut client, key, "failed", "30 minutes");
+    // The plugin line and the plugin status.
     let check = |args: &[&str]| {
-        let out = ledger
-            .pglock(&["check", "--key", &key])
-            .args(args)
-            .output()
-            .unwrap();
-        let stdout = text(&out.stdout);
-        assert_eq!(stdout.lines().count(), 1, "{stdout}");
-        (out.status.code().unwrap(), stdout)
+        let out = run(ledger.pglock(&["check", "--key", key]).args(args));
+        assert_eq!(out.stdout().lines().count(), 1, "{out}");
+        (out.code().unwrap(), out.stdout())
     };
     let (code, line) = check(&["--warning", "3h", "--critical", "4h"]);
     assert_eq!(code, 0);
@@ -653,19 +550,19 @@ fn check_follows_the_monitoring_plugin_conventions() {
     assert!(line.starts_with("PGLOCK CRITICAL - ") && line.contains("older than --critical 1h"));
 
     // A run in progress is mentioned.
-    ledger.insert(&mut client, &key, "running", "1 minute");
+    ledger.insert(&mut client, key, "running", "1 minute");
     let (_, line) = check(&["--critical", "4h"]);
     assert!(line.contains("; running since "), "{line}");
     assert!(line.contains("'running'=1;"), "{line}");
 
     // Never succeeded: CRITICAL.
-    let never = ledger
-        .pglock(&["check", "--key", "no-such-key", "--critical", "1h"])
-        .output()
-        .unwrap();
-    assert_eq!(never.status.code(), Some(2));
+    let never = run(ledger.pglock(&["check", "--key", "no-such-key", "--critical", "1h"]));
+    never.assert_code(2);
     assert!(
-        text(&never.stdout).starts_with("PGLOCK CRITICAL - \"no-such-key\" has never succeeded")
+        never
+            .stdout()
+            .starts_with("PGLOCK CRITICAL - \"no-such-key\" has never succeeded"),
+        "{never}"
     );
 
     // Usage errors are UNKNOWN (3), with the plugin line.
@@ -680,43 +577,44 @@ fn check_follows_the_monitoring_plugin_conventions() {
         assert!(line.starts_with("PGLOCK UNKNOWN - usage error: "), "{line}");
     }
     // No connection is CRITICAL; a missing table UNKNOWN.
-    let down = ledger
-        .pglock(&["check", "--key", &key, "--critical", "1h"])
-        .args(["-d", "host=127.0.0.1 port=1 connect_timeout=5"])
-        .output()
-        .unwrap();
-    assert_eq!(down.status.code(), Some(2));
-    assert!(text(&down.stdout).starts_with("PGLOCK CRITICAL - cannot connect to "));
-    let missing = pglock()
-        .args([
-            "check",
-            "--key",
-            &key,
-            "--critical",
-            "1h",
-            "--ledger",
-            "public.nope_nope",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(missing.status.code(), Some(3));
-    assert!(text(&missing.stdout).starts_with("PGLOCK UNKNOWN - ledger table public.nope_nope"));
+    let down = run(ledger
+        .pglock(&["check", "--key", key, "--critical", "1h"])
+        .args(["-d", "host=127.0.0.1 port=1 connect_timeout=5"]));
+    down.assert_code(2);
+    assert!(
+        down.stdout()
+            .starts_with("PGLOCK CRITICAL - cannot connect to "),
+        "{down}"
+    );
+    let missing = run(pglock().args([
+        "check",
+        "--key",
+        key,
+        "--critical",
+        "1h",
+        "--ledger",
+        "public.nope_nope",
+    ]));
+    missing.assert_code(3);
+    assert!(
+        missing
+            .stdout()
+            .starts_with("PGLOCK UNKNOWN - ledger table public.nope_nope"),
+        "{missing}"
+    );
 }
 
 #[test]
 fn metrics_are_accepted_by_promtool() {
+    need("promtool", "prometheus");
     let ledger = Ledger::new();
-    let plain = unique_key("metrics");
+    let env = TestEnv::new("metrics");
+    let plain = env.key();
     let odd = format!("{plain}-\"quoted\" \\back\nline");
-    assert!(ledger.run(&plain, &["--record"], "true").status.success());
-    assert!(ledger.run(&odd, &["--record"], "exit 2").status.code() == Some(2));
-    let dir = temp_dir("metrics");
-    let file = dir.join("pglock.prom");
-    let out = ledger
-        .pglock(&["metrics", "--output", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    ledger.run(plain, &["--record"], "true").assert_success();
+    ledger.run(&odd, &["--record"], "exit 2").assert_code(2);
+    let file = env.path("pglock.prom");
+    run(ledger.pglock(&["metrics", "--output", file.to_str().unwrap()])).assert_success();
     let body = read(&file);
     assert!(
         body.contains(&format!(
@@ -728,39 +626,26 @@ fn metrics_are_accepted_by_promtool() {
         "pglock_last_success_timestamp_seconds{{key=\"{plain}\"}} 1"
     )));
     // Nothing else was left in the directory.
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
-    let promtool = Command::new("promtool")
+    assert_eq!(std::fs::read_dir(env.dir()).unwrap().count(), 1);
+    run(Command::new("promtool")
         .args(["check", "metrics"])
-        .stdin(std::fs::File::open(&file).unwrap())
-        .output()
-        .expect("promtool is needed for this test: apt-get install prometheus");
-    assert!(
-        promtool.status.success(),
-        "{}{}",
-        text(&promtool.stdout),
-        text(&promtool.stderr)
-    );
+        .stdin(std::fs::File::open(&file).unwrap()))
+    .assert_success();
 }
 
 #[test]
 fn history_lists_runs_newest_first() {
     let ledger = Ledger::new();
-    let key = unique_key("history");
+    let env = TestEnv::new("history");
+    let key = env.key();
     for script in ["exit 1", "true", "true"] {
-        ledger.run(&key, &["--record"], script);
+        ledger.run(key, &["--record"], script);
     }
     // A raw id of this test's own.
-    let raw_id = format!("{},7", std::process::id());
-    assert!(
-        ledger
-            .pglock(&["--lock-id", &raw_id, "--record", "-c", "true"])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
-    let out = ledger.pglock(&["history", "--key", &key]).output().unwrap();
-    let table = text(&out.stdout);
+    let (a, b) = unique_pair();
+    let raw_id = format!("{a},{b}");
+    run(ledger.pglock(&["--lock-id", &raw_id, "--record", "-c", "true"])).assert_success();
+    let table = run(ledger.pglock(&["history", "--key", key])).stdout();
     let rows: Vec<&str> = table.lines().collect();
     assert!(rows[0].starts_with("STARTED (UTC)  "), "{table}");
     assert_eq!(rows.len(), 4, "{table}");
@@ -769,11 +654,7 @@ fn history_lists_runs_newest_first() {
         "{table}"
     );
 
-    let json = ledger
-        .pglock(&["history", "--key", &key, "--json", "--last", "2"])
-        .output()
-        .unwrap();
-    let runs: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let runs = run(ledger.pglock(&["history", "--key", key, "--json", "--last", "2"])).json();
     let runs = runs.as_array().unwrap();
     assert_eq!(runs.len(), 2);
     assert!(runs[0]["id"].as_i64() > runs[1]["id"].as_i64());
@@ -789,17 +670,9 @@ fn history_lists_runs_newest_first() {
     }
     assert!(runs[0]["started_at"].as_str().unwrap().ends_with('Z'));
 
-    let raw = ledger
-        .pglock(&["history", "--lock-id", &raw_id, "--json"])
-        .output()
-        .unwrap();
-    let raw: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let raw = run(ledger.pglock(&["history", "--lock-id", &raw_id, "--json"])).json();
     assert_eq!(raw[0]["key"], format!("lock-id:{raw_id}"));
-    let all = ledger
-        .pglock(&["history", "--all", "--since", "1h"])
-        .output()
-        .unwrap();
-    let all = text(&all.stdout);
+    let all = run(ledger.pglock(&["history", "--all", "--since", "1h"])).stdout();
     assert!(all.starts_with("KEY ") && all.lines().count() == 5, "{all}");
 }
 
@@ -819,27 +692,17 @@ fn prune_keeps_each_keys_newest_rows() {
     ] {
         ledger.insert(&mut client, key, status, ago);
     }
-    let dry = ledger
-        .pglock(&["prune", "--older-than", "1d", "--dry-run"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        text(&dry.stdout),
-        format!(
-            "would delete 3 runs older than 1d0h from {}\n",
-            ledger.table
-        )
-    );
+    run(ledger.pglock(&["prune", "--older-than", "1d", "--dry-run"])).assert_stdout(&format!(
+        "would delete 3 runs older than 1d0h from {}\n",
+        ledger.table
+    ));
     assert_eq!(ledger.runs(&a).len() + ledger.runs(&b).len(), 7);
-    let out = ledger
-        .pglock(&["prune", "--older-than", "1d"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(
-        text(&out.stdout),
-        format!("deleted 3 runs older than 1d0h from {}\n", ledger.table)
-    );
+    run(ledger.pglock(&["prune", "--older-than", "1d"]))
+        .assert_success()
+        .assert_stdout(&format!(
+            "deleted 3 runs older than 1d0h from {}\n",
+            ledger.table
+        ));
     // a: the newest success, the run in progress, the newest finished run (1 hour old).
     assert_eq!(
         ledger.runs(&a),
@@ -859,39 +722,42 @@ fn once_per_needs_one_holder_at_a_time() {
         &["--once-per", "1h", "--shared"][..],
         &["--once-per", "1h", "--limit", "2"],
     ] {
-        let out = pglock()
+        run(pglock()
             .args(["--key", "k"])
             .args(args)
-            .args(["--", "true"])
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(text(&out.stderr).contains("pglock: usage error: "));
+            .args(["--", "true"]))
+        .assert_code(2)
+        .assert_stderr_contains("pglock: usage error: ");
     }
 }
 
 #[test]
 fn semaphore_runs_record_their_slot() {
     let ledger = Ledger::new();
-    let key = unique_key("slots");
-    let out = ledger.run(&key, &["--limit", "3", "--record"], "echo $PGLOCK_SLOT");
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let env = TestEnv::new("slots");
+    let out = ledger.run(
+        env.key(),
+        &["--limit", "3", "--record"],
+        "echo $PGLOCK_SLOT",
+    );
+    out.assert_success();
     let slot: Option<i32> = sql()
         .query_one(
             &format!("SELECT slot FROM {} WHERE key = $1", ledger.table),
-            &[&key],
+            &[&env.key()],
         )
         .unwrap()
         .get(0);
-    assert_eq!(slot, Some(text(&out.stdout).trim().parse().unwrap()));
+    assert_eq!(slot, Some(out.stdout().trim().parse().unwrap()));
 }
 
 #[test]
 fn record_command_stores_the_command_only_when_asked() {
     let ledger = Ledger::new();
-    let key = unique_key("cmdline");
-    ledger.run(&key, &["--record"], "echo secret");
-    ledger.run(&key, &["--record", "--record-command"], "echo shown");
+    let env = TestEnv::new("cmdline");
+    let key = env.key();
+    ledger.run(key, &["--record"], "echo secret");
+    ledger.run(key, &["--record", "--record-command"], "echo shown");
     let commands: Vec<Option<String>> = sql()
         .query(
             &format!(

@@ -2,141 +2,64 @@
 //! and -v reports, `pglock status`, `pglock list --json`, `pglock key`, and the permission note.
 
 use crate::util::*;
+use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use std::io::Read;
-use std::process::{Child, Output, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-const LIMIT: Duration = Duration::from_secs(20);
-
-/// A pglock holding `key` exclusively around `cat`, which ends when we close its stdin.
-struct Holder {
-    child: Child,
+/// `pglock status --key KEY ARGS`.
+fn status(key: &str, args: &[&str]) -> Run {
+    run(pglock().args(["status", "--key", key]).args(args))
 }
 
-impl Holder {
-    fn start(key: &str) -> Holder {
-        Holder::run(&["--key", key], |client| {
-            lock_rows(client, key_id(key), true) == 1
-        })
-    }
-
-    /// pglock with `args` around `cat`, once `ready` sees it on the server.
-    fn run(args: &[&str], mut ready: impl FnMut(&mut postgres::Client) -> bool) -> Holder {
-        let child = pglock()
-            .args(args)
-            .args(["--", "cat"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut client = sql();
-        wait_until("the holder to queue or take the lock", LIMIT, || {
-            ready(&mut client)
-        });
-        Holder { child }
-    }
-
-    /// The holder's backend pid, from pg_locks.
-    fn backend_pid(key: &str) -> i32 {
-        let id = key_id(key);
-        sql()
-            .query_one(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
-                 AND ((classid::bigint << 32) | objid::bigint) = $1 AND objsubid = 1",
-                &[&id],
-            )
-            .unwrap()
-            .get(0)
-    }
-
-    fn release(mut self) {
-        drop(self.child.stdin.take());
-        assert!(self.child.wait().unwrap().success());
-    }
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Waits until `key` has `n` waiters queued in pg_locks.
-fn wait_for_waiters(key: &str, n: i64) {
-    let mut client = sql();
-    let id = key_id(key);
-    wait_until("waiters to queue", LIMIT, || {
-        lock_rows(&mut client, id, false) == n
-    });
+/// `pglock list ARGS`.
+fn list(args: &[&str]) -> Run {
+    run(pglock().arg("list").args(args))
 }
 
 #[test]
 fn busy_conflict_names_the_pglock_holder() {
-    let key = unique_key("busy");
-    let holder = Holder::start(&key);
-    let pid = Holder::backend_pid(&key);
-    let out = pglock()
-        .args(["--key", &key, "--nowait", "--", "true"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(75));
-    let err = stderr(&out);
-    let expect = format!("pglock: lock \"{key}\" is held by pglock:{key}@");
-    assert!(err.starts_with(&expect), "{err}");
-    assert!(err.contains(&format!("(backend {pid}, client ")), "{err}");
-    assert!(err.contains(" UTC ("), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
+    let env = TestEnv::new("busy");
+    let key = env.key();
+    let holder = env.hold(&[]);
+    let pid = env.backend_pid();
+    run(env.pglock(&["--nowait", "--", "true"]))
+        .assert_code(75)
+        .assert_stderr_starts_with(&format!("pglock: lock \"{key}\" is held by pglock:{key}@"))
+        .assert_stderr_contains(&format!("(backend {pid}, client "))
+        .assert_stderr_contains(" UTC (")
+        .assert_one_pglock_line();
 
     // --quiet: nothing at all.
-    let out = pglock()
-        .args(["--key", &key, "--nowait", "--quiet", "--", "true"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(75));
-    assert_eq!(stderr(&out), "");
-    holder.release();
+    run(env.pglock(&["--nowait", "--quiet", "--", "true"]))
+        .assert_code(75)
+        .assert_stderr("");
+    holder.release().assert_success();
 }
 
 #[test]
 fn timeout_names_the_holder_in_both_scopes() {
-    let key = unique_key("timeout");
-    let holder = Holder::start(&key);
-    let pid = Holder::backend_pid(&key);
+    let env = TestEnv::new("timeout");
+    let key = env.key();
+    let holder = env.hold(&[]);
+    let pid = env.backend_pid();
     for scope in ["session", "xact"] {
-        let out = pglock()
-            .args([
-                "--key",
-                &key,
-                "--timeout",
-                "0.2",
-                "--scope",
-                scope,
-                "--",
-                "true",
-            ])
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(75), "{scope}");
-        let err = stderr(&out);
-        assert!(
-            err.starts_with(&format!(
+        run(env.pglock(&["--timeout", "0.2", "--scope", scope, "--", "true"]))
+            .assert_code(75)
+            .assert_stderr_starts_with(&format!(
                 "pglock: timed out after 200ms: lock \"{key}\" is held by pglock:{key}@"
-            )),
-            "{scope}: {err}"
-        );
-        assert!(err.contains(&format!("backend {pid}")), "{scope}: {err}");
+            ))
+            .assert_stderr_contains(&format!("backend {pid}"));
     }
-    holder.release();
+    holder.release().assert_success();
 }
 
 #[test]
 fn busy_conflict_names_a_foreign_holder_with_its_user() {
-    let key = unique_key("foreign");
+    let env = TestEnv::new("foreign");
+    let key = env.key();
     let mut client = sql();
     client
         .batch_execute("SET application_name = 'report-builder'")
@@ -144,45 +67,25 @@ fn busy_conflict_names_a_foreign_holder_with_its_user() {
     let pid: i32 = client
         .query_one(
             "SELECT pg_backend_pid() FROM (SELECT pg_advisory_lock($1)) l",
-            &[&key_id(&key)],
+            &[&env.id()],
         )
         .unwrap()
         .get(0);
-    let out = pglock()
-        .args(["--key", &key, "-n", "--", "true"])
-        .output()
-        .unwrap();
-    let err = stderr(&out);
     let user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
-    assert!(
-        err.starts_with(&format!(
-            "pglock: lock \"{key}\" is held by report-builder (user {user}, backend {pid}, client "
-        )),
-        "{err}"
-    );
+    run(env.pglock(&["-n", "--", "true"])).assert_stderr_starts_with(&format!(
+        "pglock: lock \"{key}\" is held by report-builder (user {user}, backend {pid}, client "
+    ));
 }
 
 #[test]
 fn since_stays_at_the_grant_while_lock_checks_run() {
-    let key = unique_key("since");
-    let mut holder = pglock()
-        .args(["--key", &key, "--check-interval", "100ms", "--", "cat"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = {
-        let mut client = sql();
-        wait_until("the holder to take the lock", LIMIT, || {
-            lock_rows(&mut client, key_id(&key), true) == 1
-        });
-        Holder::backend_pid(&key)
-    };
+    let env = TestEnv::new("since");
+    let holder = env.hold(&["--check-interval", "100ms"]);
+    let pid = env.backend_pid();
     // A check has run once its tagged query is the session's last one; its start is well after
     // the grant (one check interval), and state_change has moved past it.
-    let mut client = sql();
-    let mut check_started = || -> Option<String> {
-        client
+    let check_started = || -> Option<String> {
+        env.probe()
             .query_one(
                 "SELECT CASE WHEN query LIKE '/* pglock: granted %' THEN \
                  to_char(query_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') END \
@@ -193,15 +96,11 @@ fn since_stays_at_the_grant_while_lock_checks_run() {
             .get(0)
     };
     let mut check = None;
-    wait_until("a lock check", LIMIT, || {
+    wait_until("a lock check", || {
         check = check_started();
         check.is_some()
     });
-    let out = pglock()
-        .args(["status", "--key", &key, "--json"])
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = status(env.key(), &["--json"]).json();
     let since = v["holders"][0]["held_since"].as_str().unwrap().to_string();
     let connected = v["holders"][0]["backend_start"]
         .as_str()
@@ -213,97 +112,77 @@ fn since_stays_at_the_grant_while_lock_checks_run() {
         since < check.clone().unwrap(),
         "{since} is not before the check at {check:?}"
     );
-    drop(holder.stdin.take());
-    assert!(holder.wait().unwrap().success());
+    holder.release().assert_success();
 }
 
 #[test]
 fn status_exit_codes() {
-    let key = unique_key("status");
-    let free = pglock().args(["status", "--key", &key]).output().unwrap();
-    assert_eq!(free.status.code(), Some(3), "{}", stderr(&free));
-    assert!(stdout(&free).contains("is free"), "{}", stdout(&free));
+    let env = TestEnv::new("status");
+    let key = env.key();
+    status(key, &[])
+        .assert_code(3)
+        .assert_stdout_contains("is free");
 
-    let holder = Holder::start(&key);
-    let pid = Holder::backend_pid(&key);
-    let held = pglock().args(["status", "--key", &key]).output().unwrap();
-    assert_eq!(held.status.code(), Some(0), "{}", stderr(&held));
-    let text = stdout(&held);
-    assert!(text.contains("is held"), "{text}");
-    assert!(text.contains(&format!("pglock:{key}@")), "{text}");
-    assert!(text.contains(&pid.to_string()), "{text}");
+    let holder = env.hold(&[]);
+    let pid = env.backend_pid();
+    status(key, &[])
+        .assert_code(0)
+        .assert_stdout_contains("is held")
+        .assert_stdout_contains(&format!("pglock:{key}@"))
+        .assert_stdout_contains(&pid.to_string());
 
-    let json = pglock()
-        .args(["status", "--key", &key, "--json"])
-        .output()
-        .unwrap();
-    assert_eq!(json.status.code(), Some(0));
-    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    let json = status(key, &["--json"]);
+    json.assert_code(0);
+    let v = json.json();
     assert_eq!(v["held"], true);
-    assert_eq!(v["key"], key.as_str());
-    assert_eq!(v["lock_id"], key_id(&key));
+    assert_eq!(v["key"], key);
+    assert_eq!(v["lock_id"], env.id());
     assert_eq!(v["holders"][0]["pid"], pid);
     assert_eq!(v["waiters"], Value::Array(vec![]));
-    holder.release();
+    holder.release().assert_success();
 
-    // A raw id held from SQL.
-    let mut client = sql();
-    client
-        .batch_execute("SELECT pg_advisory_lock(-7, 9)")
-        .unwrap();
-    let pair = pglock()
-        .args(["status", "--lock-id", "-7,9"])
-        .output()
-        .unwrap();
-    assert_eq!(pair.status.code(), Some(0), "{}", stderr(&pair));
-    client
-        .batch_execute("SELECT pg_advisory_unlock(-7, 9)")
-        .unwrap();
+    // A raw id held from SQL, negative first.
+    let (a, b) = unique_pair();
+    let _pair = Lock::Pair(b, a).take_in_sql();
+    run(pglock().args(["status", "--lock-id", &format!("{b},{a}")])).assert_code(0);
 
-    let down = pglock()
-        .args(["status", "--key", &key])
+    run(pglock()
+        .args(["status", "--key", key])
         .env("PGHOST", "127.0.0.1")
-        .env("PGPORT", "1")
-        .output()
-        .unwrap();
-    assert_eq!(down.status.code(), Some(69), "{}", stderr(&down));
-    assert!(stderr(&down).starts_with("pglock: "), "{}", stderr(&down));
+        .env("PGPORT", "1"))
+    .assert_code(69)
+    .assert_stderr_starts_with("pglock: ");
 
-    let usage = pglock().args(["status"]).output().unwrap();
-    assert_eq!(usage.status.code(), Some(2));
+    run(pglock().args(["status"])).assert_code(2);
 }
 
 #[test]
 fn list_json_shows_holder_and_waiter() {
-    let key = unique_key("list");
-    let holder = Holder::start(&key);
-    let mut waiter = pglock()
-        .args(["--key", &key, "--", "true"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_waiters(&key, 1);
+    let env = TestEnv::new("list");
+    let key = env.key();
+    let holder = env.hold(&[]);
+    let waiter = start(env.pglock(&["--", "true"]));
+    wait_until("the waiter to queue", || env.waiting() == 1);
+    let (a, b) = unique_pair();
     let mut client = sql();
     client
-        .batch_execute("SELECT pg_advisory_lock_shared(3, -4)")
+        .execute("SELECT pg_advisory_lock_shared($1, $2)", &[&a, &b])
         .unwrap();
 
-    let out = pglock().args(["list", "--json"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    for row in &rows {
+    let out = list(&["--json"]);
+    out.assert_code(0);
+    let rows = out.json();
+    let rows = rows.as_array().unwrap();
+    for row in rows {
         check_schema(row);
     }
-    let ours: Vec<&Value> = rows
-        .iter()
-        .filter(|r| r["lock_id"] == key_id(&key))
-        .collect();
+    let ours: Vec<&Value> = rows.iter().filter(|r| r["lock_id"] == env.id()).collect();
     assert_eq!(ours.len(), 2, "{rows:#?}");
     let (held, waiting) = (ours[0], ours[1]);
     assert_eq!(held["granted"], true);
-    assert_eq!(held["key"], key.as_str());
+    assert_eq!(held["key"], key);
     assert_eq!(held["mode"], "exclusive");
-    assert_eq!(held["pid"], Holder::backend_pid(&key));
+    assert_eq!(held["pid"], env.backend_pid());
     assert!(
         held["application_name"]
             .as_str()
@@ -313,38 +192,37 @@ fn list_json_shows_holder_and_waiter() {
     assert!(held["held_since"].is_string());
     assert!(held["waiting_since"].is_null());
     assert_eq!(waiting["granted"], false);
-    assert_eq!(waiting["key"], key.as_str());
+    assert_eq!(waiting["key"], key);
     assert!(waiting["waiting_since"].is_string());
     assert_eq!(waiting["queue_position"], 1);
 
     let pair = rows
         .iter()
-        .find(|r| r["lock_id"] == serde_json::json!([3, -4]))
+        .find(|r| r["lock_id"] == json!([a, b]))
         .expect("the pair lock");
     assert_eq!(pair["mode"], "shared");
     assert!(pair["key"].is_null());
     assert_eq!(pair["objsubid"], 2);
 
     // The table form shows the key and both states.
-    let table = pglock().args(["list"]).output().unwrap();
-    let text = stdout(&table);
+    let text = list(&[]).stdout();
     assert!(text.starts_with("LOCK "), "{text}");
     assert!(
         text.lines()
-            .any(|l| l.starts_with(&key) && l.contains(" held ")),
+            .any(|l| l.starts_with(key) && l.contains(" held ")),
         "{text}"
     );
     assert!(
         text.lines()
-            .any(|l| l.starts_with(&key) && l.contains(" waiting #1 ")),
+            .any(|l| l.starts_with(key) && l.contains(" waiting #1 ")),
         "{text}"
     );
 
     client
-        .batch_execute("SELECT pg_advisory_unlock_shared(3, -4)")
+        .execute("SELECT pg_advisory_unlock_shared($1, $2)", &[&a, &b])
         .unwrap();
-    holder.release();
-    assert!(waiter.wait().unwrap().success());
+    holder.release().assert_success();
+    waiter.finish().assert_success();
 }
 
 /// The documented `list --json` schema: every field, with its type.
@@ -404,21 +282,21 @@ fn check_schema(row: &Value) {
 
 #[test]
 fn key_prints_the_coordinates_and_a_query_that_finds_the_lock() {
-    let key = unique_key("key");
-    let out = pglock().args(["key", &key]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let text = stdout(&out);
+    let env = TestEnv::new("key");
+    let out = run(pglock().args(["key", env.key()]));
+    out.assert_code(0);
+    let text = out.stdout();
     let field = |name: &str| -> String {
         text.lines()
             .find_map(|l| l.strip_prefix(name))
             .map(|v| v.split_whitespace().next().unwrap().to_string())
             .unwrap_or_else(|| panic!("no {name} in {text}"))
     };
-    let id = key_id(&key);
-    assert_eq!(field("lock id "), id.to_string());
-    assert_eq!(field("classid "), ((id as u64) >> 32).to_string());
-    assert_eq!(field("objid "), (id as u64 & 0xffff_ffff).to_string());
-    assert_eq!(field("objsubid "), "1");
+    let (classid, objid, objsubid) = env.lock().coordinates();
+    assert_eq!(field("lock id "), env.id().to_string());
+    assert_eq!(field("classid "), classid.to_string());
+    assert_eq!(field("objid "), objid.to_string());
+    assert_eq!(field("objsubid "), objsubid.to_string());
 
     // The printed query finds the lock when something holds it.
     let query = &text[text.find("SELECT").unwrap()..];
@@ -429,7 +307,7 @@ fn key_prints_the_coordinates_and_a_query_that_finds_the_lock() {
     let pid: i32 = other
         .query_one(
             "SELECT pg_backend_pid() FROM (SELECT pg_advisory_lock($1)) l",
-            &[&id],
+            &[&env.id()],
         )
         .unwrap()
         .get(0);
@@ -438,44 +316,35 @@ fn key_prints_the_coordinates_and_a_query_that_finds_the_lock() {
     assert_eq!(rows[0].get::<_, i32>(0), pid);
 
     // The pair form, and no server needed: an unreachable one doesn't matter.
-    let out = pglock()
+    run(pglock()
         .args(["key", "--lock-id", "-1,7"])
         .env("PGHOST", "127.0.0.1")
-        .env("PGPORT", "1")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let text = stdout(&out);
-    assert!(text.contains("classid   4294967295\n"), "{text}");
-    assert!(text.contains("objid     7\n"), "{text}");
-    assert!(text.contains("objsubid  2\n"), "{text}");
+        .env("PGPORT", "1"))
+    .assert_code(0)
+    .assert_stdout_contains("classid   4294967295\n")
+    .assert_stdout_contains("objid     7\n")
+    .assert_stdout_contains("objsubid  2\n");
 }
 
 #[test]
 fn a_command_named_like_a_subcommand_still_runs() {
-    let key = unique_key("named");
-    let dir = temp_dir("named");
-    let marker = dir.join("ran");
-    let script = dir.join("status");
+    let env = TestEnv::new("named");
+    let script = env.path("status");
     std::fs::write(
         &script,
-        format!("#!/bin/sh\ntouch '{}'\n", marker.display()),
+        format!("#!/bin/sh\ntouch '{}'\n", env.path("ran").display()),
     )
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap());
-    let out = pglock()
-        .args(["--key", &key, "--", "status"])
-        .env("PATH", path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(marker.exists());
+    let path = format!("{}:{}", env.dir().display(), std::env::var("PATH").unwrap());
+    run(env.pglock(&["--", "status"]).env("PATH", path)).assert_code(0);
+    assert!(env.exists("ran"));
 }
 
 #[test]
 fn hidden_sessions_are_reported_not_shown_empty() {
-    let key = unique_key("perm");
+    let env = TestEnv::new("perm");
+    let key = env.key();
     let role = format!("pglock_nostats_{}", std::process::id());
     let mut admin = sql();
     admin
@@ -483,48 +352,30 @@ fn hidden_sessions_are_reported_not_shown_empty() {
             "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'pw'"
         ))
         .unwrap();
-    let holder = Holder::start(&key);
-    let as_role = |args: &[&str]| {
-        pglock()
-            .args(args)
-            .env("PGUSER", &role)
-            .env("PGPASSWORD", "pw")
-            .output()
-            .unwrap()
-    };
-    let status = as_role(&["status", "--key", &key]);
-    assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
-    let err = stderr(&status);
-    assert!(
-        err.contains(&format!("role {role} may not see")) && err.contains("pg_read_all_stats"),
-        "{err}"
-    );
-    assert!(stdout(&status).contains(" ? "), "{}", stdout(&status));
+    let holder = env.hold(&[]);
+    let as_role =
+        |cmd: &mut std::process::Command| run(cmd.env("PGUSER", &role).env("PGPASSWORD", "pw"));
+    let shown = as_role(pglock().args(["status", "--key", key]));
+    shown
+        .assert_code(0)
+        .assert_stderr_contains(&format!("role {role} may not see"))
+        .assert_stderr_contains("pg_read_all_stats")
+        .assert_stdout_contains(" ? ");
     // A note that cannot be written is dropped: the report and its status stand.
     let full = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/full")
         .unwrap();
-    let quiet = pglock()
-        .args(["status", "--key", &key])
-        .env("PGUSER", &role)
-        .env("PGPASSWORD", "pw")
-        .stderr(full)
-        .output()
-        .unwrap();
-    assert_eq!(quiet.status.code(), Some(0));
-    assert_eq!(stdout(&quiet), stdout(&status));
+    as_role(pglock().args(["status", "--key", key]).stderr(full))
+        .assert_code(0)
+        .assert_stdout(&shown.stdout());
 
-    let busy = as_role(&["--key", &key, "--nowait", "--", "true"]);
-    assert_eq!(busy.status.code(), Some(75));
-    assert!(
-        stderr(&busy).contains(&format!(
+    as_role(&mut env.pglock(&["--nowait", "--", "true"]))
+        .assert_code(75)
+        .assert_stderr_contains(&format!(
             "details hidden from role {role}: it needs pg_read_all_stats"
-        )),
-        "{}",
-        stderr(&busy)
-    );
-    holder.release();
+        ));
+    holder.release().assert_success();
     admin.batch_execute(&format!("DROP ROLE {role}")).unwrap();
 }
 
@@ -545,9 +396,10 @@ fn collect(master: std::os::fd::OwnedFd) -> Arc<Mutex<Vec<u8>>> {
 
 #[test]
 fn terminal_status_line_appears_and_is_erased() {
-    let key = unique_key("tty");
-    let holder = Holder::start(&key);
-    let pid = Holder::backend_pid(&key);
+    let env = TestEnv::new("tty");
+    let key = env.key();
+    let holder = env.hold(&[]);
+    let pid = env.backend_pid();
     let size = nix::pty::Winsize {
         ws_row: 24,
         ws_col: 250,
@@ -555,16 +407,13 @@ fn terminal_status_line_appears_and_is_erased() {
         ws_ypixel: 0,
     };
     let pty = nix::pty::openpty(&size, None).unwrap();
-    let mut cmd = pglock();
-    cmd.args(["--key", &key, "--", "true"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(pty.slave));
-    let mut waiter = cmd.spawn().unwrap();
+    let mut cmd = env.pglock(&["--", "true"]);
+    cmd.stdout(Stdio::null()).stderr(Stdio::from(pty.slave));
+    let waiter = start_keeping_stderr(&mut cmd);
     drop(cmd); // our copy of the slave must go, or the reader never sees the end
     let seen = collect(pty.master);
     let text = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
-    wait_until("the status line to name the holder", LIMIT, || {
+    wait_until("the status line to name the holder", || {
         let t = text();
         t.contains(&format!(
             "\"{key}\" (1st of 1 in line); held by pglock:{key}@"
@@ -575,69 +424,71 @@ fn terminal_status_line_appears_and_is_erased() {
     assert!(t.starts_with("\r\x1b[2Kpglock: waiting "), "{t:?}");
     assert!(!t.contains('\n'), "a status line, not log lines: {t:?}");
 
-    holder.release();
-    assert!(waiter.wait().unwrap().success());
-    wait_until("the terminal to close", LIMIT, || {
-        Arc::strong_count(&seen) == 1
-    });
+    holder.release().assert_success();
+    waiter.finish().assert_success();
+    wait_until("the terminal to close", || Arc::strong_count(&seen) == 1);
     let t = text();
     assert!(t.ends_with("\r\x1b[2K"), "the line must be erased: {t:?}");
 }
 
-#[test]
-fn no_status_line_and_no_observer_when_stderr_is_a_pipe() {
-    let key = unique_key("pipe");
-    let holder = Holder::start(&key);
-    let waiter = pglock()
-        .args(["--key", &key, "--", "true"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_waiters(&key, 1);
-    // Absence can't be observed, only given time: the observer would connect after 300 ms.
-    std::thread::sleep(Duration::from_millis(1200));
-    let observers: i64 = sql()
+/// The observer sessions of the pglock with this pid.
+fn observers(env: &TestEnv, pid: u32) -> i64 {
+    env.probe()
         .query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-            &[&format!("pglock-watch@{}:{}", hostname(), waiter.id())],
+            &[&format!("pglock-watch@{}:{pid}", hostname())],
         )
         .unwrap()
-        .get(0);
-    assert_eq!(observers, 0);
-    holder.release();
-    let out = waiter.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    assert_eq!(stderr(&out), "");
+        .get(0)
+}
+
+/// How long a waiter gets to show an observer it should not have. For a status line, the
+/// observer starts 300 ms into the wait (TTY_GRACE in src/report/watch.rs); the window is four
+/// times that.
+const OBSERVER_WINDOW: Duration = Duration::from_millis(1200);
+
+#[test]
+fn no_status_line_and_no_observer_when_stderr_is_a_pipe() {
+    let env = TestEnv::new("pipe");
+    let holder = env.hold(&[]);
+    let waiter = start(env.pglock(&["--", "true"]));
+    // A control beside it: with -v, an observer starts (even sooner), so one does show up on
+    // this server under this load.
+    let control = start(env.pglock(&["-v", "--", "true"]));
+    wait_until("both to queue", || env.waiting() == 2);
+    // Absence, observed on the server: from the moment both wait, for the whole window and
+    // until the control's observer has shown up, both still wait and the piped waiter has no
+    // observer session.
+    let since = Instant::now();
+    let mut control_seen = false;
+    wait_until(
+        "the window to pass with the control's observer seen",
+        || {
+            assert_eq!(observers(&env, waiter.id()), 0, "an observer for a pipe");
+            assert_eq!(env.waiting(), 2, "a waiter stopped waiting");
+            control_seen |= observers(&env, control.id()) > 0;
+            control_seen && since.elapsed() >= OBSERVER_WINDOW
+        },
+    );
+    holder.release().assert_success();
+    waiter.finish().assert_code(0).assert_stderr("");
+    control.finish().assert_success();
 }
 
 #[test]
 fn verbose_wait_reports_the_holder_when_it_starts() {
-    let key = unique_key("verbose");
-    let holder = Holder::start(&key);
-    let pid = Holder::backend_pid(&key);
-    let mut waiter = pglock()
-        .args(["--key", &key, "-v", "--", "true"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let sink = Arc::clone(&log);
-    let mut err = waiter.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 1024];
-        while let Ok(n @ 1..) = err.read(&mut buf) {
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
+    let env = TestEnv::new("verbose");
+    let key = env.key();
+    let holder = env.hold(&[]);
+    let pid = env.backend_pid();
+    let waiter = start(env.pglock(&["-v", "--", "true"]));
+    wait_until("the holder line", || {
+        waiter.stderr_so_far().contains("1st of 1 in line")
     });
-    wait_until("the holder line", LIMIT, || {
-        log.lock().unwrap().contains("1st of 1 in line")
-    });
-    holder.release();
-    assert!(waiter.wait().unwrap().success());
-    reader.join().unwrap();
-    let log = log.lock().unwrap().clone();
+    holder.release().assert_success();
+    let out = waiter.finish();
+    out.assert_success();
+    let log = out.stderr();
     let line = log
         .lines()
         .find(|l| l.contains("is held by"))
@@ -655,38 +506,27 @@ fn hostname() -> String {
     nix::unistd::gethostname().unwrap().into_string().unwrap()
 }
 
-/// Slot `i` of the `--limit` semaphore on `base` (SHA-256 of base NUL "slot" NUL i), or its
-/// queue (base NUL "gate"), computed here as the README gives the formula.
-fn semaphore_lock(base: &str, what: &str) -> i64 {
-    key_id(&format!("{base}\0{what}"))
-}
-
-fn slot(base: &str, i: usize) -> i64 {
-    semaphore_lock(base, &format!("slot\0{i}"))
-}
-
-/// Granted rows among the first `n` slots of `base`'s semaphore.
-fn slots_taken(client: &mut postgres::Client, base: &str, n: usize) -> i64 {
-    (0..n).map(|i| lock_rows(client, slot(base, i), true)).sum()
+/// Granted rows among the first `n` slots of the semaphore on the test's key.
+fn slots_taken(env: &TestEnv, n: usize) -> i64 {
+    (0..n)
+        .map(|i| env.rows(Lock::slot(env.key(), i), true))
+        .sum()
 }
 
 #[test]
 fn status_and_list_see_a_limit_semaphore() {
-    let key = unique_key("sem");
-    let args = ["--key", key.as_str(), "--limit", "3"];
-    let mut holders: Vec<Holder> = (1..=2)
-        .map(|n| Holder::run(&args, |c| slots_taken(c, &key, 3) == n))
-        .collect();
+    let env = TestEnv::new("sem");
+    let key = env.key();
+    let limit = ["--limit", "3"];
+    let mut holders: Vec<Holder> = (1..=2).map(|_| env.hold(&limit)).collect();
+    assert_eq!(slots_taken(&env, 3), 2);
 
     // The README's "is a deploy running?" guard, with and without the limit.
-    for extra in [&[][..], &["--limit", "3"][..]] {
-        let out = pglock()
-            .args(["status", "--key", &key])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-        let text = stdout(&out);
+    for extra in [&[][..], &limit[..]] {
+        let out = status(key, extra);
+        out.assert_code(0)
+            .assert_stdout_contains(&format!("pglock:{key}@"));
+        let text = out.stdout();
         assert!(
             text.starts_with(&format!(
                 "lock \"{key}\" is held: 2 of 3 slots taken (--limit)\nSLOT "
@@ -694,31 +534,33 @@ fn status_and_list_see_a_limit_semaphore() {
             "{text}"
         );
         assert_eq!(text.lines().filter(|l| l.starts_with("slot ")).count(), 2);
-        assert!(text.contains(&format!("pglock:{key}@")), "{text}");
     }
-    let json = pglock()
-        .args(["status", "--key", &key, "--json"])
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    let v = status(key, &["--json"]).json();
     assert_eq!(
         (&v["held"], &v["limit"], &v["slots_taken"]),
         (&json!(true), &json!(3), &json!(2))
     );
     assert_eq!(v["holders"].as_array().unwrap().len(), 2, "{v}");
-    assert_eq!(v["holders"][0]["key"], key.as_str());
+    assert_eq!(v["holders"][0]["key"], key);
     assert!(v["holders"][0]["slot"].as_u64().unwrap() < 3, "{v}");
 
     // Fill the third slot, then queue two more: the first waits at the head of the queue, the
     // second behind it.
-    holders.push(Holder::run(&args, |c| slots_taken(c, &key, 3) == 3));
-    let gate = semaphore_lock(&key, "gate");
-    holders.push(Holder::run(&args, |c| lock_rows(c, gate, true) == 1));
-    holders.push(Holder::run(&args, |c| lock_rows(c, gate, false) == 1));
+    holders.push(env.hold(&limit));
+    assert_eq!(slots_taken(&env, 3), 3);
+    let gate = Lock::gate(key);
+    holders.push(env.holder(&limit));
+    wait_until("the head of the queue", || env.rows(gate, true) == 1);
+    holders.push(env.holder(&limit));
+    wait_until("a second in the queue", || env.rows(gate, false) == 1);
 
-    let out = pglock().args(["list", "--json"]).output().unwrap();
-    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let ours: Vec<&Value> = rows.iter().filter(|r| r["key"] == key.as_str()).collect();
+    let rows = list(&["--json"]).json();
+    let ours: Vec<&Value> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["key"] == key)
+        .collect();
     // The head of the queue also waits on one slot.
     let mut slots: Vec<u64> = ours
         .iter()
@@ -733,11 +575,11 @@ fn status_and_list_see_a_limit_semaphore() {
         check_schema(row);
         let id = row["lock_id"].as_i64().unwrap();
         match row["slot"].as_u64() {
-            Some(i) => assert_eq!(id, slot(&key, i as usize)),
-            None => assert_eq!(id, gate),
+            Some(i) => assert_eq!(id, Lock::slot(key, i as usize).id()),
+            None => assert_eq!(id, gate.id()),
         }
     }
-    let table = stdout(&pglock().args(["list"]).output().unwrap());
+    let table = list(&[]).stdout();
     for expect in [
         format!("{key} slot 0 "),
         format!("{key} slot 2 "),
@@ -757,21 +599,18 @@ fn status_and_list_see_a_limit_semaphore() {
     assert!(
         table
             .lines()
-            .all(|l| !l.starts_with(&format!("--lock-id {gate} "))),
+            .all(|l| !l.starts_with(&format!("--lock-id {} ", gate.id()))),
         "{table}"
     );
 
     // `key --limit` prints the same ids, and a query that finds the holders.
-    let out = pglock()
-        .args(["key", &key, "--limit", "3"])
-        .output()
-        .unwrap();
-    let text = stdout(&out);
-    for (what, id) in [
-        ("slot 0", slot(&key, 0)),
-        ("slot 2", slot(&key, 2)),
+    let text = run(pglock().args(["key", key, "--limit", "3"])).stdout();
+    for (what, lock) in [
+        ("slot 0", Lock::slot(key, 0)),
+        ("slot 2", Lock::slot(key, 2)),
         ("queue", gate),
     ] {
+        let id = lock.id();
         assert!(
             text.lines()
                 .any(|l| l.starts_with(what) && l.split_whitespace().any(|w| w == id.to_string())),
@@ -783,7 +622,7 @@ fn status_and_list_see_a_limit_semaphore() {
     assert_eq!(sql().query(query, &[]).unwrap().len(), 6, "{query}");
 
     for holder in holders {
-        holder.release();
+        holder.release().assert_success();
     }
 }
 
@@ -799,11 +638,13 @@ fn short_key(word: &str) -> String {
 
 #[test]
 fn keys_with_non_ascii_and_control_characters_survive_in_reports() {
-    let key = short_key("dé\tp");
+    let env = TestEnv::keyed("nonascii", short_key("dé\tp"));
+    let key = env.key();
     let shown = key.replace('\t', "\\t");
-    let holder = Holder::start(&key);
-    let pid = Holder::backend_pid(&key);
-    let name: String = sql()
+    let holder = env.hold(&[]);
+    let pid = env.backend_pid();
+    let name: String = env
+        .probe()
         .query_one(
             "SELECT application_name FROM pg_stat_activity WHERE pid = $1",
             &[&pid],
@@ -813,40 +654,33 @@ fn keys_with_non_ascii_and_control_characters_survive_in_reports() {
     let encoded = key.replace('é', "%C3%A9").replace('\t', "%09");
     assert!(name.starts_with(&format!("pglock:{encoded}@")), "{name}");
 
-    let busy = pglock()
-        .args(["--key", &key, "--nowait", "--", "true"])
-        .output()
-        .unwrap();
-    assert_eq!(busy.status.code(), Some(75));
-    assert!(
-        stderr(&busy).contains(&format!(" is held by pglock:{shown}@")),
-        "{}",
-        stderr(&busy)
-    );
-    let status = pglock().args(["status", "--key", &key]).output().unwrap();
-    let text = stdout(&status);
+    run(env.pglock(&["--nowait", "--", "true"]))
+        .assert_code(75)
+        .assert_stderr_contains(&format!(" is held by pglock:{shown}@"));
+    let text = status(key, &[]).stdout();
     assert!(
         text.starts_with(&format!("lock \"{shown}\" (id ")),
         "{text}"
     );
     assert!(text.contains(&format!(" pglock:{shown}@")), "{text}");
 
-    let list = pglock().args(["list", "--json"]).output().unwrap();
-    let rows: Vec<Value> = serde_json::from_slice(&list.stdout).unwrap();
+    let rows = list(&["--json"]).json();
     let row = rows
+        .as_array()
+        .unwrap()
         .iter()
-        .find(|r| r["lock_id"] == key_id(&key))
+        .find(|r| r["lock_id"] == env.id())
         .expect("the lock");
-    assert_eq!(row["key"], key.as_str());
+    assert_eq!(row["key"], key);
     assert_eq!(row["application_name"], name.as_str());
-    let table = stdout(&pglock().args(["list"]).output().unwrap());
+    let table = list(&[]).stdout();
     assert!(
         table
             .lines()
             .any(|l| cells(l).starts_with(&[&shown, "exclusive", "held"])),
         "{table}"
     );
-    holder.release();
+    holder.release().assert_success();
 }
 
 #[test]
@@ -858,10 +692,11 @@ fn a_key_and_a_lock_id_of_the_same_number_read_differently() {
         N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
     let id: i64 = n.parse().unwrap();
-    let by_key = Holder::start(&n);
-    let by_id = Holder::run(&["--lock-id", &n], |c| lock_rows(c, id, true) == 1);
+    let env = TestEnv::keyed("number", n.clone());
+    let by_key = env.hold(&[]);
+    let by_id = try_hold(pglock().args(["--lock-id", &n])).unwrap();
 
-    let table = stdout(&pglock().args(["list"]).output().unwrap());
+    let table = list(&[]).stdout();
     let by_key_line = [n.as_str(), "exclusive", "held"];
     assert!(
         table.lines().any(|l| cells(l).starts_with(&by_key_line)),
@@ -874,105 +709,79 @@ fn a_key_and_a_lock_id_of_the_same_number_read_differently() {
             .any(|l| cells(l).starts_with(&by_id_line) && l.contains(&format!(" pglock:#{n}@"))),
         "{table}"
     );
-    let out = pglock().args(["list", "--json"]).output().unwrap();
-    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = list(&["--json"]).json();
+    let rows = rows.as_array().unwrap();
     let raw = rows.iter().find(|r| r["lock_id"] == id).unwrap();
     assert_eq!(
         (&raw["key"], &raw["for_lock_id"]),
         (&Value::Null, &json!(id))
     );
-    let keyed = rows.iter().find(|r| r["lock_id"] == key_id(&n)).unwrap();
+    let keyed = rows.iter().find(|r| r["lock_id"] == env.id()).unwrap();
     assert_eq!(
         (&keyed["key"], &keyed["for_lock_id"]),
         (&json!(n), &Value::Null)
     );
 
-    let status = pglock().args(["status", "--lock-id", &n]).output().unwrap();
+    let status = run(pglock().args(["status", "--lock-id", &n])).stdout();
     assert!(
-        stdout(&status).starts_with(&format!("lock {n} is held\n")),
-        "{}",
-        stdout(&status)
+        status.starts_with(&format!("lock {n} is held\n")),
+        "{status}"
     );
-    by_key.release();
-    by_id.release();
+    by_key.release().assert_success();
+    by_id.release().assert_success();
 }
 
 #[test]
 fn a_report_that_cannot_be_written_is_one_error_line_not_a_panic() {
-    let key = unique_key("full");
-    let holder = Holder::start(&key);
+    let env = TestEnv::new("full");
+    let holder = env.hold(&[]);
     for args in [
         vec!["key", "foo"],
-        vec!["status", "--key", &key],
+        vec!["status", "--key", env.key()],
         vec!["list"],
     ] {
         let full = std::fs::OpenOptions::new()
             .write(true)
             .open("/dev/full")
             .unwrap();
-        let out = pglock().args(&args).stdout(full).output().unwrap();
-        let err = stderr(&out);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-        assert_eq!(
-            err,
-            "pglock: cannot write the report to standard output: No space left on device \
-             (os error 28)\n",
-            "{args:?}"
-        );
+        run(pglock().args(&args).stdout(full))
+            .assert_code(1)
+            .assert_stderr(
+                "pglock: cannot write the report to standard output: No space left on device \
+                 (os error 28)\n",
+            );
     }
-    holder.release();
+    holder.release().assert_success();
 }
 
 #[test]
 fn a_report_to_a_closed_pipe_ends_quietly() {
-    use std::os::unix::process::ExitStatusExt;
     for args in [vec!["key", "foo"], vec!["list"]] {
         let (read, write) = nix::unistd::pipe().unwrap();
         drop(read);
-        let out = pglock()
-            .args(&args)
-            .stdout(Stdio::from(write))
-            .output()
-            .unwrap();
-        assert_eq!(stderr(&out), "", "{args:?}");
-        assert_eq!(out.status.signal(), Some(nix::libc::SIGPIPE), "{args:?}");
+        run(pglock().args(&args).stdout(Stdio::from(write)))
+            .assert_stderr("")
+            .assert_signal(Signal::SIGPIPE);
     }
 }
 
 #[test]
 fn verbose_wait_on_a_full_semaphore_names_its_holders() {
-    let key = unique_key("semwait");
-    let args = ["--key", key.as_str(), "--limit", "2"];
-    let holders: Vec<Holder> = (1..=2)
-        .map(|n| Holder::run(&args, |c| slots_taken(c, &key, 2) == n))
-        .collect();
-    let mut waiter = pglock()
-        .args(args)
-        .args(["-v", "--", "true"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let sink = Arc::clone(&log);
-    let mut err = waiter.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 1024];
-        while let Ok(n @ 1..) = err.read(&mut buf) {
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    wait_until("the holder line", LIMIT, || {
-        log.lock().unwrap().contains("1st of 1 in line")
+    let env = TestEnv::new("semwait");
+    let key = env.key();
+    let holders: Vec<Holder> = (0..2).map(|_| env.hold(&["--limit", "2"])).collect();
+    assert_eq!(slots_taken(&env, 2), 2);
+    let waiter = start(env.pglock(&["--limit", "2", "-v", "--", "true"]));
+    wait_until("the holder line", || {
+        waiter.stderr_so_far().contains("1st of 1 in line")
     });
     for holder in holders {
-        holder.release();
+        holder.release().assert_success();
     }
-    assert!(waiter.wait().unwrap().success());
-    reader.join().unwrap();
-    let log = log.lock().unwrap().clone();
-    let line = log
+    let out = waiter.finish();
+    out.assert_success();
+    let line = out
+        .stderr()
         .lines()
         .find(|l| l.contains("1st of 1 in line"))
         .unwrap();
@@ -986,26 +795,22 @@ fn verbose_wait_on_a_full_semaphore_names_its_holders() {
 
 #[test]
 fn verbose_wait_with_stderr_on_a_full_disk_runs_the_command() {
-    let key = unique_key("vfull");
-    let holder = Holder::start(&key);
+    let env = TestEnv::new("vfull");
+    let holder = env.hold(&[]);
     let full = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/full")
         .unwrap();
-    let mut waiter = pglock()
-        .args(["--key", &key, "-v", "--", "true"])
-        .stderr(full)
-        .spawn()
-        .unwrap();
+    let mut waiter = start_keeping_stderr(env.pglock(&["-v", "--", "true"]).stderr(full));
     // The observer has looked, and so has written (or dropped) its holder line, once its
     // session has finished the report query.
     let observer = format!("pglock-watch@{}:{}", hostname(), waiter.id());
-    let mut client = sql();
-    wait_until("the observer's first look", LIMIT, || {
-        if let Some(status) = waiter.try_wait().unwrap() {
+    wait_until("the observer's first look", || {
+        if let Some(status) = waiter.exited() {
             panic!("pglock ended while waiting: {status}");
         }
-        let looked: i64 = client
+        let looked: i64 = env
+            .probe()
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
                  AND state = 'idle' AND query LIKE 'WITH r AS (%'",
@@ -1015,6 +820,6 @@ fn verbose_wait_with_stderr_on_a_full_disk_runs_the_command() {
             .get(0);
         looked == 1
     });
-    holder.release();
-    assert_eq!(waiter.wait().unwrap().code(), Some(0));
+    holder.release().assert_success();
+    waiter.finish().assert_code(0);
 }

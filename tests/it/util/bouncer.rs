@@ -1,5 +1,4 @@
 //! A real PgBouncer in front of the test server, on a port of its own.
-#![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -49,7 +48,7 @@ impl Bouncer {
             .stderr(Stdio::null())
             .spawn()
             .expect("pgbouncer is needed for these tests: apt-get install pgbouncer");
-        super::wait_until("pgbouncer to listen", Duration::from_secs(10), || {
+        super::wait_within("pgbouncer to listen", Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", listen)).is_ok()
         });
         Bouncer {

@@ -1,31 +1,65 @@
-//! Shared helpers for the integration tests: the built binary, a SQL client on the test server
-//! (from the same PG* variables pglock reads), unique lock keys, and waiting on observable events.
-#![allow(dead_code)]
+//! What the integration tests share: the built binary with a clean environment, a SQL client on
+//! the test server (from the same PG* variables pglock reads), unique keys, one time limit, and
+//! waiting on observable events; [`TestEnv`], the one environment a test works in; [`Run`], the
+//! one way to look at how a command ended; [`Lock`], the one formula for pg_locks coordinates;
+//! and the servers, poolers and proxies some tests put in front of pglock.
 
 pub mod bouncer;
 pub mod cluster;
+mod env;
+mod hold;
+mod locks;
 pub mod proxy;
+mod run;
+
+pub use env::TestEnv;
+pub use hold::{Holder, try_hold};
+pub use locks::{Lock, lock_pids, lock_rows};
+pub use run::{Run, Started, run, start, start_keeping_stderr};
 
 use postgres::{Client, NoTls};
-use std::os::unix::process::CommandExt;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// How long a test waits for something it expects (a command to start or end, a row in
+/// pg_locks, a file) before it fails. Generous: the machine is shared and often loaded; a bound
+/// that a test asserts on is written out where it is asserted.
+pub const LIMIT: Duration = Duration::from_secs(30);
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_pglock");
 
-/// A pglock command with a clean environment apart from the PG* variables.
+/// A pglock command that sees none of the PGLOCK_* variables this process has; the PG* ones
+/// (pg_virtualenv's server) stay.
 pub fn pglock() -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.env_remove("PGLOCK_DATABASE_URL");
+    clean(&mut cmd);
     cmd
+}
+
+/// `program ARGS pglock`, with pglock's environment as clean as [`pglock`]'s: for pglock under
+/// faketime(1) or setpriv(1).
+pub fn wrapped(program: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args).arg(BIN);
+    clean(&mut cmd);
+    cmd
+}
+
+fn clean(cmd: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("PGLOCK_") {
+            cmd.env_remove(name);
+        }
+    }
 }
 
 /// This test binary, told to run just the helper test at `path`, written as
 /// `concat!(module_path!(), "::helper_name")` so that it follows the module: for tests whose
 /// command under pglock is a helper test (which does nothing unless its variable is set).
-pub fn helper(path: &str) -> Vec<std::ffi::OsString> {
+pub fn helper(path: &str) -> Vec<OsString> {
     // module_path!() starts with the crate's name, which test names leave out.
     let (_, name) = path.split_once("::").expect("a module path");
     let exe = std::env::current_exe().unwrap();
@@ -48,8 +82,18 @@ pub fn unique_key(name: &str) -> String {
     )
 }
 
-/// A plain client on the test server, configured from PG* like libpq would.
-pub fn sql() -> Client {
+/// A raw (int4, int4) lock id no other test uses.
+pub fn unique_pair() -> (i32, i32) {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    (
+        std::process::id() as i32,
+        -1 - N.fetch_add(1, Ordering::Relaxed) as i32,
+    )
+}
+
+/// The test server's connection settings, from PG* like libpq would: for a client with another
+/// user or database.
+pub fn sql_config() -> postgres::Config {
     let mut config = postgres::Config::new();
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     config.host(var("PGHOST").as_deref().unwrap_or("/var/run/postgresql"));
@@ -60,20 +104,25 @@ pub fn sql() -> Client {
     }
     config.dbname(var("PGDATABASE").as_deref().unwrap_or("postgres"));
     config
+}
+
+/// A plain client on the test server.
+pub fn sql() -> Client {
+    sql_config()
         .connect(NoTls)
         .expect("tests need a PostgreSQL server: run them as `pg_virtualenv cargo test`")
 }
 
-/// The SHA-256 lock id for a key, computed independently of pglock's own code.
-pub fn key_id(key: &str) -> i64 {
-    use sha2::{Digest, Sha256};
-    let d = Sha256::digest(key.as_bytes());
-    i64::from_be_bytes(d[..8].try_into().unwrap())
+/// Polls `cond` until it holds; panics with `what` after [`LIMIT`]. For waiting on server state
+/// (pg_locks rows) and files, which have no push notification.
+#[track_caller]
+pub fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    wait_within(what, LIMIT, cond);
 }
 
-/// Polls `cond` until it holds; panics with `what` after `limit`. For waiting on server state
-/// (pg_locks rows) and files, which have no push notification.
-pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+/// As [`wait_until`], with a bound of the test's own (one it asserts on).
+#[track_caller]
+pub fn wait_within(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
         assert!(
@@ -82,20 +131,6 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// Number of pg_locks rows for a bigint lock id, by granted state.
-pub fn lock_rows(client: &mut Client, id: i64, granted: bool) -> i64 {
-    let classid = ((id as u64) >> 32) as i64;
-    let objid = (id as u64 & 0xffff_ffff) as i64;
-    client
-        .query_one(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid::bigint = $1 \
-             AND objid::bigint = $2 AND objsubid = 1 AND granted = $3",
-            &[&classid, &objid, &granted],
-        )
-        .unwrap()
-        .get(0)
 }
 
 /// A fresh temporary directory for one test.
@@ -124,6 +159,13 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Whether a process exists and is not a zombie, from /proc.
+pub fn alive(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    !stat.is_empty() && !state.starts_with('Z')
+}
+
 /// The process group pglock (`pid`) started its command in: the child that leads a group.
 pub fn child_of(pid: u32) -> i32 {
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
@@ -134,59 +176,24 @@ pub fn child_of(pid: u32) -> i32 {
         .expect("pglock has no child leading a process group")
 }
 
-/// Starts a command (usually `pglock()` with arguments) in its own process group, as a shell
-/// would start a job, with stdin and stderr piped: closing stdin ends commands that read it.
-pub fn start(cmd: &mut Command) -> Child {
-    cmd.stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap()
-}
-
-/// pglock with `args`, running `script` with -c.
-pub fn start_script(args: &[&str], script: &str) -> Child {
-    start(pglock().args(args).args(["-c", script]))
-}
-
-/// Closes the child's stdin, waits for it, and returns its exit status and stderr.
-pub fn finish(mut child: Child) -> (i32, String) {
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// `workers` threads each run pglock `runs` times (with `args`) around a non-atomic
-/// read-modify-write of a counter file, bracketed by enter/leave records: the count must come
-/// out exact and the records must never interleave.
-pub fn counter_contention(workers: usize, runs: usize, args: &[&str]) {
-    let dir = temp_dir("counter");
-    std::fs::write(dir.join("counter"), "0").unwrap();
+/// `workers` threads each run pglock on the test's key `runs` times (with `args`) around a
+/// non-atomic read-modify-write of a counter file, bracketed by enter/leave records: the count
+/// must come out exact and the records must never interleave.
+pub fn counter_contention(env: &TestEnv, workers: usize, runs: usize, args: &[&str]) {
+    std::fs::write(env.path("counter"), "0").unwrap();
     let script = format!(
         "cd {}; echo enter >> log; n=$(cat counter); echo $((n + 1)) > counter.tmp; \
          mv counter.tmp counter; echo leave >> log",
-        dir.display()
+        env.dir().display()
     );
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    args.extend(["--key".into(), env.key().into(), "-c".into(), script]);
     let handles: Vec<_> = (0..workers)
         .map(|_| {
-            let (args, script) = (args.clone(), script.clone());
+            let args = args.clone();
             std::thread::spawn(move || {
                 for _ in 0..runs {
-                    let out = pglock()
-                        .args(&args)
-                        .args(["-c", &script])
-                        .stdin(Stdio::null())
-                        .output()
-                        .unwrap();
-                    assert!(
-                        out.status.success(),
-                        "{}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
+                    run(pglock().args(&args)).assert_success();
                 }
             })
         })
@@ -195,10 +202,10 @@ pub fn counter_contention(workers: usize, runs: usize, args: &[&str]) {
         h.join().unwrap();
     }
     assert_eq!(
-        read(&dir.join("counter")).trim(),
+        read(&env.path("counter")).trim(),
         (workers * runs).to_string()
     );
-    let log = read(&dir.join("log"));
+    let log = read(&env.path("log"));
     let lines: Vec<_> = log.lines().collect();
     assert_eq!(lines.len(), 2 * workers * runs);
     for pair in lines.chunks(2) {
@@ -208,4 +215,30 @@ pub fn counter_contention(workers: usize, runs: usize, args: &[&str]) {
             "critical sections overlapped:\n{log}"
         );
     }
+}
+
+/// Checks that `cond` holds throughout `window`, polling as [`wait_until`] does and failing at
+/// once when it does not: how a test shows that something did not happen. The window is named
+/// where it is chosen, with the reason for its length.
+#[track_caller]
+pub fn throughout(what: &str, window: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    loop {
+        assert!(cond(), "{what}: broken after {:?}", start.elapsed());
+        if start.elapsed() >= window {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Fails the test at once, saying what to install, when `program` is not on the PATH.
+#[track_caller]
+pub fn need(program: &str, package: &str) {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path).any(|dir| dir.join(program).is_file());
+    assert!(
+        found,
+        "{program} is needed for this test: apt-get install {package}"
+    );
 }
