@@ -92,146 +92,148 @@ pub fn acquire(
     sem: &Semaphore,
     interrupted: &dyn Fn() -> bool,
 ) -> Result<Acquired, postgres::Error> {
-    let deadline = match req.wait {
-        Wait::For(t) => Some(Instant::now() + t),
-        _ => None,
+    let mut taker = Taker {
+        session,
+        req,
+        sem,
+        interrupted,
+        deadline: match req.wait {
+            Wait::For(t) => Some(Instant::now() + t),
+            _ => None,
+        },
     };
     loop {
-        match attempt(session, req, sem, interrupted, deadline) {
+        match taker.attempt() {
             Err(e) if req.scope == Scope::Xact && is_cancel(&e) && !interrupted() => {
                 // A wake-up meant for our wait statement landed on another one and aborted the
                 // transaction. Nothing is held but the gate: start over.
                 step!("semaphore wait disturbed; starting over");
-                session.query(sql::RESTART_TRANSACTION)?;
+                taker.session.query(sql::RESTART_TRANSACTION)?;
             }
             other => return other,
         }
     }
 }
 
-/// Runs an idempotent statement, repeating it if a stray wake-up cancels it.
-fn query_again(
-    session: &mut Session,
-    sql: &str,
-    interrupted: &dyn Fn() -> bool,
-) -> Result<Vec<SimpleQueryMessage>, postgres::Error> {
-    let mut tries = 0;
-    loop {
-        match session.query(sql) {
-            Err(e) if is_cancel(&e) && !interrupted() && tries < 5 => tries += 1,
-            other => return other,
-        }
-    }
+/// One acquisition: the session, what to take, and when to stop waiting.
+struct Taker<'a> {
+    session: &'a mut Session,
+    req: &'a Request,
+    sem: &'a Semaphore,
+    interrupted: &'a dyn Fn() -> bool,
+    deadline: Option<Instant>,
 }
 
-fn attempt(
-    session: &mut Session,
-    req: &Request,
-    sem: &Semaphore,
-    interrupted: &dyn Fn() -> bool,
-    deadline: Option<Instant>,
-) -> Result<Acquired, postgres::Error> {
-    // 1. The settings and one try over every slot.
-    let first = format!(
-        "{}{}",
-        sql::prelude(req.scope, 0),
-        sql::try_slots(req.scope, &sem.slots)
-    );
-    match session.query(&first) {
-        Ok(messages) => {
-            if let Some(slot) = slot_in(&messages) {
-                return Ok(sem.held(req.scope, slot));
+impl Taker<'_> {
+    /// Runs an idempotent statement, repeating it if a stray wake-up cancels it.
+    fn query_again(&mut self, sql: &str) -> Result<Vec<SimpleQueryMessage>, postgres::Error> {
+        let mut tries = 0;
+        loop {
+            match self.session.query(sql) {
+                Err(e) if is_cancel(&e) && !(self.interrupted)() && tries < 5 => tries += 1,
+                other => return other,
             }
         }
-        Err(e) => return outcome_of(e),
     }
-    if req.wait == Wait::Try {
-        return Ok(Acquired::Busy);
-    }
-    // 2. Queue at the gate.
-    if let Some(outcome) = queue_at_gate(session, req, sem, interrupted, deadline)? {
-        return Ok(outcome);
-    }
-    step!("at the head of the queue for {} slots", sem.slots.len());
-    warn_about_larger_limits(session, sem);
-    // 3. At the head: wait for any slot.
-    wait_at_head(session, req, sem, interrupted, deadline)
-}
 
-/// Waits for the gate; Some(outcome) if the wait ended without it.
-fn queue_at_gate(
-    session: &mut Session,
-    req: &Request,
-    sem: &Semaphore,
-    interrupted: &dyn Fn() -> bool,
-    deadline: Option<Instant>,
-) -> Result<Option<Acquired>, postgres::Error> {
-    let local = req.scope == Scope::Xact;
-    if left(deadline) == Some(Duration::ZERO) {
-        return Ok(Some(Acquired::TimedOut));
-    }
-    let gate = sql::gate(req.scope, sql::lock_timeout_ms(left(deadline)), sem.gate);
-    let holds_gate = sql::holds(sem.gate, None);
-    loop {
-        match session.query(&gate) {
-            Ok(_) => return Ok(None),
-            // In session scope a wake-up can only have come with the grant: see whether it did.
-            Err(e) if !local && is_cancel(&e) && !interrupted() => {
-                let held = query_again(session, &holds_gate, interrupted)?;
-                if final_value(&held).as_deref() != Some("0") {
-                    return Ok(None);
+    fn attempt(&mut self) -> Result<Acquired, postgres::Error> {
+        let (scope, sem) = (self.req.scope, self.sem);
+        // 1. The settings and one try over every slot.
+        let first = format!(
+            "{}{}",
+            sql::prelude(scope, 0),
+            sql::try_slots(scope, &sem.slots)
+        );
+        match self.session.query(&first) {
+            Ok(messages) => {
+                if let Some(slot) = slot_in(&messages) {
+                    return Ok(sem.held(scope, slot));
                 }
             }
-            Err(e) if local => return Err(e),
-            Err(e) => return outcome_of(e).map(Some),
+            Err(e) => return outcome_of(e),
         }
+        if self.req.wait == Wait::Try {
+            return Ok(Acquired::Busy);
+        }
+        // 2. Queue at the gate.
+        if let Some(outcome) = self.queue_at_gate()? {
+            return Ok(outcome);
+        }
+        step!("at the head of the queue for {} slots", sem.slots.len());
+        warn_about_larger_limits(self.session, sem);
+        // 3. At the head: wait for any slot.
+        self.wait_at_head()
     }
-}
 
-fn wait_at_head(
-    session: &mut Session,
-    req: &Request,
-    sem: &Semaphore,
-    interrupted: &dyn Fn() -> bool,
-    deadline: Option<Instant>,
-) -> Result<Acquired, postgres::Error> {
-    let mut round = 0;
-    loop {
-        if interrupted() {
-            return Ok(Acquired::Cancelled);
+    /// Waits for the gate; Some(outcome) if the wait ended without it.
+    fn queue_at_gate(&mut self) -> Result<Option<Acquired>, postgres::Error> {
+        let local = self.req.scope == Scope::Xact;
+        if left(self.deadline) == Some(Duration::ZERO) {
+            return Ok(Some(Acquired::TimedOut));
         }
-        let wait = match left(deadline) {
-            Some(Duration::ZERO) => return Ok(Acquired::TimedOut),
-            Some(left) => left.min(sem.recheck),
-            None => sem.recheck,
-        };
-        let k = round % sem.slots.len();
-        round += 1;
-        let statement = sql::head_wait(req.scope, sql::lock_timeout_ms(Some(wait)), &sem.slots, k);
-        let slot = match session.query(&statement) {
-            Ok(messages) => slot_in(&messages),
-            Err(e) if is_cancel(&e) || is_lock_timeout(&e) => {
-                if interrupted() {
-                    return Ok(Acquired::Cancelled);
+        let timeout = sql::lock_timeout_ms(left(self.deadline));
+        let gate = sql::gate(self.req.scope, timeout, self.sem.gate);
+        let holds_gate = sql::holds(self.sem.gate, None);
+        loop {
+            match self.session.query(&gate) {
+                Ok(_) => return Ok(None),
+                // In session scope a wake-up can only have come with the grant: see whether it
+                // did.
+                Err(e) if !local && is_cancel(&e) && !(self.interrupted)() => {
+                    let held = self.query_again(&holds_gate)?;
+                    if final_value(&held).as_deref() != Some("0") {
+                        return Ok(None);
+                    }
                 }
-                // Woken by a release, or time to re-check; the wait may have been granted just
-                // before it ended (a transaction lock is undone with the savepoint).
-                let check = sql::held_slots(req.scope, &sem.slots);
-                sem.slot_of(&query_again(session, &check, interrupted)?)
+                Err(e) if local => return Err(e),
+                Err(e) => return outcome_of(e).map(Some),
             }
-            Err(e) => return Err(e),
-        };
-        if let Some(slot) = slot {
-            let leave = sql::leave_gate(req.scope, sem.gate);
-            session.query(&leave).or_else(|e| {
-                if req.scope == Scope::Session && is_cancel(&e) {
-                    // Unlocking the gate twice only earns a warning.
-                    query_again(session, &leave, interrupted)
-                } else {
-                    Err(e)
+        }
+    }
+
+    fn wait_at_head(&mut self) -> Result<Acquired, postgres::Error> {
+        let (scope, sem) = (self.req.scope, self.sem);
+        let mut round = 0;
+        loop {
+            if (self.interrupted)() {
+                return Ok(Acquired::Cancelled);
+            }
+            let wait = match left(self.deadline) {
+                Some(Duration::ZERO) => return Ok(Acquired::TimedOut),
+                Some(left) => left.min(sem.recheck),
+                None => sem.recheck,
+            };
+            let k = round % sem.slots.len();
+            round += 1;
+            let statement = sql::head_wait(scope, sql::lock_timeout_ms(Some(wait)), &sem.slots, k);
+            let slot = match self.session.query(&statement) {
+                Ok(messages) => slot_in(&messages),
+                Err(e) if is_cancel(&e) || is_lock_timeout(&e) => {
+                    if (self.interrupted)() {
+                        return Ok(Acquired::Cancelled);
+                    }
+                    // Woken by a release, or time to re-check; the wait may have been granted
+                    // just before it ended (a transaction lock is undone with the savepoint).
+                    let check = sql::held_slots(scope, &sem.slots);
+                    sem.slot_of(&self.query_again(&check)?)
                 }
-            })?;
-            return Ok(sem.held(req.scope, slot));
+                Err(e) => return Err(e),
+            };
+            if let Some(slot) = slot {
+                self.leave_gate()?;
+                return Ok(sem.held(scope, slot));
+            }
+        }
+    }
+
+    fn leave_gate(&mut self) -> Result<(), postgres::Error> {
+        let leave = sql::leave_gate(self.req.scope, self.sem.gate);
+        match self.session.query(&leave) {
+            // Unlocking the gate twice only earns a warning.
+            Err(e) if self.req.scope == Scope::Session && is_cancel(&e) => {
+                self.query_again(&leave).map(drop)
+            }
+            other => other.map(drop),
         }
     }
 }
