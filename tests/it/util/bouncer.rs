@@ -4,7 +4,6 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 pub struct Bouncer {
     pub port: u16,
@@ -48,7 +47,7 @@ impl Bouncer {
             .stderr(Stdio::null())
             .spawn()
             .expect("pgbouncer is needed for these tests: apt-get install pgbouncer");
-        super::wait_within("pgbouncer to listen", Duration::from_secs(10), || {
+        super::wait_until("pgbouncer to listen", || {
             std::net::TcpStream::connect(("127.0.0.1", listen)).is_ok()
         });
         Bouncer {

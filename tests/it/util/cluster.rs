@@ -138,7 +138,7 @@ impl Cluster {
         let start = std::time::Instant::now();
         while let Err(e) = config.connect(NoTls) {
             assert!(
-                start.elapsed() < std::time::Duration::from_secs(30),
+                start.elapsed() < super::LIMIT,
                 "the test cluster does not accept connections: {e:?}\n{}",
                 std::fs::read_to_string(cluster.dir.join("server.log")).unwrap_or_default()
             );
