@@ -77,9 +77,7 @@ fn a_waiter_runs_as_soon_as_the_lock_is_released() {
     let waiter = env.start_script(&[], &format!("touch {}", env.path("ran").display()));
     wait_until("the waiter's pg_locks row", || env.waiting() == 1);
     assert!(!env.exists("ran"));
-    holder
-        .execute("SELECT pg_advisory_unlock($1)", &[&env.id()])
-        .unwrap();
+    env.lock().unlock_in_sql(&mut holder);
     waiter.finish().assert_success();
     assert!(env.exists("ran"));
     assert_eq!(env.granted() + env.waiting(), 0);

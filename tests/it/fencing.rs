@@ -87,9 +87,7 @@ fn a_waiter_whose_connection_is_cut_reconnects_and_gets_the_lock() {
     wait_until("a second connection", || proxy.accepted() >= 2);
     wait_until("the second wait", || env.waiting() == 1);
     assert!(!env.exists("ran"));
-    holder
-        .execute("SELECT pg_advisory_unlock($1)", &[&env.id()])
-        .unwrap();
+    env.lock().unlock_in_sql(&mut holder);
     // With -v, the reconnection is logged.
     child
         .finish()

@@ -68,6 +68,17 @@ impl Lock {
         .unwrap();
         client
     }
+
+    /// Lets go of the lock that [`Lock::take_in_sql`] took on `client`, at once.
+    pub fn unlock_in_sql(self, client: &mut Client) {
+        let unlocked: bool = match self {
+            Lock::Id(id) => client.query_one("SELECT pg_advisory_unlock($1)", &[&id]),
+            Lock::Pair(a, b) => client.query_one("SELECT pg_advisory_unlock($1, $2)", &[&a, &b]),
+        }
+        .unwrap()
+        .get(0);
+        assert!(unlocked, "{self:?} was not held");
+    }
 }
 
 /// The rows of one lock in this database's pg_locks, granted or waiting.
