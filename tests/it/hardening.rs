@@ -5,7 +5,7 @@
 use crate::util::proxy::Proxy;
 use crate::util::*;
 use nix::sys::signal::Signal;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
@@ -254,17 +254,7 @@ impl Terminal {
             });
         }
         let shell = cmd.spawn().unwrap();
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let (mut reader, sink) = (master.try_clone().unwrap(), Arc::clone(&output));
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
+        let output = terminal_output(master.try_clone().unwrap().into());
         Terminal {
             master,
             output,

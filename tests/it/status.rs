@@ -4,9 +4,8 @@
 use crate::util::*;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use std::io::Read;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// `pglock status --key KEY ARGS`.
@@ -379,21 +378,6 @@ fn hidden_sessions_are_reported_not_shown_empty() {
     admin.batch_execute(&format!("DROP ROLE {role}")).unwrap();
 }
 
-/// Reads a pty master until every slave is closed, collecting what was written.
-fn collect(master: std::os::fd::OwnedFd) -> Arc<Mutex<Vec<u8>>> {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&seen);
-    std::thread::spawn(move || {
-        let mut file = std::fs::File::from(master);
-        let mut buf = [0u8; 4096];
-        // EIO once the last slave is closed ends the loop.
-        while let Ok(n @ 1..) = file.read(&mut buf) {
-            sink.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
-    seen
-}
-
 #[test]
 fn terminal_status_line_appears_and_is_erased() {
     let env = TestEnv::new("tty");
@@ -411,7 +395,7 @@ fn terminal_status_line_appears_and_is_erased() {
     cmd.stdout(Stdio::null()).stderr(Stdio::from(pty.slave));
     let waiter = start_keeping_stderr(&mut cmd);
     drop(cmd); // our copy of the slave must go, or the reader never sees the end
-    let seen = collect(pty.master);
+    let seen = terminal_output(pty.master);
     let text = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
     wait_until("the status line to name the holder", || {
         let t = text();

@@ -19,9 +19,11 @@ pub use run::{Run, Started, run, start, start_keeping_stderr};
 
 use postgres::{Client, NoTls};
 use std::ffi::OsString;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a test waits for something it expects (a command to start or end, a row in
@@ -157,6 +159,21 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
             fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
         })
         .collect()
+}
+
+/// What is written to a terminal, read from its pseudo-terminal master until every slave is
+/// closed (EIO then ends the reading thread, which drops its reference).
+pub fn terminal_output(master: std::os::fd::OwnedFd) -> Arc<Mutex<Vec<u8>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        let mut file = std::fs::File::from(master);
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = file.read(&mut buf) {
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    seen
 }
 
 /// Whether a process exists and is not a zombie, from /proc.
