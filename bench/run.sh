@@ -11,8 +11,12 @@
 # Knobs (environment): ROUNDS (5) and RUNS (20): hyperfine runs per command per round, rounds
 # interleave the commands; FLOOR_SECS (2): pgbench -C time per round; SECTION (0.02): seconds a
 # critical section lasts in the hand-off test; SCALE (200): waiters in the scale test;
-# SECTIONS ("uncontended ledger handoff memory scale"): which sections to run; MODES ("default
-# disable"): which connection settings the ledger, hand-off, memory and scale sections use.
+# FLEET (1000), FLEET_CAP (20) and FLEET_MODES ("none tuned role pool"): waiters, the
+# connection cap, and the modes of the fleet test (pool needs pgbouncer); SECTIONS ("uncontended
+# ledger handoff memory scale fleet"): which sections to run; MODES ("default disable"): which
+# connection settings the ledger, hand-off, memory and scale sections use; PGLOCK_ALT (unset)
+# and ALT_NAME ("alternative build"): a second pglock binary that the uncontended and memory
+# sections measure next to the first, such as a `--features vendored` build.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -37,6 +41,10 @@ if [ "${1:-}" != --inside ]; then
     fi
     PGLOCK=$(realpath "$PGLOCK")
     export PGLOCK
+    if [ -n "${PGLOCK_ALT:-}" ]; then
+        PGLOCK_ALT=$(realpath "$PGLOCK_ALT")
+        export PGLOCK_ALT
+    fi
     OUT=${OUT:-$(mktemp -d -t pglock-bench.XXXXXX)}
     mkdir -p "$OUT"
     export OUT
@@ -46,8 +54,10 @@ if [ "${1:-}" != --inside ]; then
         port=$((20000 + RANDOM % 10000))
         (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && continue
         [ -e "/var/run/postgresql/.s.PGSQL.$port" ] && continue
-        # 200 waiters, their holder, and the script's own psql need more than the default 100.
-        if PGPORT=$port pg_virtualenv -t -o max_connections=300 "$0" --inside; then
+        # The waiters, their holder, and the script's own psql need more than the default 100.
+        max=$((${FLEET:-1000} + 100))
+        [ "$max" -ge 300 ] || max=300
+        if PGPORT=$port pg_virtualenv -t -o max_connections=$max "$0" --inside; then
             exit 0
         fi
         rc=$?
@@ -66,6 +76,8 @@ RUNS=${RUNS:-20}
 FLOOR_SECS=${FLOOR_SECS:-2}
 SECTION=${SECTION:-0.02}
 SCALE=${SCALE:-200}
+FLEET=${FLEET:-1000}
+FLEET_CAP=${FLEET_CAP:-20}
 samples="$OUT/uncontended.txt"
 : >"$samples"
 results="$OUT/results.md"
@@ -143,6 +155,7 @@ machine() {
     say "- Kernel: $(uname -sr)"
     say "- Server: PostgreSQL $(sql 'SHOW server_version'), TCP loopback (PGHOST=$PGHOST), ssl=$(sql 'SHOW ssl'), password_encryption=$(sql 'SHOW password_encryption')"
     say "- pglock: $("$PGLOCK" --version) ($(git -C "$here" describe --always --dirty 2>/dev/null || echo unknown)), $PGLOCK"
+    [ -z "${PGLOCK_ALT:-}" ] || say "- pglock, ${ALT_NAME:-alternative build}: $PGLOCK_ALT"
     say "- Tools: $(hyperfine --version), $(pgbench --version), $(flock --version | head -1)"
     say "- Load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     say ""
@@ -160,6 +173,7 @@ uncontended() {
                 measure "$mode" psql psql -X -c 'SELECT pg_advisory_lock(4243)'
                 [ -z "$psqlbin" ] || measure "$mode" psql-bin "$psqlbin" -X -c 'SELECT pg_advisory_lock(4243)'
                 measure "$mode" pglock "$PGLOCK" --key bench-uncontended -- true
+                [ -z "${PGLOCK_ALT:-}" ] || measure "$mode" pglock-alt "$PGLOCK_ALT" --key bench-uncontended -- true
                 measure "$mode" flock flock "$lockfile" true
             )
         done
@@ -177,13 +191,14 @@ uncontended() {
     for mode in default disable; do
         fl=$(value "$mode" floor)
         ps=$(value "$mode" psql)
-        for label in floor psql psql-bin pglock flock; do
+        for label in floor psql psql-bin pglock pglock-alt flock; do
             [ "$(count "$mode" "$label")" -gt 0 ] || continue
             case $label in
                 floor) name="pgbench -C, lock + unlock: **the floor**" ;;
                 psql) name="psql -c 'SELECT pg_advisory_lock(..)'" ;;
                 psql-bin) name="the same, psql binary without Debian's pg_wrapper" ;;
                 pglock) name="**pglock --key k -- true**" ;;
+                pglock-alt) name="the same, ${ALT_NAME:-alternative build}" ;;
                 flock) name="flock /tmp/f true (no server)" ;;
             esac
             v=$(value "$mode" "$label")
@@ -364,7 +379,7 @@ memory() {
     for mode in ${MODES:-default disable}; do
         (
             use_mode "$mode"
-            local release="$OUT/release-mem-$mode" holder waiter psqlpid tls name
+            local release="$OUT/release-mem-$mode" holder waiter alt= queued=1 psqlpid tls name
             name=$(mode_name "$mode")
             rm -f "$release"
             "$PGLOCK" --lock-id 4244 -- bash -c "while [ ! -e '$release' ]; do sleep 0.05; done" &
@@ -373,16 +388,23 @@ memory() {
             "$PGLOCK" --lock-id 4244 -- true &
             waiter=$!
             wait_sql 30 "$(advisory false) = 1"
+            if [ -n "${PGLOCK_ALT:-}" ]; then
+                "$PGLOCK_ALT" --lock-id 4244 -- true &
+                alt=$!
+                queued=2
+                wait_sql 30 "$(advisory false) = 2"
+            fi
             psql -X -q -c 'SELECT pg_advisory_lock(4244)' >/dev/null &
             psqlpid=$!
-            wait_sql 30 "$(advisory false) = 2"
+            wait_sql 30 "$(advisory false) = $((queued + 1))"
             sleep 1
             tls=$(sql "SELECT CASE WHEN bool_and(ssl) THEN 'yes' WHEN NOT bool_or(ssl) THEN 'no' ELSE 'mixed' END FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE application_name LIKE 'pglock:%'")
             say "| pglock, waiting | $name | $tls | $(mib "$(kib $waiter VmHWM)") | $(mib "$(kib $waiter VmRSS)") | $(mib "$(pss_kib $waiter)") |"
+            [ -z "$alt" ] || say "| pglock, ${ALT_NAME:-alternative build}, waiting | $name | $tls | $(mib "$(kib $alt VmHWM)") | $(mib "$(kib $alt VmRSS)") | $(mib "$(pss_kib $alt)") |"
             say "| pglock, holding, command running | $name | $tls | $(mib "$(kib $holder VmHWM)") | $(mib "$(kib $holder VmRSS)") | $(mib "$(pss_kib $holder)") |"
             say "| psql, waiting (for comparison) | $name | | $(mib "$(kib $psqlpid VmHWM)") | $(mib "$(kib $psqlpid VmRSS)") | $(mib "$(pss_kib $psqlpid)") |"
             touch "$release"
-            wait "$holder" "$waiter" "$psqlpid"
+            wait "$holder" "$waiter" $alt "$psqlpid"
         )
     done
     say ""
@@ -432,9 +454,199 @@ scale() {
     say ""
 }
 
+# ---------------------------------------------------------------------------------------------
+# Fleet: FLEET waiters on one key while a job started before them holds it, in three modes:
+# nothing caps their connections; they log in as a role with CONNECTION LIMIT FLEET_CAP (the
+# others wait in pglock's backoff); they connect through a session-pooling PgBouncer with
+# FLEET_CAP server connections (the others wait in its queue). The holder connects directly in
+# every mode. Each waiter runs bash writing two timestamps, which give the hand-offs as in the
+# hand-off section.
+postmaster_pid() {
+    head -1 "$(sql "SELECT setting FROM pg_settings WHERE name = 'data_directory'")/postmaster.pid"
+}
+
+# The server's client backends right now, those still authenticating included.
+backends() { ps --ppid "$1" -o args= | grep -c '^postgres: .*(' || true; }
+
+# Starts a session-pooling PgBouncer in front of the server in DIR; prints its port.
+start_bouncer() { # start_bouncer DIR
+    local dir=$1 port
+    port=$((30000 + RANDOM % 10000))
+    {
+        echo "[databases]"
+        echo "* = host=$PGHOST port=$PGPORT user=$PGUSER password=$PGPASSWORD"
+        echo "[pgbouncer]"
+        echo "listen_addr = 127.0.0.1"
+        echo "listen_port = $port"
+        echo "unix_socket_dir ="
+        echo "auth_type = trust"
+        echo "auth_file = $dir/users.txt"
+        echo "pool_mode = session"
+        echo "default_pool_size = $FLEET_CAP"
+        echo "max_client_conn = $((FLEET + 100))"
+        echo "query_wait_timeout = 0"
+        echo "logfile = $dir/pgbouncer.log"
+        echo "pidfile = $dir/pgbouncer.pid"
+    } >"$dir/pgbouncer.ini"
+    echo "\"$PGUSER\" \"\"" >"$dir/users.txt"
+    # One descriptor per client and per server connection.
+    ulimit -n $((FLEET * 2 + 200)) 2>/dev/null || true
+    if [ "$(id -u)" = 0 ]; then
+        # PgBouncer refuses to run as root.
+        chown -R postgres "$dir"
+        runuser -u postgres -- pgbouncer -d "$dir/pgbouncer.ini" >/dev/null 2>&1
+    else
+        pgbouncer -d "$dir/pgbouncer.ini" >/dev/null 2>&1
+    fi
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        sleep 0.1
+    done
+    echo "$port"
+}
+
+# The settings the script's own queries use: straight to the server, as its superuser.
+direct() { PGHOST=$DIRECT_HOST PGPORT=$DIRECT_PORT PGUSER=$DIRECT_USER PGPASSWORD=$DIRECT_PASSWORD "$@"; }
+
+fleet_mode() { # fleet_mode none|role|pool
+    local mode=$1 key="bench-fleet-$1" release="$OUT/release-fleet-$1" log="$OUT/fleet-$1.log"
+    local seen="$OUT/fleet-$1.backends" probes="$OUT/fleet-$1.probes" holder sampler prober
+    local pids=() i t0 t1="" rss=0 pss=0 queued=$FLEET failed=0 pm dir="" v extra="" lost=no
+    local runs rps launched p50 p99 drain
+    rm -f "$release"
+    : >"$log"
+    : >"$seen"
+    : >"$probes"
+    pm=$(postmaster_pid)
+    "$PGLOCK" --key "$key" -- bash -c "while [ ! -e '$release' ]; do sleep 0.05; done" &
+    holder=$!
+    wait_sql 30 "$(advisory true) = 1"
+    case $mode in
+        tuned)
+            sql "CREATE ROLE bench_fleet LOGIN PASSWORD 'fleet'"
+            sql "ALTER ROLE bench_fleet SET deadlock_timeout = '10min'"
+            export PGUSER=bench_fleet PGPASSWORD=fleet
+            ;;
+        role)
+            sql "CREATE ROLE bench_fleet LOGIN PASSWORD 'fleet' CONNECTION LIMIT $FLEET_CAP"
+            export PGUSER=bench_fleet PGPASSWORD=fleet
+            queued=$FLEET_CAP
+            ;;
+        pool)
+            dir=$(mktemp -d -p "$OUT")
+            export PGPORT
+            PGPORT=$(start_bouncer "$dir")
+            export PGHOST=127.0.0.1
+            queued=$FLEET_CAP
+            ;;
+    esac
+    (while :; do backends "$pm" >>"$seen"; sleep 0.1; done) &
+    sampler=$!
+    # What the application sharing the server sees: a new connection and a query, twice a second.
+    (while :; do
+        v=$EPOCHREALTIME
+        direct sql 'SELECT 1' >/dev/null
+        awk -v a="$v" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f\n", b - a }' >>"$probes"
+        sleep 0.5
+    done) &
+    prober=$!
+    export HLOG=$log
+    t0=$EPOCHREALTIME
+    for i in $(seq "$FLEET"); do
+        "$PGLOCK" --key "$key" -- bash -c 'echo "s $EPOCHREALTIME" >>"$HLOG"; echo "e $EPOCHREALTIME" >>"$HLOG"' \
+            2>>"$OUT/fleet-$mode.err" &
+        pids+=($!)
+    done
+    # Memory: 1 s after the server has as many client backends as there will be waiters in the
+    # lock's queue (from ps, which needs nothing from the server), all waiters still waiting.
+    (
+        until [ "$(backends "$pm")" -ge "$queued" ]; do sleep 0.1; done
+        sleep 1
+        for i in "${pids[@]}"; do
+            # A waiter and its children (its wait guard); one that already ran or gave up has
+            # no memory to count.
+            for c in "$i" $(cat "/proc/$i/task/$i/children" 2>/dev/null || true); do
+                v=$(kib "$c" VmRSS 2>/dev/null || true)
+                rss=$((rss + ${v:-0}))
+                v=$(pss_kib "$c" 2>/dev/null || true)
+                pss=$((pss + ${v:-0}))
+            done
+        done
+        echo "$rss $pss" >"$OUT/fleet-$mode.memory"
+    ) &
+    # Settled: the server shows them queued. The job's own lock check may give up first (it is
+    # answered late while the server is busy), and then the queue starts to move.
+    while kill -0 "$holder" 2>/dev/null; do
+        if [ "$(direct sql "SELECT $(advisory false) >= $queued")" = t ]; then
+            t1=$EPOCHREALTIME
+            break
+        fi
+        sleep 0.1
+    done
+    wait $!
+    read -r rss pss <"$OUT/fleet-$mode.memory"
+    [ -z "$dir" ] || extra=" (PgBouncer: $(mib "$(kib "$(cat "$dir/pgbouncer.pid")" VmRSS)"))"
+    touch "$release"
+    wait "$holder" || lost="yes (exit $?)"
+    for i in "${pids[@]}"; do wait "$i" || failed=$((failed + 1)); done
+    kill "$sampler" "$prober"
+    wait "$sampler" "$prober" 2>/dev/null || true
+    [ -z "$dir" ] || kill "$(cat "$dir/pgbouncer.pid")"
+    read -r runs rps launched p50 p99 < <(handoff_stats "$log")
+    # From the first section's start to the last one's end.
+    drain=$(sort -k2 -g "$log" | awk 'NR == 1 { a = $2 } { b = $2 } END { printf "%.2f", b - a }')
+    [ -z "$t1" ] || t1=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
+    say "| $(fleet_name "$mode") | $FLEET | ${t1:--} | $drain | $(sort -n "$seen" | tail -1) | $(sort -g "$probes" | tail -1) | $(mib $pss) | $(mib $rss)$extra | $p50 | $p99 | $runs | $failed | $lost |"
+}
+
+fleet_name() {
+    case $1 in
+        none) echo "no cap" ;;
+        tuned) echo "no cap, role with deadlock_timeout = 10min" ;;
+        role) echo "role with CONNECTION LIMIT $FLEET_CAP" ;;
+        pool) echo "PgBouncer session pool of $FLEET_CAP" ;;
+    esac
+}
+
+fleet() {
+    say "## Fleet"
+    say ""
+    say "$FLEET pglock processes wait on one key while a job started before them holds it; then"
+    say "the job ends and the $FLEET run in turn, each a \`bash -c\` writing two timestamps."
+    say "Modes: no cap; no cap, as a role whose deadlock_timeout is 10min (ALTER ROLE .. SET); the"
+    say "waiters log in as a role with CONNECTION LIMIT $FLEET_CAP; they connect through a"
+    say "session-pooling PgBouncer with $FLEET_CAP server connections (query_wait_timeout = 0)."
+    say "sslmode=disable throughout; the job connects directly."
+    say "Settled: from the first waiter's start until the server shows all of them (or the"
+    say "cap's worth) queued. Drain: from the first section's start to the last one's end."
+    say "Peak backends: the server's client backends, authenticating ones included, sampled every"
+    say "0.1 s. Slowest probe: the longest a new psql connection with \`SELECT 1\` took, tried"
+    say "twice a second throughout. Memory: summed over the waiters and their wait guards once"
+    say "the server has as many client backends as will queue for the lock, plus 1 s. Hand-off:"
+    say "from one section's end to the next one's start. Job lost: the job's own lock check got"
+    say "no answer within its --check-interval (5 s) and it gave up."
+    say ""
+    say "| mode | waiters | settled s | drain s | peak backends | slowest probe s | total PSS MiB | total RSS MiB | hand-off p50 ms | p99 ms | runs | failed | job lost |"
+    say "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    local mode modes="none tuned role pool"
+    if ! command -v pgbouncer >/dev/null; then
+        modes="none tuned role"
+        echo "bench/run.sh: no pgbouncer; skipping the session pool mode" >&2
+    fi
+    export DIRECT_HOST=$PGHOST DIRECT_PORT=$PGPORT DIRECT_USER=$PGUSER DIRECT_PASSWORD=$PGPASSWORD
+    for mode in ${FLEET_MODES:-$modes}; do
+        (
+            use_mode disable
+            fleet_mode "$mode"
+        )
+        PGOPTIONS="-c client_min_messages=warning" sql "DROP ROLE IF EXISTS bench_fleet"
+    done
+    say ""
+}
+
 started=$SECONDS
 machine
-for section in ${SECTIONS:-uncontended ledger handoff memory scale}; do
+for section in ${SECTIONS:-uncontended ledger handoff memory scale fleet}; do
     "$section"
 done
 say "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); $((SECONDS - started)) s in all. Raw samples: $OUT"

@@ -3,6 +3,7 @@
 //! about keys, semaphores or the command; every statement's text comes from [`sql`].
 
 pub mod cancel;
+pub mod classify;
 pub mod error;
 pub mod opener;
 pub mod session;

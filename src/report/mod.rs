@@ -21,4 +21,4 @@ mod watch;
 
 pub use commands::command;
 pub use conflict::conflict_message;
-pub use watch::{Wait, Watch};
+pub use watch::{Note, Wait, Watch};

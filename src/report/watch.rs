@@ -138,6 +138,30 @@ impl Drop for Watch {
     }
 }
 
+/// A status line for a wait that has no connection to look from (no free connection slot yet):
+/// drawn once, erased when dropped. Only on a terminal, and not with -v, which logs instead.
+pub struct Note;
+
+impl Note {
+    pub fn show(text: &str) -> Option<Note> {
+        if crate::log::verbose() || !stderr_is_tty() {
+            return None;
+        }
+        let cut: String = text
+            .chars()
+            .take(terminal_width().saturating_sub(1))
+            .collect();
+        let _ = write!(std::io::stderr().lock(), "\r\x1b[2K{cut}");
+        Some(Note)
+    }
+}
+
+impl Drop for Note {
+    fn drop(&mut self) {
+        let _ = std::io::stderr().write_all(b"\r\x1b[2K");
+    }
+}
+
 fn lock(screen: &Mutex<Screen>) -> std::sync::MutexGuard<'_, Screen> {
     screen.lock().unwrap_or_else(|p| p.into_inner())
 }

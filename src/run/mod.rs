@@ -2,6 +2,7 @@
 //! and release it. Reading order: [`run`] → [`wait::wait_for_lock`] → [`run_held`] →
 //! [`crate::supervise::wait`].
 
+mod retry;
 mod wait;
 
 use crate::appname::{AppName, Label};

@@ -1,22 +1,17 @@
-//! Waiting for the lock: connect, take it or queue for it, and reconnect with capped backoff if
-//! the server goes away meanwhile, within the wait the user asked for.
+//! Waiting for the lock: connect, take it or queue for it, and try again after a failure that
+//! may pass (see [`super::retry`]), within the wait the user asked for.
 
+use super::retry::{Retry, Stage, Verdict, Window};
 use crate::exit::Outcome;
 use crate::lock::{self, Acquired, Holder, Request, Wait};
 use crate::options::RunOptions;
-use crate::pg::error::{describe_error, is_transient};
 use crate::pg::{Opener, Session};
 use crate::report::{self, Watch};
 use crate::supervise::signals::Router;
 use crate::supervise::wait_guard::WaitGuard;
 use crate::{duration, step};
 use anyhow::Result;
-use nix::sys::signal::Signal;
-use std::time::{Duration, Instant};
-
-/// Reconnection backoff: doubling from the first delay up to the cap.
-const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_CAP: Duration = Duration::from_secs(5);
+use std::time::Instant;
 
 /// How the wait ended, short of an error.
 pub enum Waited {
@@ -28,8 +23,9 @@ pub enum Waited {
 /// What one connection's attempt came to.
 enum Attempt {
     Done(Waited),
-    /// The connection broke while waiting: reconnect, if the wait allows.
-    Broken(postgres::Error),
+    /// The lock query failed (sent at the instant given): try again, if the failure may pass
+    /// and the wait allows.
+    Broken(postgres::Error, Instant),
 }
 
 struct Waiter<'a> {
@@ -39,12 +35,11 @@ struct Waiter<'a> {
     request: &'a Request,
     started: Instant,
     deadline: Option<Instant>,
-    delay: Duration,
 }
 
-/// Connects and waits for the lock. A connection that breaks while waiting is reopened with
-/// capped exponential backoff, within --timeout when one is given; the first connection is
-/// retried for --retry-connect.
+/// Connects and waits for the lock. Failures that may pass are retried with jittered backoff:
+/// the first connection for --retry-connect, a broken connection or a full house within
+/// --timeout when one is given (see [`super::retry`]).
 pub fn wait_for_lock(
     opts: &RunOptions,
     opener: &Opener,
@@ -56,72 +51,47 @@ pub fn wait_for_lock(
         Wait::For(t) => Some(started + t),
         _ => None,
     };
-    let mut waiter = Waiter {
+    let waiter = Waiter {
         opts,
         opener,
         router,
         request,
         started,
         deadline,
-        delay: BACKOFF_FIRST,
     };
-    let mut retry_until = Some(started + opts.retry_connect);
+    let label = &opts.target.label;
+    let window = Window {
+        nowait: request.wait == Wait::Try,
+        connect_until: started + opts.retry_connect,
+        deadline,
+    };
+    let mut retry = Retry::new(opener, request.scope, label, opts.quiet, window);
+    let pause = |d| router.pause(d);
     loop {
-        let session = match opener.open() {
-            Ok(session) => session,
-            Err(e) if is_transient(&e) => {
-                let why = format!("cannot connect: {}", describe_error(&e));
-                match waiter.backoff(&why, retry_until.or(deadline)) {
-                    Backoff::GiveUp => return Err(opener.failure(&e)),
-                    Backoff::Interrupted(sig) => {
-                        return Ok(Waited::Gave(Outcome::Interrupted(sig)));
-                    }
-                    Backoff::Again => continue,
+        let began = Instant::now();
+        let (e, stage) = match opener.open() {
+            Ok(session) => {
+                retry.connected();
+                match waiter.attempt(session)? {
+                    Attempt::Done(waited) => return Ok(waited),
+                    Attempt::Broken(e, asked) => (e, Stage::Lock { asked }),
                 }
             }
-            Err(e) => return Err(opener.failure(&e)),
+            Err(e) => (e, Stage::Connect { began }),
         };
-        match waiter.attempt(session)? {
-            Attempt::Done(waited) => return Ok(waited),
-            Attempt::Broken(e) => {
-                // From here on, reconnecting is bounded by --timeout alone.
-                retry_until = None;
-                let why = format!("connection lost while waiting: {}", describe_error(&e));
-                match waiter.backoff(&why, deadline) {
-                    Backoff::GiveUp => {
-                        return Ok(Waited::Gave(waiter.not_obtained(Acquired::TimedOut, None)));
-                    }
-                    Backoff::Interrupted(sig) => {
-                        return Ok(Waited::Gave(Outcome::Interrupted(sig)));
-                    }
-                    Backoff::Again => continue,
-                }
-            }
+        let connecting = matches!(stage, Stage::Connect { .. });
+        match retry.failed(&e, stage, &pause) {
+            Verdict::Again => continue,
+            Verdict::Interrupted(sig) => return Ok(Waited::Gave(Outcome::Interrupted(sig))),
+            Verdict::TimedOut(why) => return Ok(Waited::Gave(waiter.timed_out(&why))),
+            Verdict::Unavailable => return Err(opener.failure(&e)),
+            Verdict::Fatal(_) if connecting => return Err(opener.failure(&e)),
+            Verdict::Fatal(why) => anyhow::bail!("cannot take lock \"{label}\": {why}"),
         }
     }
-}
-
-enum Backoff {
-    Again,
-    GiveUp,
-    Interrupted(Signal),
 }
 
 impl Waiter<'_> {
-    /// Sleeps before the next connection, unless that would pass `until`.
-    fn backoff(&mut self, why: &str, until: Option<Instant>) -> Backoff {
-        if until.is_some_and(|u| Instant::now() + self.delay > u) {
-            return Backoff::GiveUp;
-        }
-        step!("{why}; retrying in {}", duration::format(self.delay));
-        let sig = self.router.pause(self.delay);
-        self.delay = (self.delay * 2).min(BACKOFF_CAP);
-        match sig {
-            Some(sig) => Backoff::Interrupted(sig),
-            None => Backoff::Again,
-        }
-    }
-
     /// One connection's try or wait.
     fn attempt(&self, mut session: Session) -> Result<Attempt> {
         let label = &self.opts.target.label;
@@ -143,6 +113,7 @@ impl Waiter<'_> {
                 self.opts.database_url.as_deref(),
             )
         });
+        let asked = Instant::now();
         let acquired = lock::acquire(&mut session, &request, &|| {
             self.router.interrupted().is_some()
         });
@@ -167,11 +138,21 @@ impl Waiter<'_> {
             Ok(Acquired::Busy) if self.request.wait == Wait::Try => Acquired::Busy,
             Ok(Acquired::Busy | Acquired::TimedOut) => Acquired::TimedOut,
             Ok(Acquired::Cancelled) => Acquired::Cancelled,
-            Err(e) if is_transient(&e) => return Ok(Attempt::Broken(e)),
-            Err(e) => anyhow::bail!("cannot take lock \"{label}\": {}", describe_error(&e)),
+            Err(e) => return Ok(Attempt::Broken(e, asked)),
         };
         let message = self.not_obtained(outcome, Some(&mut session));
         Ok(Attempt::Done(Waited::Gave(message)))
+    }
+
+    /// --timeout ran out while pglock could not even queue for the lock: the conflict status,
+    /// saying what kept it out.
+    fn timed_out(&self, why: &str) -> Outcome {
+        match self.not_obtained(Acquired::TimedOut, None) {
+            Outcome::NotObtained(Some(message)) => {
+                Outcome::NotObtained(Some(format!("{message}; {why}")))
+            }
+            quiet => quiet,
+        }
     }
 
     /// The observer of a wait, when anyone will see what it finds.

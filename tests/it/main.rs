@@ -8,6 +8,7 @@ mod connect;
 mod core;
 mod docs;
 mod fencing;
+mod fleet;
 mod hardening;
 mod ledger;
 mod status;

@@ -14,6 +14,12 @@ pub struct Bouncer {
 impl Bouncer {
     /// Starts pgbouncer with `pool_mode`, forwarding database "postgres" to the test server.
     pub fn start(pool_mode: &str) -> Bouncer {
+        Bouncer::start_with(pool_mode, &[])
+    }
+
+    /// The same, with more pgbouncer.ini settings (`default_pool_size` and `max_client_conn`
+    /// replace the defaults, 4 and 200).
+    pub fn start_with(pool_mode: &str, settings: &[(&str, &str)]) -> Bouncer {
         let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
         let (host, port) = (var("PGHOST", "localhost"), var("PGPORT", "5432"));
         let (user, password) = (var("PGUSER", "postgres"), var("PGPASSWORD", ""));
@@ -27,11 +33,20 @@ impl Bouncer {
             "[databases]\n* = host={host} port={port} user={user} password={password}\n\
              [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {listen}\n\
              unix_socket_dir =\nauth_type = trust\nauth_file = {dir}/users.txt\n\
-             pool_mode = {pool_mode}\ndefault_pool_size = 4\nmax_client_conn = 200\n\
+             pool_mode = {pool_mode}\n\
              ignore_startup_parameters = extra_float_digits,options\n\
              logfile = {dir}/pgbouncer.log\npidfile = {dir}/pgbouncer.pid\n",
             dir = dir.display()
         );
+        let mut ini = ini;
+        for (name, default) in [("default_pool_size", "4"), ("max_client_conn", "200")] {
+            if !settings.iter().any(|(n, _)| *n == name) {
+                ini.push_str(&format!("{name} = {default}\n"));
+            }
+        }
+        for (name, value) in settings {
+            ini.push_str(&format!("{name} = {value}\n"));
+        }
         std::fs::write(dir.join("pgbouncer.ini"), ini).unwrap();
         std::fs::write(dir.join("users.txt"), format!("\"{user}\" \"\"\n")).unwrap();
         // PgBouncer refuses to run as root; the test server's own account runs it then.
@@ -55,6 +70,11 @@ impl Bouncer {
             dir,
             child,
         }
+    }
+
+    /// What pgbouncer has logged so far.
+    pub fn log(&self) -> String {
+        super::read(&self.dir.join("pgbouncer.log"))
     }
 
     /// A connection string for pglock through the pooler.

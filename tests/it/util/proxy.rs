@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 pub struct Proxy {
     pub port: u16,
@@ -12,6 +13,8 @@ pub struct Proxy {
     closed: Arc<AtomicBool>,
     accepted: Arc<AtomicUsize>,
     streams: Arc<Mutex<Vec<TcpStream>>>,
+    /// When each client connection arrived, forwarded or not.
+    arrivals: Arc<Mutex<Vec<Instant>>>,
 }
 
 impl Proxy {
@@ -53,7 +56,9 @@ impl Proxy {
             closed: Arc::new(AtomicBool::new(closed)),
             accepted: Arc::new(AtomicUsize::new(0)),
             streams: Arc::new(Mutex::new(Vec::new())),
+            arrivals: Arc::new(Mutex::new(Vec::new())),
         };
+        let arrivals = proxy.arrivals.clone();
         let (frozen, accepted, streams) = (
             proxy.frozen.clone(),
             proxy.accepted.clone(),
@@ -63,6 +68,7 @@ impl Proxy {
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
+                arrivals.lock().unwrap().push(Instant::now());
                 if closed.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
@@ -94,6 +100,11 @@ impl Proxy {
         for s in self.streams.lock().unwrap().drain(..) {
             let _ = s.shutdown(Shutdown::Both);
         }
+    }
+
+    /// When each client connection so far arrived, in order.
+    pub fn arrivals(&self) -> Vec<Instant> {
+        self.arrivals.lock().unwrap().clone()
     }
 
     /// How many client connections the proxy has accepted.
