@@ -3,25 +3,14 @@
 //! separate connection while pglock holds its lock, shows whether pglock's session is encrypted
 //! and which client certificate it presented.
 
-mod cluster;
-mod common;
-
-use cluster::{Cluster, Outcome, hold, session, write};
-use common::*;
+use crate::util::cluster::{Cluster, session, write};
+use crate::util::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the openssl command");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    need("openssl", "openssl");
+    run(Command::new("openssl").args(args).current_dir(dir)).assert_success();
 }
 
 /// A key and a certificate signing request for `cn`, with an EC key (fast to generate).
@@ -144,7 +133,9 @@ type Case<'a> = (&'a str, String, &'a Path, Vec<(&'a str, String)>, Expect);
 fn every_sslmode_against_a_tls_server() {
     let suffix = std::process::id();
     let cert_user = format!("certuser_{suffix}");
-    let certs = temp_dir("tls-certs");
+    let env = TestEnv::new("tls");
+    let certs = env.path("certs");
+    std::fs::create_dir(&certs).unwrap();
     make_certificates(&certs, &cert_user);
 
     let hba = format!(
@@ -184,7 +175,7 @@ host all all ::1/128 scram-sha-256
         .unwrap();
 
     // Homes with and without libpq's default files.
-    let homes = temp_dir("tls-homes");
+    let homes = env.path("homes");
     let home = |name: &str, files: &[(&str, &str)]| -> PathBuf {
         let dir = homes.join(name);
         std::fs::create_dir_all(&dir).unwrap();
@@ -460,18 +451,17 @@ host all all ::1/128 scram-sha-256
     ];
 
     let mut wrong = Vec::new();
-    for (name, conninfo, home, env, expect) in cases {
+    for (name, conninfo, home, vars, expect) in cases {
         let mut cmd = pglock();
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap())
             .env("HOME", home)
             .env("PGPASSWORD", "tls-pw")
-            .envs(env)
+            .envs(vars)
             .args(["-d", &conninfo]);
         let key = unique_key("tls");
-        let outcome = hold(cmd, &key);
-        match (outcome, expect) {
-            (Outcome::Held(held), Expect::Connected { ssl, dn }) => {
+        match (try_hold(cmd.args(["--key", &key])), expect) {
+            (Ok(held), Expect::Connected { ssl, dn }) => {
                 let s = session(&mut admin, &key).expect("pglock's session on the TLS server");
                 if (s.ssl, &s.client_dn) != (ssl, &dn) {
                     wrong.push(format!(
@@ -479,28 +469,26 @@ host all all ::1/128 scram-sha-256
                         s.ssl, s.client_dn
                     ));
                 }
-                assert!(held.release().success(), "{name}");
+                held.release().assert_success();
             }
-            (Outcome::Failed { code, stderr }, Expect::Refused { code: want, says }) => {
+            (Err(out), Expect::Refused { code: want, says }) => {
                 // Once: OpenSSL's error types repeat their text at every level of the chain.
-                if code != Some(want) || stderr.matches(says).count() != 1 {
+                if out.code() != Some(want) || out.stderr().matches(says).count() != 1 {
                     wrong.push(format!(
-                        "{name}: exit {code:?} ({stderr}), expected {want} saying {says:?} once"
+                        "{name}: expected {want} saying {says:?} once: {out}"
                     ));
                 }
             }
-            (Outcome::Held(held), Expect::Refused { .. }) => {
-                drop(held);
+            (Ok(held), Expect::Refused { .. }) => {
+                held.release();
                 wrong.push(format!("{name}: connected, expected a refusal"));
             }
-            (Outcome::Failed { code, stderr }, Expect::Connected { .. }) => {
-                wrong.push(format!("{name}: exit {code:?}: {stderr}"));
+            (Err(out), Expect::Connected { .. }) => {
+                wrong.push(format!("{name}: {out}"));
             }
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
-    let _ = std::fs::remove_dir_all(&certs);
-    let _ = std::fs::remove_dir_all(&homes);
 }
 
 #[test]
@@ -509,9 +497,10 @@ fn the_run_path_leaves_the_system_trust_store_unread_when_unused() {
     // sound only while pglock has one thread: the run path must build its connector before the
     // signal thread starts. The connector is built before connecting, so no server is needed:
     // port 1 refuses at once.
-    let certs = temp_dir("tls-store");
+    let env = TestEnv::new("tls-store");
+    let certs = env.dir();
     openssl(
-        &certs,
+        certs,
         &[
             "req",
             "-x509",
@@ -537,19 +526,11 @@ fn the_run_path_leaves_the_system_trust_store_unread_when_unused() {
         (format!("sslmode=verify-full sslrootcert={ca}"), "skipped"),
         ("sslrootcert=system".to_string(), "loaded"),
     ] {
-        let out = pglock()
-            .args(["-v", "-d", &format!("host=127.0.0.1 port=1 {conninfo}")])
-            .args(["--key", &unique_key("tls-store"), "--", "true"])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(69), "{conninfo}: {stderr}");
-        assert!(
-            stderr.contains(&format!("(system trust store {store})")),
-            "{conninfo}: {stderr}"
-        );
+        let conninfo = format!("host=127.0.0.1 port=1 {conninfo}");
+        run(env.pglock(&["-v", "-d", &conninfo, "--", "true"]))
+            .assert_code(69)
+            .assert_stderr_contains(&format!("(system trust store {store})"));
     }
-    let _ = std::fs::remove_dir_all(&certs);
 }
 
 #[test]
@@ -568,19 +549,12 @@ fn the_command_inherits_ssl_cert_file_as_pglock_got_it() {
             Some(v) => cmd.env("SSL_CERT_FILE", v),
             None => cmd.env_remove("SSL_CERT_FILE"),
         };
-        let out = cmd
-            .env("PGHOST", &host)
+        cmd.env("PGHOST", &host)
             .env("PGSSLMODE", "prefer")
             .args(["--key", &unique_key("tls-env"), "--", "sh", "-c"])
-            .arg("printf %s \"${SSL_CERT_FILE-unset}\"")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(0), "{stderr}");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            given.unwrap_or("unset"),
-            "{stderr}"
-        );
+            .arg("printf %s \"${SSL_CERT_FILE-unset}\"");
+        run(cmd)
+            .assert_code(0)
+            .assert_stdout(given.unwrap_or("unset"));
     }
 }

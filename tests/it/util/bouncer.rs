@@ -1,11 +1,9 @@
 //! A real PgBouncer in front of the test server, on a port of its own.
-#![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 pub struct Bouncer {
     pub port: u16,
@@ -64,7 +62,7 @@ impl Bouncer {
             .stderr(Stdio::null())
             .spawn()
             .expect("pgbouncer is needed for these tests: apt-get install pgbouncer");
-        super::wait_until("pgbouncer to listen", Duration::from_secs(10), || {
+        super::wait_until("pgbouncer to listen", || {
             std::net::TcpStream::connect(("127.0.0.1", listen)).is_ok()
         });
         Bouncer {

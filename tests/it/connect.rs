@@ -2,14 +2,11 @@
 //! password files, service files and connection strings (same user, database and server, or the
 //! same failure); the multi-host rules; usage errors; and passwords kept out of every message.
 
-mod cluster;
-mod common;
-
-use cluster::{Cluster, Outcome, free_port, hold, psql, session, write};
-use common::*;
+use crate::util::cluster::{Cluster, free_port, psql, session, write};
+use crate::util::*;
 use postgres::Client;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// Which server a session landed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -376,16 +373,15 @@ fn via_psql(env: &[(String, String)], conninfo: Option<&str>, vars: &Vars) -> La
     cmd.env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .args(["-X", "-w", "-A", "-t", "-c"])
-        .arg("SELECT current_user, current_database(), current_setting('port')")
-        .stdin(Stdio::null());
+        .arg("SELECT current_user, current_database(), current_setting('port')");
     if let Some(c) = conninfo {
         cmd.args(["-d", c]);
     }
-    let out = cmd.output().unwrap();
-    if !out.status.success() {
+    let out = run(cmd);
+    if !out.success() {
         return Landed::Failed;
     }
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = out.stdout();
     let fields: Vec<&str> = text.trim().split('|').collect();
     let port: u16 = fields[2].parse().unwrap();
     let server = if port == vars.a {
@@ -409,8 +405,8 @@ fn via_pglock(
         cmd.args(["-d", c]);
     }
     let key = unique_key("conn");
-    match hold(cmd, &key) {
-        Outcome::Held(held) => {
+    match try_hold(cmd.args(["--key", &key])) {
+        Ok(held) => {
             let on_a = session(a, &key);
             let on_b = session(b, &key);
             let landed = match (on_a, on_b) {
@@ -418,15 +414,15 @@ fn via_pglock(
                 (None, Some(s)) => Landed::On(s.user, s.database, Server::B),
                 other => panic!("pglock's session is not on exactly one server: {other:?}"),
             };
-            assert!(held.release().success());
+            held.release().assert_success();
             (landed, String::new())
         }
-        Outcome::Failed { code, stderr } => {
+        Err(out) => {
             assert!(
-                matches!(code, Some(2) | Some(69)),
-                "pglock failed with {code:?}: {stderr}"
+                matches!(out.code(), Some(2) | Some(69)),
+                "pglock failed: {out}"
             );
-            (Landed::Failed, stderr)
+            (Landed::Failed, out.stderr().to_string())
         }
     }
 }
@@ -489,7 +485,8 @@ host all all ::1/128 scram-sha-256
         suffix: suffix.clone(),
     };
 
-    let root = temp_dir("differential");
+    let env = TestEnv::new("differential");
+    let root = env.dir();
     let mut mismatches = Vec::new();
     for (n, case) in cases().iter().enumerate() {
         let dir = root.join(n.to_string());
@@ -559,28 +556,19 @@ host all all ::1/128 scram-sha-256
     let (landed, stderr) = via_pglock(&env, Some(&only_b), &mut a, &mut b);
     assert_eq!(landed, Landed::Failed);
     assert!(stderr.contains("does not allow writes"), "{stderr}");
-    let _ = std::fs::remove_dir_all(&root);
-}
-
-fn output(cmd: &mut Command) -> (Option<i32>, String, String) {
-    let out = cmd.stdin(Stdio::null()).output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]
 fn bad_settings_are_usage_errors_before_connecting() {
-    let dir = temp_dir("usage");
+    let env = TestEnv::new("usage");
+    let dir = env.dir();
     let cert = dir.join("client.crt");
     std::fs::write(&cert, "not checked before the key").unwrap();
     let no_key = format!(
         "host=db1 sslcert={} sslkey=/nonexistent.key",
         cert.display()
     );
-    for (conninfo, env, expect) in [
+    for (conninfo, var, expect) in [
         (
             "host=db1 colour=blue",
             None,
@@ -609,19 +597,18 @@ fn bad_settings_are_usage_errors_before_connecting() {
         ("host=db1", Some(("PGSSLCRL", "/x.crl")), "set by PGSSLCRL"),
     ] {
         let mut cmd = pglock();
-        cmd.env("HOME", &dir)
-            .env("PGSYSCONFDIR", &dir)
+        cmd.env("HOME", dir)
+            .env("PGSYSCONFDIR", dir)
             .env_remove("PGSERVICEFILE")
             .args(["-d", conninfo, "--key", "usage", "--", "echo", "ran"]);
-        if let Some((k, v)) = env {
+        if let Some((k, v)) = var {
             cmd.env(k, v);
         }
-        let (code, stdout, stderr) = output(&mut cmd);
-        assert_eq!(code, Some(2), "{conninfo}: {stderr}");
-        assert_eq!(stdout, "", "{conninfo}: the command ran");
-        assert!(stderr.starts_with("pglock: "), "{conninfo}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{conninfo}: {stderr}");
-        assert!(stderr.contains(expect), "{conninfo}: {stderr}");
+        run(cmd)
+            .assert_code(2)
+            .assert_stdout("")
+            .assert_one_pglock_line()
+            .assert_stderr_contains(expect);
     }
 }
 
@@ -644,14 +631,10 @@ fn passwords_never_appear_in_output() {
         ("postgresql://u:Zq7@Secret@h/db".to_string(), 2),
         ("postgresql://u:Zq7%zzSecret@h/db".to_string(), 2),
     ] {
-        let (got, stdout, stderr) =
-            output(pglock().args(["-v", "-d", &conninfo, "--key", "pw", "--", "true"]));
-        assert_eq!(got, Some(code), "{conninfo}: {stderr}");
-        for text in [&stdout, &stderr] {
-            assert!(
-                !text.contains("Zq7") && !text.contains("Secret"),
-                "{conninfo}: {text}"
-            );
+        let out = run(pglock().args(["-v", "-d", &conninfo, "--key", "pw", "--", "true"]));
+        out.assert_code(code);
+        for text in [&out.stdout(), out.stderr()] {
+            assert!(!text.contains("Zq7") && !text.contains("Secret"), "{out}");
         }
     }
 }
@@ -664,32 +647,32 @@ fn verbose_warns_about_a_password_on_the_command_line() {
     let url = format!("postgresql://postgres:{password}@{host}:{port}/postgres");
     let warning = "visible to every local user in ps";
 
-    let (code, _, stderr) = output(pglock().args(["-v", "-d", &url, "--key", "w", "--", "true"]));
-    assert_eq!(code, Some(0), "{stderr}");
-    assert!(stderr.contains(warning), "{stderr}");
-    assert!(stderr.contains("PGPASSFILE"), "{stderr}");
+    let env = TestEnv::new("pwarg");
+    let out = run(pglock().args(["-v", "-d", &url, "--key", env.key(), "--", "true"]));
+    out.assert_code(0)
+        .assert_stderr_contains(warning)
+        .assert_stderr_contains("PGPASSFILE");
     if !password.is_empty() {
-        assert!(!stderr.contains(&password), "{stderr}");
+        out.assert_stderr_lacks(&password);
     }
     // Not without -v.
-    let (code, _, stderr) = output(pglock().args(["-d", &url, "--key", "w", "--", "true"]));
-    assert_eq!(code, Some(0), "{stderr}");
-    assert!(!stderr.contains(warning), "{stderr}");
+    run(pglock().args(["-d", &url, "--key", env.key(), "--", "true"]))
+        .assert_code(0)
+        .assert_stderr_lacks(warning);
     // Not when the string came from PGLOCK_DATABASE_URL, which ps does not show.
-    let (code, _, stderr) = output(
-        pglock()
-            .env("PGLOCK_DATABASE_URL", &url)
-            .args(["-v", "--key", "w", "--", "true"]),
-    );
-    assert_eq!(code, Some(0), "{stderr}");
-    assert!(!stderr.contains(warning), "{stderr}");
+    run(pglock()
+        .env("PGLOCK_DATABASE_URL", &url)
+        .args(["-v", "--key", env.key(), "--", "true"]))
+    .assert_code(0)
+    .assert_stderr_lacks(warning);
 }
 
-/// pglock's stderr for a run whose command must not start, and its exit code.
-fn refused(cmd: &mut Command) -> (Option<i32>, String) {
-    let (code, stdout, stderr) = output(cmd.args(["--", "echo", "ran"]));
-    assert_eq!(stdout, "", "the command ran: {stderr}");
-    (code, stderr)
+/// A run whose command must not start: `echo ran` prints nothing.
+#[track_caller]
+fn refused(cmd: &mut Command) -> Run {
+    let out = run(cmd.args(["--", "echo", "ran"]));
+    out.assert_stdout("");
+    out
 }
 
 #[test]
@@ -698,19 +681,16 @@ fn a_variable_that_is_not_utf8_is_refused_by_name() {
     use std::os::unix::ffi::OsStrExt;
     // Before: PGHOST was dropped (the default socket instead), PGUSER too (the OS user instead).
     for name in ["PGHOST", "PGUSER", "PGDATABASE", "PGSSLMODE"] {
-        let (code, stderr) = refused(
+        refused(
             pglock()
                 .env(name, OsStr::from_bytes(b"db\xff"))
                 .args(["--key", "utf8"]),
-        );
-        assert_eq!(code, Some(2), "{name}: {stderr}");
-        assert!(
-            stderr.starts_with(&format!(
-                "pglock: environment variable {name} is not valid UTF-8"
-            )),
-            "{name}: {stderr}"
-        );
-        assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
+        )
+        .assert_code(2)
+        .assert_stderr_starts_with(&format!(
+            "pglock: environment variable {name} is not valid UTF-8"
+        ))
+        .assert_one_pglock_line();
     }
 }
 
@@ -724,51 +704,49 @@ fn a_check_interval_beyond_the_kernels_keepalive_limit_still_connects() {
     } else {
         host
     };
-    let (code, _, stderr) = output(pglock().env("PGHOST", host).args([
-        "--check-interval",
-        "10h",
-        "--key",
-        &unique_key("keepidle"),
-        "--",
-        "true",
-    ]));
-    assert_eq!(code, Some(0), "{stderr}");
+    let env = TestEnv::new("keepidle");
+    run(env
+        .pglock(&["--check-interval", "10h", "--", "true"])
+        .env("PGHOST", host))
+    .assert_code(0);
 }
 
 #[test]
 fn an_unreadable_password_file_gets_a_warning() {
     // libpq skips it without a word; pglock says why the password in it was not used. Root reads
     // any file, so as root pglock runs as nobody.
-    let dir = temp_dir("pgpass-unreadable");
-    let file = dir.join("pgpass");
+    let env = TestEnv::new("pgpass-unreadable");
+    let file = env.path("pgpass");
     write(&file, "*:*:*:*:Zq7Secret\n", 0o000);
     let mut cmd = if nix::unistd::geteuid().is_root() {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]);
-        c
+        wrapped(
+            "setpriv",
+            &["--reuid=65534", "--regid=65534", "--clear-groups"],
+        )
     } else {
         pglock()
     };
-    cmd.env_remove("PGPASSWORD")
-        .env_remove("PGLOCK_DATABASE_URL")
-        .env("PGPASSFILE", &file)
-        .args(["-d", "host=127.0.0.1", "--key", "pgpass"]);
-    let (code, stderr) = refused(&mut cmd);
+    cmd.env_remove("PGPASSWORD").env("PGPASSFILE", &file).args([
+        "-d",
+        "host=127.0.0.1",
+        "--key",
+        "pgpass",
+    ]);
     let warning = format!(
         "pglock: warning: password file \"{}\" cannot be read (Permission denied",
         file.display()
     );
-    assert!(stderr.starts_with(&warning), "{stderr}");
-    assert_eq!(code, Some(69), "{stderr}");
-    assert!(!stderr.contains("Zq7Secret"), "{stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
+    refused(&mut cmd)
+        .assert_stderr_starts_with(&warning)
+        .assert_code(69)
+        .assert_stderr_lacks("Zq7Secret");
 }
 
 #[test]
 fn durations_take_their_units_largest_first() {
     // `1m1h` used to mean 61 minutes.
-    let (code, stderr) = refused(pglock().args(["--timeout", "1m1h", "--key", "duration"]));
-    assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("'1m1h'"), "{stderr}");
-    assert!(stderr.contains("largest first"), "{stderr}");
+    refused(pglock().args(["--timeout", "1m1h", "--key", "duration"]))
+        .assert_code(2)
+        .assert_stderr_contains("'1m1h'")
+        .assert_stderr_contains("largest first");
 }

@@ -4,9 +4,7 @@
 //! may overlap only within the short window between a backend's termination and its command's
 //! end.
 
-mod common;
-
-use common::*;
+use crate::util::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::collections::{BTreeMap, HashSet};
@@ -68,12 +66,12 @@ fn helper_critical_section() {
 
 #[test]
 fn torture() {
-    let k = unique_key("torture");
-    let id = key_id(&k);
-    let dir = temp_dir("torture");
-    let log = dir.join("log");
+    // Alone: its load would skew other tests' timing bounds, and theirs its overlap bound.
+    let env = TestEnv::alone("torture");
+    let k = env.key().to_string();
+    let log = env.path("log");
     let run_for = Duration::from_secs(15);
-    let start = Instant::now();
+    let began = Instant::now();
     let live: Arc<Mutex<HashSet<u32>>> = Arc::default();
     let seed = std::process::id() as u64 * 2_654_435_761 + 1;
 
@@ -83,7 +81,7 @@ fn torture() {
             std::thread::spawn(move || {
                 let mut rng = Rng(seed + w);
                 let mut codes = BTreeMap::<i32, usize>::new();
-                while start.elapsed() < run_for {
+                while began.elapsed() < run_for {
                     let mut cmd = pglock();
                     cmd.args([
                         "--key",
@@ -108,22 +106,19 @@ fn torture() {
                             "S"
                         }
                     };
-                    let me = std::env::current_exe().unwrap();
-                    let mut child = cmd
-                        .arg("--")
-                        .arg(me)
-                        .args(["--exact", "helper_critical_section", "--nocapture"])
-                        .env(
-                            "PGLOCK_TEST_SECTION",
-                            format!("{mode} {} {}", 10 + rng.next(80), log.display()),
-                        )
-                        .stdin(std::process::Stdio::null())
-                        .stdout(std::process::Stdio::null())
-                        .spawn()
-                        .unwrap();
-                    live.lock().unwrap().insert(child.id());
-                    let status = child.wait().unwrap();
-                    live.lock().unwrap().remove(&child.id());
+                    let child = start(
+                        cmd.arg("--")
+                            .args(helper(concat!(module_path!(), "::helper_critical_section")))
+                            .env(
+                                "PGLOCK_TEST_SECTION",
+                                format!("{mode} {} {}", 10 + rng.next(80), log.display()),
+                            )
+                            .stdout(std::process::Stdio::null()),
+                    );
+                    let pid = child.id();
+                    live.lock().unwrap().insert(pid);
+                    let status = child.finish();
+                    live.lock().unwrap().remove(&pid);
                     *codes.entry(status.code().unwrap_or(-1)).or_default() += 1;
                 }
                 codes
@@ -137,7 +132,7 @@ fn torture() {
             let mut rng = Rng(seed ^ 0xdead_beef);
             let mut client = sql();
             let (mut sigterms, mut terminations) = (0, 0);
-            while start.elapsed() < run_for {
+            while began.elapsed() < run_for {
                 std::thread::sleep(Duration::from_millis(100 + rng.next(300)));
                 if rng.next(2) == 0 {
                     let pids: Vec<u32> = live.lock().unwrap().iter().copied().collect();
@@ -171,11 +166,10 @@ fn torture() {
     let (sigterms, terminations) = chaos.join().unwrap();
 
     // Nothing left waiting or holding on the server.
-    let mut probe = sql();
-    wait_until(
+    wait_within(
         "the server to drop every pglock session",
         Duration::from_secs(10),
-        || lock_rows(&mut probe, id, true) + lock_rows(&mut probe, id, false) == 0,
+        || env.granted() + env.waiting() == 0,
     );
 
     // Every command that entered also left, and none of them is still running.

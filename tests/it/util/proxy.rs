@@ -1,6 +1,5 @@
 //! A TCP proxy between pglock and the server that the test can break on purpose: stop forwarding
 //! without closing anything (a silent partition as the client sees it), or cut every connection.
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};

@@ -1,9 +1,7 @@
 //! The checked-in man page and shell completions: up to date with the clap definition, rendered
 //! by man without warnings, and loadable by bash. No server needed.
 
-mod common;
-
-use common::*;
+use crate::util::*;
 use std::path::Path;
 use std::process::Command;
 
@@ -15,17 +13,15 @@ fn repo() -> &'static Path {
 
 #[test]
 fn generated_files_are_up_to_date() {
-    let dir = temp_dir("docs");
-    let out = pglock()
-        .args(["generate-docs", dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let listed = String::from_utf8(out.stdout).unwrap();
+    let env = TestEnv::new("docs");
+    let dir = env.dir();
+    let out = run(pglock().arg("generate-docs").arg(dir));
+    out.assert_success();
+    let listed = out.stdout();
     let mut stale = Vec::new();
     let mut count = 0;
     for written in listed.lines() {
-        let rel = Path::new(written).strip_prefix(&dir).unwrap();
+        let rel = Path::new(written).strip_prefix(dir).unwrap();
         let fresh = std::fs::read(written).unwrap();
         count += 1;
         if std::fs::read(repo().join(rel)).ok().as_ref() != Some(&fresh) {
@@ -43,14 +39,11 @@ fn generated_files_are_up_to_date() {
     // Without DIR, run from another directory: the files go to the source tree (and, being up
     // to date, are left as they are), never into the current directory. Checked here, after the
     // staleness check, so that it cannot refresh a stale file before that check reads it.
-    let elsewhere = temp_dir("docs-cwd");
-    let out = pglock()
-        .arg("generate-docs")
-        .current_dir(&elsewhere)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let listed = String::from_utf8(out.stdout).unwrap();
+    let elsewhere = env.path("cwd");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let out = run(pglock().arg("generate-docs").current_dir(&elsewhere));
+    out.assert_success();
+    let listed = out.stdout();
     assert_eq!(listed.lines().count(), 6, "{listed}");
     for written in listed.lines() {
         assert!(Path::new(written).starts_with(repo()), "{written}");
@@ -61,17 +54,15 @@ fn generated_files_are_up_to_date() {
 
 #[test]
 fn man_page_renders_without_warnings() {
-    let out = Command::new("man")
+    need("man", "man-db groff-base");
+    let out = run(Command::new("man")
         .args(["--warnings", "-l"])
         .arg(repo().join("man/pglock.1"))
         .env("MANWIDTH", "80")
         .env("LC_ALL", "C.UTF-8")
-        .env("MANPAGER", "cat")
-        .output()
-        .expect("man is needed for this test: apt-get install man-db groff-base");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && err.is_empty(), "{err}");
-    let text = String::from_utf8_lossy(&out.stdout);
+        .env("MANPAGER", "cat"));
+    out.assert_success().assert_stderr("");
+    let text = out.stdout();
     for heading in [
         "NAME",
         "SYNOPSIS",
@@ -108,16 +99,9 @@ fn bash_loads_the_completion_and_completes_subcommands() {
          COMP_WORDS=(pglock --sc); COMP_CWORD=1; _pglock pglock --sc pglock; echo \"${{COMPREPLY[@]}}\"",
         repo().join("completions/pglock.bash").display()
     );
-    let out = Command::new("bash")
-        .args(["--norc", "--noprofile", "-c", &script])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run(Command::new("bash").args(["--norc", "--noprofile", "-c", &script]));
+    out.assert_success();
+    let text = out.stdout();
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].ends_with(" pglock"), "{text}");
     assert_eq!(lines[1], "status", "{text}");

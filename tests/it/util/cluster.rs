@@ -1,17 +1,14 @@
 //! Support for the connection tests: a PostgreSQL cluster of the test's own (its own port,
-//! pg_hba.conf and TLS files), dropped again by a guard even when the test fails; a pglock that
-//! holds its lock until the test lets it go, so its session can be inspected from another
-//! connection; and the real psql binary for comparisons with libpq.
+//! pg_hba.conf and TLS files), dropped again by a guard even when the test fails; what the server
+//! shows about a pglock's session there; and the real psql binary for comparisons with libpq.
 //!
 //! Clusters come from Debian's pg_createcluster, or, when PGLOCK_TEST_PGBIN names a directory
 //! with `initdb` and `pg_ctl` (as `.ci/pg-matrix` does for each PostgreSQL version), from
 //! those binaries: same settings, same pg_hba.conf, same sockets.
-#![allow(dead_code)]
 
 use postgres::{Client, NoTls};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::Command;
 
 /// The newest installed server version, or pg_virtualenv's.
 pub fn pg_version() -> String {
@@ -45,13 +42,7 @@ pub fn free_port() -> u16 {
 }
 
 fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    super::run(cmd).assert_success();
 }
 
 /// Where pg_createcluster keeps configuration: pg_virtualenv -t moves it to a temporary directory.
@@ -124,7 +115,7 @@ impl Cluster {
         let start = std::time::Instant::now();
         while let Err(e) = config.connect(NoTls) {
             assert!(
-                start.elapsed() < std::time::Duration::from_secs(30),
+                start.elapsed() < super::LIMIT,
                 "the test cluster does not accept connections: {e:?}\n{}",
                 std::fs::read_to_string(cluster.dir.join("server.log")).unwrap_or_default()
             );
@@ -304,90 +295,6 @@ fn drop_stale(version: &str) {
             let _ = Command::new("pg_dropcluster")
                 .args(["--stop", version, &name])
                 .output();
-        }
-    }
-}
-
-/// What became of a pglock started with [`hold`].
-pub enum Outcome {
-    /// It holds the lock and its command waits for [`Held::release`].
-    Held(Held),
-    /// It exited without running the command.
-    Failed { code: Option<i32>, stderr: String },
-}
-
-impl Outcome {
-    #[track_caller]
-    pub fn held(self, what: &str) -> Held {
-        match self {
-            Outcome::Held(h) => h,
-            Outcome::Failed { code, stderr } => {
-                panic!("{what}: pglock failed with {code:?}: {stderr}")
-            }
-        }
-    }
-
-    #[track_caller]
-    pub fn failed(self, what: &str) -> (Option<i32>, String) {
-        match self {
-            Outcome::Held(h) => panic!("{what}: pglock connected (session {:?})", h.key),
-            Outcome::Failed { code, stderr } => (code, stderr),
-        }
-    }
-}
-
-/// A pglock whose command has started (so it holds the lock) and waits for its stdin to close.
-pub struct Held {
-    child: Option<Child>,
-    pub key: String,
-    _stdout: BufReader<ChildStdout>,
-}
-
-/// Runs `cmd` (a pglock command with its connection settings) with `--key key` and a command
-/// that reports on stdout, then waits until the test releases it.
-pub fn hold(mut cmd: Command, key: &str) -> Outcome {
-    let mut child = cmd
-        .args(["--key", key, "-c", "echo ready; exec cat >/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    if line == "ready\n" {
-        return Outcome::Held(Held {
-            child: Some(child),
-            key: key.to_string(),
-            _stdout: stdout,
-        });
-    }
-    let out = child.wait_with_output().unwrap();
-    Outcome::Failed {
-        code: out.status.code(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-impl Held {
-    /// Lets the command finish and returns pglock's status.
-    pub fn release(mut self) -> ExitStatus {
-        self.finish()
-    }
-
-    fn finish(&mut self) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
-        // The command's cat ends at EOF on its stdin.
-        drop(child.stdin.take());
-        child.wait().unwrap()
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            self.finish();
         }
     }
 }

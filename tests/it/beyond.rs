@@ -1,0 +1,242 @@
+//! Beyond flock: --limit (a semaphore), --key-hash (other libraries' lock ids), --min-hold.
+
+use crate::util::*;
+use nix::sys::signal::Signal;
+use std::time::{Duration, Instant};
+
+/// Lock rows of the semaphore's queue: (granted, waiting).
+fn gate_rows(env: &TestEnv) -> (i64, i64) {
+    let gate = Lock::gate(env.key());
+    (env.rows(gate, true), env.rows(gate, false))
+}
+
+#[test]
+fn twenty_contenders_never_exceed_three_slots() {
+    contend(20, 3, "session");
+}
+
+#[test]
+fn xact_scope_semaphore_never_exceeds_its_slots() {
+    contend(8, 2, "xact");
+}
+
+fn contend(contenders: usize, limit: usize, scope: &str) {
+    let env = TestEnv::new("limit");
+    let log = env.path("log");
+    let script = format!(
+        "echo \"enter $(date +%s%N) $PGLOCK_SLOT\" >> {0}; sleep 0.1; \
+         echo \"leave $(date +%s%N) $PGLOCK_SLOT\" >> {0}",
+        log.display()
+    );
+    let limit_s = limit.to_string();
+    let children: Vec<_> = (0..contenders)
+        .map(|_| env.start_script(&["--limit", &limit_s, "--scope", scope], &script))
+        .collect();
+    for child in children {
+        child.finish().assert_success();
+    }
+    let mut events: Vec<(u128, bool, String)> = read(&log)
+        .lines()
+        .map(|l| {
+            let f: Vec<_> = l.split(' ').collect();
+            (f[1].parse().unwrap(), f[0] == "enter", f[2].to_string())
+        })
+        .collect();
+    assert_eq!(events.len(), 2 * contenders, "every run completes");
+    // Leaves before enters at the same instant.
+    events.sort_by_key(|e| (e.0, e.1));
+    let (mut now, mut most) = (Vec::<String>::new(), 0);
+    for (_, enter, slot) in events {
+        if enter {
+            assert!(slot.parse::<usize>().unwrap() < limit, "slot {slot}");
+            assert!(!now.contains(&slot), "slot {slot} given twice");
+            now.push(slot);
+        } else {
+            now.retain(|s| *s != slot);
+        }
+        most = most.max(now.len());
+        assert!(now.len() <= limit, "{} holders at once", now.len());
+    }
+    assert_eq!(most, limit, "the limit was never reached");
+}
+
+#[test]
+fn nowait_is_busy_only_when_every_slot_is_taken() {
+    let env = TestEnv::new("limitnowait");
+    let a = env.hold(&["--limit", "2"]);
+    // One slot is still free.
+    run(env.pglock(&["--limit", "2", "-n", "-c", "echo $PGLOCK_SLOT"])).assert_success();
+    let b = env.hold(&["--limit", "2"]);
+    run(env.pglock(&["--limit", "2", "-n", "--", "true"])).assert_code(75);
+    a.release().assert_success();
+    b.release().assert_success();
+}
+
+#[test]
+fn a_release_wakes_the_head_of_the_queue_without_polling() {
+    let env = TestEnv::new("limitwake");
+    let (a, b) = (env.hold(&["--limit", "2"]), env.hold(&["--limit", "2"]));
+    // A re-check interval of an hour: only the release's wake-up can hand the slot over.
+    let waiter = env.start_script(
+        &["--limit", "2", "--check-interval", "1h"],
+        &format!("echo $PGLOCK_SLOT > {}/slot", env.dir().display()),
+    );
+    wait_until("the waiter at the head of the queue", || {
+        gate_rows(&env).0 == 1
+    });
+    let released = Instant::now();
+    let freed = b.slot();
+    b.release().assert_success();
+    let out = waiter.finish();
+    let took = released.elapsed();
+    out.assert_success();
+    eprintln!("semaphore hand-off, release to the waiter's exit: {took:?}");
+    assert!(took < Duration::from_secs(10), "hand-off took {took:?}");
+    assert_eq!(read(&env.path("slot")).trim(), freed.to_string());
+    a.release().assert_success();
+}
+
+#[test]
+fn a_killed_holders_slot_is_reused() {
+    let env = TestEnv::new("limitkill");
+    env.run_script(&["--limit", "1", "--check-interval", "1s"], "true")
+        .assert_success();
+    let a = env.hold(&["--limit", "2"]);
+    let b = env.hold(&["--limit", "2"]);
+    let waiter = env.start_script(
+        &["--limit", "2", "--check-interval", "1s"],
+        &format!("echo $PGLOCK_SLOT > {}/c", env.dir().display()),
+    );
+    wait_until("the waiter at the head of the queue", || {
+        gate_rows(&env).0 == 1
+    });
+    a.kill(Signal::SIGKILL);
+    waiter.finish().assert_success();
+    assert_eq!(
+        read(&env.path("c")).trim(),
+        a.slot().to_string(),
+        "the dead holder's slot"
+    );
+    b.kill(Signal::SIGTERM);
+    b.release();
+    a.release().assert_signal(Signal::SIGKILL);
+}
+
+#[test]
+fn waiters_get_slots_in_arrival_order() {
+    let env = TestEnv::new("limitfifo");
+    let mut holders: Vec<Holder> = (0..3).map(|_| env.hold(&["--limit", "3"])).collect();
+    let order = env.path("order");
+    let mut waiters = Vec::new();
+    for i in 0..10 {
+        waiters.push(env.start_script(
+            &["--limit", "3"],
+            &format!("echo {i} >> {}; sleep 0.05", order.display()),
+        ));
+        // The next one arrives only once this one is queued.
+        wait_until("the waiter to queue", || {
+            let (granted, waiting) = gate_rows(&env);
+            granted + waiting == i + 1
+        });
+    }
+    // All three slots come free at once.
+    for h in &mut holders {
+        h.let_go();
+    }
+    for h in holders {
+        h.release().assert_success();
+    }
+    for w in waiters {
+        w.finish().assert_success();
+    }
+    let got: Vec<usize> = read(&order).lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(got.len(), 10);
+    for (position, arrival) in got.iter().enumerate() {
+        assert!(
+            position.abs_diff(*arrival) <= 2,
+            "waiter {arrival} ran {position}th: {got:?}"
+        );
+    }
+}
+
+#[test]
+fn limit_with_shared_is_a_usage_error() {
+    run(pglock().args(["--key", "k", "--limit", "2", "--shared", "--", "true"])).assert_code(2);
+    for bad in ["0", "1025", "x"] {
+        run(pglock().args(["--key", "k", "--limit", bad, "--", "true"])).assert_code(2);
+    }
+}
+
+#[test]
+fn key_hash_schemes_share_locks_with_other_libraries() {
+    // (scheme, key, id that library computes): vectors from the field notes, and non-ASCII
+    // ones computed with Python's hashlib/hmac.
+    let vectors: [(&str, &str, i64); 6] = [
+        ("sqlx", "nightly-report", 8797529593787444750),
+        (
+            "sqlx",
+            "my first Postgres advisory lock!",
+            -5560419505042474287,
+        ),
+        ("sqlx", "夜间报告", -3912964464901551898),
+        ("postgres-lock", "nightly-report", 106076166759017618),
+        ("postgres-lock", "straße-backup", 138453920063380248),
+        ("sha256", "🔒", 7701668758205862634),
+    ];
+    let mut holder = sql();
+    for (scheme, key, id) in vectors {
+        holder
+            .execute("SELECT pg_advisory_lock($1)", &[&id])
+            .unwrap();
+        run(pglock().args(["--key", key, "--key-hash", scheme, "-n", "--", "true"]))
+            .assert_code(75);
+        run(pglock().args(["key", "--key-hash", scheme, key]))
+            .assert_stdout_contains(&id.to_string());
+        holder
+            .execute("SELECT pg_advisory_unlock($1)", &[&id])
+            .unwrap();
+        run(pglock().args(["--key", key, "--key-hash", scheme, "-n", "--", "true"]))
+            .assert_success();
+    }
+}
+
+#[test]
+fn min_hold_keeps_the_lock_after_a_short_command() {
+    let env = TestEnv::new("minhold");
+    // Connected first: on a loaded machine a new connection alone can take a second.
+    drop(env.probe());
+    let start = Instant::now();
+    let child = env.start_script(
+        &["--min-hold", "1500ms"],
+        &format!("touch {}/done; exit 4", env.dir().display()),
+    );
+    env.wait_for_file("done");
+    assert_eq!(env.granted(), 1, "released before --min-hold");
+    child.finish().assert_code(4);
+    assert!(start.elapsed() >= Duration::from_millis(1500));
+    assert_eq!(env.granted(), 0);
+}
+
+#[test]
+fn a_signal_ends_the_min_hold_early() {
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        let env = TestEnv::new("minholdsig");
+        let child = env.start_script(
+            &["--min-hold", "1h"],
+            &format!("touch {}/done", env.dir().display()),
+        );
+        env.wait_for_file("done");
+        // The command is done; pglock is in its extra hold once only it holds the lock.
+        // (A stood-down dead man's switch may linger briefly as a zombie.)
+        wait_until("the command to exit", || {
+            std::fs::read_to_string(format!("/proc/{}/task/{0}/children", child.id()))
+                .unwrap_or_default()
+                .split_whitespace()
+                .all(|pid| !alive(pid.parse().unwrap()))
+        });
+        assert_eq!(env.granted(), 1);
+        child.kill(sig);
+        child.finish().assert_code(0);
+        assert_eq!(env.granted(), 0);
+    }
+}

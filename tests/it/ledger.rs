@@ -1,0 +1,781 @@
+//! The run ledger (issue 12) against a real server: --record, --once-per and --max-attempts with
+//! real contending processes, a pglock killed mid-run, xact scope through a real
+//! transaction-pooling PgBouncer, a host clock days off (faketime), init, a least-privilege
+//! role, and the history, check, metrics (parsed by promtool) and prune commands.
+//!
+//! Each test has its own table (`Ledger::new`), so they run in parallel with each other and with
+//! the rest of the suite.
+
+use crate::util::bouncer::Bouncer;
+use crate::util::*;
+use nix::sys::signal::Signal;
+use postgres::Client;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// One test's ledger table, created with `pglock init` and dropped at the end.
+struct Ledger {
+    table: String,
+}
+
+impl Ledger {
+    fn new() -> Ledger {
+        let ledger = Ledger::unmade();
+        run(ledger.pglock(&["init"])).assert_success();
+        ledger
+    }
+
+    /// A name no other test uses; nothing created.
+    fn unmade() -> Ledger {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        Ledger {
+            table: format!(
+                "public.ledger_test_{}_{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ),
+        }
+    }
+
+    /// pglock with `--ledger` first (it applies to every form).
+    fn pglock(&self, args: &[&str]) -> Command {
+        let mut cmd = pglock();
+        cmd.env("PGLOCK_LEDGER", &self.table).args(args);
+        cmd
+    }
+
+    /// A lock-and-run of `script` under `key` with `args`.
+    fn run(&self, key: &str, args: &[&str], script: &str) -> Run {
+        run(self.pglock(&["--key", key]).args(args).args(["-c", script]))
+    }
+
+    /// The key's runs, oldest first: (status, exit_code).
+    fn runs(&self, key: &str) -> Vec<(String, Option<i32>)> {
+        sql()
+            .query(
+                &format!(
+                    "SELECT status, exit_code FROM {} WHERE key = $1 ORDER BY id",
+                    self.table
+                ),
+                &[&key],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+
+    /// Inserts a finished run that started `ago` (an SQL interval) before now, lasting 1 minute.
+    fn insert(&self, client: &mut Client, key: &str, status: &str, ago: &str) {
+        let finished = if status == "running" {
+            "NULL".to_string()
+        } else {
+            format!("now() - interval '{ago}' + interval '1 minute'")
+        };
+        let code = match status {
+            "succeeded" => "0",
+            "running" | "abandoned" => "NULL",
+            _ => "1",
+        };
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {} (key, host, pid, backend_pid, db_user, started_at, \
+                     finished_at, status, exit_code) VALUES ($1, 'web-9', 1, 1, 'app', \
+                     now() - interval '{ago}', {finished}, $2, {code})",
+                    self.table
+                ),
+                &[&key, &status],
+            )
+            .unwrap();
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        let _ = sql().batch_execute(&format!("DROP TABLE IF EXISTS {}", self.table));
+    }
+}
+
+/// A command that records that it ran and then waits for `go` to exist.
+fn ran_then_wait(dir: &Path) -> String {
+    format!(
+        "echo \"$PGLOCK_RUN_ID\" >> {d}/ran; while [ ! -e {d}/go ]; do sleep 0.01; done",
+        d = dir.display()
+    )
+}
+
+/// How many runs `ran_then_wait` recorded.
+fn ran(env: &TestEnv) -> usize {
+    read(&env.path("ran")).lines().count()
+}
+
+#[test]
+fn once_per_among_five_contenders_runs_exactly_once() {
+    let ledger = Ledger::new();
+    let env = TestEnv::new("once5");
+    let key = env.key();
+    let script = ran_then_wait(env.dir());
+    let children: Vec<Started> = (0..5)
+        .map(|_| {
+            start(
+                ledger
+                    .pglock(&["--key", key, "--once-per", "1h"])
+                    .args(["-c", &script]),
+            )
+        })
+        .collect();
+    // One runs, the four others queue behind it: real contention, observed on the server.
+    wait_until("one run and four waiters", || {
+        ran(&env) == 1 && env.waiting() == 4
+    });
+    std::fs::write(env.path("go"), "").unwrap();
+    let results: Vec<Run> = children.into_iter().map(Started::finish).collect();
+    assert_eq!(ran(&env), 1);
+    let skips = results
+        .iter()
+        .filter(|r| r.stderr().contains("already succeeded"))
+        .count();
+    assert_eq!(skips, 4, "{results:?}");
+    for result in &results {
+        result.assert_code(0);
+    }
+    assert_eq!(ledger.runs(key), [("succeeded".into(), Some(0))]);
+}
+
+#[test]
+fn a_failed_run_fails_over_to_the_next_waiter_then_later_runs_skip() {
+    let ledger = Ledger::new();
+    let env = TestEnv::new("failover");
+    let key = env.key();
+    // Host A fails while host B waits; B then runs the job itself.
+    let a = start(
+        ledger
+            .pglock(&["--key", key, "--once-per", "1h"])
+            .args(["-c", &format!("{}; exit 1", ran_then_wait(env.dir()))]),
+    );
+    wait_until("A running", || ran(&env) == 1);
+    let b = start(ledger.pglock(&["--key", key, "--once-per", "1h"]).args([
+        "-c",
+        &format!(
+            "echo \"[$PGLOCK_LAST_SUCCESS]\" > {}/b",
+            env.dir().display()
+        ),
+    ]));
+    wait_until("B waiting", || env.waiting() == 1);
+    std::fs::write(env.path("go"), "").unwrap();
+    a.finish().assert_code(1);
+    b.finish().assert_code(0);
+    // No earlier success: the variable is there and empty.
+    assert_eq!(read(&env.path("b")), "[]\n");
+    assert_eq!(
+        ledger.runs(key),
+        [("failed".into(), Some(1)), ("succeeded".into(), Some(0))]
+    );
+
+    // Now it is done: a skip says when and where, exits 0, runs nothing and records nothing.
+    let never = env.path("never");
+    let skip = ledger.run(
+        key,
+        &["--once-per", "1h"],
+        &format!("touch {}", never.display()),
+    );
+    skip.assert_code(0)
+        .assert_one_pglock_line()
+        .assert_stderr_starts_with(&format!("pglock: \"{key}\" already succeeded "))
+        .assert_stderr_contains(" UTC on ");
+    assert!(!never.exists());
+    assert!(skip.stderr().ends_with("(--once-per 1h00m)\n"), "{skip}");
+    ledger
+        .run(
+            key,
+            &["--once-per", "1h", "-q", "--done-exit-code", "9"],
+            "true",
+        )
+        .assert_code(9)
+        .assert_stderr("");
+    assert_eq!(ledger.runs(key).len(), 2);
+
+    // --record gets the last success's start, as the ledger has it.
+    let at: String = sql()
+        .query_one(
+            &format!(
+                "SELECT to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+                 FROM {} WHERE key = $1 AND status = 'succeeded'",
+                ledger.table
+            ),
+            &[&key],
+        )
+        .unwrap()
+        .get(0);
+    let out = ledger
+        .run(
+            key,
+            &["--record"],
+            "echo $PGLOCK_RUN_ID $PGLOCK_LAST_SUCCESS",
+        )
+        .stdout();
+    let (id, last) = out.trim().split_once(' ').unwrap();
+    assert_eq!(last, at);
+    assert!(id.parse::<i64>().unwrap() > 0);
+}
+
+#[test]
+fn max_attempts_stops_replaying_a_deterministic_failure() {
+    let ledger = Ledger::new();
+    let env = TestEnv::new("attempts");
+    let key = env.key();
+    let script = format!("echo x >> {}/ran; exit 3", env.dir().display());
+    for _ in 0..2 {
+        ledger
+            .run(key, &["--once-per", "1h", "--max-attempts", "2"], &script)
+            .assert_code(3);
+    }
+    ledger
+        .run(key, &["--once-per", "1h", "--max-attempts", "2"], &script)
+        .assert_code(75)
+        .assert_one_pglock_line()
+        .assert_stderr_contains("failed 2 times within --once-per 1h00m (--max-attempts 2)");
+    ledger
+        .run(
+            key,
+            &["--once-per", "1h", "--max-attempts", "2", "-E", "9"],
+            &script,
+        )
+        .assert_code(9);
+    // The default is 3: one more try is allowed.
+    ledger
+        .run(key, &["--once-per", "1h"], &script)
+        .assert_code(3);
+    assert_eq!(ran(&env), 3);
+    assert_eq!(ledger.runs(key).len(), 3);
+}
+
+#[test]
+fn a_sigkilled_pglock_leaves_a_running_row_that_the_next_holder_abandons() {
+    let ledger = Ledger::new();
+    let env = TestEnv::new("killed");
+    let key = env.key();
+    let child = start(
+        ledger
+            .pglock(&["--key", key, "--record"])
+            .args(["-c", &ran_then_wait(env.dir())]),
+    );
+    wait_until("the command running", || ran(&env) == 1);
+    assert_eq!(ledger.runs(key), [("running".into(), None)]);
+    child.kill(Signal::SIGKILL);
+    child.finish().assert_signal(Signal::SIGKILL);
+    wait_until("the lock freed", || env.granted() == 0);
+    assert_eq!(ledger.runs(key), [("running".into(), None)]);
+
+    ledger.run(key, &["--record"], "true").assert_success();
+    assert_eq!(
+        ledger.runs(key),
+        [("abandoned".into(), None), ("succeeded".into(), Some(0))]
+    );
+    // Abandoned rows get an end time too: none is left without one.
+    let open: i64 = sql()
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {} WHERE key = $1 AND finished_at IS NULL",
+                ledger.table
+            ),
+            &[&key],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 0);
+}
+
+#[test]
+fn shared_holders_do_not_abandon_each_others_runs() {
+    let ledger = Ledger::new();
+    let env = TestEnv::new("shared");
+    let key = env.key();
+    let first = start(
+        ledger
+            .pglock(&["--key", key, "--shared", "--record"])
+            .args(["-c", &ran_then_wait(env.dir())]),
+    );
+    wait_until("the first running", || ran(&env) == 1);
+    ledger
+        .run(key, &["--shared", "--record"], "true")
+        .assert_success();
+    std::fs::write(env.path("go"), "").unwrap();
+    first.finish().assert_code(0);
+    assert_eq!(
+        ledger.runs(key),
+        [("succeeded".into(), Some(0)), ("succeeded".into(), Some(0))]
+    );
+}
+
+#[test]
+fn xact_scope_through_a_transaction_pooling_pgbouncer_records_success_and_failure() {
+    let bouncer = Bouncer::start("transaction");
+    let ledger = Ledger::new();
+    let env = TestEnv::new("bounce");
+    let key = env.key();
+    let url = bouncer.conninfo();
+    let args = ["--scope", "xact", "-d", &url, "--once-per", "1h"];
+    // The running row is visible to everyone while the command runs: it is not inside the
+    // lock's transaction.
+    let running = start(
+        ledger
+            .pglock(&["--key", key])
+            .args(args)
+            .args(["-c", &format!("{}; exit 4", ran_then_wait(env.dir()))]),
+    );
+    wait_until("the running row", || {
+        ledger.runs(key) == [("running".to_string(), None)]
+    });
+    std::fs::write(env.path("go"), "").unwrap();
+    running.finish().assert_code(4);
+    ledger.run(key, &args, "true").assert_success();
+    let never = env.path("never");
+    ledger
+        .run(key, &args, &format!("touch {}", never.display()))
+        .assert_stderr_contains("already succeeded");
+    assert!(!never.exists());
+    assert_eq!(
+        ledger.runs(key),
+        [("failed".into(), Some(4)), ("succeeded".into(), Some(0))]
+    );
+    // Reading through the pooler works too.
+    let history = run(ledger.pglock(&["history", "--key", key, "-d", &url]));
+    history.assert_success();
+    assert_eq!(history.stdout().lines().count(), 3);
+}
+
+#[test]
+fn xact_scope_records_a_lost_lock() {
+    let ledger = Ledger::new();
+    let env = TestEnv::new("xlost");
+    let key = env.key();
+    let child = start(
+        ledger
+            .pglock(&["--key", key, "--scope", "xact", "--record"])
+            .args(["--check-interval", "200ms", "-c", &ran_then_wait(env.dir())]),
+    );
+    wait_until("the command running", || ran(&env) == 1);
+    assert_eq!(env.terminate_holder(), 1, "no backend holds the lock");
+    child.finish().assert_code(74);
+    assert_eq!(ledger.runs(key), [("lost".into(), Some(74))]);
+}
+
+#[test]
+fn a_host_clock_days_off_still_decides_by_the_server_clock() {
+    need("faketime", "faketime");
+    let ledger = Ledger::new();
+    let env = TestEnv::new("skew");
+    let faked = |offset: &str, script: &str| {
+        run(wrapped("faketime", &["-f", offset])
+            .args(["--key", env.key(), "--once-per", "1h", "-c", script])
+            .env("PGLOCK_LEDGER", &ledger.table))
+    };
+    // The faked clock is visible to the command: the skew is real.
+    faked("+3d", &format!("date +%s > {}/now", env.dir().display())).assert_success();
+    let skewed: i64 = read(&env.path("now")).trim().parse().unwrap();
+    let real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(skewed - real > 2 * 86400, "faketime did not move the clock");
+    // That run's time is the server's, not the host's.
+    let drift: f64 = sql()
+        .query_one(
+            &format!(
+                "SELECT abs(extract(epoch FROM now() - started_at))::float8 FROM {} WHERE key = $1",
+                ledger.table
+            ),
+            &[&env.key()],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        drift < 600.0,
+        "started_at is {drift} s off the server's clock"
+    );
+
+    // A host 3 days ahead still sees the fresh success as within the hour.
+    let never = env.path("never");
+    faked("+3d", &format!("touch {}", never.display())).assert_stderr_contains("already succeeded");
+    // A host 3 days behind still sees a 2-hour-old success as outside it, and runs.
+    sql()
+        .execute(
+            &format!(
+                "UPDATE {} SET started_at = started_at - interval '2 hours', \
+                 finished_at = finished_at - interval '2 hours' WHERE key = $1",
+                ledger.table
+            ),
+            &[&env.key()],
+        )
+        .unwrap();
+    faked("-3d", &format!("touch {}/behind", env.dir().display())).assert_success();
+    assert!(env.exists("behind"));
+    assert!(!never.exists());
+}
+
+#[test]
+fn concurrent_inits_all_succeed_and_init_is_idempotent() {
+    let ledger = Ledger::unmade();
+    let outs: Vec<Run> = std::thread::scope(|s| {
+        let inits: Vec<_> = (0..6)
+            .map(|_| s.spawn(|| run(ledger.pglock(&["init"]))))
+            .collect();
+        inits.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    for out in &outs {
+        out.assert_success();
+    }
+    let created = outs
+        .iter()
+        .filter(|o| o.stdout().starts_with("created ledger table"))
+        .count();
+    assert_eq!(created, 1, "{outs:?}");
+    run(ledger.pglock(&["init"])).assert_stdout_contains("already exists");
+    let indexes: i64 = sql()
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE tablename = $1",
+            &[&ledger.table.trim_start_matches("public.")],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(indexes, 5, "the primary key and four indexes");
+}
+
+#[test]
+fn a_missing_table_exits_78_and_the_command_does_not_run() {
+    let ledger = Ledger::unmade();
+    let env = TestEnv::new("missing");
+    let marker = env.path("ran");
+    for args in [
+        &["--record"][..],
+        &["--once-per", "1h"],
+        &["--record", "--scope", "xact"],
+    ] {
+        ledger
+            .run(env.key(), args, &format!("touch {}", marker.display()))
+            .assert_code(78)
+            .assert_one_pglock_line()
+            .assert_stderr_contains(&format!("ledger table {} is missing", ledger.table))
+            .assert_stderr_contains("pglock init");
+        assert!(!marker.exists());
+        // The lock was released on the way out.
+        assert_eq!(env.granted(), 0);
+    }
+    run(ledger.pglock(&["history", "--all"])).assert_code(78);
+}
+
+#[test]
+fn a_least_privilege_role_works_after_init_grant() {
+    let ledger = Ledger::unmade();
+    let role = format!("pglock_runner_{}", std::process::id());
+    let mut admin = sql();
+    admin
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'pw'"
+        ))
+        .unwrap();
+    let as_role = |ledger: &Ledger, args: &[&str]| {
+        run(ledger
+            .pglock(args)
+            .env("PGUSER", &role)
+            .env("PGPASSWORD", "pw"))
+    };
+    // PostgreSQL 15 took CREATE on public away from everyone: the runner cannot init. Before
+    // 15 anyone may create tables in public, so there is nothing to refuse.
+    let version: i32 = admin
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .unwrap()
+        .get(0);
+    if version >= 150000 {
+        as_role(&ledger, &["init"])
+            .assert_code(78)
+            .assert_stderr_contains("pglock init --print");
+    }
+
+    run(ledger.pglock(&["init", "--grant", &role])).assert_success();
+    let env = TestEnv::new("lp");
+    let key = env.key();
+    as_role(&ledger, &["--key", key, "--once-per", "1h", "-c", "true"]).assert_success();
+    as_role(&ledger, &["--key", key, "--once-per", "1h", "-c", "true"])
+        .assert_stderr_contains("already succeeded");
+    as_role(&ledger, &["check", "--key", key, "--critical", "1h"]).assert_code(0);
+    // Not delete: pruning needs a role of its own.
+    as_role(&ledger, &["prune", "--older-than", "1ms"]).assert_code(78);
+    let rewrite = sql_config()
+        .user(&role)
+        .password("pw")
+        .connect(postgres::NoTls)
+        .unwrap()
+        .batch_execute(&format!("UPDATE {} SET started_at = now()", ledger.table));
+    assert!(
+        rewrite.is_err(),
+        "the runner may not rewrite when runs started"
+    );
+
+    // Without a grant, a run says so and does not run.
+    let other = Ledger::new();
+    as_role(&other, &["--key", key, "--record", "-c", "true"])
+        .assert_code(78)
+        .assert_stderr_contains("--grant ROLE");
+    drop(other);
+    drop(ledger);
+    // DROP OWNED also revokes the grants that init made to the role.
+    admin
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .unwrap();
+}
+
+#[test]
+fn check_follows_the_monitoring_plugin_conventions() {
+    let ledger = Ledger::new();
+    let env = TestEnv::new("check");
+    let key = env.key();
+    let mut client = sql();
+    ledger.insert(&mut client, key, "succeeded", "2 hours");
+    ledger.insert(&mut client, key, "failed", "30 minutes");
+    // The plugin line and the plugin status.
+    let check = |args: &[&str]| {
+        let out = run(ledger.pglock(&["check", "--key", key]).args(args));
+        assert_eq!(out.stdout().lines().count(), 1, "{out}");
+        (out.code().unwrap(), out.stdout())
+    };
+    let (code, line) = check(&["--warning", "3h", "--critical", "4h"]);
+    assert_eq!(code, 0);
+    assert!(
+        line.starts_with(&format!("PGLOCK OK - \"{key}\" last succeeded 2h00m ago ("))
+            && line.contains(" UTC on web-9); last run failed, exit 1 29m")
+            && line.contains(" ago on web-9 | 'last_success_age'=720")
+            && line.ends_with("s;10800;14400;0; 'running'=0;;;0;1\n"),
+        "{line}"
+    );
+    assert_eq!(check(&["--warning", "1h", "--critical", "4h"]).0, 1);
+    let (code, line) = check(&["--critical", "1h"]);
+    assert_eq!(code, 2);
+    assert!(line.starts_with("PGLOCK CRITICAL - ") && line.contains("older than --critical 1h"));
+
+    // A run in progress is mentioned.
+    ledger.insert(&mut client, key, "running", "1 minute");
+    let (_, line) = check(&["--critical", "4h"]);
+    assert!(line.contains("; running since "), "{line}");
+    assert!(line.contains("'running'=1;"), "{line}");
+
+    // Never succeeded: CRITICAL.
+    let never = run(ledger.pglock(&["check", "--key", "no-such-key", "--critical", "1h"]));
+    never.assert_code(2);
+    assert!(
+        never
+            .stdout()
+            .starts_with("PGLOCK CRITICAL - \"no-such-key\" has never succeeded"),
+        "{never}"
+    );
+
+    // Usage errors are UNKNOWN (3), with the plugin line.
+    for args in [
+        &[][..],
+        &["--critical", "soon"],
+        &["--critical", "1h", "--warning", "2h"],
+        &["--critical", "1h", "--bogus"],
+    ] {
+        let (code, line) = check(args);
+        assert_eq!(code, 3, "{args:?}");
+        assert!(line.starts_with("PGLOCK UNKNOWN - usage error: "), "{line}");
+    }
+    // No connection is CRITICAL; a missing table UNKNOWN.
+    let down = run(ledger
+        .pglock(&["check", "--key", key, "--critical", "1h"])
+        .args(["-d", "host=127.0.0.1 port=1 connect_timeout=5"]));
+    down.assert_code(2);
+    assert!(
+        down.stdout()
+            .starts_with("PGLOCK CRITICAL - cannot connect to "),
+        "{down}"
+    );
+    let missing = run(pglock().args([
+        "check",
+        "--key",
+        key,
+        "--critical",
+        "1h",
+        "--ledger",
+        "public.nope_nope",
+    ]));
+    missing.assert_code(3);
+    assert!(
+        missing
+            .stdout()
+            .starts_with("PGLOCK UNKNOWN - ledger table public.nope_nope"),
+        "{missing}"
+    );
+}
+
+#[test]
+fn metrics_are_accepted_by_promtool() {
+    need("promtool", "prometheus");
+    let ledger = Ledger::new();
+    let env = TestEnv::new("metrics");
+    let plain = env.key();
+    let odd = format!("{plain}-\"quoted\" \\back\nline");
+    ledger.run(plain, &["--record"], "true").assert_success();
+    ledger.run(&odd, &["--record"], "exit 2").assert_code(2);
+    let file = env.path("pglock.prom");
+    run(ledger.pglock(&["metrics", "--output", file.to_str().unwrap()])).assert_success();
+    let body = read(&file);
+    assert!(
+        body.contains(&format!(
+            "pglock_last_run_exit_code{{key=\"{plain}-\\\"quoted\\\" \\\\back\\nline\"}} 2\n"
+        )),
+        "{body}"
+    );
+    assert!(body.contains(&format!(
+        "pglock_last_success_timestamp_seconds{{key=\"{plain}\"}} 1"
+    )));
+    // Nothing else was left in the directory.
+    assert_eq!(std::fs::read_dir(env.dir()).unwrap().count(), 1);
+    run(Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).unwrap()))
+    .assert_success();
+}
+
+#[test]
+fn history_lists_runs_newest_first() {
+    let ledger = Ledger::new();
+    let env = TestEnv::new("history");
+    let key = env.key();
+    for script in ["exit 1", "true", "true"] {
+        ledger.run(key, &["--record"], script);
+    }
+    // A raw id of this test's own.
+    let (a, b) = unique_pair();
+    let raw_id = format!("{a},{b}");
+    run(ledger.pglock(&["--lock-id", &raw_id, "--record", "-c", "true"])).assert_success();
+    let table = run(ledger.pglock(&["history", "--key", key])).stdout();
+    let rows: Vec<&str> = table.lines().collect();
+    assert!(rows[0].starts_with("STARTED (UTC)  "), "{table}");
+    assert_eq!(rows.len(), 4, "{table}");
+    assert!(
+        rows[1].contains(" succeeded  0 ") && rows[3].contains(" failed     1 "),
+        "{table}"
+    );
+
+    let runs = run(ledger.pglock(&["history", "--key", key, "--json", "--last", "2"])).json();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert!(runs[0]["id"].as_i64() > runs[1]["id"].as_i64());
+    for field in [
+        "status",
+        "exit_code",
+        "host",
+        "started_at",
+        "finished_at",
+        "duration_seconds",
+    ] {
+        assert!(runs[0].get(field).is_some(), "{field}");
+    }
+    assert!(runs[0]["started_at"].as_str().unwrap().ends_with('Z'));
+
+    let raw = run(ledger.pglock(&["history", "--lock-id", &raw_id, "--json"])).json();
+    assert_eq!(raw[0]["key"], format!("lock-id:{raw_id}"));
+    let all = run(ledger.pglock(&["history", "--all", "--since", "1h"])).stdout();
+    assert!(all.starts_with("KEY ") && all.lines().count() == 5, "{all}");
+}
+
+#[test]
+fn prune_keeps_each_keys_newest_rows() {
+    let ledger = Ledger::new();
+    let (a, b) = (unique_key("prune-a"), unique_key("prune-b"));
+    let mut client = sql();
+    for (key, status, ago) in [
+        (&a, "succeeded", "12 days"),
+        (&a, "succeeded", "10 days"),
+        (&a, "running", "11 days"),
+        (&a, "failed", "9 days"),
+        (&a, "failed", "1 hour"),
+        (&b, "failed", "20 days"),
+        (&b, "abandoned", "19 days"),
+    ] {
+        ledger.insert(&mut client, key, status, ago);
+    }
+    run(ledger.pglock(&["prune", "--older-than", "1d", "--dry-run"])).assert_stdout(&format!(
+        "would delete 3 runs older than 1d0h from {}\n",
+        ledger.table
+    ));
+    assert_eq!(ledger.runs(&a).len() + ledger.runs(&b).len(), 7);
+    run(ledger.pglock(&["prune", "--older-than", "1d"]))
+        .assert_success()
+        .assert_stdout(&format!(
+            "deleted 3 runs older than 1d0h from {}\n",
+            ledger.table
+        ));
+    // a: the newest success, the run in progress, the newest finished run (1 hour old).
+    assert_eq!(
+        ledger.runs(&a),
+        [
+            ("succeeded".into(), Some(0)),
+            ("running".into(), None),
+            ("failed".into(), Some(1))
+        ]
+    );
+    // b: never succeeded; its newest finished run stays.
+    assert_eq!(ledger.runs(&b), [("abandoned".into(), None)]);
+}
+
+#[test]
+fn once_per_needs_one_holder_at_a_time() {
+    for args in [
+        &["--once-per", "1h", "--shared"][..],
+        &["--once-per", "1h", "--limit", "2"],
+    ] {
+        run(pglock()
+            .args(["--key", "k"])
+            .args(args)
+            .args(["--", "true"]))
+        .assert_code(2)
+        .assert_stderr_contains("pglock: usage error: ");
+    }
+}
+
+#[test]
+fn semaphore_runs_record_their_slot() {
+    let ledger = Ledger::new();
+    let env = TestEnv::new("slots");
+    let out = ledger.run(
+        env.key(),
+        &["--limit", "3", "--record"],
+        "echo $PGLOCK_SLOT",
+    );
+    out.assert_success();
+    let slot: Option<i32> = sql()
+        .query_one(
+            &format!("SELECT slot FROM {} WHERE key = $1", ledger.table),
+            &[&env.key()],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(slot, Some(out.stdout().trim().parse().unwrap()));
+}
+
+#[test]
+fn record_command_stores_the_command_only_when_asked() {
+    let ledger = Ledger::new();
+    let env = TestEnv::new("cmdline");
+    let key = env.key();
+    ledger.run(key, &["--record"], "echo secret");
+    ledger.run(key, &["--record", "--record-command"], "echo shown");
+    let commands: Vec<Option<String>> = sql()
+        .query(
+            &format!(
+                "SELECT command FROM {} WHERE key = $1 ORDER BY id",
+                ledger.table
+            ),
+            &[&key],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(commands, [None, Some("echo shown".to_string())]);
+}
