@@ -14,7 +14,9 @@
 # FLEET (1000), FLEET_CAP (20) and FLEET_MODES ("none tuned role pool"): waiters, the
 # connection cap, and the modes of the fleet test (pool needs pgbouncer); SECTIONS ("uncontended
 # ledger handoff memory scale fleet"): which sections to run; MODES ("default disable"): which
-# connection settings the ledger, hand-off, memory and scale sections use.
+# connection settings the ledger, hand-off, memory and scale sections use; PGLOCK_ALT (unset)
+# and ALT_NAME ("alternative build"): a second pglock binary that the uncontended and memory
+# sections measure next to the first, such as a `--features vendored` build.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -39,6 +41,10 @@ if [ "${1:-}" != --inside ]; then
     fi
     PGLOCK=$(realpath "$PGLOCK")
     export PGLOCK
+    if [ -n "${PGLOCK_ALT:-}" ]; then
+        PGLOCK_ALT=$(realpath "$PGLOCK_ALT")
+        export PGLOCK_ALT
+    fi
     OUT=${OUT:-$(mktemp -d -t pglock-bench.XXXXXX)}
     mkdir -p "$OUT"
     export OUT
@@ -149,6 +155,7 @@ machine() {
     say "- Kernel: $(uname -sr)"
     say "- Server: PostgreSQL $(sql 'SHOW server_version'), TCP loopback (PGHOST=$PGHOST), ssl=$(sql 'SHOW ssl'), password_encryption=$(sql 'SHOW password_encryption')"
     say "- pglock: $("$PGLOCK" --version) ($(git -C "$here" describe --always --dirty 2>/dev/null || echo unknown)), $PGLOCK"
+    [ -z "${PGLOCK_ALT:-}" ] || say "- pglock, ${ALT_NAME:-alternative build}: $PGLOCK_ALT"
     say "- Tools: $(hyperfine --version), $(pgbench --version), $(flock --version | head -1)"
     say "- Load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     say ""
@@ -166,6 +173,7 @@ uncontended() {
                 measure "$mode" psql psql -X -c 'SELECT pg_advisory_lock(4243)'
                 [ -z "$psqlbin" ] || measure "$mode" psql-bin "$psqlbin" -X -c 'SELECT pg_advisory_lock(4243)'
                 measure "$mode" pglock "$PGLOCK" --key bench-uncontended -- true
+                [ -z "${PGLOCK_ALT:-}" ] || measure "$mode" pglock-alt "$PGLOCK_ALT" --key bench-uncontended -- true
                 measure "$mode" flock flock "$lockfile" true
             )
         done
@@ -183,13 +191,14 @@ uncontended() {
     for mode in default disable; do
         fl=$(value "$mode" floor)
         ps=$(value "$mode" psql)
-        for label in floor psql psql-bin pglock flock; do
+        for label in floor psql psql-bin pglock pglock-alt flock; do
             [ "$(count "$mode" "$label")" -gt 0 ] || continue
             case $label in
                 floor) name="pgbench -C, lock + unlock: **the floor**" ;;
                 psql) name="psql -c 'SELECT pg_advisory_lock(..)'" ;;
                 psql-bin) name="the same, psql binary without Debian's pg_wrapper" ;;
                 pglock) name="**pglock --key k -- true**" ;;
+                pglock-alt) name="the same, ${ALT_NAME:-alternative build}" ;;
                 flock) name="flock /tmp/f true (no server)" ;;
             esac
             v=$(value "$mode" "$label")
@@ -370,7 +379,7 @@ memory() {
     for mode in ${MODES:-default disable}; do
         (
             use_mode "$mode"
-            local release="$OUT/release-mem-$mode" holder waiter psqlpid tls name
+            local release="$OUT/release-mem-$mode" holder waiter alt= queued=1 psqlpid tls name
             name=$(mode_name "$mode")
             rm -f "$release"
             "$PGLOCK" --lock-id 4244 -- bash -c "while [ ! -e '$release' ]; do sleep 0.05; done" &
@@ -379,16 +388,23 @@ memory() {
             "$PGLOCK" --lock-id 4244 -- true &
             waiter=$!
             wait_sql 30 "$(advisory false) = 1"
+            if [ -n "${PGLOCK_ALT:-}" ]; then
+                "$PGLOCK_ALT" --lock-id 4244 -- true &
+                alt=$!
+                queued=2
+                wait_sql 30 "$(advisory false) = 2"
+            fi
             psql -X -q -c 'SELECT pg_advisory_lock(4244)' >/dev/null &
             psqlpid=$!
-            wait_sql 30 "$(advisory false) = 2"
+            wait_sql 30 "$(advisory false) = $((queued + 1))"
             sleep 1
             tls=$(sql "SELECT CASE WHEN bool_and(ssl) THEN 'yes' WHEN NOT bool_or(ssl) THEN 'no' ELSE 'mixed' END FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE application_name LIKE 'pglock:%'")
             say "| pglock, waiting | $name | $tls | $(mib "$(kib $waiter VmHWM)") | $(mib "$(kib $waiter VmRSS)") | $(mib "$(pss_kib $waiter)") |"
+            [ -z "$alt" ] || say "| pglock, ${ALT_NAME:-alternative build}, waiting | $name | $tls | $(mib "$(kib $alt VmHWM)") | $(mib "$(kib $alt VmRSS)") | $(mib "$(pss_kib $alt)") |"
             say "| pglock, holding, command running | $name | $tls | $(mib "$(kib $holder VmHWM)") | $(mib "$(kib $holder VmRSS)") | $(mib "$(pss_kib $holder)") |"
             say "| psql, waiting (for comparison) | $name | | $(mib "$(kib $psqlpid VmHWM)") | $(mib "$(kib $psqlpid VmRSS)") | $(mib "$(pss_kib $psqlpid)") |"
             touch "$release"
-            wait "$holder" "$waiter" "$psqlpid"
+            wait "$holder" "$waiter" $alt "$psqlpid"
         )
     done
     say ""

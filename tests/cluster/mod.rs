@@ -2,6 +2,10 @@
 //! pg_hba.conf and TLS files), dropped again by a guard even when the test fails; a pglock that
 //! holds its lock until the test lets it go, so its session can be inspected from another
 //! connection; and the real psql binary for comparisons with libpq.
+//!
+//! Clusters come from Debian's pg_createcluster, or, when PGLOCK_TEST_PGBIN names a directory
+//! with `initdb` and `pg_ctl` (as `.ci/pg-matrix` does for each PostgreSQL version), from
+//! those binaries: same settings, same pg_hba.conf, same sockets.
 #![allow(dead_code)]
 
 use postgres::{Client, NoTls};
@@ -20,6 +24,13 @@ pub fn pg_version() -> String {
         .collect();
     versions.sort();
     versions.last().expect("a PostgreSQL version").to_string()
+}
+
+/// The server binaries to start clusters from instead of pg_createcluster: PGLOCK_TEST_PGBIN.
+pub fn pg_bin() -> Option<PathBuf> {
+    std::env::var_os("PGLOCK_TEST_PGBIN")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 /// libpq's own psql, not Debian's pg_wrapper, which picks ports from its cluster list.
@@ -69,6 +80,8 @@ pub struct Cluster {
     pub password: String,
     /// A directory the server can read, for its TLS files.
     pub dir: PathBuf,
+    /// PGLOCK_TEST_PGBIN, when the cluster was started from it.
+    bin: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -77,7 +90,11 @@ impl Cluster {
     /// postgres user).
     pub fn start(tag: &str, conf: &[String], hba: &str, prepare: impl FnOnce(&Path)) -> Cluster {
         let version = pg_version();
-        drop_stale(&version);
+        let bin = pg_bin();
+        match &bin {
+            Some(bin) => drop_stale_initdb(bin),
+            None => drop_stale(&version),
+        }
         let pid = std::process::id();
         let name = format!("pglock_{tag}_{pid}");
         let dir = std::env::temp_dir().join(&name);
@@ -97,10 +114,31 @@ impl Cluster {
             port,
             password,
             dir,
+            bin,
         };
+        match &cluster.bin {
+            Some(bin) => cluster.initdb(bin, conf, hba),
+            None => cluster.create(conf, hba),
+        }
+        let config = cluster.config();
+        let start = std::time::Instant::now();
+        while let Err(e) = config.connect(NoTls) {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "the test cluster does not accept connections: {e:?}\n{}",
+                std::fs::read_to_string(cluster.dir.join("server.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        cluster
+    }
+
+    /// Creates and starts the cluster with pg_createcluster and the installed server.
+    fn create(&self, conf: &[String], hba: &str) {
+        let cluster = self;
         let mut create = Command::new("pg_createcluster");
         create
-            .args(["-p", &port.to_string(), "-d"])
+            .args(["-p", &cluster.port.to_string(), "-d"])
             .arg(cluster.dir.join("data"))
             .args(["-o", "fsync=off", "-o", "listen_addresses=localhost"]);
         for c in conf {
@@ -143,17 +181,45 @@ impl Cluster {
                     .join("postgresql.conf")
                     .display()
             )));
-        let config = cluster.config();
-        let start = std::time::Instant::now();
-        while let Err(e) = config.connect(NoTls) {
-            assert!(
-                start.elapsed() < std::time::Duration::from_secs(30),
-                "the test cluster does not accept connections: {e:?}\n{}",
-                std::fs::read_to_string(cluster.dir.join("server.log")).unwrap_or_default()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+
+    /// Creates and starts the cluster with `bin`'s initdb and pg_ctl, configured as
+    /// pg_createcluster would: the same settings, and sockets in Debian's socket directory.
+    fn initdb(&self, bin: &Path, conf: &[String], hba: &str) {
+        let data = self.dir.join("data");
+        run(Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=scram-sha-256", "--no-sync"])
+            .arg(format!("--pwfile={}", self.dir.join("pwfile").display())));
+        let mut settings = format!(
+            "\nport = {}\nlisten_addresses = 'localhost'\nfsync = off\n\
+             unix_socket_directories = '/var/run/postgresql'\n",
+            self.port
+        );
+        for c in conf {
+            let (name, value) = c.split_once('=').expect("name=value");
+            let value = value.trim();
+            if value.starts_with('\'') {
+                settings += &format!("{name} = {value}\n");
+            } else {
+                settings += &format!("{name} = '{}'\n", value.replace('\'', "''"));
+            }
         }
-        cluster
+        let postgresql_conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&postgresql_conf).unwrap();
+        text += &settings;
+        std::fs::write(&postgresql_conf, text).unwrap();
+        std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+        run(Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("pg_ctl"))
+            .args(["start", "-W", "-D"])
+            .arg(&data)
+            .arg("-l")
+            .arg(self.dir.join("server.log")));
     }
 
     fn config(&self) -> postgres::Config {
@@ -175,10 +241,48 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = Command::new("pg_dropcluster")
-            .args(["--stop", &self.version, &self.name])
-            .output();
+        match &self.bin {
+            Some(bin) => stop(bin, &self.dir.join("data")),
+            None => {
+                let _ = Command::new("pg_dropcluster")
+                    .args(["--stop", &self.version, &self.name])
+                    .output();
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Stops a server started with pg_ctl, at once: its data is thrown away.
+fn stop(bin: &Path, data: &Path) {
+    let _ = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(bin.join("pg_ctl"))
+        .args(["stop", "-m", "immediate", "-D"])
+        .arg(data)
+        .output();
+}
+
+/// Stops and removes the initdb clusters of test processes that were killed before their guard
+/// ran: directories named like [`Cluster::start`]'s in the temporary directory.
+fn drop_stale_initdb(bin: &Path) {
+    let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("pglock_")
+            .and_then(|rest| rest.rsplit('_').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let data = entry.path().join("data");
+        if data.join("PG_VERSION").exists() && !Path::new(&format!("/proc/{pid}")).exists() {
+            stop(bin, &data);
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
