@@ -564,10 +564,17 @@ fn a_least_privilege_role_works_after_init_grant() {
             .output()
             .unwrap()
     };
-    // PostgreSQL 15 took CREATE on public away from everyone: the runner cannot init.
-    let init = as_role(&["init"]);
-    assert_eq!(init.status.code(), Some(78), "{}", text(&init.stderr));
-    assert!(text(&init.stderr).contains("pglock init --print"));
+    // PostgreSQL 15 took CREATE on public away from everyone: the runner cannot init. Before
+    // 15 anyone may create tables in public, so there is nothing to refuse.
+    let version: i32 = admin
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .unwrap()
+        .get(0);
+    if version >= 150000 {
+        let init = as_role(&["init"]);
+        assert_eq!(init.status.code(), Some(78), "{}", text(&init.stderr));
+        assert!(text(&init.stderr).contains("pglock init --print"));
+    }
 
     let out = ledger.pglock(&["init", "--grant", &role]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
