@@ -518,6 +518,9 @@ fleet_mode() { # fleet_mode none|role|pool
     : >"$seen"
     : >"$probes"
     pm=$(postmaster_pid)
+    # A waiter without --timeout outlives a bench that fails: it would retry against the dropped
+    # cluster for ever.
+    trap 'kill "$holder" "${pids[@]}" 2>/dev/null || true' EXIT
     "$PGLOCK" --key "$key" -- bash -c "while [ ! -e '$release' ]; do sleep 0.05; done" &
     holder=$!
     wait_sql 30 "$(advisory true) = 1"
@@ -589,6 +592,8 @@ fleet_mode() { # fleet_mode none|role|pool
     touch "$release"
     wait "$holder" || lost="yes (exit $?)"
     for i in "${pids[@]}"; do wait "$i" || failed=$((failed + 1)); done
+    # All reaped: their ids may belong to others from now on.
+    trap - EXIT
     kill "$sampler" "$prober"
     wait "$sampler" "$prober" 2>/dev/null || true
     [ -z "$dir" ] || kill "$(cat "$dir/pgbouncer.pid")"
