@@ -272,8 +272,13 @@ fn xact_scope_through_statement_pooling_fails_at_once() {
             .args(extra)
             .args(["--", "true"]));
         assert!(matches!(out.code(), Some(1 | 69)), "{extra:?}: {out}");
-        out.assert_one_pglock_line()
-            .assert_stderr_contains("statement pooling");
+        let out = out.assert_one_pglock_line();
+        // Exit 1 names the cause. Against PostgreSQL 12 the pooler sometimes closes the
+        // connection already while connecting (rust-postgres drops its FATAL message), which
+        // is the "cannot connect" exit 69: still one line, at once, never 75.
+        if out.code() == Some(1) {
+            out.assert_stderr_contains("statement pooling");
+        }
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "{extra:?}: took {:?}",
