@@ -2,6 +2,7 @@
 //! typed parts (which lock, how long to wait, what to do when it is lost, what to run), so that
 //! nothing past this module knows clap, and every rule that combines flags lives here once.
 
+use crate::appname::Label;
 use crate::cli::{self, Cli};
 use crate::key::{KeyHash, LockId};
 use crate::ledger::table::Table;
@@ -30,13 +31,13 @@ impl Target {
                 label: key.to_string(),
                 key: Some(key.to_string()),
                 id: hash.id(key),
-                base: key.to_string(),
+                base: Label::Key(key.to_string()).base(),
             },
             (None, Some(id)) => Target {
                 label: id.to_string(),
                 key: None,
                 id,
-                base: format!("lock-id:{id}"),
+                base: Label::LockId(id).base(),
             },
             // clap's required group rules this out; a zero id keeps it total without a panic.
             (None, None) => Target::new(None, Some(LockId::Big(0)), hash),

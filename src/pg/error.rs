@@ -29,16 +29,14 @@ pub fn describe_error(e: &postgres::Error) -> String {
     text.replace('\n', " ")
 }
 
-/// Whether trying again later may help: the connection broke or the server is restarting, as
-/// opposed to a wrong password, an unknown database or a bad query.
+/// Whether trying again later may help: the connection broke, the server is restarting or has
+/// no free slot, as opposed to a wrong password, an unknown database or a bad query. The one
+/// judgement is [`super::classify`]'s; this is its yes or no.
 pub fn is_transient(e: &postgres::Error) -> bool {
-    match e.code() {
-        None => true,
-        Some(code) => {
-            let code = code.code();
-            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
-        }
-    }
+    matches!(
+        super::classify::classify(e),
+        super::classify::Class::Transient { .. }
+    )
 }
 
 /// The wait ended because the server cancelled it (a signal of ours, or pg_cancel_backend).
