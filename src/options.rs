@@ -308,32 +308,22 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }
-        let limited = Cli::try_parse_from([
-            "pglock",
-            "-k",
-            "a",
-            "--once-per",
-            "1h",
-            "--limit",
-            "2",
-            "--",
-            "x",
-        ])
-        .unwrap();
-        assert!(cli::check_combinations(&limited).is_err());
-        let one = Cli::try_parse_from([
-            "pglock",
-            "-k",
-            "a",
-            "--once-per",
-            "1h",
-            "--limit",
-            "1",
-            "--",
-            "x",
-        ])
-        .unwrap();
-        assert!(cli::check_combinations(&one).is_ok());
+        let once_per_with_limit = |limit: &str| {
+            let args = [
+                "pglock",
+                "-k",
+                "a",
+                "--once-per",
+                "1h",
+                "--limit",
+                limit,
+                "--",
+                "x",
+            ];
+            cli::check_combinations(&Cli::try_parse_from(args).unwrap())
+        };
+        assert!(once_per_with_limit("2").is_err());
+        assert!(once_per_with_limit("1").is_ok());
     }
 
     #[test]
