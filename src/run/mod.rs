@@ -80,8 +80,8 @@ fn run_held(
         Ok(Some(Begun::Skip(outcome))) => return release_then(router, holder, opts, Ok(outcome)),
         Err(e) => return release_then(router, holder, opts, Err(e)),
     };
-    let mut running = match start(opts, router, &env) {
-        Ok(running) => running,
+    let (mut running, deadman) = match start(opts, router, &env) {
+        Ok(started) => started,
         Err(not_started) => {
             let code = match &not_started {
                 // Only an interruption gets here, whose code does not depend on -E.
@@ -93,7 +93,6 @@ fn run_held(
         }
     };
     // From here on the command exists: nothing returns before supervise::wait has reaped it.
-    let deadman = arm_deadman(opts, &running);
     let policy = Policy {
         check_every: opts.check_interval,
         fencing: opts.fencing,
@@ -109,35 +108,38 @@ fn run_held(
     finish(opts, router, holder, ledger, deadman, ended, acquired_at)
 }
 
-/// Spawns the command unless a terminating signal came first. Err holds what pglock then ends
-/// with: the interruption, or the spawn's error (126, 127).
+/// Spawns the command unless a terminating signal came first, with its dead man's switch
+/// armed before it. Err holds what pglock then ends with: the interruption, or the spawn's
+/// error (126, 127).
 fn start(
     opts: &RunOptions,
     router: &Router,
     env: &[(String, String)],
-) -> Result<Running, Result<Outcome>> {
+) -> Result<(Running, Option<DeadMan>), Result<Outcome>> {
     let fenced = matches!(opts.fencing, Fencing::Terminate { .. });
-    match router.spawn(|| child::spawn(&opts.job, env, fenced)) {
-        Ok(Some(running)) => Ok(running),
+    let mut deadman = fenced.then(|| arm_deadman(opts.kill_after)).flatten();
+    let line = deadman.as_ref().map(DeadMan::announcer);
+    let not_started = match router.spawn(|| child::spawn(&opts.job, env, fenced, line)) {
+        Ok(Some(running)) => return Ok((running, deadman)),
         Ok(None) => {
             let sig = router
                 .interrupted()
                 .unwrap_or(nix::sys::signal::Signal::SIGTERM);
             step!("signal {sig} arrived before the command started; not running it");
-            Err(Ok(Outcome::Interrupted(sig)))
+            Ok(Outcome::Interrupted(sig))
         }
-        Err(e) => Err(Err(e)),
+        Err(e) => Err(e),
+    };
+    if let Some(deadman) = &mut deadman {
+        deadman.disarm();
     }
+    Err(not_started)
 }
 
 /// The dead man's switch for a fenced command. With --on-lost ignore the user accepted a
-/// command that outlives the lock; a switch that cannot start only warns, since the command
-/// already runs.
-fn arm_deadman(opts: &RunOptions, running: &Running) -> Option<DeadMan> {
-    if !matches!(opts.fencing, Fencing::Terminate { .. }) {
-        return None;
-    }
-    match DeadMan::arm(running.pid(), opts.kill_after) {
+/// command that outlives the lock, so there is none; a switch that cannot start only warns.
+fn arm_deadman(kill_after: Duration) -> Option<DeadMan> {
+    match DeadMan::arm(kill_after) {
         Ok(deadman) => Some(deadman),
         Err(e) => {
             warn!("{e:#}: if pglock is killed, the command's children may outlive the lock");

@@ -4,12 +4,13 @@
 use crate::exit::{Failure, fail};
 use crate::options::Job;
 use crate::step;
+use crate::supervise::deadman::announce;
 use anyhow::Result;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, killpg, pthread_sigmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, getpgrp, getpid, getppid, isatty, setpgid, tcgetpgrp, tcsetpgrp};
 use std::io::ErrorKind;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus};
 
@@ -44,9 +45,15 @@ fn without_sigttou<T>(f: impl FnOnce() -> T) -> T {
 /// Starts the command in a new process group (so signals reach its whole tree and a terminal's
 /// Ctrl-C reaches it once), as the terminal's foreground job when pglock is one.
 ///
-/// With `parent_death` the command gets SIGTERM if pglock dies (SIGKILL, OOM killer): the server
-/// frees the lock with pglock's connection, so the command must not go on unlocked.
-pub fn spawn(job: &Job, env: &[(String, String)], parent_death: bool) -> Result<(Running, Pid)> {
+/// With `fenced` the command gets SIGTERM if pglock dies (SIGKILL, OOM killer): the server
+/// frees the lock with pglock's connection, so the command must not go on unlocked. Its group
+/// is announced to the dead man's switch on `deadman`, when there is one, before exec.
+pub fn spawn(
+    job: &Job,
+    env: &[(String, String)],
+    fenced: bool,
+    deadman: Option<RawFd>,
+) -> Result<(Running, Pid)> {
     let take_terminal = owns_terminal();
     let parent = getpid();
     let mut cmd = Command::new(&job.program);
@@ -57,10 +64,13 @@ pub fn spawn(job: &Job, env: &[(String, String)], parent_death: bool) -> Result<
     unsafe {
         cmd.pre_exec(move || {
             setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
+            if let Some(line) = deadman {
+                announce(line);
+            }
             if take_terminal {
                 without_sigttou(|| tcsetpgrp(stdin(), getpid()))?;
             }
-            if parent_death {
+            if fenced {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
                 // pglock may have died before the line above took effect.
                 if getppid() != parent {
@@ -95,10 +105,6 @@ pub fn spawn(job: &Job, env: &[(String, String)], parent_death: bool) -> Result<
 }
 
 impl Running {
-    pub fn pid(&self) -> Pid {
-        self.pid
-    }
-
     /// Sends `sig` to the command's process group.
     pub fn signal_group(&self, sig: Signal) {
         let _ = killpg(self.pid, sig);

@@ -252,8 +252,13 @@ mod tests {
     fn lost_lock_terminates_then_kills_after_kill_after() {
         let router = Router::start().unwrap();
         // Ignores SIGTERM, so only the SIGKILL after --kill-after ends it.
-        let (mut running, _) =
-            child::spawn(&sh("trap '' TERM; sleep 30 & wait; sleep 30"), &[], false).unwrap();
+        let (mut running, _) = child::spawn(
+            &sh("trap '' TERM; sleep 30 & wait; sleep 30"),
+            &[],
+            false,
+            None,
+        )
+        .unwrap();
         let mut guard = LosesAtOnce { checks: 0 };
         let started = Instant::now();
         let ended = wait(
@@ -273,7 +278,7 @@ mod tests {
     #[test]
     fn lost_lock_terminates_a_command_that_obeys() {
         let router = Router::start().unwrap();
-        let (mut running, _) = child::spawn(&sh("sleep 30"), &[], false).unwrap();
+        let (mut running, _) = child::spawn(&sh("sleep 30"), &[], false, None).unwrap();
         let mut guard = LosesAtOnce { checks: 0 };
         let ended = wait(
             &mut running,
@@ -288,7 +293,7 @@ mod tests {
     #[test]
     fn ignore_lets_the_command_finish() {
         let router = Router::start().unwrap();
-        let (mut running, _) = child::spawn(&sh("sleep 0.2; exit 3"), &[], false).unwrap();
+        let (mut running, _) = child::spawn(&sh("sleep 0.2; exit 3"), &[], false, None).unwrap();
         let mut guard = LosesAtOnce { checks: 0 };
         let mut ignore = policy(Duration::from_millis(10));
         ignore.fencing = Fencing::Ignore;

@@ -33,6 +33,46 @@ fn a_process_group_sigkill_stops_the_commands_children() {
     wait_until("the lock to be freed", || env.granted() == 0);
 }
 
+/// The same kill while the dead man's switch is slow to leave pglock's process group (strace
+/// holds its setsid(2) for half a second): the switch must be in a session of its own before
+/// the command starts, or the group kill takes it too.
+#[test]
+fn a_process_group_sigkill_during_a_slow_start_stops_the_commands_children() {
+    let env = TestEnv::new("groupkillslow");
+    let script = format!(
+        "sleep 300 & echo $! > {d}/a; sleep 301 & echo $! > {d}/b; touch {d}/ready; wait",
+        d = env.dir().display()
+    );
+    let strace = [
+        "-f",
+        "-o",
+        "/dev/null",
+        "-e",
+        "trace=setsid",
+        "-e",
+        "inject=setsid:delay_enter=500000",
+    ];
+    let mut cmd = wrapped("strace", &strace);
+    cmd.args(["--key", env.key(), "--kill-after", "1s", "-c", &script]);
+    // strace leads the process group and pglock is in it, as with any wrapper.
+    let mut child = start(cmd);
+    env.wait_for_file("ready");
+    let pids: Vec<i32> = ["a", "b"]
+        .iter()
+        .map(|f| read(&env.path(f)).trim().parse().unwrap())
+        .collect();
+    child.kill_group(Signal::SIGKILL);
+    wait_until("strace and pglock to be killed", || {
+        child.exited().is_some()
+    });
+    wait_until("the command's children to be stopped", || {
+        pids.iter().all(|&p| !alive(p))
+    });
+    // Only now: the children hold pglock's stderr open.
+    child.finish().assert_signal(Signal::SIGKILL);
+    wait_until("the lock to be freed", || env.granted() == 0);
+}
+
 #[test]
 fn a_release_to_a_silent_server_is_bounded_and_keeps_the_commands_status() {
     let env = TestEnv::new("silentrelease");

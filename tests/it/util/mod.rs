@@ -185,14 +185,23 @@ pub fn alive(pid: i32) -> bool {
     !stat.is_empty() && !state.starts_with('Z')
 }
 
-/// The process group pglock (`pid`) started its command in: the child that leads a group.
+/// The process group pglock (`pid`) started its command in: the child that leads a group
+/// but not a session.
 pub fn child_of(pid: u32) -> i32 {
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
     children
         .split_whitespace()
         .filter_map(|c| c.parse::<i32>().ok())
-        .find(|&c| group_members(c).contains(&c))
+        .find(|&c| group_members(c).contains(&c) && !leads_session(c))
         .expect("pglock has no child leading a process group")
+}
+
+/// The dead man's switch leads a session (and so a process group) of its own; the command
+/// leads only a group.
+fn leads_session(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    rest.split(' ').nth(3) == Some(&pid.to_string())
 }
 
 /// `workers` threads each run pglock on the test's key `runs` times (with `args`) around a
