@@ -79,29 +79,45 @@ pub enum Acquired {
 
 /// Takes the lock (or a semaphore slot). `interrupted` tells a cancel caused by a signal from
 /// one sent by another pglock.
+///
+/// Every acquisition tries first, in the round trip that makes the session's settings, and only
+/// a lock that is taken goes on to wait: `waiting` runs then, once or more, before the wait, so
+/// that what only a wait needs (its observer, its guard) costs nothing when the lock is free.
+/// The try takes nothing a waiter is owed: PostgreSQL refuses a try that conflicts with a queued
+/// waiter just as it queues a blocking request behind one.
 pub fn acquire(
     session: &mut Session,
     req: &Request,
     interrupted: &dyn Fn() -> bool,
+    waiting: &mut dyn FnMut(),
 ) -> Result<Acquired, postgres::Error> {
     if let Some(semaphore) = &req.semaphore {
-        return semaphore::acquire(session, req, semaphore, interrupted);
+        return semaphore::acquire(session, req, semaphore, interrupted, waiting);
     }
     let call = Call {
-        try_only: req.wait == Wait::Try,
+        try_only: true,
         scope: req.scope,
         shared: req.shared,
     };
+    let held = Acquired::Held(Held {
+        id: req.id,
+        shared: req.shared,
+        scope: req.scope,
+        slot: None,
+    });
     match session.query(&sql::acquire(call, req.wait.lock_timeout_ms(), req.id)) {
-        Ok(messages) if call.try_only && final_value(&messages).as_deref() != Some("t") => {
-            Ok(Acquired::Busy)
-        }
-        Ok(_) => Ok(Acquired::Held(Held {
-            id: req.id,
-            shared: req.shared,
-            scope: req.scope,
-            slot: None,
-        })),
+        Ok(messages) if final_value(&messages).as_deref() == Some("t") => return Ok(held),
+        Ok(_) if req.wait == Wait::Try => return Ok(Acquired::Busy),
+        Ok(_) => {}
+        Err(e) => return outcome_of(e),
+    }
+    waiting();
+    let call = Call {
+        try_only: false,
+        ..call
+    };
+    match session.query(&sql::lock(call, req.id)) {
+        Ok(_) => Ok(held),
         Err(e) => outcome_of(e),
     }
 }

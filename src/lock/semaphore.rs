@@ -91,12 +91,14 @@ pub fn acquire(
     req: &Request,
     sem: &Semaphore,
     interrupted: &dyn Fn() -> bool,
+    waiting: &mut dyn FnMut(),
 ) -> Result<Acquired, postgres::Error> {
     let mut taker = Taker {
         session,
         req,
         sem,
         interrupted,
+        waiting,
         deadline: match req.wait {
             Wait::For(t) => Some(Instant::now() + t),
             _ => None,
@@ -121,6 +123,8 @@ struct Taker<'a> {
     req: &'a Request,
     sem: &'a Semaphore,
     interrupted: &'a dyn Fn() -> bool,
+    /// Runs before the first wait (see [`super::acquire`]).
+    waiting: &'a mut dyn FnMut(),
     deadline: Option<Instant>,
 }
 
@@ -156,6 +160,7 @@ impl Taker<'_> {
             return Ok(Acquired::Busy);
         }
         // 2. Queue at the gate.
+        (self.waiting)();
         if let Some(outcome) = self.queue_at_gate()? {
             return Ok(outcome);
         }

@@ -76,15 +76,21 @@ impl Session {
         self.within(limit, |client| client.simple_query(sql))
     }
 
+    /// Starts the thread that bounds [`Session::query_within`] now, off the path of the first
+    /// bounded statement (it would otherwise start with it).
+    pub fn start_watchdog(&mut self) {
+        if self.watchdog.is_none() {
+            self.watchdog = self.socket.and_then(|fd| Watchdog::start(fd).ok());
+        }
+    }
+
     /// Runs `statement` on the client, cutting the connection if it takes longer than `limit`.
     fn within<T>(
         &mut self,
         limit: Duration,
         statement: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, Failed> {
-        if self.watchdog.is_none() {
-            self.watchdog = self.socket.and_then(|fd| Watchdog::start(fd).ok());
-        }
+        self.start_watchdog();
         if let Some(w) = &self.watchdog {
             w.arm(limit);
         }

@@ -104,12 +104,12 @@ pub fn prelude(scope: Scope, lock_timeout_ms: u128) -> String {
 
 /// The settings and the lock call, in one round trip. Its last value is the try's boolean.
 pub fn acquire(call: Call, lock_timeout_ms: u128, id: LockId) -> String {
-    format!(
-        "{}SELECT {}({})",
-        prelude(call.scope, lock_timeout_ms),
-        call.function(),
-        id.sql_args()
-    )
+    format!("{}{}", prelude(call.scope, lock_timeout_ms), lock(call, id))
+}
+
+/// The lock call alone, for a session whose settings [`acquire`] already made.
+pub fn lock(call: Call, id: LockId) -> String {
+    format!("SELECT {}({})", call.function(), id.sql_args())
 }
 
 /// Releases a session lock; its value says whether it was held. `wake` may follow.
@@ -306,6 +306,10 @@ mod tests {
              ('lock_timeout', '1500'), ('client_connection_check_interval', '500')) AS \
              v(name, setting) WHERE current_setting(v.name, true) IS NOT NULL; \
              SELECT pg_advisory_xact_lock_shared(1,2)"
+        );
+        assert_eq!(
+            lock(call, LockId::Big(-7)),
+            "SELECT pg_advisory_xact_lock_shared(-7)"
         );
     }
 

@@ -105,20 +105,21 @@ impl Waiter<'_> {
         if let Some(sig) = self.router.waiting(session.canceller()) {
             return Ok(Attempt::Done(Waited::Gave(Outcome::Interrupted(sig))));
         }
-        let waits = request.wait != Wait::Try;
-        let observer = waits.then(|| self.observe()).flatten();
-        let guard = waits.then(|| {
-            WaitGuard::start(
-                self.opener.application_name(),
-                self.opts.database_url.as_deref(),
-            )
-        });
+        // Only for a lock that turns out to be taken: its observer and its guard.
+        let mut during_wait: Option<(Option<Watch>, WaitGuard)> = None;
+        let mut waiting = || {
+            during_wait.get_or_insert_with(|| {
+                let guard = WaitGuard::start(
+                    self.opener.application_name(),
+                    self.opts.database_url.as_deref(),
+                );
+                (self.observe(), guard)
+            });
+        };
         let asked = Instant::now();
-        let acquired = lock::acquire(&mut session, &request, &|| {
-            self.router.interrupted().is_some()
-        });
-        drop(guard);
-        drop(observer);
+        let interrupted = || self.router.interrupted().is_some();
+        let acquired = lock::acquire(&mut session, &request, &interrupted, &mut waiting);
+        drop(during_wait);
         self.router.idle();
         if let Some(sig) = self.router.interrupted() {
             step!("interrupted by signal {sig} while waiting; giving up");

@@ -12,8 +12,9 @@
 //! without a switch: pglock killed right after the spawn is still covered, and a switch that
 //! heard of no group when pglock goes away has nothing to stop.
 //!
-//! The switch starts a session of its own, and pglock waits for that before it starts the
-//! command: a signal for pglock's process group (`kill -9 -PGID`, `timeout -s KILL`, a shell's
+//! pglock forks the switch early, while it is still single-threaded and before it connects, so
+//! the fork is cheap and the switch gets going while the connection is made; before it starts
+//! the command it confirms that the switch runs in a session of its own: a signal for pglock's process group (`kill -9 -PGID`, `timeout -s KILL`, a shell's
 //! `kill %1`) or a terminal's hangup must not take it down together with pglock, since that is
 //! exactly when it is needed.
 //!
@@ -39,7 +40,7 @@ pub struct DeadMan {
 }
 
 impl DeadMan {
-    /// Forks the switch and returns once it runs in a session of its own.
+    /// Forks the switch. [`DeadMan::confirm`] then waits until it runs in a session of its own.
     pub fn arm(kill_after: Duration) -> Result<DeadMan> {
         // Close-on-exec: pglock's end must not outlive the exec of any child, or the switch
         // would never see end of file.
@@ -59,18 +60,23 @@ impl DeadMan {
             ForkResult::Child => unsafe { watch(their_fd, kill_after) },
             ForkResult::Parent { child } => {
                 drop(theirs);
-                let mut deadman = DeadMan {
+                Ok(DeadMan {
                     line: Some(ours),
                     pid: child,
-                };
-                let mut byte = 0u8;
-                if recv(deadman.fd(), &mut byte) == 1 && byte == READY {
-                    return Ok(deadman);
-                }
-                deadman.disarm();
-                bail!("the dead man's switch did not start")
+                })
             }
         }
+    }
+
+    /// Waits until the switch has left pglock's session and process group (at once, normally:
+    /// it did so while pglock connected). Only then may the command start.
+    pub fn confirm(mut self) -> Result<DeadMan> {
+        let mut byte = 0u8;
+        if recv(self.fd(), &mut byte) == 1 && byte == READY {
+            return Ok(self);
+        }
+        self.disarm();
+        bail!("the dead man's switch did not start")
     }
 
     /// The descriptor on which the command, between fork and exec, announces its process group
@@ -83,24 +89,26 @@ impl DeadMan {
         self.line.as_ref().map_or(-1, AsRawFd::as_raw_fd)
     }
 
-    /// The command has exited, or never started: tell the switch to go away. It is reaped when
-    /// this is dropped, so that waiting for it to exit need not delay the release of the lock.
+    /// The command has exited, or never started: tell the switch to go away. Nothing waits for
+    /// it to exit (a process's wake-up can take milliseconds on a virtual machine's idle CPUs):
+    /// pglock usually exits first, and [`DeadMan::reap`] is for when it will not.
     pub fn disarm(&mut self) {
         if let Some(line) = self.line.take() {
             let _ = nix::unistd::write(&line, &[STAND_DOWN]);
         }
     }
-}
 
-impl Drop for DeadMan {
-    fn drop(&mut self) {
-        // Still armed: closing our end tells the switch that pglock is going away without its
-        // command having exited, and the switch stops the group; don't wait for that.
-        if self.line.is_none() {
-            let _ = nix::sys::wait::waitpid(self.pid, None);
-        }
+    /// Disarms the switch and waits for it to exit, so that it is no zombie while pglock stays
+    /// on (--min-hold).
+    pub fn reap(mut self) {
+        self.disarm();
+        let _ = nix::sys::wait::waitpid(self.pid, None);
     }
 }
+
+// Dropped still armed, the switch's end of file says that pglock is going away without its
+// command having exited, and the switch stops the group (or, with no command announced,
+// simply exits).
 
 /// Tells the switch on `line` that the calling process leads the command's process group. For
 /// the command between fork and exec: one async-signal-safe system call, errors ignored (a

@@ -18,9 +18,9 @@ use crate::pg::{Opener, sql};
 use crate::step;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The hidden first argument that makes pglock a wait guard.
@@ -34,8 +34,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Guards one lock wait; dropping it stands the guard down.
 pub struct WaitGuard {
+    shared: Arc<Mutex<Shared>>,
     stop: Option<Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// The wait is over: launch nothing more.
+    over: bool,
+    /// The running guard's stdin.
+    line: Option<ChildStdin>,
 }
 
 impl WaitGuard {
@@ -43,39 +51,56 @@ impl WaitGuard {
     /// unless the wait is over by then.
     pub fn start(app_name: &str, database_url: Option<&str>) -> WaitGuard {
         let (stop, stopped) = mpsc::channel::<()>();
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let mine = Arc::clone(&shared);
         let (app_name, url) = (app_name.to_string(), database_url.map(str::to_string));
-        let thread = std::thread::Builder::new()
+        let _ = std::thread::Builder::new()
             .name("wait-guard".into())
             .spawn(move || {
                 if stopped.recv_timeout(ARM_AFTER) != Err(RecvTimeoutError::Timeout) {
                     return;
                 }
-                let Some(mut guard) = launch(&app_name, url.as_deref()) else {
-                    return;
+                let mut guard = {
+                    // Under the lock, so that a guard that starts is always stood down.
+                    let mut st = lock(&mine);
+                    if st.over {
+                        return;
+                    }
+                    let Some(mut guard) = launch(&app_name, url.as_deref()) else {
+                        return;
+                    };
+                    st.line = guard.stdin.take();
+                    guard
                 };
                 let _ = stopped.recv();
-                // Stand it down and reap it: it exits as soon as it reads the byte.
-                if let Some(mut line) = guard.stdin.take() {
-                    let _ = line.write_all(b"x");
-                }
+                // Reap it: it exits as soon as it reads the byte the waiter wrote.
                 let _ = guard.wait();
-            })
-            .ok();
+            });
         WaitGuard {
+            shared,
             stop: Some(stop),
-            thread,
         }
     }
 }
 
 impl Drop for WaitGuard {
+    /// Stands the guard down on the waiter's own thread, so that the byte is written before
+    /// pglock moves on (and maybe exits: end of file would make the guard cancel). Reaping it
+    /// is left to the thread, unjoined: waking a thread or a process and waiting for it costs
+    /// milliseconds on a virtual machine's idle CPUs, and the command is waiting to start.
     fn drop(&mut self) {
-        drop(self.stop.take());
-        // The thread only waits on the channel and on a guard that exits at once.
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        let mut st = lock(&self.shared);
+        st.over = true;
+        if let Some(mut line) = st.line.take() {
+            let _ = line.write_all(b"x");
         }
+        drop(st);
+        drop(self.stop.take());
     }
+}
+
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn launch(app_name: &str, database_url: Option<&str>) -> Option<Child> {

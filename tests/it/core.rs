@@ -112,6 +112,30 @@ fn shared_holders_coexist_and_exclude_exclusive_ones() {
     b.release().assert_success();
 }
 
+/// pglock tries a lock before it queues for it; the try must not let a shared holder jump
+/// ahead of an exclusive one that is already waiting.
+#[test]
+fn a_shared_newcomer_queues_behind_a_waiting_exclusive_one() {
+    let env = TestEnv::new("sharedorder");
+    let id = env.id();
+    let mut holder = sql();
+    holder
+        .execute("SELECT pg_advisory_lock_shared($1)", &[&id])
+        .unwrap();
+    let log = env.path("log");
+    let exclusive = start(env.pglock(&["-c", &format!("echo x >> {}", log.display())]));
+    wait_until("the exclusive waiter to queue", || env.waiting() == 1);
+    run(env.pglock(&["-s", "-n", "--", "true"])).assert_code(75);
+    let shared = start(env.pglock(&["-s", "-c", &format!("echo s >> {}", log.display())]));
+    wait_until("the shared waiter to queue", || env.waiting() == 2);
+    holder
+        .execute("SELECT pg_advisory_unlock_all()", &[])
+        .unwrap();
+    exclusive.finish().assert_success();
+    shared.finish().assert_success();
+    assert_eq!(read(&log), "x\ns\n");
+}
+
 #[test]
 fn xact_scope_holds_the_lock_inside_an_open_transaction() {
     let env = TestEnv::new("xact");
