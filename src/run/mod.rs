@@ -25,12 +25,6 @@ use wait::Waited;
 pub fn run(opts: &RunOptions) -> Result<Outcome> {
     // First of all, so that a signal sent right after start-up is handled like any other.
     let deferred = Deferred::block()?;
-    // While pglock is single-threaded and small, for a cheap and safe fork; see
-    // supervise::deadman.
-    let deadman = match opts.fencing {
-        Fencing::Terminate { .. } => arm_deadman(opts.kill_after, DeadMan::arm),
-        Fencing::Ignore => None,
-    };
     let target = conninfo::resolve(opts.database_url.as_deref(), &conninfo::process_env)?;
     if target.password_on_command_line {
         step!(
@@ -60,9 +54,8 @@ pub fn run(opts: &RunOptions) -> Result<Outcome> {
         semaphore: (opts.limit > 1)
             .then(|| Semaphore::new(&opts.target.base, opts.limit.into(), opts.check_interval)),
     };
-    // Without a lock the switch is simply dropped: it heard of no command, so it stops nothing.
     match wait::wait_for_lock(opts, &opener, &router, &request)? {
-        Waited::Held(holder) => run_held(opts, &router, &opener, *holder, deadman),
+        Waited::Held(holder) => run_held(opts, &router, &opener, *holder),
         Waited::Gave(outcome) => Ok(outcome),
     }
 }
@@ -74,7 +67,6 @@ fn run_held(
     router: &Router,
     opener: &Opener,
     mut holder: Holder,
-    deadman: Option<DeadMan>,
 ) -> Result<Outcome> {
     let acquired_at = Instant::now();
     let mut env = child_env(opts, &holder.held());
@@ -88,7 +80,7 @@ fn run_held(
         Ok(Some(Begun::Skip(outcome))) => return release_then(router, holder, opts, Ok(outcome)),
         Err(e) => return release_then(router, holder, opts, Err(e)),
     };
-    let (mut running, deadman) = match start(opts, router, &env, deadman) {
+    let (mut running, deadman) = match start(opts, router, &env) {
         Ok(started) => started,
         Err(not_started) => {
             let code = match &not_started {
@@ -119,17 +111,16 @@ fn run_held(
     finish(opts, router, holder, ledger, deadman, ended, acquired_at)
 }
 
-/// Spawns the command unless a terminating signal came first, once its dead man's switch (if
-/// any) is confirmed. Err holds what pglock then ends with: the interruption, or the spawn's
-/// error (126, 127).
+/// Spawns the command unless a terminating signal came first; its dead man's switch, if any,
+/// learns its process group before it execs. Err holds what pglock then ends with: the
+/// interruption, or the spawn's error (126, 127).
 fn start(
     opts: &RunOptions,
     router: &Router,
     env: &[(String, String)],
-    deadman: Option<DeadMan>,
 ) -> Result<(Running, Option<DeadMan>), Result<Outcome>> {
     let fenced = matches!(opts.fencing, Fencing::Terminate { .. });
-    let mut deadman = deadman.and_then(|d| arm_deadman(d, DeadMan::confirm));
+    let mut deadman = fenced.then(|| arm_deadman(opts.kill_after)).flatten();
     let line = deadman.as_ref().map(DeadMan::announcer);
     let not_started = match router.spawn(|| child::spawn(&opts.job, env, fenced, line)) {
         Ok(Some(running)) => return Ok((running, deadman)),
@@ -148,10 +139,10 @@ fn start(
     Err(not_started)
 }
 
-/// A step of the dead man's switch for a fenced command (with --on-lost ignore the user accepted
-/// a command that outlives the lock, so there is none). A switch that cannot start only warns.
-fn arm_deadman<T>(input: T, step: impl FnOnce(T) -> Result<DeadMan>) -> Option<DeadMan> {
-    match step(input) {
+/// The dead man's switch for a fenced command (with --on-lost ignore the user accepted a
+/// command that outlives the lock, so there is none). A switch that cannot start only warns.
+fn arm_deadman(kill_after: Duration) -> Option<DeadMan> {
+    match DeadMan::arm(kill_after) {
         Ok(deadman) => Some(deadman),
         Err(e) => {
             warn!("{e:#}: if pglock is killed, the command's children may outlive the lock");

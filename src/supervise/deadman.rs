@@ -2,34 +2,34 @@
 //! if pglock dies without saying goodbye (SIGKILL, the OOM killer, a killed process group).
 //!
 //! The parent-death signal set on the command reaches only the command itself, not the children
-//! of a wrapping shell, and when pglock dies the server frees the lock at once. The switch holds
-//! one end of a socket pair whose other end only pglock has: end of file means pglock is gone,
-//! and the switch sends SIGTERM to the command's group, then SIGKILL after --kill-after. pglock
-//! stands it down with one message once the command has exited.
+//! of a wrapping shell, and when pglock dies the server frees the lock at once. The switch reads
+//! a pipe whose write end only pglock has: end of file means pglock is gone, and the switch
+//! sends SIGTERM to the command's group, then SIGKILL after --kill-after. pglock stands it down
+//! with one byte once the command has exited.
 //!
 //! The switch is armed *before* the command starts, and the command itself, between fork and
-//! exec, tells the switch its process group. So there is no moment at which the command runs
-//! without a switch: pglock killed right after the spawn is still covered, and a switch that
-//! heard of no group when pglock goes away has nothing to stop.
+//! exec, tells the switch its process group on the same pipe. So there is no moment at which
+//! the command runs without a switch: pglock killed right after the spawn is still covered, and
+//! a switch that heard of no group when pglock goes away has nothing to stop.
 //!
-//! pglock forks the switch early, while it is still single-threaded and before it connects, so
-//! the fork is cheap and the switch gets going while the connection is made; before it starts
-//! the command it confirms that the switch runs in a session of its own: a signal for pglock's process group (`kill -9 -PGID`, `timeout -s KILL`, a shell's
-//! `kill %1`) or a terminal's hangup must not take it down together with pglock, since that is
-//! exactly when it is needed.
+//! The switch runs in a process group of its own: a signal for pglock's group (`kill -9 -PGID`,
+//! `timeout -s KILL`, a shell's `kill %1`, a terminal's Ctrl-C or hangup, which go to the
+//! foreground group) must not take it down together with pglock, since that is exactly when it
+//! is needed. pglock moves it there itself, right after the fork, as shells do with their jobs:
+//! so the switch is out of the group before the command starts, without waiting for the switch
+//! to be scheduled (which can take a millisecond on a virtual machine's idle CPU).
 //!
 //! It is forked without exec from a multi-threaded process, so the child makes raw system calls
 //! only: no allocation, no locks.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use nix::fcntl::OFlag;
 use nix::libc;
-use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-use nix::unistd::{ForkResult, Pid, fork};
+use nix::unistd::{ForkResult, Pid, fork, pipe2, setpgid};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-/// Messages on the socket pair (SOCK_SEQPACKET keeps each one whole).
-const READY: u8 = b'r';
+/// Messages on the pipe; each is one write(2) under PIPE_BUF, so it arrives whole.
 const GROUP: u8 = b'g';
 const STAND_DOWN: u8 = b'x';
 
@@ -40,52 +40,35 @@ pub struct DeadMan {
 }
 
 impl DeadMan {
-    /// Forks the switch. [`DeadMan::confirm`] then waits until it runs in a session of its own.
+    /// Forks the switch. When this returns, the switch is in a process group of its own.
     pub fn arm(kill_after: Duration) -> Result<DeadMan> {
-        // Close-on-exec: pglock's end must not outlive the exec of any child, or the switch
-        // would never see end of file.
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .context("cannot create the dead man's socket pair")?;
-        let their_fd = theirs.as_raw_fd();
+        // Close-on-exec: pglock's end must not outlive the exec of any child (the command's
+        // copy closes when it execs), or the switch would never see end of file.
+        let (read_end, write_end) =
+            pipe2(OFlag::O_CLOEXEC).context("cannot create the dead man's pipe")?;
+        let read_fd = read_end.as_raw_fd();
         // SAFETY: the child runs only async-signal-safe system calls (see `watch`) and ends in
         // _exit, so the locks and allocator state it inherits from other threads are never
         // touched.
         match unsafe { fork() }.context("cannot fork the dead man's switch")? {
-            // SAFETY: `their_fd` is the switch's end of the pair, open in the child.
-            ForkResult::Child => unsafe { watch(their_fd, kill_after) },
+            // SAFETY: `read_fd` is the pipe's read end, open in the child.
+            ForkResult::Child => unsafe { watch(read_fd, kill_after) },
             ForkResult::Parent { child } => {
-                drop(theirs);
+                drop(read_end);
+                // The child does the same; whichever comes first, the other is a no-op (or
+                // fails harmlessly because it is done).
+                let _ = setpgid(child, child);
                 Ok(DeadMan {
-                    line: Some(ours),
+                    line: Some(write_end),
                     pid: child,
                 })
             }
         }
     }
 
-    /// Waits until the switch has left pglock's session and process group (at once, normally:
-    /// it did so while pglock connected). Only then may the command start.
-    pub fn confirm(mut self) -> Result<DeadMan> {
-        let mut byte = 0u8;
-        if recv(self.fd(), &mut byte) == 1 && byte == READY {
-            return Ok(self);
-        }
-        self.disarm();
-        bail!("the dead man's switch did not start")
-    }
-
     /// The descriptor on which the command, between fork and exec, announces its process group
     /// (see [`announce`]).
     pub fn announcer(&self) -> RawFd {
-        self.fd()
-    }
-
-    fn fd(&self) -> RawFd {
         self.line.as_ref().map_or(-1, AsRawFd::as_raw_fd)
     }
 
@@ -116,23 +99,30 @@ impl DeadMan {
 pub fn announce(line: RawFd) {
     let pid = nix::unistd::getpid().as_raw().to_ne_bytes();
     let msg = [GROUP, pid[0], pid[1], pid[2], pid[3]];
-    // SAFETY: `msg` is a live local buffer of the length given; send(2) only reads it.
+    // SAFETY: `msg` is a live local buffer of the length given; write(2) only reads it, and
+    // `line` is only written to here, never closed.
     unsafe {
-        libc::send(line, msg.as_ptr().cast(), msg.len(), libc::MSG_NOSIGNAL);
+        libc::write(line, msg.as_ptr().cast(), msg.len());
     }
 }
 
-/// One message from `fd` into `byte` (the first byte of it); the length, 0 at end of file, -1 on
-/// error. Retries on EINTR.
-fn recv(fd: RawFd, byte: &mut u8) -> isize {
-    loop {
-        // SAFETY: `byte` is a valid one-byte buffer; a longer message is truncated, as wanted.
-        let n = unsafe { libc::recv(fd, (byte as *mut u8).cast(), 1, 0) };
-        // SAFETY: reading errno right after the call that set it.
-        if n >= 0 || unsafe { *libc::__errno_location() } != libc::EINTR {
-            return n;
+/// Reads exactly `buf.len()` bytes from `fd`, retrying on EINTR; false at end of file or error.
+///
+/// # Safety
+/// `buf` must be valid for writes of its length.
+unsafe fn read_all(fd: libc::c_int, buf: &mut [u8]) -> bool {
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: the caller's buffer, from `got` on, is valid for the rest of its length.
+        let n = unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), buf.len() - got) };
+        match n {
+            1.. => got += n as usize,
+            // SAFETY: reading errno right after the call that set it.
+            -1 if unsafe { *libc::__errno_location() } == libc::EINTR => {}
+            _ => return false,
         }
     }
+    true
 }
 
 /// The switch itself.
@@ -143,10 +133,8 @@ unsafe fn watch(line: libc::c_int, kill_after: Duration) -> ! {
     // SAFETY: raw system calls on descriptors and signal dispositions of this (single-threaded)
     // child; nothing allocates or takes a lock.
     unsafe {
-        libc::setsid();
-        // pglock starts the command only after this: from now on a group kill misses us.
-        libc::send(line, [READY].as_ptr().cast(), 1, libc::MSG_NOSIGNAL);
-        // Keep nothing but our end: above all not the lock connection, which would keep the
+        libc::setpgid(0, 0);
+        // Keep nothing but the pipe: above all not the lock connection, which would keep the
         // lock alive, and not stdout/stderr, which readers wait on.
         libc::syscall(libc::SYS_close_range, 0, line as libc::c_uint - 1, 0);
         libc::syscall(
@@ -166,22 +154,23 @@ unsafe fn watch(line: libc::c_int, kill_after: Duration) -> ! {
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         let mut pgid: libc::pid_t = 0;
-        let mut msg = [0u8; 8];
-        loop {
-            let n = libc::recv(line, msg.as_mut_ptr().cast(), msg.len(), 0);
-            match n {
-                1 if msg[0] == STAND_DOWN => libc::_exit(0),
-                5 if msg[0] == GROUP => {
-                    pgid = libc::pid_t::from_ne_bytes([msg[1], msg[2], msg[3], msg[4]]);
+        let mut kind = [0u8; 1];
+        // End of file: pglock is gone, and so is every copy of its end (the command's closes
+        // when it execs).
+        while read_all(line, &mut kind) {
+            match kind[0] {
+                STAND_DOWN => libc::_exit(0),
+                GROUP => {
+                    let mut pid = [0u8; 4];
+                    if !read_all(line, &mut pid) {
+                        break;
+                    }
+                    pgid = libc::pid_t::from_ne_bytes(pid);
                 }
-                // End of file: pglock is gone (and so is every copy of its end, the command's
-                // too, which closes at exec).
-                0 => break,
-                n if n < 0 && *libc::__errno_location() != libc::EINTR => break,
                 _ => {}
             }
         }
-        if pgid <= 0 {
+        if pgid <= 1 {
             libc::_exit(0); // The command never started: nothing to stop.
         }
         libc::killpg(pgid, libc::SIGTERM);

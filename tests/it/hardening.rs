@@ -34,8 +34,8 @@ fn a_process_group_sigkill_stops_the_commands_children() {
 }
 
 /// The same kill while the dead man's switch is slow to leave pglock's process group (strace
-/// holds its setsid(2) for half a second): the switch must be in a session of its own before
-/// the command starts, or the group kill takes it too.
+/// holds every setsid(2) and setpgid(2) for half a second): the switch must be in a group of
+/// its own before the command starts, or the group kill takes it too.
 #[test]
 fn a_process_group_sigkill_during_a_slow_start_stops_the_commands_children() {
     let env = TestEnv::new("groupkillslow");
@@ -48,9 +48,9 @@ fn a_process_group_sigkill_during_a_slow_start_stops_the_commands_children() {
         "-o",
         "/dev/null",
         "-e",
-        "trace=setsid",
+        "trace=setsid,setpgid",
         "-e",
-        "inject=setsid:delay_enter=500000",
+        "inject=setsid,setpgid:delay_enter=500000",
     ];
     let mut cmd = wrapped("strace", &strace);
     cmd.args(["--key", env.key(), "--kill-after", "1s", "-c", &script]);

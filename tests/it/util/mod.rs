@@ -186,22 +186,21 @@ pub fn alive(pid: i32) -> bool {
 }
 
 /// The process group pglock (`pid`) started its command in: the child that leads a group
-/// but not a session.
+/// and is not one of pglock's helpers.
 pub fn child_of(pid: u32) -> i32 {
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
     children
         .split_whitespace()
         .filter_map(|c| c.parse::<i32>().ok())
-        .find(|&c| group_members(c).contains(&c) && !leads_session(c))
+        .find(|&c| group_members(c).contains(&c) && !is_helper(c))
         .expect("pglock has no child leading a process group")
 }
 
-/// The dead man's switch leads a session (and so a process group) of its own; the command
-/// leads only a group.
-fn leads_session(pid: i32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-    rest.split(' ').nth(3) == Some(&pid.to_string())
+/// pglock's own helpers (the dead man's switch, a fork; the wait guard) lead process groups too,
+/// and run pglock's binary.
+fn is_helper(pid: i32) -> bool {
+    let exe = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    exe(pid).is_some_and(|e| e.ends_with("pglock"))
 }
 
 /// `workers` threads each run pglock on the test's key `runs` times (with `args`) around a
