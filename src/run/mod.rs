@@ -54,8 +54,18 @@ pub fn run(opts: &RunOptions) -> Result<Outcome> {
         semaphore: (opts.limit > 1)
             .then(|| Semaphore::new(&opts.target.base, opts.limit.into(), opts.check_interval)),
     };
-    match wait::wait_for_lock(opts, &opener, &router, &request)? {
-        Waited::Held(holder) => run_held(opts, &router, &opener, *holder),
+    // A lock that is taken: arm the dead man's switch during the wait, so that the fork is not
+    // between the grant and the command (the hand-off). Without a lock it is simply dropped: it
+    // heard of no command, so it stops nothing.
+    let fenced = matches!(opts.fencing, Fencing::Terminate { .. });
+    let mut deadman = None;
+    let mut prepare = || {
+        if fenced && deadman.is_none() {
+            deadman = arm_deadman(opts.kill_after);
+        }
+    };
+    match wait::wait_for_lock(opts, &opener, &router, &request, &mut prepare)? {
+        Waited::Held(holder) => run_held(opts, &router, &opener, *holder, deadman),
         Waited::Gave(outcome) => Ok(outcome),
     }
 }
@@ -67,6 +77,7 @@ fn run_held(
     router: &Router,
     opener: &Opener,
     mut holder: Holder,
+    deadman: Option<DeadMan>,
 ) -> Result<Outcome> {
     let acquired_at = Instant::now();
     let mut env = child_env(opts, &holder.held());
@@ -80,7 +91,7 @@ fn run_held(
         Ok(Some(Begun::Skip(outcome))) => return release_then(router, holder, opts, Ok(outcome)),
         Err(e) => return release_then(router, holder, opts, Err(e)),
     };
-    let (mut running, deadman) = match start(opts, router, &env) {
+    let (mut running, deadman) = match start(opts, router, &env, deadman) {
         Ok(started) => started,
         Err(not_started) => {
             let code = match &not_started {
@@ -118,9 +129,11 @@ fn start(
     opts: &RunOptions,
     router: &Router,
     env: &[(String, String)],
+    deadman: Option<DeadMan>,
 ) -> Result<(Running, Option<DeadMan>), Result<Outcome>> {
     let fenced = matches!(opts.fencing, Fencing::Terminate { .. });
-    let mut deadman = fenced.then(|| arm_deadman(opts.kill_after)).flatten();
+    // Armed during a wait, or now.
+    let mut deadman = deadman.or_else(|| fenced.then(|| arm_deadman(opts.kill_after)).flatten());
     let line = deadman.as_ref().map(DeadMan::announcer);
     let not_started = match router.spawn(|| child::spawn(&opts.job, env, fenced, line)) {
         Ok(Some(running)) => return Ok((running, deadman)),

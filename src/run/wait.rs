@@ -39,12 +39,15 @@ struct Waiter<'a> {
 
 /// Connects and waits for the lock. Failures that may pass are retried with jittered backoff:
 /// the first connection for --retry-connect, a broken connection or a full house within
-/// --timeout when one is given (see [`super::retry`]).
+/// --timeout when one is given (see [`super::retry`]). `prepare` runs when the lock turns out to
+/// be taken, before the wait (maybe more than once): what the run needs once it holds the lock
+/// is better made then than on the way from the grant to the command.
 pub fn wait_for_lock(
     opts: &RunOptions,
     opener: &Opener,
     router: &Router,
     request: &Request,
+    prepare: &mut dyn FnMut(),
 ) -> Result<Waited> {
     let started = Instant::now();
     let deadline = match request.wait {
@@ -72,7 +75,7 @@ pub fn wait_for_lock(
         let (e, stage) = match opener.open() {
             Ok(session) => {
                 retry.connected();
-                match waiter.attempt(session)? {
+                match waiter.attempt(session, prepare)? {
                     Attempt::Done(waited) => return Ok(waited),
                     Attempt::Broken(e, asked) => (e, Stage::Lock { asked }),
                 }
@@ -93,7 +96,7 @@ pub fn wait_for_lock(
 
 impl Waiter<'_> {
     /// One connection's try or wait.
-    fn attempt(&self, mut session: Session) -> Result<Attempt> {
+    fn attempt(&self, mut session: Session, prepare: &mut dyn FnMut()) -> Result<Attempt> {
         let label = &self.opts.target.label;
         let mut request = self.request.clone();
         request.wait = request.wait.until(self.deadline);
@@ -108,6 +111,7 @@ impl Waiter<'_> {
         // Only for a lock that turns out to be taken: its observer and its guard.
         let mut during_wait: Option<(Option<Watch>, WaitGuard)> = None;
         let mut waiting = || {
+            prepare();
             during_wait.get_or_insert_with(|| {
                 let guard = WaitGuard::start(
                     self.opener.application_name(),

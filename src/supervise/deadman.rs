@@ -7,10 +7,12 @@
 //! sends SIGTERM to the command's group, then SIGKILL after --kill-after. pglock stands it down
 //! with one byte once the command has exited.
 //!
-//! The switch is armed *before* the command starts, and the command itself, between fork and
-//! exec, tells the switch its process group on the same pipe. So there is no moment at which
-//! the command runs without a switch: pglock killed right after the spawn is still covered, and
-//! a switch that heard of no group when pglock goes away has nothing to stop.
+//! The switch is armed *before* the command starts (while pglock waits for a lock that is
+//! taken, so that the fork is no part of the hand-off; otherwise right before the spawn), and
+//! the command itself, between fork and exec, tells the switch its process group on the same
+//! pipe. So there is no moment at which the command runs without a switch: pglock killed right
+//! after the spawn is still covered, and a switch that heard of no group when pglock goes away
+//! has nothing to stop.
 //!
 //! The switch runs in a process group of its own: a signal for pglock's group (`kill -9 -PGID`,
 //! `timeout -s KILL`, a shell's `kill %1`, a terminal's Ctrl-C or hangup, which go to the

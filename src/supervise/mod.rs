@@ -10,8 +10,8 @@
 //! A plain run (`pglock --key k -- cmd`, stderr not a terminal) has these threads and
 //! processes: pglock's main thread, the `signals` router, the `watchdog` that bounds the lock
 //! checks and the release (started with the command); rust-postgres's runtime runs on the main
-//! thread. Processes: pglock, the command, and the dead man's switch, forked just before the
-//! command into a process group of its own. A lock that is free is taken at once and nothing else starts. A lock
+//! thread. Processes: pglock, the command, and the dead man's switch, forked before the command
+//! (during the wait when the lock was taken) into a process group of its own. A lock that is free is taken at once and nothing else starts. A lock
 //! that is taken adds, for the wait only, a `wait-guard` thread (and after 200 ms its guard
 //! process), and with the terminal status line or -v an `observer` thread with a second
 //! connection. A cancel request (after a signal while waiting) runs on a short-lived `cancel`
