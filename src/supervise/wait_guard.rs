@@ -19,7 +19,6 @@ use crate::step;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,7 +34,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Guards one lock wait; dropping it stands the guard down.
 pub struct WaitGuard {
     shared: Arc<Mutex<Shared>>,
-    stop: Option<Sender<()>>,
 }
 
 #[derive(Default)]
@@ -49,17 +47,19 @@ struct Shared {
 impl WaitGuard {
     /// Starts the `wait-guard` thread, which starts the guard process after [`ARM_AFTER`]
     /// unless the wait is over by then.
+    ///
+    /// Nothing ever wakes the thread: it sleeps out [`ARM_AFTER`] and then looks, and once it
+    /// has launched a guard it waits for the guard to exit. Waking a thread on a virtual
+    /// machine's idle CPU costs up to milliseconds, and a lock that was just granted is the
+    /// worst moment for it (the command is about to start).
     pub fn start(app_name: &str, database_url: Option<&str>) -> WaitGuard {
-        let (stop, stopped) = mpsc::channel::<()>();
         let shared = Arc::new(Mutex::new(Shared::default()));
         let mine = Arc::clone(&shared);
         let (app_name, url) = (app_name.to_string(), database_url.map(str::to_string));
         let _ = std::thread::Builder::new()
             .name("wait-guard".into())
             .spawn(move || {
-                if stopped.recv_timeout(ARM_AFTER) != Err(RecvTimeoutError::Timeout) {
-                    return;
-                }
+                std::thread::sleep(ARM_AFTER);
                 let mut guard = {
                     // Under the lock, so that a guard that starts is always stood down.
                     let mut st = lock(&mine);
@@ -72,30 +72,22 @@ impl WaitGuard {
                     st.line = guard.stdin.take();
                     guard
                 };
-                let _ = stopped.recv();
-                // Reap it: it exits as soon as it reads the byte the waiter wrote.
+                // Reap it: it exits as soon as it reads the byte the waiter writes.
                 let _ = guard.wait();
             });
-        WaitGuard {
-            shared,
-            stop: Some(stop),
-        }
+        WaitGuard { shared }
     }
 }
 
 impl Drop for WaitGuard {
     /// Stands the guard down on the waiter's own thread, so that the byte is written before
-    /// pglock moves on (and maybe exits: end of file would make the guard cancel). Reaping it
-    /// is left to the thread, unjoined: waking a thread or a process and waiting for it costs
-    /// milliseconds on a virtual machine's idle CPUs, and the command is waiting to start.
+    /// pglock moves on (and maybe exits: end of file would make the guard cancel).
     fn drop(&mut self) {
         let mut st = lock(&self.shared);
         st.over = true;
         if let Some(mut line) = st.line.take() {
             let _ = line.write_all(b"x");
         }
-        drop(st);
-        drop(self.stop.take());
     }
 }
 
