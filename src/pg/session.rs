@@ -16,7 +16,7 @@ pub struct Session {
     client: Client,
     connector: Connector,
     socket: Option<RawFd>,
-    /// Started on the first bounded statement.
+    /// Started with the command, or by the first bounded statement.
     watchdog: Option<Watchdog>,
 }
 
@@ -77,10 +77,11 @@ impl Session {
     }
 
     /// Starts the thread that bounds [`Session::query_within`] now, off the path of the first
-    /// bounded statement (it would otherwise start with it).
-    pub fn start_watchdog(&mut self) {
+    /// bounded statement (it would otherwise start with it). `period` is the shortest limit
+    /// the statements will get (see [`Watchdog`]).
+    pub fn start_watchdog(&mut self, period: Duration) {
         if self.watchdog.is_none() {
-            self.watchdog = self.socket.and_then(|fd| Watchdog::start(fd).ok());
+            self.watchdog = self.socket.and_then(|fd| Watchdog::start(fd, period).ok());
         }
     }
 
@@ -90,7 +91,7 @@ impl Session {
         limit: Duration,
         statement: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, Failed> {
-        self.start_watchdog();
+        self.start_watchdog(limit);
         if let Some(w) = &self.watchdog {
             w.arm(limit);
         }

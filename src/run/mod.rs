@@ -106,7 +106,7 @@ fn run_held(
     // From here on the command exists: nothing returns before supervise::wait has reaped it.
     // The checks and the release are bounded by a watchdog thread: start it while the command
     // runs rather than on the way out.
-    holder.session().start_watchdog();
+    holder.session().start_watchdog(opts.check_interval);
     let policy = Policy {
         check_every: opts.check_interval,
         fencing: opts.fencing,
