@@ -57,11 +57,10 @@ pub fn run(opts: &RunOptions) -> Result<Outcome> {
     // A lock that is taken: arm the dead man's switch during the wait, so that the fork is not
     // between the grant and the command (the hand-off). Without a lock it is simply dropped: it
     // heard of no command, so it stops nothing.
-    let fenced = matches!(opts.fencing, Fencing::Terminate { .. });
     let mut deadman = None;
     let mut prepare = || {
-        if fenced && deadman.is_none() {
-            deadman = arm_deadman(opts.kill_after);
+        if deadman.is_none() {
+            deadman = arm_deadman(opts.fencing);
         }
     };
     match wait::wait_for_lock(opts, &opener, &router, &request, &mut prepare)? {
@@ -133,7 +132,7 @@ fn start(
 ) -> Result<(Running, Option<DeadMan>), Result<Outcome>> {
     let fenced = matches!(opts.fencing, Fencing::Terminate { .. });
     // Armed during a wait, or now.
-    let mut deadman = deadman.or_else(|| fenced.then(|| arm_deadman(opts.kill_after)).flatten());
+    let mut deadman = deadman.or_else(|| arm_deadman(opts.fencing));
     let line = deadman.as_ref().map(DeadMan::announcer);
     let not_started = match router.spawn(|| child::spawn(&opts.job, env, fenced, line)) {
         Ok(Some(running)) => return Ok((running, deadman)),
@@ -154,7 +153,10 @@ fn start(
 
 /// The dead man's switch for a fenced command (with --on-lost ignore the user accepted a
 /// command that outlives the lock, so there is none). A switch that cannot start only warns.
-fn arm_deadman(kill_after: Duration) -> Option<DeadMan> {
+fn arm_deadman(fencing: Fencing) -> Option<DeadMan> {
+    let Fencing::Terminate { kill_after } = fencing else {
+        return None;
+    };
     match DeadMan::arm(kill_after) {
         Ok(deadman) => Some(deadman),
         Err(e) => {

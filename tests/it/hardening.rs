@@ -11,26 +11,38 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-#[test]
-fn a_process_group_sigkill_stops_the_commands_children() {
-    let env = TestEnv::new("groupkill");
-    let script = format!(
+/// `sh -c` with two background sleeps that outlive it unless something stops its group.
+fn two_background_sleeps(env: &TestEnv) -> String {
+    format!(
         "sleep 300 & echo $! > {d}/a; sleep 301 & echo $! > {d}/b; touch {d}/ready; wait",
         d = env.dir().display()
-    );
-    // start() puts pglock in a process group of its own, as a shell does with a job.
-    let child = env.start_script(&["--kill-after", "1s"], &script);
+    )
+}
+
+/// Kills `child`'s process group (pglock's, or its wrapper's) once the script of
+/// [`two_background_sleeps`] is ready; both sleeps must then be stopped and the lock freed.
+fn kill_the_group_and_expect_no_leftovers(env: &TestEnv, mut child: Started) {
     env.wait_for_file("ready");
     let pids: Vec<i32> = ["a", "b"]
         .iter()
         .map(|f| read(&env.path(f)).trim().parse().unwrap())
         .collect();
     child.kill_group(Signal::SIGKILL);
+    wait_until("pglock to be killed", || child.exited().is_some());
     wait_until("the command's children to be stopped", || {
         pids.iter().all(|&p| !alive(p))
     });
+    // Only now: the children hold pglock's stderr open.
     child.finish().assert_signal(Signal::SIGKILL);
     wait_until("the lock to be freed", || env.granted() == 0);
+}
+
+#[test]
+fn a_process_group_sigkill_stops_the_commands_children() {
+    let env = TestEnv::new("groupkill");
+    // start() puts pglock in a process group of its own, as a shell does with a job.
+    let child = env.start_script(&["--kill-after", "1s"], &two_background_sleeps(&env));
+    kill_the_group_and_expect_no_leftovers(&env, child);
 }
 
 /// The same kill while the dead man's switch is slow to leave pglock's process group (strace
@@ -39,10 +51,6 @@ fn a_process_group_sigkill_stops_the_commands_children() {
 #[test]
 fn a_process_group_sigkill_during_a_slow_start_stops_the_commands_children() {
     let env = TestEnv::new("groupkillslow");
-    let script = format!(
-        "sleep 300 & echo $! > {d}/a; sleep 301 & echo $! > {d}/b; touch {d}/ready; wait",
-        d = env.dir().display()
-    );
     let strace = [
         "-f",
         "-o",
@@ -53,24 +61,10 @@ fn a_process_group_sigkill_during_a_slow_start_stops_the_commands_children() {
         "inject=setsid,setpgid:delay_enter=500000",
     ];
     let mut cmd = wrapped("strace", &strace);
+    let script = two_background_sleeps(&env);
     cmd.args(["--key", env.key(), "--kill-after", "1s", "-c", &script]);
     // strace leads the process group and pglock is in it, as with any wrapper.
-    let mut child = start(cmd);
-    env.wait_for_file("ready");
-    let pids: Vec<i32> = ["a", "b"]
-        .iter()
-        .map(|f| read(&env.path(f)).trim().parse().unwrap())
-        .collect();
-    child.kill_group(Signal::SIGKILL);
-    wait_until("strace and pglock to be killed", || {
-        child.exited().is_some()
-    });
-    wait_until("the command's children to be stopped", || {
-        pids.iter().all(|&p| !alive(p))
-    });
-    // Only now: the children hold pglock's stderr open.
-    child.finish().assert_signal(Signal::SIGKILL);
-    wait_until("the lock to be freed", || env.granted() == 0);
+    kill_the_group_and_expect_no_leftovers(&env, start(cmd));
 }
 
 #[test]
