@@ -193,7 +193,7 @@ fn run_begin(cx: &Context, session: &mut Session, limit: Duration) -> Result<Row
         .query_typed_within(&statement.text, &params, statement.types, limit)
         .map_err(|e| match e {
             Failed::Error(e) => super::failure(&r.table, &e),
-            Failed::NoAnswer(_) => crate::exit::fail(
+            Failed::NoAnswer(_) | Failed::Unwatched => crate::exit::fail(
                 crate::exit::Failure::Unavailable,
                 format!("ledger table {}: {e}", r.table),
             ),
@@ -253,7 +253,7 @@ impl Recorder {
                     );
                     match opener.open() {
                         Ok(mut again) => self.send(&mut again, end),
-                        Err(e) => Err(Failed::Error(e)),
+                        Err(e) => Err(e),
                     }
                 }
                 other => other,

@@ -172,10 +172,6 @@ impl Holder {
         &mut self.session
     }
 
-    pub fn canceller(&self) -> crate::pg::Canceller {
-        self.session.canceller()
-    }
-
     /// Handles whatever the server sent unasked: a closed session means a lost lock.
     pub fn readable(&mut self) -> Result<(), LostReason> {
         self.session.readable().map_err(LostReason::Connection)
@@ -187,6 +183,7 @@ impl Holder {
         match self.session.query_within(&sql, limit) {
             Err(Failed::NoAnswer(limit)) => Err(LostReason::NoAnswer(limit)),
             Err(Failed::Error(e)) => Err(LostReason::CheckFailed(error::describe_error(&e))),
+            Err(other @ Failed::Unwatched) => Err(LostReason::CheckFailed(other.to_string())),
             Ok(messages) if final_column(&messages, "n").as_deref() == Some("0") => {
                 Err(LostReason::NotHeld)
             }
@@ -197,13 +194,11 @@ impl Holder {
     /// Ends the lock: pg_advisory_unlock for a session lock (it must report that it was held),
     /// COMMIT or ROLLBACK for a transaction lock; then closes the connection. The answer must
     /// come within `limit`. Ok(Err(_)) is a release that could not be confirmed; Err(_) a lock
-    /// that turned out to have been lost. `done` runs after the statement and before the socket
-    /// closes, while its descriptor still belongs to the connection.
+    /// that turned out to have been lost.
     pub fn release(
         mut self,
         success: bool,
         limit: Duration,
-        done: impl FnOnce(),
     ) -> Result<Result<(), Unconfirmed>, LostReason> {
         // A semaphore slot frees up: wake the waiter at the gate, if any.
         let wake = self
@@ -226,7 +221,6 @@ impl Holder {
             }
             Err(e) => Ok(Err(Unconfirmed(e.to_string()))),
         };
-        done();
         self.session.close();
         outcome
     }

@@ -87,8 +87,8 @@ fn run_held(
             env.extend(vars);
             Some(recorder)
         }
-        Ok(Some(Begun::Skip(outcome))) => return release_then(router, holder, opts, Ok(outcome)),
-        Err(e) => return release_then(router, holder, opts, Err(e)),
+        Ok(Some(Begun::Skip(outcome))) => return release_then(holder, opts, Ok(outcome)),
+        Err(e) => return release_then(holder, opts, Err(e)),
     };
     let (mut running, deadman) = match start(opts, router, &env, deadman) {
         Ok(started) => started,
@@ -99,13 +99,10 @@ fn run_held(
                 Err(e) => crate::exit::code_for(e),
             };
             record_end(ledger, &mut holder, End::not_started(code));
-            return release_then(router, holder, opts, not_started);
+            return release_then(holder, opts, not_started);
         }
     };
     // From here on the command exists: nothing returns before supervise::wait has reaped it.
-    // The checks and the release are bounded by a watchdog thread: start it while the command
-    // runs rather than on the way out.
-    holder.session().start_watchdog(opts.check_interval);
     let policy = Policy {
         check_every: opts.check_interval,
         fencing: opts.fencing,
@@ -210,7 +207,7 @@ fn finish(
         }
     }
     let success = ended.status.success();
-    match release(router, holder, success, opts.check_interval, label) {
+    match release(holder, success, opts.check_interval, label) {
         Ok(()) => Ok(ran),
         Err(reason) => Ok(Outcome::Lost {
             label: label.clone(),
@@ -221,21 +218,10 @@ fn finish(
 
 /// Releases the lock of a command that did not run, and ends with `outcome`: a release problem
 /// only warns, so the reason the command did not run is what the user sees.
-fn release_then(
-    router: &Router,
-    holder: Holder,
-    opts: &RunOptions,
-    outcome: Result<Outcome>,
-) -> Result<Outcome> {
+fn release_then(holder: Holder, opts: &RunOptions, outcome: Result<Outcome>) -> Result<Outcome> {
     let success = matches!(outcome, Ok(Outcome::Done { .. }));
     step!("releasing lock \"{}\"", opts.target.label);
-    let _ = release(
-        router,
-        holder,
-        success,
-        opts.check_interval,
-        &opts.target.label,
-    );
+    let _ = release(holder, success, opts.check_interval, &opts.target.label);
     outcome
 }
 
@@ -259,15 +245,8 @@ fn min_hold_for(
 
 /// Ends the lock, within `limit`. A release that cannot be confirmed (a server that stopped
 /// answering, a signal) only warns: the server frees the lock when the session ends.
-fn release(
-    router: &Router,
-    holder: Holder,
-    success: bool,
-    limit: Duration,
-    label: &str,
-) -> Result<(), LostReason> {
-    router.closing(holder.canceller());
-    match holder.release(success, limit, || router.idle())? {
+fn release(holder: Holder, success: bool, limit: Duration, label: &str) -> Result<(), LostReason> {
+    match holder.release(success, limit)? {
         Ok(()) => step!("released lock \"{label}\""),
         Err(Unconfirmed(why)) => warn!(
             "warning: the release of lock \"{label}\" was not confirmed ({why}); \

@@ -5,6 +5,8 @@ use super::retry::{Retry, Stage, Verdict, Window};
 use crate::exit::Outcome;
 use crate::lock::{self, Acquired, Holder, Request, Wait};
 use crate::options::RunOptions;
+use crate::pg::deadline::GRACE;
+use crate::pg::session::Failed;
 use crate::pg::{Opener, Session};
 use crate::report::{self, Watch};
 use crate::supervise::signals::Router;
@@ -25,7 +27,7 @@ enum Attempt {
     Done(Waited),
     /// The lock query failed (sent at the instant given): try again, if the failure may pass
     /// and the wait allows.
-    Broken(postgres::Error, Instant),
+    Broken(Failed, Instant),
 }
 
 struct Waiter<'a> {
@@ -82,6 +84,10 @@ pub fn wait_for_lock(
             }
             Err(e) => (e, Stage::Connect { began }),
         };
+        if let Some(sig) = router.interrupted() {
+            step!("interrupted by signal {sig}; giving up");
+            return Ok(Waited::Gave(Outcome::Interrupted(sig)));
+        }
         let connecting = matches!(stage, Stage::Connect { .. });
         match retry.failed(&e, stage, &pause) {
             Verdict::Again => continue,
@@ -108,6 +114,8 @@ impl Waiter<'_> {
         if let Some(sig) = self.router.waiting(session.canceller()) {
             return Ok(Attempt::Done(Waited::Gave(Outcome::Interrupted(sig))));
         }
+        // The server's lock_timeout ends the wait; this bounds it when the server cannot.
+        session.wait_until(self.deadline.map(|d| d + GRACE));
         // Only for a lock that turns out to be taken: its observer and its guard.
         let mut during_wait: Option<(Option<Watch>, WaitGuard)> = None;
         let mut waiting = || {
@@ -143,7 +151,13 @@ impl Waiter<'_> {
             Ok(Acquired::Busy) if self.request.wait == Wait::Try => Acquired::Busy,
             Ok(Acquired::Busy | Acquired::TimedOut) => Acquired::TimedOut,
             Ok(Acquired::Cancelled) => Acquired::Cancelled,
-            Err(e) => return Ok(Attempt::Broken(e, asked)),
+            Err(_) if self.deadline.is_some_and(|d| Instant::now() >= d + GRACE) => {
+                step!("no answer from the server by the end of --timeout; the connection was cut");
+                return Ok(Attempt::Done(Waited::Gave(
+                    self.not_obtained(Acquired::TimedOut, None),
+                )));
+            }
+            Err(e) => return Ok(Attempt::Broken(Failed::Error(e), asked)),
         };
         let message = self.not_obtained(outcome, Some(&mut session));
         Ok(Attempt::Done(Waited::Gave(message)))

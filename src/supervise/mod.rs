@@ -141,7 +141,8 @@ pub fn hold(
 ) -> Result<(), LostReason> {
     let mut next_check = Instant::now() + check_every;
     loop {
-        if let Some(sig) = router.interrupted() {
+        // Also a signal that the command got: whoever stops the job wants the lock back.
+        if let Some(sig) = router.stop_requested().or_else(|| router.interrupted()) {
             step!("signal {sig} ends the --min-hold early");
             return Ok(());
         }
