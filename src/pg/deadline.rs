@@ -5,8 +5,10 @@
 //!
 //! Deadlines are measured from the event that began the step: its start, or a terminating
 //! signal. A signal [`hurry`]s every step under way (at most [`GRACE`] more, for a cancel
-//! request or a release to be answered), and a second signal cuts them at once; after a signal
-//! that asked pglock to stop, [`stopping`] caps every later step at [`GRACE`] too.
+//! request or a release to be answered), and a second signal cuts them at once. Steps begun
+//! after a signal, [`stopping`] included (one the command got), must end by the same time,
+//! [`GRACE`] after the signal, or [`FLOOR`] after they begin when that is later: so pglock exits
+//! within about a second of the signal, however many steps are left.
 //!
 //! One `deadline` thread does the cutting for the whole process; it sleeps until the earliest
 //! deadline and touches a socket only while its step is armed (under the lock), so once
@@ -20,6 +22,10 @@ use std::time::{Duration, Instant};
 /// How long a step may still take after a terminating signal: enough for a cancel request or a
 /// release to be answered by a server that is alive.
 pub const GRACE: Duration = Duration::from_secs(1);
+
+/// The least a step begun after a signal gets: a live server answers a release in
+/// milliseconds, and one that the command's own shutdown delayed must still have its chance.
+pub const FLOOR: Duration = Duration::from_millis(250);
 
 /// A signal this soon after the one that hurried a step is the same event sent twice (timeout(1)
 /// signals its child and then its own process group), not a second request.
@@ -48,8 +54,8 @@ struct Armed {
 struct State {
     steps: Vec<Armed>,
     next_id: u64,
-    /// After a request to stop, no step gets longer than this.
-    cap: Option<Duration>,
+    /// After a request to stop, no step goes on past this (but see [`FLOOR`]).
+    cap: Option<Instant>,
     /// The thread exists.
     started: bool,
     /// When the thread looks next, if it sleeps with a timeout.
@@ -81,11 +87,11 @@ pub struct Step {
 pub fn begin(limit: Option<Duration>, cut: Cut) -> Step {
     let now = Instant::now();
     let mut st = lock();
-    let limit = match (limit, st.cap) {
-        (Some(l), Some(cap)) => Some(l.min(cap)),
-        (l, cap) => l.or(cap),
+    let capped = st.cap.map(|cap| cap.max(now + FLOOR));
+    let at = match (limit.map(|l| now + l), capped) {
+        (Some(at), Some(cap)) => Some(at.min(cap)),
+        (at, cap) => at.or(cap),
     };
-    let at = limit.map(|l| now + l);
     st.next_id += 1;
     let id = st.next_id;
     st.steps.push(Armed {
@@ -127,11 +133,11 @@ impl Drop for Step {
 }
 
 /// A terminating signal arrived: every step under way gets at most [`GRACE`] more, and one that
-/// a signal hurried before is cut now. Later steps are capped at [`GRACE`] as well.
+/// a signal hurried before is cut now. Later steps must end by then as well.
 pub fn hurry() {
     let now = Instant::now();
     let mut st = lock();
-    st.cap = Some(GRACE);
+    cap_at(&mut st, now + GRACE);
     let mut earliest = None::<Instant>;
     for step in &mut st.steps {
         let at = match step.hurried {
@@ -151,9 +157,13 @@ pub fn hurry() {
 }
 
 /// A signal asked pglock to stop while its command runs: the command handles it, and every
-/// step after it (the release, the ledger's record) gets at most [`GRACE`].
+/// step after it (the ledger's record, the release) must end by [`GRACE`] from now.
 pub fn stopping() {
-    lock().cap = Some(GRACE);
+    cap_at(&mut lock(), Instant::now() + GRACE);
+}
+
+fn cap_at(st: &mut State, at: Instant) {
+    st.cap = Some(st.cap.map_or(at, |cap| cap.min(at)));
 }
 
 /// Makes sure the thread looks by `at`: starts it, or wakes it if it sleeps longer.

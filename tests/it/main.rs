@@ -6,6 +6,7 @@ mod util;
 mod beyond;
 mod connect;
 mod core;
+mod deadlines;
 mod docs;
 mod fencing;
 mod fleet;
