@@ -16,6 +16,9 @@ pub const UNAVAILABLE: u8 = 69;
 pub const LOCK_LOST: u8 = 74;
 /// The run ledger's table is missing or not writable (EX_CONFIG).
 pub const CONFIG: u8 = 78;
+/// pglock could not start the command for a reason of the system's (EX_OSERR): fork(2) failed,
+/// or a step between fork and exec did.
+pub const OSERR: u8 = 71;
 /// Usage error, as clap exits.
 pub const USAGE: u8 = 2;
 /// The command exists but cannot be executed (shell convention).
@@ -43,6 +46,8 @@ pub enum Failure {
     NotFound,
     /// The run ledger cannot be used: its table is missing or not writable.
     Config,
+    /// The system refused to start the command (fork, or a step before exec).
+    System,
 }
 
 impl fmt::Display for Failure {
@@ -53,6 +58,7 @@ impl fmt::Display for Failure {
             Failure::NotExecutable => "command not executable",
             Failure::NotFound => "command not found",
             Failure::Config => "ledger not usable",
+            Failure::System => "system error",
         };
         f.write_str(text)
     }
@@ -73,6 +79,7 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         Some(Failure::NotExecutable) => NOT_EXECUTABLE,
         Some(Failure::NotFound) => NOT_FOUND,
         Some(Failure::Config) => CONFIG,
+        Some(Failure::System) => OSERR,
         None => FAILURE,
     }
 }

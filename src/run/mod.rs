@@ -128,9 +128,16 @@ fn start(
     deadman: Option<DeadMan>,
 ) -> Result<(Running, Option<DeadMan>), Result<Outcome>> {
     let fenced = matches!(opts.fencing, Fencing::Terminate { .. });
-    // Armed during a wait, or now.
+    // Armed during a wait (and still alive: something may have killed it meanwhile), or now.
+    let deadman = deadman.and_then(|mut d| {
+        if d.alive() {
+            return Some(d);
+        }
+        step!("the dead man's switch is gone; arming another");
+        None
+    });
     let mut deadman = deadman.or_else(|| arm_deadman(opts.fencing));
-    let line = deadman.as_ref().map(DeadMan::announcer);
+    let line = deadman.as_ref().map(|d| (d.announcer(), d.pid()));
     let not_started = match router.spawn(|| child::spawn(&opts.job, env, fenced, line)) {
         Ok(Some(running)) => return Ok((running, deadman)),
         Ok(None) => {

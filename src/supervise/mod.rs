@@ -26,7 +26,7 @@ pub mod wait_guard;
 use crate::exit::LostReason;
 use crate::options::Fencing;
 use crate::{step, warn};
-use child::Running;
+use child::{Polled, Running};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 use signals::Router;
@@ -79,13 +79,40 @@ pub fn wait(
             *kill_at = Some(Instant::now() + kill_after);
         }
     };
+    // What a lost lock means for the command, by the fencing policy.
+    let fencing_of = |why: &LostReason| match policy.fencing {
+        Fencing::Terminate { kill_after } => {
+            warn!("lock \"{label}\" lost: {why}; terminating the command");
+            Some(kill_after)
+        }
+        Fencing::Ignore => {
+            warn!("lock \"{label}\" lost: {why}; --on-lost ignore: the command keeps running");
+            None
+        }
+    };
     loop {
         match running.poll() {
-            Ok(Some(status)) => {
+            Ok(Polled::Exited(status)) => {
                 router.child_gone();
                 return Ended { status, lost };
             }
-            Ok(None) => {}
+            Ok(Polled::Stopped(sig)) => {
+                if running.suspend(sig) {
+                    // Continued (fg): the lock may have gone while the job was stopped, and the
+                    // command must not do another thing without it.
+                    if lost.is_none() {
+                        if let Err(why) = guard.check(policy.check_every) {
+                            if let Some(kill_after) = fencing_of(&why) {
+                                stop(running, &mut kill_at, kill_after);
+                            }
+                            lost = Some(why);
+                        }
+                        next_check = Instant::now() + policy.check_every;
+                    }
+                    running.resume();
+                }
+            }
+            Ok(Polled::Running) => {}
             Err(e) => {
                 warn!("cannot wait for the command ({e}); stopping it");
                 stop(running, &mut kill_at, policy.kill_after);
@@ -111,14 +138,8 @@ pub fn wait(
         router.drain();
         if watching {
             if let Err(why) = look(guard, socket_ready, &mut next_check, policy.check_every) {
-                match policy.fencing {
-                    Fencing::Terminate { kill_after } => {
-                        warn!("lock \"{label}\" lost: {why}; terminating the command");
-                        stop(running, &mut kill_at, kill_after);
-                    }
-                    Fencing::Ignore => warn!(
-                        "lock \"{label}\" lost: {why}; --on-lost ignore: the command keeps running"
-                    ),
+                if let Some(kill_after) = fencing_of(&why) {
+                    stop(running, &mut kill_at, kill_after);
                 }
                 lost = Some(why);
             }
