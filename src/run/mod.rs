@@ -214,12 +214,21 @@ fn finish(
         }
     }
     let success = ended.status.success();
-    match release(holder, success, opts.check_interval, label) {
-        Ok(()) => Ok(ran),
-        Err(reason) => Ok(Outcome::Lost {
+    match (
+        release(holder, success, opts.check_interval, label),
+        opts.fencing,
+    ) {
+        (Ok(()), _) => Ok(ran),
+        (Err(reason), Fencing::Terminate { .. }) => Ok(Outcome::Lost {
             label: label.clone(),
             reason,
         }),
+        // Found missing only now: --on-lost ignore keeps the command's status, as it does for
+        // a loss noticed while the command ran.
+        (Err(reason), Fencing::Ignore) => {
+            warn!("lock \"{label}\" was lost before the release ({reason}); --on-lost ignore");
+            Ok(ran)
+        }
     }
 }
 

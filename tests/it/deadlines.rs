@@ -255,3 +255,18 @@ fn sigterm_during_the_command_ends_min_hold() {
     assert!(took < Duration::from_secs(2), "{took:?}");
     assert_eq!(env.granted(), 0);
 }
+
+#[test]
+fn a_healthy_release_under_timeout_is_confirmed() {
+    let env = TestEnv::new("timeoutrelease");
+    // timeout(1) signals pglock and then its own process group: pglock gets SIGTERM twice, the
+    // second maybe while it releases. Neither may cut a release that a live server answers.
+    for _ in 0..10 {
+        let mut cmd = wrapped("timeout", &["0.3"]);
+        cmd.args(["--key", env.key(), "--", "sleep", "5"]);
+        run(cmd)
+            .assert_code(124)
+            .assert_stderr_lacks("not confirmed");
+    }
+    assert_eq!(env.granted(), 0);
+}
