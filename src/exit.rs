@@ -205,6 +205,8 @@ Exit status:
   2                  usage error
   126                the command is not executable
   127                the command was not found
+  71                 the system would not start the command: fork failed,
+                     or a step between fork and exec did
   1                  any other pglock failure";
 
 /// The statuses of `pglock status`, for its --help, the README and the man page.
@@ -256,6 +258,7 @@ mod tests {
             assert!(CHECK_TABLE.contains(&format!("\n  {code} ")), "{code}");
         }
         assert!(TABLE.contains(&format!("\n  {CONFIG} ")));
+        assert!(TABLE.contains(&format!("\n  {OSERR} ")));
     }
 
     #[test]

@@ -120,7 +120,7 @@ fn run_held(
 
 /// Spawns the command unless a terminating signal came first; its dead man's switch, if any,
 /// learns its process group before it execs. Err holds what pglock then ends with: the
-/// interruption, or the spawn's error (126, 127).
+/// interruption, or the spawn's error (126, 127, 71).
 fn start(
     opts: &RunOptions,
     router: &Router,
