@@ -43,6 +43,7 @@ Register-ArgumentCompleter -Native -CommandName 'pglock' -ScriptBlock {
             [CompletionResult]::new('--check-interval', '--check-interval', [CompletionResultType]::ParameterName, 'How often to ask the server whether the lock is still held while the command runs')
             [CompletionResult]::new('--on-lost', '--on-lost', [CompletionResultType]::ParameterName, 'What to do when the lock is lost while the command runs')
             [CompletionResult]::new('--kill-after', '--kill-after', [CompletionResultType]::ParameterName, 'After terminating the command (lost lock), send SIGKILL if it is still running this long')
+            [CompletionResult]::new('--lease', '--lease', [CompletionResultType]::ParameterName, 'How long the server keeps the lock of a holder that went silent (a lost host, a pulled cable) [default: 2 x --check-interval + --kill-after + 2s; 0: none]')
             [CompletionResult]::new('--connect-timeout', '--connect-timeout', [CompletionResultType]::ParameterName, 'Bound on each connection attempt [default: 10s, or connect_timeout / PGCONNECT_TIMEOUT]')
             [CompletionResult]::new('--retry-connect', '--retry-connect', [CompletionResultType]::ParameterName, 'Keep retrying the first connection, with backoff, for up to this long before giving up')
             [CompletionResult]::new('-n', '-n', [CompletionResultType]::ParameterName, 'Do not wait: if the lock is busy, exit with the conflict status at once')

@@ -40,6 +40,7 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand --check-interval 'How often to ask the server whether the lock is still held while the command runs'
             cand --on-lost 'What to do when the lock is lost while the command runs'
             cand --kill-after 'After terminating the command (lost lock), send SIGKILL if it is still running this long'
+            cand --lease 'How long the server keeps the lock of a holder that went silent (a lost host, a pulled cable) [default: 2 x --check-interval + --kill-after + 2s; 0: none]'
             cand --connect-timeout 'Bound on each connection attempt [default: 10s, or connect_timeout / PGCONNECT_TIMEOUT]'
             cand --retry-connect 'Keep retrying the first connection, with backoff, for up to this long before giving up'
             cand -n 'Do not wait: if the lock is busy, exit with the conflict status at once'

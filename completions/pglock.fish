@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_pglock_global_optspecs
-    string join \n k/key= lock-id= c/command= n/nowait w/timeout= E/conflict-exit-code= s/shared limit= key-hash= min-hold= scope= record record-command once-per= max-attempts= done-exit-code= ledger= d/database-url= check-interval= on-lost= kill-after= connect-timeout= retry-connect= v/verbose q/quiet h/help V/version
+    string join \n k/key= lock-id= c/command= n/nowait w/timeout= E/conflict-exit-code= s/shared limit= key-hash= min-hold= scope= record record-command once-per= max-attempts= done-exit-code= ledger= d/database-url= check-interval= on-lost= kill-after= lease= connect-timeout= retry-connect= v/verbose q/quiet h/help V/version
 end
 
 function __fish_pglock_needs_command
@@ -45,6 +45,7 @@ complete -c pglock -n "__fish_pglock_needs_command" -l check-interval -d 'How of
 complete -c pglock -n "__fish_pglock_needs_command" -l on-lost -d 'What to do when the lock is lost while the command runs' -r -f -a "terminate\t'Log, SIGTERM the command\'s process group, SIGKILL after --kill-after, exit 74'
 ignore\t'Log a warning and let the command finish; exit with its status'"
 complete -c pglock -n "__fish_pglock_needs_command" -l kill-after -d 'After terminating the command (lost lock), send SIGKILL if it is still running this long' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l lease -d 'How long the server keeps the lock of a holder that went silent (a lost host, a pulled cable) [default: 2 x --check-interval + --kill-after + 2s; 0: none]' -r
 complete -c pglock -n "__fish_pglock_needs_command" -l connect-timeout -d 'Bound on each connection attempt [default: 10s, or connect_timeout / PGCONNECT_TIMEOUT]' -r
 complete -c pglock -n "__fish_pglock_needs_command" -l retry-connect -d 'Keep retrying the first connection, with backoff, for up to this long before giving up' -r
 complete -c pglock -n "__fish_pglock_needs_command" -s n -l nowait -d 'Do not wait: if the lock is busy, exit with the conflict status at once'

@@ -144,6 +144,16 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse)]
     pub kill_after: Duration,
 
+    /// How long the server keeps the lock of a holder that went silent (a lost host, a pulled
+    /// cable) [default: 2 x --check-interval + --kill-after + 2s; 0: none].
+    ///
+    /// The server ends the holder's session when it has not heard from it for this long, so the
+    /// lock is not held for hours by a host that is gone. It must be longer than
+    /// 2 x --check-interval + --kill-after (+ 1s), the time a cut-off pglock needs to notice and
+    /// stop its command, so that the next holder never runs alongside it.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub lease: Option<Duration>,
+
     /// Bound on each connection attempt [default: 10s, or connect_timeout / PGCONNECT_TIMEOUT].
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     pub connect_timeout: Option<Duration>,
@@ -331,6 +341,28 @@ fn non_empty_command() -> impl TypedValueParser<Value = OsString> {
             Ok(s)
         }
     })
+}
+
+/// A `--lease` must end after a cut-off pglock has stopped its command (see [`crate::lease`]).
+pub fn check_lease(cli: &Cli) -> Result<(), clap::Error> {
+    let Some(length) = cli.lease.filter(|l| !l.is_zero()) else {
+        return Ok(());
+    };
+    let least = crate::lease::minimum(cli.check_interval, cli.kill_after);
+    if length >= least {
+        return Ok(());
+    }
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    Err(cmd.error(
+        clap::error::ErrorKind::ValueValidation,
+        format!(
+            "--lease {} is too short: a pglock cut off from the server needs 2 x --check-interval \
+             + --kill-after to stop its command, so the next holder could run alongside it; use \
+             at least {} (or a shorter --check-interval or --kill-after)",
+            duration::format(length),
+            duration::format(least)
+        ),
+    ))
 }
 
 #[cfg(test)]

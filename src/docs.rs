@@ -408,7 +408,7 @@ mod tests {
         let text = r.to_roff();
         assert!(text.contains("128+N"), "{text}");
         assert!(text.contains("interrupted by signal N while waiting for the lock"));
-        assert_eq!(text.matches(".TP").count(), 11, "{text}");
+        assert_eq!(text.matches(".TP").count(), 12, "{text}");
     }
 
     #[test]

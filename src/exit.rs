@@ -149,6 +149,9 @@ pub enum LostReason {
     NotHeld,
     /// The release found the lock no longer held.
     NotHeldAtRelease,
+    /// Nothing confirmed the lock for this long, longer than its lease allows (pglock or its
+    /// host was frozen).
+    Unconfirmed(Duration),
 }
 
 impl fmt::Display for LostReason {
@@ -167,6 +170,12 @@ impl fmt::Display for LostReason {
             LostReason::NotHeldAtRelease => {
                 f.write_str("the lock was no longer held when the command ended")
             }
+            LostReason::Unconfirmed(for_) => write!(
+                f,
+                "nothing confirmed it for {}, so its lease may have run out (was pglock or this \
+                 host frozen?)",
+                crate::duration::format(*for_)
+            ),
         }
     }
 }

@@ -10,6 +10,7 @@ mod docs;
 mod duration;
 mod exit;
 mod key;
+mod lease;
 mod ledger;
 mod lock;
 mod log;
@@ -28,7 +29,14 @@ fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     if args.next().as_deref() == Some(supervise::wait_guard::ARG.as_ref()) {
         let app_name = args.next().unwrap_or_default();
-        return ExitCode::from(supervise::wait_guard::serve(&app_name.to_string_lossy()));
+        let backend = args
+            .next()
+            .and_then(|p| p.to_str()?.parse().ok())
+            .unwrap_or(0);
+        return ExitCode::from(supervise::wait_guard::serve(
+            &app_name.to_string_lossy(),
+            backend,
+        ));
     }
     let matches = match docs::command().try_get_matches() {
         Ok(matches) => matches,
@@ -41,7 +49,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage(e),
     };
-    if let Err(e) = cli::check_combinations(&cli) {
+    if let Err(e) = cli::check_combinations(&cli).and_then(|()| cli::check_lease(&cli)) {
         return usage(e);
     }
     log::set_verbose(cli.verbose);

@@ -5,6 +5,7 @@
 use crate::appname::Label;
 use crate::cli::{self, Cli};
 use crate::key::{KeyHash, LockId};
+use crate::lease::{self, Lease};
 use crate::ledger::table::Table;
 use crate::lock::Wait;
 use crate::pg::sql::Scope;
@@ -97,6 +98,8 @@ pub struct RunOptions {
     pub quiet: bool,
     /// --kill-after also bounds how long a stopped-on-death command may linger.
     pub kill_after: Duration,
+    /// The lease on the lock's session; None with `--lease 0`.
+    pub lease: Option<Lease>,
 }
 
 impl RunOptions {
@@ -133,6 +136,10 @@ impl RunOptions {
             verbose: cli.verbose,
             quiet: cli.quiet,
             kill_after: cli.kill_after,
+            lease: match cli.lease {
+                Some(Duration::ZERO) => None,
+                length => Some(lease::new(cli.check_interval, cli.kill_after, length)),
+            },
         }
     }
 }

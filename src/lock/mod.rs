@@ -55,6 +55,8 @@ pub struct Request {
     pub wait: Wait,
     /// `--limit N` above 1: take one of N slots instead of `id`.
     pub semaphore: Option<Semaphore>,
+    /// The lease, and a backend of ours to end first.
+    pub settings: sql::Settings,
 }
 
 /// The lock a session holds.
@@ -81,7 +83,8 @@ pub enum Acquired {
 /// one sent by another pglock.
 ///
 /// Every acquisition tries first, in the round trip that makes the session's settings, and only
-/// a lock that is taken goes on to wait: `waiting` runs then, once or more, before the wait, so
+/// a lock that is taken goes on to wait: `waiting` runs then (with the backend's pid), once or
+/// more, before the wait, so
 /// that what only a wait needs (its observer, its guard) costs nothing when the lock is free.
 /// The try takes nothing a waiter is owed: PostgreSQL refuses a try that conflicts with a queued
 /// waiter just as it queues a blocking request behind one.
@@ -89,7 +92,7 @@ pub fn acquire(
     session: &mut Session,
     req: &Request,
     interrupted: &dyn Fn() -> bool,
-    waiting: &mut dyn FnMut(),
+    waiting: &mut dyn FnMut(Option<i32>),
 ) -> Result<Acquired, postgres::Error> {
     if let Some(semaphore) = &req.semaphore {
         return semaphore::acquire(session, req, semaphore, interrupted, waiting);
@@ -105,13 +108,20 @@ pub fn acquire(
         scope: req.scope,
         slot: None,
     });
-    match session.query(&sql::acquire(call, req.wait.lock_timeout_ms(), req.id)) {
-        Ok(messages) if final_value(&messages).as_deref() == Some("t") => return Ok(held),
-        Ok(_) if req.wait == Wait::Try => return Ok(Acquired::Busy),
-        Ok(_) => {}
+    let first = sql::acquire(call, req.wait.lock_timeout_ms(), req.settings, req.id);
+    match session.query(&first) {
+        Ok(messages) => {
+            session.learn_backend_pid(&messages);
+            if final_value(&messages).as_deref() == Some("t") {
+                return Ok(held);
+            }
+            if req.wait == Wait::Try {
+                return Ok(Acquired::Busy);
+            }
+        }
         Err(e) => return outcome_of(e),
     }
-    waiting();
+    waiting(session.backend_pid());
     let call = Call {
         try_only: false,
         ..call
@@ -139,6 +149,8 @@ pub struct Holder {
     held: Held,
     /// When the lock was granted, in Unix milliseconds; see [`sql::GRANTED_TAG`].
     granted_at_ms: Option<u128>,
+    /// The session's lease (0: none), restored after a suspension.
+    lease_ms: u128,
 }
 
 /// The release could not be confirmed; the server frees the lock when the session ends.
@@ -146,7 +158,7 @@ pub struct Holder {
 pub struct Unconfirmed(pub String);
 
 impl Holder {
-    pub fn new(session: Session, held: Held) -> Holder {
+    pub fn new(session: Session, held: Held, lease_ms: u128) -> Holder {
         let granted_at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .ok()
@@ -155,6 +167,7 @@ impl Holder {
             session,
             held,
             granted_at_ms,
+            lease_ms,
         }
     }
 
@@ -179,7 +192,18 @@ impl Holder {
 
     /// Asks the server whether this backend still holds the lock as granted, within `limit`.
     pub fn check(&mut self, limit: Duration) -> Result<(), LostReason> {
-        let sql = sql::holds(self.held.id, self.granted_at_ms);
+        self.ask(String::new(), limit)
+    }
+
+    /// Suspends the lease (`on` false: a job stopped at a terminal keeps its lock) or restores
+    /// it, and checks the lock in the same round trip.
+    pub fn set_lease(&mut self, on: bool, limit: Duration) -> Result<(), LostReason> {
+        let lease_ms = if on { self.lease_ms } else { 0 };
+        self.ask(sql::lease(self.held.scope, lease_ms), limit)
+    }
+
+    fn ask(&mut self, first: String, limit: Duration) -> Result<(), LostReason> {
+        let sql = format!("{first}{}", sql::holds(self.held.id, self.granted_at_ms));
         match self.session.query_within(&sql, limit) {
             Err(Failed::NoAnswer(limit)) => Err(LostReason::NoAnswer(limit)),
             Err(Failed::Error(e)) => Err(LostReason::CheckFailed(error::describe_error(&e))),

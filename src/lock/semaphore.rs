@@ -91,7 +91,7 @@ pub fn acquire(
     req: &Request,
     sem: &Semaphore,
     interrupted: &dyn Fn() -> bool,
-    waiting: &mut dyn FnMut(),
+    waiting: &mut dyn FnMut(Option<i32>),
 ) -> Result<Acquired, postgres::Error> {
     let mut taker = Taker {
         session,
@@ -124,7 +124,7 @@ struct Taker<'a> {
     sem: &'a Semaphore,
     interrupted: &'a dyn Fn() -> bool,
     /// Runs before the first wait (see [`super::acquire`]).
-    waiting: &'a mut dyn FnMut(),
+    waiting: &'a mut dyn FnMut(Option<i32>),
     deadline: Option<Instant>,
 }
 
@@ -145,11 +145,12 @@ impl Taker<'_> {
         // 1. The settings and one try over every slot.
         let first = format!(
             "{}{}",
-            sql::prelude(scope, 0),
+            sql::prelude(scope, 0, self.req.settings),
             sql::try_slots(scope, &sem.slots)
         );
         match self.session.query(&first) {
             Ok(messages) => {
+                self.session.learn_backend_pid(&messages);
                 if let Some(slot) = slot_in(&messages) {
                     return Ok(sem.held(scope, slot));
                 }
@@ -160,7 +161,7 @@ impl Taker<'_> {
             return Ok(Acquired::Busy);
         }
         // 2. Queue at the gate.
-        (self.waiting)();
+        (self.waiting)(self.session.backend_pid());
         if let Some(outcome) = self.queue_at_gate()? {
             return Ok(outcome);
         }

@@ -19,6 +19,8 @@ pub struct Session {
     /// Where unbounded statements ([`Session::query`]: a lock wait) must end; None: only a
     /// signal ends them.
     wait_until: Option<Instant>,
+    /// The server process behind the connection, once the settings round trip said.
+    backend_pid: Option<i32>,
 }
 
 /// Why a bounded statement, or a connect, failed.
@@ -51,12 +53,25 @@ impl Session {
             connector,
             socket,
             wait_until: None,
+            backend_pid: None,
         }
     }
 
     /// A handle that cancels a running statement from another thread.
     pub fn canceller(&self) -> Canceller {
         Canceller::new(self.client.cancel_token(), self.connector.clone())
+    }
+
+    /// Reads the backend's pid from the answer to [`super::sql::prelude`].
+    pub fn learn_backend_pid(&mut self, messages: &[SimpleQueryMessage]) {
+        if let Some(pid) = final_column(messages, super::sql::BACKEND_PID) {
+            self.backend_pid = pid.parse().ok();
+        }
+    }
+
+    /// The server process behind the connection, when known.
+    pub fn backend_pid(&self) -> Option<i32> {
+        self.backend_pid
     }
 
     /// The connection's socket, for poll(2) while the command runs.

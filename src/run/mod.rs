@@ -53,6 +53,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome> {
         wait: opts.wait,
         semaphore: (opts.limit > 1)
             .then(|| Semaphore::new(&opts.target.base, opts.limit.into(), opts.check_interval)),
+        settings: lease_settings(opts),
     };
     // A lock that is taken: arm the dead man's switch during the wait, so that the fork is not
     // between the grant and the command (the hand-off). Without a lock it is simply dropped: it
@@ -60,7 +61,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome> {
     let mut deadman = None;
     let mut prepare = || {
         if deadman.is_none() {
-            deadman = arm_deadman(opts.fencing);
+            deadman = arm_deadman(opts);
         }
     };
     match wait::wait_for_lock(opts, &opener, &router, &request, &mut prepare)? {
@@ -107,11 +108,13 @@ fn run_held(
         check_every: opts.check_interval,
         fencing: opts.fencing,
         kill_after: opts.kill_after,
+        lease: opts.lease,
     };
     let ended = supervise::wait(
         &mut running,
         router,
         &mut holder,
+        deadman.as_ref(),
         policy,
         &opts.target.label,
     );
@@ -136,7 +139,7 @@ fn start(
         step!("the dead man's switch is gone; arming another");
         None
     });
-    let mut deadman = deadman.or_else(|| arm_deadman(opts.fencing));
+    let mut deadman = deadman.or_else(|| arm_deadman(opts));
     let line = deadman.as_ref().map(|d| (d.announcer(), d.pid()));
     let not_started = match router.spawn(|| child::spawn(&opts.job, env, fenced, line)) {
         Ok(Some(running)) => return Ok((running, deadman)),
@@ -155,13 +158,25 @@ fn start(
     Err(not_started)
 }
 
+/// The lease's server settings: the idle timeouts, and keepalive probes every --check-interval
+/// on the server's socket, so that a silent client's session ends about a lease after it was
+/// last heard from.
+fn lease_settings(opts: &RunOptions) -> crate::pg::sql::Settings {
+    crate::pg::sql::Settings {
+        lease_ms: opts.lease.map_or(0, |l| l.length.as_millis()),
+        keepalive_s: opts.check_interval.as_secs().max(1),
+        stranded: None,
+    }
+}
+
 /// The dead man's switch for a fenced command (with --on-lost ignore the user accepted a
-/// command that outlives the lock, so there is none). A switch that cannot start only warns.
-fn arm_deadman(fencing: Fencing) -> Option<DeadMan> {
-    let Fencing::Terminate { kill_after } = fencing else {
+/// command that outlives the lock, so there is none). With a lease it also stops the command
+/// when pglock stops confirming the lock. A switch that cannot start only warns.
+fn arm_deadman(opts: &RunOptions) -> Option<DeadMan> {
+    let Fencing::Terminate { kill_after } = opts.fencing else {
         return None;
     };
-    match DeadMan::arm(kill_after) {
+    match DeadMan::arm(kill_after, opts.lease.map(|l| l.unconfirmed_after)) {
         Ok(deadman) => Some(deadman),
         Err(e) => {
             warn!("{e:#}: if pglock is killed, the command's children may outlive the lock");
@@ -328,5 +343,13 @@ impl Guard for Holder {
 
     fn check(&mut self, limit: Duration) -> Result<(), LostReason> {
         Holder::check(self, limit)
+    }
+
+    fn suspend_lease(&mut self, limit: Duration) -> Result<(), LostReason> {
+        Holder::set_lease(self, false, limit)
+    }
+
+    fn resume_lease(&mut self, limit: Duration) -> Result<(), LostReason> {
+        Holder::set_lease(self, true, limit)
     }
 }

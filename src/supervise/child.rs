@@ -204,10 +204,10 @@ impl Running {
     /// terminal back and stop pglock the same way, so the shell gets its prompt. Returns once a
     /// shell continues pglock (fg, bg); the caller then checks the lock and [`Running::resume`]s
     /// the command. Without a terminal there is nothing to do: the command stays stopped until
-    /// whoever stopped it continues it.
-    pub fn suspend(&mut self, sig: Signal) -> bool {
+    /// whoever stopped it continues it (see [`Running::at_terminal`]).
+    pub fn suspend(&mut self, sig: Signal) {
         if !self.took_terminal {
-            return false;
+            return;
         }
         step!("the command stopped ({sig}); stopping pglock too");
         let _ = without_sigttou(|| tcsetpgrp(stdin(), getpgrp()));
@@ -217,7 +217,11 @@ impl Running {
         };
         // Returns once a shell continues our process group.
         let _ = kill(getpid(), own);
-        true
+    }
+
+    /// The command runs as the terminal's job: a stop is Ctrl-Z, and pglock goes along.
+    pub fn at_terminal(&self) -> bool {
+        self.took_terminal
     }
 
     /// After [`Running::suspend`]: hand the terminal back to the command (after fg) and

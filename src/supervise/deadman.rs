@@ -28,6 +28,12 @@
 //! 5.9 and refused by some seccomp profiles, so the switch falls back to closing what
 //! /proc/self/fd lists, and gives up (exits) if pglock's end is still open after that.
 //!
+//! With a lease (see [`crate::lease`]) the switch also covers pglock stopped alone (SIGSTOP, a
+//! debugger) while its command runs on: pglock sends a heartbeat after every confirmed lock
+//! check, and a switch that hears none for the lease's `unconfirmed_after` stops the command's
+//! group as if pglock had died, so the command is gone before the server can give the lock to
+//! the next holder. At Ctrl-Z, when pglock stops itself on purpose, it pauses the switch first.
+//!
 //! The line is a socket pair rather than a pipe so that the command's announcement can be sent
 //! with MSG_NOSIGNAL: a switch that died during a long wait must not kill the command with
 //! SIGPIPE before it execs. pglock checks that its switch is alive before the spawn, arms a new
@@ -42,9 +48,13 @@ use nix::unistd::{ForkResult, Pid, fork, setpgid};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-/// Messages on the pipe; each is one write(2) under PIPE_BUF, so it arrives whole.
+/// Messages on the line; each is one write(2) of a few bytes, so it arrives whole.
 const GROUP: u8 = b'g';
 const STAND_DOWN: u8 = b'x';
+/// pglock has just confirmed the lock: the lease runs on.
+const HEARTBEAT: u8 = b'h';
+/// The job is stopped at a terminal (Ctrl-Z), and so is pglock: no heartbeats until it goes on.
+const PAUSE: u8 = b'p';
 
 pub struct DeadMan {
     /// pglock's end; closed without a stand-down means "pglock is gone".
@@ -56,7 +66,7 @@ pub struct DeadMan {
 
 impl DeadMan {
     /// Forks the switch. When this returns, the switch is in a process group of its own.
-    pub fn arm(kill_after: Duration) -> Result<DeadMan> {
+    pub fn arm(kill_after: Duration, silence: Option<Duration>) -> Result<DeadMan> {
         // Close-on-exec: pglock's end must not outlive the exec of any child (the command's
         // copy closes when it execs), or the switch would never see end of file.
         let (read_end, write_end) = socketpair(
@@ -72,7 +82,7 @@ impl DeadMan {
         // touched.
         match unsafe { fork() }.context("cannot fork the dead man's switch")? {
             // SAFETY: both descriptors are the line's ends, open in the child.
-            ForkResult::Child => unsafe { watch(read_fd, write_fd, kill_after) },
+            ForkResult::Child => unsafe { watch(read_fd, write_fd, kill_after, silence) },
             ForkResult::Parent { child } => {
                 drop(read_end);
                 // The child does the same; whichever comes first, the other is a no-op (or
@@ -107,6 +117,27 @@ impl DeadMan {
         );
         self.reaped |= !alive;
         alive
+    }
+
+    /// The lock was just confirmed: the switch's countdown starts again.
+    pub fn heartbeat(&self) {
+        self.say(HEARTBEAT);
+    }
+
+    /// pglock is about to stop itself with its job (Ctrl-Z): no countdown until the next
+    /// heartbeat.
+    pub fn pause(&self) {
+        self.say(PAUSE);
+    }
+
+    fn say(&self, what: u8) {
+        if let Some(line) = &self.line {
+            let _ = nix::sys::socket::send(
+                line.as_raw_fd(),
+                &[what],
+                nix::sys::socket::MsgFlags::MSG_NOSIGNAL | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            );
+        }
     }
 
     /// The command has exited, or never started: tell the switch to go away, without waiting
@@ -255,12 +286,65 @@ unsafe fn close_all_but(keep: libc::c_int) {
     }
 }
 
+/// CLOCK_MONOTONIC in milliseconds: clock_gettime(2) is async-signal-safe.
+///
+/// # Safety
+/// None beyond the call itself; it writes only the local timespec.
+unsafe fn now_ms() -> i64 {
+    // SAFETY: clock_gettime writes the local timespec and nothing else.
+    unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+    }
+}
+
+/// Waits for `line` to be readable until `deadline_ms` (CLOCK_MONOTONIC; None: for ever). False
+/// when the deadline came first.
+///
+/// # Safety
+/// `line` must be an open descriptor.
+unsafe fn readable_before(line: libc::c_int, deadline_ms: Option<i64>) -> bool {
+    // SAFETY: poll(2) on one descriptor of this process, with a live local pollfd.
+    unsafe {
+        loop {
+            let timeout = match deadline_ms {
+                None => -1,
+                Some(at) => {
+                    let left = at - now_ms();
+                    if left <= 0 {
+                        return false;
+                    }
+                    left.min(i64::from(i32::MAX)) as libc::c_int
+                }
+            };
+            let mut fds = libc::pollfd {
+                fd: line,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            match libc::poll(&mut fds, 1, timeout) {
+                0 => continue, // The loop looks at the clock again.
+                n if n > 0 => return true,
+                _ if *libc::__errno_location() == libc::EINTR => continue,
+                // poll failing is no reason to stop the job: wait for the line as before.
+                _ => return true,
+            }
+        }
+    }
+}
+
 /// The switch itself.
 ///
 /// # Safety
 /// Only for the child of a fork: it never returns, and `line` and `pglocks_end` must be open
 /// descriptors.
-unsafe fn watch(line: libc::c_int, pglocks_end: libc::c_int, kill_after: Duration) -> ! {
+unsafe fn watch(
+    line: libc::c_int,
+    pglocks_end: libc::c_int,
+    kill_after: Duration,
+    silence: Option<Duration>,
+) -> ! {
     // SAFETY: raw system calls on descriptors and signal dispositions of this (single-threaded)
     // child; nothing allocates or takes a lock.
     unsafe {
@@ -287,9 +371,16 @@ unsafe fn watch(line: libc::c_int, pglocks_end: libc::c_int, kill_after: Duratio
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         let mut pgid: libc::pid_t = 0;
         let mut kind = [0u8; 1];
+        let silence_ms = silence.map(|s| s.as_millis().min(i64::MAX as u128) as i64);
+        // With a lease, the countdown runs while the command does and pglock is not paused.
+        let mut deadline_ms: Option<i64> = None;
+        let restart = |pgid: libc::pid_t| match silence_ms {
+            Some(ms) if pgid > 1 => Some(now_ms() + ms),
+            _ => None,
+        };
         // End of file: pglock is gone, and so is every copy of its end (the command's closes
-        // when it execs).
-        while read_all(line, &mut kind) {
+        // when it execs). A countdown that runs out: pglock is stopped or stuck.
+        while readable_before(line, deadline_ms) && read_all(line, &mut kind) {
             match kind[0] {
                 STAND_DOWN => libc::_exit(0),
                 GROUP => {
@@ -298,7 +389,10 @@ unsafe fn watch(line: libc::c_int, pglocks_end: libc::c_int, kill_after: Duratio
                         break;
                     }
                     pgid = libc::pid_t::from_ne_bytes(pid);
+                    deadline_ms = restart(pgid);
                 }
+                HEARTBEAT => deadline_ms = restart(pgid),
+                PAUSE => deadline_ms = None,
                 _ => {}
             }
         }
