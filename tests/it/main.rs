@@ -12,6 +12,7 @@ mod fencing;
 mod fleet;
 mod hardening;
 mod ledger;
+mod nemesis;
 mod processes;
 mod status;
 mod tls;
