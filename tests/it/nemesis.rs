@@ -358,3 +358,28 @@ fn a_host_resumed_after_its_lease_ended_stops_its_command_at_once() {
     next.kill(Signal::SIGTERM);
     next.finish();
 }
+
+#[test]
+#[ignore = "needs a private network namespace: run .ci/nemesis"]
+fn with_the_defaults_a_vanished_hosts_lock_is_free_within_a_minute() {
+    let env = TestEnv::new("nemdefault");
+    let events = Events::new(&env);
+    let holder = over_tcp(&env, &[], &events.script("a"));
+    events.wait_for("a", "start", LIMIT);
+    let silence = Silenced::backend(env.backend_pid());
+    let host = Stopped::all(tree(holder.id() as i32));
+    let vanished = Instant::now();
+    wait_within("the lock to be free", Duration::from_secs(60), || {
+        env.granted() == 0
+    });
+    eprintln!(
+        "vanished host, defaults: lock free after {:?}",
+        vanished.elapsed()
+    );
+    for pid in tree(holder.id() as i32) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    drop(host);
+    drop(silence);
+    holder.finish();
+}
