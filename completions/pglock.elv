@@ -31,7 +31,7 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand --key-hash 'How --key becomes a lock id: pglock''s own SHA-256 formula, or the one sqlx or Python''s postgres-lock uses, to share a lock with an application built on them'
             cand --min-hold 'Keep the lock at least this long after it was acquired, even if the command ends sooner, so hosts whose clocks differ a little do not run the same job twice'
             cand --scope 'Lock scope: a session-level lock, or a transaction-level lock inside BEGIN ... COMMIT'
-            cand --once-per 'Run at most once per DURATION across every host: once the lock is granted, skip the command if a run of this key succeeded within DURATION, by the server''s clock. Implies --record'
+            cand --once-per 'Run at most once per DURATION across every host: once the lock is granted, skip the command if a run of this lock succeeded within DURATION, by the server''s clock. Implies --record'
             cand --max-attempts 'With --once-per: when N runs failed within DURATION, do not run again; exit with the conflict status'
             cand --done-exit-code 'With --once-per: the exit status when the job already succeeded within DURATION'
             cand --ledger 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public'

@@ -36,7 +36,7 @@ postgres-lock\t'Python postgres-lock: SHA-1 of the key as a decimal integer, its
 complete -c pglock -n "__fish_pglock_needs_command" -l min-hold -d 'Keep the lock at least this long after it was acquired, even if the command ends sooner, so hosts whose clocks differ a little do not run the same job twice' -r
 complete -c pglock -n "__fish_pglock_needs_command" -l scope -d 'Lock scope: a session-level lock, or a transaction-level lock inside BEGIN ... COMMIT' -r -f -a "session\t'pg_advisory_lock, released with pg_advisory_unlock'
 xact\t'pg_advisory_xact_lock inside a transaction, released by COMMIT or ROLLBACK'"
-complete -c pglock -n "__fish_pglock_needs_command" -l once-per -d 'Run at most once per DURATION across every host: once the lock is granted, skip the command if a run of this key succeeded within DURATION, by the server\'s clock. Implies --record' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l once-per -d 'Run at most once per DURATION across every host: once the lock is granted, skip the command if a run of this lock succeeded within DURATION, by the server\'s clock. Implies --record' -r
 complete -c pglock -n "__fish_pglock_needs_command" -l max-attempts -d 'With --once-per: when N runs failed within DURATION, do not run again; exit with the conflict status' -r
 complete -c pglock -n "__fish_pglock_needs_command" -l done-exit-code -d 'With --once-per: the exit status when the job already succeeded within DURATION' -r
 complete -c pglock -n "__fish_pglock_needs_command" -l ledger -d 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public' -r

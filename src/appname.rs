@@ -470,6 +470,9 @@ mod tests {
         let watch = holder.as_observer(Observer::Watch);
         assert_eq!(watch.encoded(), "pglock-watch@web-3:48121");
         assert_eq!(watch.label(), None);
+        // The ledger's connections name no key: they hold no lock (as the README says).
+        let ledger = holder.as_observer(Observer::Ledger);
+        assert_eq!(ledger.encoded(), "pglock-ledger@web-3:48121");
         let here = AppName::observer(Observer::Status);
         assert_eq!(here.pid, std::process::id());
         assert!(here.encoded().starts_with("pglock-status@"));

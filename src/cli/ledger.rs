@@ -36,7 +36,7 @@ pub struct RecordArgs {
     pub record_command: bool,
 
     /// Run at most once per DURATION across every host: once the lock is granted, skip the
-    /// command if a run of this key succeeded within DURATION, by the server's clock. Implies
+    /// command if a run of this lock succeeded within DURATION, by the server's clock. Implies
     /// --record.
     #[arg(long, value_name = "DURATION", value_parser = parse_window,
           conflicts_with = "shared", help_heading = HEADING)]

@@ -64,6 +64,12 @@ pub fn failure(table: &Table, e: &postgres::Error) -> anyhow::Error {
             ledger_flag(table)
         ),
         Some("25006") => "the server is read-only; pglock needs the primary".into(),
+        // An earlier pglock's table: runs keyed by the key's text, without lock_id.
+        Some("42703") => format!(
+            "it was made by an earlier pglock; upgrade it with 'pglock init{}' (as its owner), \
+             or apply 'pglock init --print'",
+            ledger_flag(table)
+        ),
         _ => format!(
             "create it with 'pglock init{}' (or apply 'pglock init --print')",
             ledger_flag(table)
