@@ -127,7 +127,7 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand --help 'Print help'
         }
         &'pglock;metrics'= {
-            cand --output 'Write to FILE instead of standard output, atomically (a temporary file, then rename), for node_exporter''s textfile collector'
+            cand --output 'Write to FILE instead of standard output: atomically (a temporary file, then rename) for node_exporter''s textfile collector, to a symlink''s target if FILE is one; a FIFO or a device is written in place'
             cand --ledger 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public'
             cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'

@@ -102,7 +102,7 @@ complete -c pglock -n "__fish_pglock_using_subcommand check" -l warning -d 'WARN
 complete -c pglock -n "__fish_pglock_using_subcommand check" -l ledger -d 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public' -r
 complete -c pglock -n "__fish_pglock_using_subcommand check" -s d -l database-url -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql' -r
 complete -c pglock -n "__fish_pglock_using_subcommand check" -s h -l help -d 'Print help'
-complete -c pglock -n "__fish_pglock_using_subcommand metrics" -l output -d 'Write to FILE instead of standard output, atomically (a temporary file, then rename), for node_exporter\'s textfile collector' -r -F
+complete -c pglock -n "__fish_pglock_using_subcommand metrics" -l output -d 'Write to FILE instead of standard output: atomically (a temporary file, then rename) for node_exporter\'s textfile collector, to a symlink\'s target if FILE is one; a FIFO or a device is written in place' -r -F
 complete -c pglock -n "__fish_pglock_using_subcommand metrics" -l ledger -d 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public' -r
 complete -c pglock -n "__fish_pglock_using_subcommand metrics" -s d -l database-url -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql' -r
 complete -c pglock -n "__fish_pglock_using_subcommand metrics" -s h -l help -d 'Print help'

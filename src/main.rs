@@ -14,6 +14,7 @@ mod ledger;
 mod lock;
 mod log;
 mod options;
+mod output;
 mod pg;
 mod report;
 mod run;

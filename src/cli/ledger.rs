@@ -161,8 +161,9 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct MetricsArgs {
-    /// Write to FILE instead of standard output, atomically (a temporary file, then rename),
-    /// for node_exporter's textfile collector.
+    /// Write to FILE instead of standard output: atomically (a temporary file, then rename)
+    /// for node_exporter's textfile collector, to a symlink's target if FILE is one; a FIFO or
+    /// a device is written in place.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 

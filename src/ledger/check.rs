@@ -11,6 +11,7 @@ use crate::cli::CheckArgs;
 use crate::exit::{self, CHECK_CRITICAL, CHECK_OK, CHECK_UNKNOWN, CHECK_WARNING, Failure};
 use crate::key::KeyHash;
 use crate::options::Target;
+use crate::{output, warn};
 use postgres::Row;
 use std::ffi::OsString;
 use std::time::Duration;
@@ -52,8 +53,21 @@ pub fn usage_error(clap_text: &str) -> u8 {
 
 /// A usage error of `pglock check`: UNKNOWN, as the plugin conventions say.
 pub fn usage(message: &str) -> u8 {
-    println!("PGLOCK UNKNOWN - usage error: {}", clean(message));
+    // UNKNOWN either way.
+    let _ = say(&format!("PGLOCK UNKNOWN - usage error: {}", clean(message)));
     CHECK_UNKNOWN
+}
+
+/// The plugin's one line on stdout. A line that cannot be written leaves the monitoring system
+/// nothing to read: UNKNOWN, with the reason in a `pglock:` line on stderr.
+fn say(line: &str) -> Option<u8> {
+    match output::emit(&format!("{line}\n")) {
+        Ok(()) => None,
+        Err(e) => {
+            warn!("{}", exit::message(&e));
+            Some(CHECK_UNKNOWN)
+        }
+    }
 }
 
 /// Runs the check; the plugin's exit status. Prints its one line whatever happens.
@@ -93,8 +107,7 @@ pub fn command(args: &CheckArgs) -> u8 {
             (code, exit::message(&e), None)
         }
     };
-    println!("{}", plugin_line(code, &text, perfdata.as_deref()));
-    code
+    say(&plugin_line(code, &text, perfdata.as_deref())).unwrap_or(code)
 }
 
 fn parse(row: &Row) -> Result<Facts, postgres::Error> {

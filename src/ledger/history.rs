@@ -4,6 +4,7 @@ use super::{connect, display_secs, display_time, sql};
 use crate::cli::{HistoryArgs, Runs};
 use crate::key::KeyHash;
 use crate::options::Target;
+use crate::output;
 use anyhow::Result;
 use postgres::Row;
 use postgres::types::ToSql;
@@ -49,9 +50,12 @@ pub fn command(args: &HistoryArgs) -> Result<u8> {
     let runs = rows.iter().map(parse).collect::<Result<Vec<_>, _>>()?;
     if args.json {
         let all: Vec<Value> = runs.iter().map(to_json).collect();
-        println!("{}", serde_json::to_string_pretty(&Value::Array(all))?);
+        output::emit(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&Value::Array(all))?
+        ))?;
     } else {
-        print!("{}", text(&runs, key.is_none()));
+        output::emit(&text(&runs, key.is_none()))?;
     }
     Ok(0)
 }

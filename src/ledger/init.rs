@@ -9,6 +9,7 @@
 use super::{connect, sql};
 use crate::cli::InitArgs;
 use crate::key::LockId;
+use crate::output;
 use crate::pg::session::final_column;
 use crate::pg::{Session, describe_error};
 use anyhow::Result;
@@ -26,7 +27,7 @@ pub fn command(args: &InitArgs) -> Result<u8> {
     let table = &args.ledger.table;
     let script = sql::init(table, init_lock(), &args.grant);
     if args.print {
-        print!("{script}");
+        output::emit(&script)?;
         return Ok(0);
     }
     let mut session = connect(&args.server)?;
@@ -36,12 +37,13 @@ pub fn command(args: &InitArgs) -> Result<u8> {
     }
     .map_err(|e| failure(table, &e))?;
     let roles = args.grant.join(", ");
-    match (existed, roles.is_empty()) {
-        (true, true) => println!("ledger table {table} already exists; indexes checked"),
-        (false, true) => println!("created ledger table {table}"),
-        (true, false) => println!("ledger table {table} already exists; granted {roles}"),
-        (false, false) => println!("created ledger table {table}; granted {roles}"),
-    }
+    let done = match (existed, roles.is_empty()) {
+        (true, true) => format!("ledger table {table} already exists; indexes checked"),
+        (false, true) => format!("created ledger table {table}"),
+        (true, false) => format!("ledger table {table} already exists; granted {roles}"),
+        (false, false) => format!("created ledger table {table}; granted {roles}"),
+    };
+    output::emit(&format!("{done}\n"))?;
     Ok(0)
 }
 

@@ -5,7 +5,7 @@
 
 use super::{connect, sql};
 use crate::cli::PruneArgs;
-use crate::duration;
+use crate::{duration, output};
 use anyhow::Result;
 use postgres::types::ToSql;
 
@@ -23,7 +23,9 @@ pub fn command(args: &PruneArgs) -> Result<u8> {
             .query_typed(&statement.text, &[&age], statement.types)
             .map_err(|e| super::failure(table, &e))?;
         let n: i64 = rows.first().map_or(Ok(0), |r| r.try_get(0))?;
-        println!("would delete {n} runs older than {older} from {table}");
+        output::emit(&format!(
+            "would delete {n} runs older than {older} from {table}\n"
+        ))?;
         return Ok(0);
     }
     let statement = sql::prune_batch(table);
@@ -39,6 +41,8 @@ pub fn command(args: &PruneArgs) -> Result<u8> {
             break;
         }
     }
-    println!("deleted {total} runs older than {older} from {table}");
+    output::emit(&format!(
+        "deleted {total} runs older than {older} from {table}\n"
+    ))?;
     Ok(0)
 }

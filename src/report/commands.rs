@@ -14,7 +14,7 @@ use crate::cli::{KeyArgs, ListArgs, Server, StatusArgs, Sub};
 use crate::key::{self, LockId};
 use crate::lock::semaphore::MAX_SLOTS;
 use crate::pg::{self, Opener, Session};
-use crate::{conninfo, exit};
+use crate::{conninfo, exit, output};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -47,14 +47,6 @@ fn fetch(session: &mut Session, locks: Locks, given: Vec<(LockId, Known)>) -> Re
     Ok(rows)
 }
 
-/// Writes the report to stdout in one go.
-fn emit(text: &str) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .context("cannot write the report to standard output")
-}
-
 /// A note on stderr; one that cannot be written is dropped.
 fn note(rows: &[Row]) {
     if let Some(text) = render::hidden_note(rows) {
@@ -82,7 +74,7 @@ fn status(args: &StatusArgs) -> Result<u8> {
         };
         status_text(names, &rows, &summary)
     };
-    emit(&text)?;
+    output::emit(&text)?;
     note(&rows);
     Ok(if summary.held() {
         exit::STATUS_HELD
@@ -209,7 +201,7 @@ fn list(args: &ListArgs) -> Result<u8> {
     } else {
         render::table(&rows, First::Lock)
     };
-    emit(&text)?;
+    output::emit(&text)?;
     note(&rows);
     Ok(0)
 }
@@ -248,7 +240,7 @@ fn key(args: &KeyArgs) -> Result<u8> {
     text.push_str("\n-- Who holds it and who waits for it (run it in the database pglock uses):\n");
     text.push_str(&sql::paste(&ids));
     text.push('\n');
-    emit(&text)?;
+    output::emit(&text)?;
     Ok(0)
 }
 

@@ -11,6 +11,7 @@ mod fencing;
 mod fleet;
 mod hardening;
 mod ledger;
+mod output;
 mod status;
 mod tls;
 mod torture;
