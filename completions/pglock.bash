@@ -157,7 +157,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__check)
-            opts="-k -d -h --key --lock-id --critical --warning --ledger --database-url --help"
+            opts="-k -d -v -h --key --lock-id --critical --warning --ledger --database-url --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -203,7 +203,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__history)
-            opts="-k -d -h --key --lock-id --all --since --last --json --ledger --database-url --help"
+            opts="-k -d -v -h --key --lock-id --all --since --last --json --ledger --database-url --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -249,7 +249,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__init)
-            opts="-d -h --print --grant --ledger --database-url --help"
+            opts="-d -v -h --print --grant --ledger --database-url --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -279,7 +279,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__key)
-            opts="-h --lock-id --key-hash --limit --help"
+            opts="-v -h --lock-id --key-hash --limit --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -305,7 +305,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__list)
-            opts="-d -h --json --database-url --help"
+            opts="-d -v -h --json --database-url --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -327,7 +327,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__metrics)
-            opts="-d -h --output --ledger --database-url --help"
+            opts="-d -v -h --output --ledger --database-url --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -357,7 +357,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__prune)
-            opts="-d -h --older-than --dry-run --ledger --database-url --help"
+            opts="-d -v -h --older-than --dry-run --ledger --database-url --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -387,7 +387,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__status)
-            opts="-k -d -h --key --lock-id --key-hash --limit --json --database-url --help"
+            opts="-k -d -v -h --key --lock-id --key-hash --limit --json --database-url --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

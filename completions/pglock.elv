@@ -74,6 +74,8 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --json 'Print one JSON object instead of a table'
+            cand -v 'Log each step to stderr with a timestamp'
+            cand --verbose 'Log each step to stderr with a timestamp'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
         }
@@ -81,6 +83,8 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --json 'Print a JSON array with one object per pg_locks row instead of a table'
+            cand -v 'Log each step to stderr with a timestamp'
+            cand --verbose 'Log each step to stderr with a timestamp'
             cand -h 'Print help'
             cand --help 'Print help'
         }
@@ -88,6 +92,8 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand --lock-id 'A raw lock id instead: one signed 64-bit integer, or A,B (two signed 32-bit)'
             cand --key-hash 'How KEY becomes a lock id, as in the main command'
             cand --limit 'Also print the ids of the N slots and the queue that --limit N uses'
+            cand -v 'Log each step to stderr with a timestamp'
+            cand --verbose 'Log each step to stderr with a timestamp'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
         }
@@ -97,6 +103,8 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --print 'Only print the SQL, for a DBA to apply; connect to nothing'
+            cand -v 'Log each step to stderr with a timestamp'
+            cand --verbose 'Log each step to stderr with a timestamp'
             cand -h 'Print help'
             cand --help 'Print help'
         }
@@ -111,6 +119,8 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --all 'The runs of every key'
             cand --json 'Print a JSON array instead of a table'
+            cand -v 'Log each step to stderr with a timestamp'
+            cand --verbose 'Log each step to stderr with a timestamp'
             cand -h 'Print help'
             cand --help 'Print help'
         }
@@ -123,6 +133,8 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand --ledger 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public'
             cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
+            cand -v 'Log each step to stderr with a timestamp'
+            cand --verbose 'Log each step to stderr with a timestamp'
             cand -h 'Print help'
             cand --help 'Print help'
         }
@@ -131,6 +143,8 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand --ledger 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public'
             cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
+            cand -v 'Log each step to stderr with a timestamp'
+            cand --verbose 'Log each step to stderr with a timestamp'
             cand -h 'Print help'
             cand --help 'Print help'
         }
@@ -140,6 +154,8 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --dry-run 'Only count what would be deleted'
+            cand -v 'Log each step to stderr with a timestamp'
+            cand --verbose 'Log each step to stderr with a timestamp'
             cand -h 'Print help'
             cand --help 'Print help'
         }

@@ -31,19 +31,20 @@ fn main() -> ExitCode {
         let app_name = args.next().unwrap_or_default();
         return ExitCode::from(supervise::wait_guard::serve(&app_name.to_string_lossy()));
     }
-    let matches = match docs::command().try_get_matches() {
+    let args = cli::hoist(std::env::args_os().collect());
+    let matches = match docs::command().try_get_matches_from(&args) {
         Ok(matches) => matches,
-        Err(e) => return usage(e),
+        Err(e) => return usage(e, &args),
     };
     if let Some(generate) = matches.subcommand_matches(docs::GENERATE) {
         return failed_or(docs::run(generate));
     }
     let cli = match cli::Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
-        Err(e) => return usage(e),
+        Err(e) => return usage(e, &args),
     };
     if let Err(e) = cli::check_combinations(&cli) {
-        return usage(e);
+        return usage(e, &args);
     }
     log::set_verbose(cli.verbose);
     match &cli.sub {
@@ -94,19 +95,17 @@ fn failed_or(result: anyhow::Result<u8>) -> ExitCode {
 }
 
 /// clap's own text (usage and all), then the `pglock:` line every error ends with.
-fn usage(e: clap::Error) -> ExitCode {
+fn usage(e: clap::Error, args: &[std::ffi::OsString]) -> ExitCode {
     use clap::error::ErrorKind;
     let _ = e.print();
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
         return ExitCode::from(e.exit_code() as u8);
     }
-    let text = e.to_string();
-    let first = text.lines().next().unwrap_or_default();
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    warn!("usage error: {first}; see 'pglock --help'");
+    let line = cli::one_line(&e.to_string());
+    warn!("usage error: {line}; see 'pglock --help'");
     // A monitoring plugin's usage errors are UNKNOWN (3), not 2 (CRITICAL).
-    if ledger::check::invoked(std::env::args_os()) {
-        return ExitCode::from(ledger::check::usage_error(&text));
+    if cli::invoked(args).as_deref() == Some("check") {
+        return ExitCode::from(ledger::check::usage(&line));
     }
     ExitCode::from(exit::USAGE)
 }

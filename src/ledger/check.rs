@@ -13,7 +13,6 @@ use crate::key::KeyHash;
 use crate::options::Target;
 use crate::{output, warn};
 use postgres::Row;
-use std::ffi::OsString;
 use std::time::Duration;
 
 /// What the ledger says about one key.
@@ -32,23 +31,6 @@ pub struct Facts {
 pub struct Thresholds {
     pub warning: Option<f64>,
     pub critical: f64,
-}
-
-/// Whether this process was started as `pglock check`, for its usage errors.
-pub fn invoked(mut args: impl Iterator<Item = OsString>) -> bool {
-    args.nth(1).is_some_and(|a| a == "check")
-}
-
-/// clap's error text for `pglock check` as the plugin's UNKNOWN line: its first paragraph
-/// (`the following required arguments were not provided: --critical <DURATION>`).
-pub fn usage_error(clap_text: &str) -> u8 {
-    let paragraph: Vec<&str> = clap_text
-        .lines()
-        .take_while(|l| !l.trim().is_empty())
-        .map(str::trim)
-        .collect();
-    let text = paragraph.join(" ");
-    usage(text.strip_prefix("error: ").unwrap_or(&text))
 }
 
 /// A usage error of `pglock check`: UNKNOWN, as the plugin conventions say.
@@ -298,8 +280,5 @@ mod tests {
             plugin_line(2, "down\nnow", None),
             "PGLOCK CRITICAL - down now"
         );
-        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>().into_iter();
-        assert!(invoked(args(&["pglock", "check", "--key", "k"])));
-        assert!(!invoked(args(&["pglock", "--key", "check", "--", "x"])));
     }
 }

@@ -4,6 +4,7 @@
 mod util;
 
 mod beyond;
+mod cmdline;
 mod connect;
 mod core;
 mod docs;
