@@ -48,7 +48,7 @@ impl Label {
     pub fn base(&self) -> String {
         match self {
             Label::Key(k) => k.clone(),
-            Label::LockId(id) => format!("lock-id:{id}"),
+            Label::LockId(id) => crate::key::base(None, *id),
         }
     }
 }

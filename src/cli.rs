@@ -8,10 +8,7 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 mod ledger;
-pub use ledger::{
-    CheckArgs, HistoryArgs, InitArgs, LedgerSub, MetricsArgs, PruneArgs, RecordArgs, Runs,
-    check_combinations,
-};
+pub use ledger::{LedgerSub, RecordArgs, check_combinations};
 
 const EXAMPLES: &str = "\
 Examples:

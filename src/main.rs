@@ -2,6 +2,20 @@
 //!
 //! The run path reads top-down: [`cli`] (clap) → [`options`] (typed) → [`run`] (wait, run,
 //! release) → [`supervise`] (the command's loop); [`exit`] turns the outcome into a number.
+//!
+//! Layers, top to bottom; a module uses (`use crate::...`) only its own layer and those below,
+//! and a layer's modules use each other without a cycle (tests/it/layers.rs checks it):
+//!
+//! 1. [`docs`] (`generate-docs`), and this file, which only dispatches;
+//! 2. [`run`]: takes the options;
+//! 3. [`options`]: built from clap's parse, so that nothing below it knows clap, and turns the
+//!    subcommands into the requests [`report`] and [`ledger`] take;
+//! 4. [`cli`]: the clap definition (it parses `--ledger` with [`ledger::table`]);
+//! 5. [`supervise`]: the command's loop, with the [`supervise::Fencing`] and job it is given;
+//! 6. [`lock`], [`report`] and [`ledger`];
+//! 7. [`pg`];
+//! 8. [`conninfo`] and [`tls`];
+//! 9. [`appname`], [`key`], [`exit`], [`log`], [`duration`] and [`output`].
 
 mod appname;
 mod cli;
@@ -59,9 +73,9 @@ fn main() -> ExitCode {
                     nix::sys::signal::SigHandler::SigDfl,
                 )
             };
-            failed_or(match sub {
-                cli::Commands::Report(sub) => report::command(sub),
-                cli::Commands::Ledger(sub) => ledger::command(sub),
+            failed_or(match options::Subcommand::from_cli(sub) {
+                options::Subcommand::Report(request) => report::command(&request),
+                options::Subcommand::Ledger(request) => ledger::command(&request),
             })
         }
         None => {

@@ -36,10 +36,10 @@ extern "C" fn look_at_stdout() {
 /// Writes `text` to standard output and flushes it.
 pub fn emit(text: &str) -> Result<()> {
     if STDOUT_CLOSED.load(Ordering::Relaxed) {
-        bail!("cannot write to standard output: it is closed");
+        bail!("cannot write the report to standard output: it is closed");
     }
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
-        .context("cannot write to standard output")
+        .context("cannot write the report to standard output")
 }

@@ -6,11 +6,9 @@
 //! usage errors and everything else that keeps the check from answering are UNKNOWN. A `|` in
 //! the text (from a key or a host name) would start the perfdata, so it is replaced.
 
+use super::CheckArgs;
 use super::{connect, display_secs, display_time, sql};
-use crate::cli::CheckArgs;
 use crate::exit::{self, CHECK_CRITICAL, CHECK_OK, CHECK_UNKNOWN, CHECK_WARNING, Failure};
-use crate::key::KeyHash;
-use crate::options::Target;
 use crate::{output, warn};
 use postgres::Row;
 use std::time::Duration;
@@ -61,16 +59,12 @@ pub fn command(args: &CheckArgs) -> u8 {
     if limits.warning.is_some_and(|w| w >= limits.critical) {
         return usage("--warning must be below --critical");
     }
-    let target = Target::new(
-        args.which.key.as_deref(),
-        args.which.lock_id,
-        KeyHash::Sha256,
-    );
-    let facts = connect(&args.server).and_then(|mut session| {
-        let statement = sql::check(&args.ledger.table);
+    let target = &args.target;
+    let facts = connect(&args.database_url).and_then(|mut session| {
+        let statement = sql::check(&args.table);
         let rows = session
             .query_typed(&statement.text, &[&target.base], statement.types)
-            .map_err(|e| super::failure(&args.ledger.table, &e))?;
+            .map_err(|e| super::failure(&args.table, &e))?;
         match rows.first() {
             Some(row) => Ok(parse(row)?),
             None => Ok(Facts::default()),

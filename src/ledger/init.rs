@@ -6,8 +6,8 @@
 //! everything in place. "Already exists" from a creator outside pglock racing with us counts as
 //! success: the script is run once more, and then finds it.
 
+use super::InitArgs;
 use super::{connect, sql};
-use crate::cli::InitArgs;
 use crate::key::LockId;
 use crate::output;
 use crate::pg::session::final_column;
@@ -24,13 +24,13 @@ fn init_lock() -> LockId {
 const RACED: [&str; 3] = ["42P07", "42710", "23505"];
 
 pub fn command(args: &InitArgs) -> Result<u8> {
-    let table = &args.ledger.table;
+    let table = &args.table;
     let script = sql::init(table, init_lock(), &args.grant);
     if args.print {
         output::emit(&script)?;
         return Ok(0);
     }
-    let mut session = connect(&args.server)?;
+    let mut session = connect(&args.database_url)?;
     let existed = match apply(&mut session, &script) {
         Err(e) if raced(&e) => apply(&mut session, &script),
         other => other,

@@ -6,8 +6,8 @@
 //! label values escaped; no instance label (a job that runs on any host is a service-level
 //! one), only `key`.
 
+use super::MetricsArgs;
 use super::{connect, sql};
-use crate::cli::MetricsArgs;
 use crate::output;
 use anyhow::{Context, Result};
 use postgres::Row;
@@ -63,8 +63,8 @@ const FAMILIES: [Family; 6] = [
 ];
 
 pub fn command(args: &MetricsArgs) -> Result<u8> {
-    let table = &args.ledger.table;
-    let mut session = connect(&args.server)?;
+    let table = &args.table;
+    let mut session = connect(&args.database_url)?;
     let statement = sql::metrics(table);
     let rows = session
         .query_typed(&statement.text, &[], statement.types)

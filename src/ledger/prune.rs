@@ -3,8 +3,8 @@
 //! run, its newest success and every run in progress: `check`, `metrics` and `--once-per` read
 //! those (pruning the success that a `--once-per` window rests on would run the job again).
 
+use super::PruneArgs;
 use super::{connect, sql};
-use crate::cli::PruneArgs;
 use crate::{duration, output};
 use anyhow::Result;
 use postgres::types::ToSql;
@@ -13,10 +13,10 @@ use postgres::types::ToSql;
 const BATCH: i64 = 1000;
 
 pub fn command(args: &PruneArgs) -> Result<u8> {
-    let table = &args.ledger.table;
+    let table = &args.table;
     let age = args.older_than.as_secs_f64();
     let older = duration::format(args.older_than);
-    let mut session = connect(&args.server)?;
+    let mut session = connect(&args.database_url)?;
     if args.dry_run {
         let statement = sql::prune_count(table);
         let rows = session

@@ -21,7 +21,7 @@ use super::table::Table;
 use crate::appname::{AppName, Observer};
 use crate::exit::{Outcome, child_code};
 use crate::key::LockId;
-use crate::options::{Fencing, Record, Target};
+use crate::key::Target;
 use crate::pg::session::Failed;
 use crate::pg::sql::Scope;
 use crate::pg::{Opener, Session, describe_error, error::is_transient};
@@ -34,6 +34,20 @@ use std::time::Duration;
 /// The least time a ledger statement gets before its connection is cut: it writes one row
 /// (and may wait for a commit's fsync), so a short --check-interval must not bound it.
 const MIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// The run ledger: --record, or --once-per, which implies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub table: Table,
+    /// --once-per: skip the command when a run succeeded within this window.
+    pub once_per: Option<Duration>,
+    /// --max-attempts: with --once-per, failures within the window that stop further runs.
+    pub max_attempts: u32,
+    /// --done-exit-code: the status of a skip.
+    pub done_exit_code: u8,
+    /// --record-command: the command line as the ledger stores it.
+    pub command: Option<String>,
+}
 
 /// The lock a run holds, as the ledger needs to know it.
 #[derive(Debug, Clone, Copy)]
@@ -121,15 +135,17 @@ impl End {
         }
     }
 
-    /// The command ran and ended with `status`; `lost` if the lock was lost meanwhile.
-    pub fn ran(status: ExitStatus, lost: bool, fencing: Fencing) -> End {
+    /// The command ran and ended with `status`; `lost` if the lock was lost meanwhile, and
+    /// `stopped` if the command was stopped for that (pglock then exits 74; with `--on-lost
+    /// ignore` it passes the command's status on).
+    pub fn ran(status: ExitStatus, lost: bool, stopped: bool) -> End {
         let code = child_code(status);
-        match (lost, fencing) {
-            (true, Fencing::Terminate { .. }) => End {
+        match (lost, stopped) {
+            (true, true) => End {
                 status: "lost",
                 exit_code: exit::LOCK_LOST,
             },
-            (true, Fencing::Ignore) => End {
+            (true, false) => End {
                 status: "lost",
                 exit_code: code,
             },
@@ -410,9 +426,7 @@ mod tests {
 
     #[test]
     fn ends_say_what_pglock_exits_with() {
-        let term = Fencing::Terminate {
-            kill_after: Duration::from_secs(1),
-        };
+        let term = true;
         let ok = ExitStatus::from_raw(0);
         let three = ExitStatus::from_raw(3 << 8);
         let killed = ExitStatus::from_raw(9);
@@ -433,7 +447,7 @@ mod tests {
             }
         );
         assert_eq!(
-            End::ran(three, true, Fencing::Ignore),
+            End::ran(three, true, false),
             End {
                 status: "lost",
                 exit_code: 3

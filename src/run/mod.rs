@@ -185,7 +185,8 @@ fn finish(
     }
     step!("command exited: {}", ended.status);
     // Before the release (and any --min-hold), so that the next holder sees it.
-    let end = End::ran(ended.status, ended.lost.is_some(), opts.fencing);
+    let stopped = matches!(opts.fencing, Fencing::Terminate { .. });
+    let end = End::ran(ended.status, ended.lost.is_some(), stopped);
     let commit_record = record_end(ledger, &mut holder, end);
     let ran = Outcome::Ran(ended.status);
     if let Some(reason) = ended.lost {

@@ -24,7 +24,6 @@ pub mod signals;
 pub mod wait_guard;
 
 use crate::exit::LostReason;
-use crate::options::Fencing;
 use crate::{step, warn};
 use child::Running;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -33,6 +32,15 @@ use signals::Router;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
+
+/// What happens to the command when the lock is lost while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fencing {
+    /// SIGTERM its process group, SIGKILL after `kill_after`, exit 74.
+    Terminate { kill_after: Duration },
+    /// Warn and let it finish.
+    Ignore,
+}
 
 /// The lock, as the supervising loop sees it.
 pub trait Guard {
@@ -215,8 +223,8 @@ fn wait_for_events(
 #[cfg(test)]
 mod tests {
     //! The loop with a fake lock and a real command: the fencing sequence, step by step.
+    use super::child::Job;
     use super::*;
-    use crate::options::Job;
     use std::os::unix::process::ExitStatusExt;
 
     /// A lock that is lost at the first check.

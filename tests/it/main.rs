@@ -11,6 +11,7 @@ mod docs;
 mod fencing;
 mod fleet;
 mod hardening;
+mod layers;
 mod ledger;
 mod output;
 mod status;

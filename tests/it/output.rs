@@ -43,14 +43,14 @@ fn report_commands_fail_when_their_output_cannot_be_written() {
         ));
         let want = if args[0] == "check" { 3 } else { 1 };
         full.assert_code(want)
-            .assert_stderr_contains("pglock: cannot write to standard output: ");
+            .assert_stderr_contains("pglock: cannot write the report to standard output: ");
         assert_ne!(written.code(), Some(want), "{args:?}: {written:?}");
         let closed = run(std::process::Command::new("sh")
             .args(["-c", "exec \"$0\" \"$@\" >&-", BIN])
             .args(&args));
-        closed
-            .assert_code(want)
-            .assert_stderr_contains("pglock: cannot write to standard output: it is closed");
+        closed.assert_code(want).assert_stderr_contains(
+            "pglock: cannot write the report to standard output: it is closed",
+        );
     }
     let _ = sql().batch_execute(&format!("DROP TABLE IF EXISTS {table}"));
 }
