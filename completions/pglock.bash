@@ -161,7 +161,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__check)
-            opts="-k -d -h --key --lock-id --critical --warning --ledger --database-url --help"
+            opts="-k -d -v -h --key --lock-id --critical --warning --ledger --database-url --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -207,7 +207,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__history)
-            opts="-k -d -h --key --lock-id --all --since --last --json --ledger --database-url --help"
+            opts="-k -d -v -h --key --lock-id --all --since --last --json --ledger --database-url --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -253,7 +253,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__init)
-            opts="-d -h --print --grant --ledger --database-url --help"
+            opts="-d -v -h --print --grant --ledger --database-url --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -283,7 +283,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__key)
-            opts="-h --lock-id --key-hash --limit --help"
+            opts="-v -h --lock-id --key-hash --limit --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -309,7 +309,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__list)
-            opts="-d -h --json --database-url --help"
+            opts="-d -v -h --json --database-url --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -331,7 +331,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__metrics)
-            opts="-d -h --output --ledger --database-url --help"
+            opts="-d -v -h --output --ledger --database-url --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -361,7 +361,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__prune)
-            opts="-d -h --older-than --dry-run --ledger --database-url --help"
+            opts="-d -v -h --older-than --dry-run --ledger --database-url --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -391,7 +391,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__status)
-            opts="-k -d -h --key --lock-id --key-hash --limit --json --database-url --help"
+            opts="-k -d -v -h --key --lock-id --key-hash --limit --json --database-url --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -292,11 +292,11 @@ fn environment() -> Roff {
         ),
         (
             "PGLOCK_RUN_ID",
-            "with --record or --once-per, the run's id in the ledger table",
+            "with --record or --once-per, the run's id in the ledger table (empty in xact scope)",
         ),
         (
             "PGLOCK_LAST_SUCCESS",
-            "with --record or --once-per, the start of the key's latest succeeded run as RFC \
+            "with --record or --once-per, the start of the lock's latest succeeded run as RFC \
              3339 UTC (2026-11-26T03:00:01.250000Z), empty if none",
         ),
     ];

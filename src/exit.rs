@@ -225,7 +225,7 @@ Exit status of pglock status:
   3                  the lock is free
   69                 could not connect to or authenticate with PostgreSQL
   2                  usage error
-  1                  any other failure";
+  1                  any other failure, also output that cannot be written";
 
 /// The statuses of `pglock init`, `history`, `metrics` and `prune`.
 pub const LEDGER_TABLE: &str = "\
@@ -235,7 +235,7 @@ Exit status of pglock init, history, metrics and prune:
                      it (init: may not create it)
   69                 could not connect to or authenticate with PostgreSQL
   2                  usage error
-  1                  any other failure";
+  1                  any other failure, also output that cannot be written";
 
 /// The statuses of `pglock check`: the monitoring-plugin convention (Nagios, Icinga, Sensu).
 pub const CHECK_TABLE: &str = "\
@@ -244,8 +244,8 @@ Exit status of pglock check (monitoring-plugin convention):
   1                  WARNING: older than --warning
   2                  CRITICAL: older than --critical, never succeeded, or no
                      connection to PostgreSQL
-  3                  UNKNOWN: usage error, the ledger table is missing, or
-                     any other failure";
+  3                  UNKNOWN: usage error, the ledger table is missing, the
+                     line cannot be written, or any other failure";
 
 #[cfg(test)]
 mod tests {

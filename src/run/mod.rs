@@ -88,8 +88,8 @@ fn run_held(
             env.extend(vars);
             Some(recorder)
         }
-        Ok(Some(Begun::Skip(outcome))) => return release_then(holder, opts, Ok(outcome)),
-        Err(e) => return release_then(holder, opts, Err(e)),
+        Ok(Some(Begun::Skip(outcome))) => return release_then(holder, opts, Ok(outcome), false),
+        Err(e) => return release_then(holder, opts, Err(e), false),
     };
     let (mut running, deadman) = match start(opts, router, &env, deadman) {
         Ok(started) => started,
@@ -99,8 +99,8 @@ fn run_held(
                 Ok(outcome) => outcome.code(crate::exit::CONFLICT_DEFAULT),
                 Err(e) => crate::exit::code_for(e),
             };
-            record_end(ledger, &mut holder, End::not_started(code));
-            return release_then(holder, opts, not_started);
+            let commit_record = record_end(ledger, &mut holder, End::not_started(code));
+            return release_then(holder, opts, not_started, commit_record);
         }
     };
     // From here on the command exists: nothing returns before supervise::wait has reaped it.
@@ -202,8 +202,9 @@ fn finish(
     }
     step!("command exited: {}", ended.status);
     // Before the release (and any --min-hold), so that the next holder sees it.
-    let end = End::ran(ended.status, ended.lost.is_some(), opts.fencing);
-    record_end(ledger, &mut holder, end);
+    let stopped = matches!(opts.fencing, Fencing::Terminate { .. });
+    let end = End::ran(ended.status, ended.lost.is_some(), stopped);
+    let commit_record = record_end(ledger, &mut holder, end);
     let ran = Outcome::Ran(ended.status);
     if let Some(reason) = ended.lost {
         // The session is gone or no longer holds the lock: there is nothing to release.
@@ -228,7 +229,7 @@ fn finish(
             return Ok(ran);
         }
     }
-    let success = ended.status.success();
+    let success = ended.status.success() || commit_record;
     match (
         release(holder, success, opts.check_interval, label),
         opts.fencing,
@@ -248,9 +249,15 @@ fn finish(
 }
 
 /// Releases the lock of a command that did not run, and ends with `outcome`: a release problem
-/// only warns, so the reason the command did not run is what the user sees.
-fn release_then(holder: Holder, opts: &RunOptions, outcome: Result<Outcome>) -> Result<Outcome> {
-    let success = matches!(outcome, Ok(Outcome::Done { .. }));
+/// only warns, so the reason the command did not run is what the user sees. `commit`: the
+/// lock's transaction carries the run's record (xact scope).
+fn release_then(
+    holder: Holder,
+    opts: &RunOptions,
+    outcome: Result<Outcome>,
+    commit: bool,
+) -> Result<Outcome> {
+    let success = commit || matches!(outcome, Ok(Outcome::Done { .. }));
     step!("releasing lock \"{}\"", opts.target.label);
     let _ = release(holder, success, opts.check_interval, &opts.target.label);
     outcome
@@ -287,7 +294,8 @@ fn release(holder: Holder, success: bool, limit: Duration, label: &str) -> Resul
     Ok(())
 }
 
-/// How long the ledger's own connection (xact scope) may take without --connect-timeout.
+/// How long a connection of the ledger's own (after a lost lock) may take without
+/// --connect-timeout; the statement limit bounds it too.
 const LEDGER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The ledger's statement after the grant, with --record or --once-per.
@@ -301,6 +309,8 @@ fn begin_ledger(opts: &RunOptions, opener: &Opener, holder: &mut Holder) -> Resu
         target: &opts.target,
         holding: record::Holding {
             id: held.id,
+            // Runs are keyed by the lock: a semaphore's is its gate (the slot goes alongside).
+            lock: held.slot.map_or(held.id, |(_, gate)| gate),
             slot: held.slot.map(|(slot, _)| slot),
             shared: held.shared,
             scope: held.scope,
@@ -312,11 +322,12 @@ fn begin_ledger(opts: &RunOptions, opener: &Opener, holder: &mut Holder) -> Resu
     record::begin(&cx, opener, holder.session()).map(Some)
 }
 
-/// Records the run's end in the ledger, when there is one.
-fn record_end(ledger: Option<Box<Recorder>>, holder: &mut Holder, end: End) {
-    if let Some(recorder) = ledger {
-        recorder.finish(holder.session(), end);
-    }
+/// Records the run's end in the ledger, when there is one. True when the record went into the
+/// lock's transaction (xact scope), which the release must then COMMIT even after a failure.
+fn record_end(ledger: Option<Box<Recorder>>, holder: &mut Holder, end: End) -> bool {
+    ledger.is_some_and(|recorder| {
+        recorder.finish(holder.session(), end) == record::Written::InLockTransaction
+    })
 }
 
 /// What the command learns about its lock.

@@ -6,17 +6,24 @@
 //! zombies for the container's life.
 
 use crate::exit::{Failure, fail};
-use crate::options::Job;
 use crate::step;
 use crate::supervise::deadman::announce;
 use anyhow::Result;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, killpg, pthread_sigmask};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::{Pid, getpgrp, getpid, getppid, isatty, setpgid, tcgetpgrp, tcsetpgrp};
+use std::ffi::OsString;
 use std::io::ErrorKind;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus};
+
+/// The command to run: any bytes, as the OS passes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub program: OsString,
+    pub args: Vec<OsString>,
+}
 
 /// The command, running.
 pub struct Running {

@@ -25,7 +25,6 @@ pub mod wait_guard;
 
 use crate::exit::LostReason;
 use crate::lease::Lease;
-use crate::options::Fencing;
 use crate::{step, warn};
 use child::{Polled, Running};
 use deadman::DeadMan;
@@ -35,6 +34,15 @@ use signals::Router;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
+
+/// What happens to the command when the lock is lost while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fencing {
+    /// SIGTERM its process group, SIGKILL after `kill_after`, exit 74.
+    Terminate { kill_after: Duration },
+    /// Warn and let it finish.
+    Ignore,
+}
 
 /// The lock, as the supervising loop sees it.
 pub trait Guard {
@@ -294,8 +302,8 @@ fn wait_for_events(
 #[cfg(test)]
 mod tests {
     //! The loop with a fake lock and a real command: the fencing sequence, step by step.
+    use super::child::Job;
     use super::*;
-    use crate::options::Job;
     use std::os::unix::process::ExitStatusExt;
 
     /// A lock that is lost at the first check.

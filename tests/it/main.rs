@@ -4,6 +4,7 @@
 mod util;
 
 mod beyond;
+mod cmdline;
 mod connect;
 mod core;
 mod deadlines;
@@ -11,8 +12,10 @@ mod docs;
 mod fencing;
 mod fleet;
 mod hardening;
+mod layers;
 mod ledger;
 mod nemesis;
+mod output;
 mod processes;
 mod status;
 mod tls;

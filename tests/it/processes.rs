@@ -123,15 +123,21 @@ fn a_switch_killed_during_the_wait_is_replaced_and_the_command_runs() {
     let mut holder = env.lock().take_in_sql();
     let child = start(env.pglock(&["-v", "-c", "exit 0"]));
     wait_until("pglock to queue", || env.waiting() == 1);
-    // The switch is forked during the wait: pglock's child other than the wait guard.
+    // The switch is forked during the wait: pglock's child other than the wait guard. Wait for
+    // the guard to have exec'd (before that, its command line is pglock's own).
     let pglock = child.id() as i32;
     let mut switch = 0;
-    wait_until("the switch to exist", || {
-        switch = children_of(pglock)
-            .into_iter()
+    wait_until("the switch and the wait guard to exist", || {
+        let children = children_of(pglock);
+        let guards = children
+            .iter()
+            .filter(|&&pid| cmdline(pid).contains("__wait-guard"));
+        switch = children
+            .iter()
+            .copied()
             .find(|&pid| !cmdline(pid).contains("__wait-guard"))
             .unwrap_or(0);
-        switch != 0
+        guards.count() == 1 && switch != 0
     });
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(switch), Signal::SIGKILL).unwrap();
     env.lock().unlock_in_sql(&mut holder);
