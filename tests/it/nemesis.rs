@@ -415,21 +415,27 @@ fn soak_random_silences_stops_kills_and_restarts_never_overlap_two_commands() {
         .unwrap_or_else(|| unix_ns() as u64 | 1);
     eprintln!("soak: {secs} s, seed {seed}");
     let log = env.path("sections");
-    let script = format!(
-        "log() {{ echo \"$1 $PPID $(date +%s%N)\" >> {}; }}; trap 'log leave; exit 0' TERM; \
-         log enter; sleep 0.$((RANDOM % 5 + 1)) & wait; log leave",
-        log.display()
-    );
+    let log_path = log.clone();
+    // A command that holds the lock for `secs`, logging its pglock's pid.
+    let script = move |secs: f64| {
+        format!(
+            "log() {{ echo \"$1 $PPID $(date +%s%N)\" >> {}; }}; \
+             trap 'log leave; exit 0' TERM; log enter; sleep {secs:.1} & wait; log leave",
+            log.display()
+        )
+    };
     let done = Arc::new(AtomicBool::new(false));
     let live = Arc::new(Mutex::new(Vec::<i32>::new()));
     // Every pglock run: (pid, started, ended, exit code).
     let runs = Arc::new(Mutex::new(Vec::<(i32, u128, u128, i32)>::new()));
     let contenders: Vec<_> = (0..4)
-        .map(|_| {
+        .map(|i| {
             let (done, live, runs) = (done.clone(), live.clone(), runs.clone());
             let (key, script) = (env.key().to_string(), script.clone());
+            let mut rng = Rng(seed.wrapping_add(i + 1));
             std::thread::spawn(move || {
                 while !done.load(Ordering::SeqCst) {
+                    let script = script(rng.below(30) as f64 / 10.0);
                     let started = unix_ns();
                     let child = start(
                         pglock()
@@ -454,6 +460,7 @@ fn soak_random_silences_stops_kills_and_restarts_never_overlap_two_commands() {
         .collect();
 
     let mut rng = Rng(seed);
+    let mut restarted = false;
     let mut freezes = Vec::<Freeze>::new();
     let mut actions = BTreeMap::<&str, usize>::new();
     let began = Instant::now();
@@ -464,14 +471,23 @@ fn soak_random_silences_stops_kills_and_restarts_never_overlap_two_commands() {
         if victims.is_empty() {
             continue;
         }
-        let pid = victims[rng.below(victims.len() as u64) as usize];
+        // Mostly the holder: that is where a fault can break exclusion.
+        let holder = holder_pid(&env).filter(|p| victims.contains(p));
+        let pid = match holder {
+            Some(p) if rng.below(10) < 7 => p,
+            _ => victims[rng.below(victims.len() as u64) as usize],
+        };
+        // At least one restart, halfway through.
+        let halfway = began.elapsed() > Duration::from_secs(secs / 2);
         let action = match rng.below(20) {
+            _ if halfway && !restarted => "restart the server",
             0..=5 => "silence",
             6..=9 => "stop pglock alone",
             10..=12 => "kill -9",
             13..=18 => "freeze the host",
             _ => "restart the server",
         };
+        restarted |= action == "restart the server";
         *actions.entry(action).or_default() += 1;
         match action {
             "silence" => {
@@ -504,7 +520,7 @@ fn soak_random_silences_stops_kills_and_restarts_never_overlap_two_commands() {
             _ => {
                 let version = std::env::var("PGVERSION").unwrap_or_else(|_| "15".into());
                 let status = Command::new("pg_ctlcluster")
-                    .args([&version, "regress", "restart", "-m", "fast"])
+                    .args([&version, "regress", "restart", "-m", "immediate"])
                     .status()
                     .expect("pg_ctlcluster");
                 assert!(status.success(), "the server did not restart");
@@ -520,11 +536,15 @@ fn soak_random_silences_stops_kills_and_restarts_never_overlap_two_commands() {
     // latest, when its pglock exited (pglock never exits before its command).
     let runs = runs.lock().unwrap().clone();
     let mut sections = Vec::<(i32, u128, u128)>::new();
-    let text = read(&log);
+    let text = read(&log_path);
     let mut open = BTreeMap::<i32, u128>::new();
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
-        let (what, pid, at) = (f[0], f[1].parse().unwrap(), f[2].parse().unwrap());
+        // A command SIGKILLed while it logged leaves a line without its time.
+        let [what, pid, at] = f[..] else { continue };
+        let (Ok(pid), Ok(at)) = (pid.parse::<i32>(), at.parse::<u128>()) else {
+            continue;
+        };
         match what {
             "enter" => {
                 open.insert(pid, at);
@@ -597,4 +617,21 @@ fn local_port(pid: i32, port: u16) -> Option<u16> {
                 .then(|| local.rsplit(':').next()?.parse().ok())
                 .flatten()
         })
+}
+
+/// The pid of the pglock whose backend holds the test's lock, from its application_name
+/// (`pglock:KEY@HOST:PID`). A connection of its own: the server restarts during the soak.
+fn holder_pid(env: &TestEnv) -> Option<i32> {
+    let mut client = sql_config().connect(postgres::NoTls).ok()?;
+    let (classid, objid, objsubid) = env.lock().coordinates();
+    let row = client
+        .query_opt(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.classid::bigint = $1 \
+             AND l.objid::bigint = $2 AND l.objsubid = $3",
+            &[&classid, &objid, &objsubid],
+        )
+        .ok()??;
+    let name: String = row.get(0);
+    name.rsplit(':').next()?.parse().ok()
 }
