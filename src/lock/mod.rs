@@ -4,14 +4,17 @@
 //! answers mean.
 
 pub mod semaphore;
+pub mod token;
 
 use crate::exit::LostReason;
 use crate::key::LockId;
 use crate::pg::session::{Failed, final_column, final_value};
 use crate::pg::sql::{self, Call, Scope};
 use crate::pg::{Session, error};
+use postgres::SimpleQueryMessage;
 pub use semaphore::Semaphore;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+pub use token::Token;
 
 /// How long to wait for a lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +58,8 @@ pub struct Request {
     pub wait: Wait,
     /// `--limit N` above 1: take one of N slots instead of `id`.
     pub semaphore: Option<Semaphore>,
+    /// `--fencing-token`: read one with the grant.
+    pub token: bool,
 }
 
 /// The lock a session holds.
@@ -65,6 +70,8 @@ pub struct Held {
     pub scope: Scope,
     /// The semaphore slot, with the gate whose holder a release must wake.
     pub slot: Option<(usize, LockId)>,
+    /// With `--fencing-token`: the grant's token, None if the answer had none.
+    pub token: Option<Token>,
 }
 
 /// How an acquisition attempt ended, short of an error.
@@ -99,14 +106,24 @@ pub fn acquire(
         scope: req.scope,
         shared: req.shared,
     };
-    let held = Acquired::Held(Held {
-        id: req.id,
-        shared: req.shared,
-        scope: req.scope,
-        slot: None,
-    });
-    match session.query(&sql::acquire(call, req.wait.lock_timeout_ms(), req.id)) {
-        Ok(messages) if final_value(&messages).as_deref() == Some("t") => return Ok(held),
+    let held = |messages: &[SimpleQueryMessage]| {
+        Acquired::Held(Held {
+            id: req.id,
+            shared: req.shared,
+            scope: req.scope,
+            slot: None,
+            token: token_in(messages),
+        })
+    };
+    let timeout = req.wait.lock_timeout_ms();
+    let first = match req.token {
+        true => sql::acquire_with_token(call, timeout, req.id),
+        false => sql::acquire(call, timeout, req.id),
+    };
+    match session.query(&first) {
+        Ok(messages) if final_value(&messages).as_deref() == Some("t") => {
+            return Ok(held(&messages));
+        }
         Ok(_) if req.wait == Wait::Try => return Ok(Acquired::Busy),
         Ok(_) => {}
         Err(e) => return outcome_of(e),
@@ -116,10 +133,19 @@ pub fn acquire(
         try_only: false,
         ..call
     };
-    match session.query(&sql::lock(call, req.id)) {
-        Ok(_) => Ok(held),
+    let wait = match req.token {
+        true => sql::lock_with_token(call, req.id),
+        false => sql::lock(call, req.id),
+    };
+    match session.query(&wait) {
+        Ok(messages) => Ok(held(&messages)),
         Err(e) => outcome_of(e),
     }
+}
+
+/// The fencing token in a grant's answer, if it has one.
+pub(crate) fn token_in(messages: &[SimpleQueryMessage]) -> Option<Token> {
+    final_column(messages, "token").and_then(|parts| Token::parse(&parts))
 }
 
 /// Maps the errors a lock wait ends with normally.
