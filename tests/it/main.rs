@@ -13,4 +13,5 @@ mod hardening;
 mod ledger;
 mod status;
 mod tls;
+mod token;
 mod torture;
