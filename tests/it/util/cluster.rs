@@ -305,9 +305,11 @@ impl Cluster {
             .unwrap();
     }
 
-    /// A streaming standby of this server, from `pg_basebackup -R`, started and connected.
-    /// The server's pg_hba.conf must let `postgres` in for replication over TCP; `hba` is the
-    /// standby's.
+    /// A streaming standby of this server, started and connected. It starts from a copy of the
+    /// data directory made while the server is shut down (the builds .ci/pg-matrix uses have no
+    /// pg_basebackup), and the server starts again after it: the standby has been running
+    /// longer. The server's pg_hba.conf must let `postgres` in for replication over TCP; `hba`
+    /// is the standby's.
     pub fn standby(&self, hba: &str) -> Cluster {
         // Named like a cluster of this test process, so that drop_stale_initdb finds it too.
         let pid = std::process::id();
@@ -329,31 +331,36 @@ impl Cluster {
             // Started with pg_ctl like an initdb cluster, and dropped like one.
             bin: Some(self.bin_dir()),
         };
-        run(Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin_dir().join("pg_basebackup"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-            ])
-            .args(["-R", "-c", "fast", "--no-sync", "-D"])
-            .arg(standby.data())
-            .env("PGPASSWORD", &self.password));
-        // Its own configuration, whatever the primary's was (pg_createcluster keeps that outside
-        // the data directory); primary_conninfo is in postgresql.auto.conf.
+        self.stop();
+        run(Command::new("cp")
+            .arg("-a")
+            .arg(self.data())
+            .arg(standby.data()));
+        // Its own configuration, whatever the server's was (pg_createcluster keeps that outside
+        // the data directory); ALTER SYSTEM's file, which the server reads last, names the
+        // primary.
         let conf = format!(
             "port = {}\nlisten_addresses = 'localhost'\nfsync = off\n\
              unix_socket_directories = '/var/run/postgresql'\n\
              wal_retrieve_retry_interval = '100ms'\n",
             standby.port
         );
-        std::fs::write(standby.data().join("postgresql.conf"), conf).unwrap();
-        std::fs::write(standby.data().join("pg_hba.conf"), hba).unwrap();
+        let data = standby.data();
+        std::fs::write(data.join("postgresql.conf"), conf).unwrap();
+        std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+        std::fs::write(data.join("standby.signal"), "").unwrap();
+        let auto = data.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+        text += &format!(
+            "\nprimary_conninfo = 'host=127.0.0.1 port={} user=postgres password={}'\n",
+            self.port, self.password
+        );
+        std::fs::write(&auto, text).unwrap();
+        for file in ["postgresql.conf", "pg_hba.conf", "standby.signal"] {
+            chown_postgres(&data.join(file));
+        }
         standby.start_again();
+        self.start_again();
         standby
     }
 
