@@ -184,7 +184,12 @@ fn one_of_each(cluster: &Cluster, env: &TestEnv) -> Vec<String> {
 
 #[test]
 fn tokens_increase_across_a_crash() {
-    let cluster = Cluster::start("token_crash", &[], HBA, |_| {});
+    // A transaction that wrote nothing commits asynchronously: the WAL writer flushes its commit
+    // record within wal_writer_delay (200 ms by default), and a crash before that makes the
+    // server hand its id out again. The longest delay makes that window cover the whole test,
+    // so the crash always shows it.
+    let conf = ["wal_writer_delay=10s".to_string()];
+    let cluster = Cluster::start("token_crash", &conf, HBA, |_| {});
     let env = TestEnv::new("token-crash");
     let before = one_of_each(&cluster, &env);
     cluster.crash();
@@ -194,8 +199,8 @@ fn tokens_increase_across_a_crash() {
     let all: Vec<String> = before.iter().chain(&after).cloned().collect();
     assert_increasing("across the crash", &all);
     let (last, first) = (Token::parse(&before[2]), Token::parse(&after[0]));
-    // Why the checkpoint LSN is there: the transaction ids wrote nothing, so their commits
-    // never reached the disk, and the restarted server hands them out again.
+    // Why the checkpoint LSN is there: the commits of the tokens' transaction ids never reached
+    // the disk, and the restarted server hands them out again.
     assert!(
         first.xid <= last.xid,
         "the crash did not reissue transaction ids ({} after {}): the test shows nothing",
