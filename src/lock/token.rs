@@ -32,16 +32,30 @@ pub struct Token {
 pub const VARIABLE: &str = "PGLOCK_FENCING_TOKEN";
 
 impl Token {
-    /// Reads the `token` column of [`crate::pg::sql::TOKEN_PARTS`]: three decimals, space
-    /// separated.
+    /// Reads the `token` column of [`crate::pg::sql::TOKEN_PARTS`]: a WAL file name, an LSN
+    /// (`HI/LO` in hex) and a decimal transaction id, space separated.
     pub fn parse(parts: &str) -> Option<Token> {
-        let mut words = parts.split(' ');
-        let token = Token {
-            timeline: words.next()?.parse().ok()?,
-            checkpoint_lsn: words.next()?.parse().ok()?,
-            xid: words.next()?.parse().ok()?,
+        let hex = |digits: &str| {
+            let plain = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_hexdigit());
+            plain
+                .then(|| u64::from_str_radix(digits, 16).ok())
+                .flatten()
         };
-        words.next().is_none().then_some(token)
+        let mut words = parts.split(' ');
+        let (wal_file, lsn, xid) = (words.next()?, words.next()?, words.next()?);
+        if words.next().is_some() || wal_file.len() != 24 {
+            return None;
+        }
+        let (hi, lo) = lsn.split_once('/')?;
+        let (hi, lo) = (hex(hi)?, hex(lo)?);
+        if hi > u32::MAX.into() || lo > u32::MAX.into() {
+            return None;
+        }
+        Some(Token {
+            timeline: u32::try_from(hex(wal_file.get(..8)?)?).ok()?,
+            checkpoint_lsn: hi << 32 | lo,
+            xid: xid.parse().ok()?,
+        })
     }
 }
 
@@ -64,14 +78,33 @@ mod tests {
     #[test]
     fn parses_the_server_answer() {
         assert_eq!(
-            Token::parse("2 83886416 738"),
+            Token::parse("000000020000000000000005 0/5000028 738"),
             Some(Token {
                 timeline: 2,
-                checkpoint_lsn: 83886416,
+                checkpoint_lsn: 0x5000028,
                 xid: 738
             })
         );
-        for bad in ["", "1 2", "1 2 3 4", "1 2 x", "-1 2 3", "4294967296 1 1"] {
+        assert_eq!(
+            Token::parse("FFFFFFFF0000A1B20000003C A1B2/3C0000D8 18446744073709551615"),
+            Some(Token {
+                timeline: u32::MAX,
+                checkpoint_lsn: 0xA1B2_3C00_00D8,
+                xid: u64::MAX
+            })
+        );
+        for bad in [
+            "",
+            "000000010000000000000005 0/5000028",
+            "000000010000000000000005 0/5000028 7 8",
+            "000000010000000000000005 0/5000028 x",
+            "000000010000000000000005 0/5000028 -1",
+            "00000001000000000000005 0/5000028 7",
+            "+0000001000000000000005 0/5000028 7",
+            "000000010000000000000005 05000028 7",
+            "000000010000000000000005 1FFFFFFFF/0 7",
+            "000000010000000000000005 +1/0 7",
+        ] {
             assert_eq!(Token::parse(bad), None, "{bad:?}");
         }
     }
