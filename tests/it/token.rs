@@ -239,9 +239,14 @@ fn a_promoted_standby_outbids_the_old_primary() {
         .unwrap()
         .get(0)
     });
-    // A standby has no tokens to give.
-    let refused = run(on(&standby, &env, &["--fencing-token", "-c", "touch ran"]));
-    assert!(!refused.success(), "{refused}");
+    // A standby has no tokens to give, even when pglock is told to take any server.
+    let mut anywhere = on(&standby, &env, &["--fencing-token", "-c", "touch ran"]);
+    anywhere.env("PGTARGETSESSIONATTRS", "any");
+    let refused = run(anywhere);
+    eprintln!("on the standby: {}", refused.stderr());
+    refused
+        .assert_code(1)
+        .assert_stderr_contains("recovery is in progress");
     assert!(!env.exists("ran"));
     // Cut the standby off, and let the primary go on: tokens, writes, a checkpoint it misses.
     primary.set_hba(HBA);
