@@ -34,7 +34,7 @@ Register-ArgumentCompleter -Native -CommandName 'pglock' -ScriptBlock {
             [CompletionResult]::new('--key-hash', '--key-hash', [CompletionResultType]::ParameterName, 'How --key becomes a lock id: pglock''s own SHA-256 formula, or the one sqlx or Python''s postgres-lock uses, to share a lock with an application built on them')
             [CompletionResult]::new('--min-hold', '--min-hold', [CompletionResultType]::ParameterName, 'Keep the lock at least this long after it was acquired, even if the command ends sooner, so hosts whose clocks differ a little do not run the same job twice')
             [CompletionResult]::new('--scope', '--scope', [CompletionResultType]::ParameterName, 'Lock scope: a session-level lock, or a transaction-level lock inside BEGIN ... COMMIT')
-            [CompletionResult]::new('--once-per', '--once-per', [CompletionResultType]::ParameterName, 'Run at most once per DURATION across every host: once the lock is granted, skip the command if a run of this key succeeded within DURATION, by the server''s clock. Implies --record')
+            [CompletionResult]::new('--once-per', '--once-per', [CompletionResultType]::ParameterName, 'Run at most once per DURATION across every host: once the lock is granted, skip the command if a run of this lock succeeded within DURATION, by the server''s clock. Implies --record')
             [CompletionResult]::new('--max-attempts', '--max-attempts', [CompletionResultType]::ParameterName, 'With --once-per: when N runs failed within DURATION, do not run again; exit with the conflict status')
             [CompletionResult]::new('--done-exit-code', '--done-exit-code', [CompletionResultType]::ParameterName, 'With --once-per: the exit status when the job already succeeded within DURATION')
             [CompletionResult]::new('--ledger', '--ledger', [CompletionResultType]::ParameterName, 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public')
@@ -43,6 +43,7 @@ Register-ArgumentCompleter -Native -CommandName 'pglock' -ScriptBlock {
             [CompletionResult]::new('--check-interval', '--check-interval', [CompletionResultType]::ParameterName, 'How often to ask the server whether the lock is still held while the command runs')
             [CompletionResult]::new('--on-lost', '--on-lost', [CompletionResultType]::ParameterName, 'What to do when the lock is lost while the command runs')
             [CompletionResult]::new('--kill-after', '--kill-after', [CompletionResultType]::ParameterName, 'After terminating the command (lost lock), send SIGKILL if it is still running this long')
+            [CompletionResult]::new('--lease', '--lease', [CompletionResultType]::ParameterName, 'How long the server keeps the lock of a holder that went silent (a lost host, a pulled cable) [default: 2 x --check-interval + --kill-after + 2s; 0: none]')
             [CompletionResult]::new('--connect-timeout', '--connect-timeout', [CompletionResultType]::ParameterName, 'Bound on each connection attempt [default: 10s, or connect_timeout / PGCONNECT_TIMEOUT]')
             [CompletionResult]::new('--retry-connect', '--retry-connect', [CompletionResultType]::ParameterName, 'Keep retrying the first connection, with backoff, for up to this long before giving up')
             [CompletionResult]::new('-n', '-n', [CompletionResultType]::ParameterName, 'Do not wait: if the lock is busy, exit with the conflict status at once')
@@ -79,6 +80,8 @@ Register-ArgumentCompleter -Native -CommandName 'pglock' -ScriptBlock {
             [CompletionResult]::new('-d', '-d', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
             [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print one JSON object instead of a table')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log each step to stderr with a timestamp')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log each step to stderr with a timestamp')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             break
@@ -87,6 +90,8 @@ Register-ArgumentCompleter -Native -CommandName 'pglock' -ScriptBlock {
             [CompletionResult]::new('-d', '-d', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
             [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print a JSON array with one object per pg_locks row instead of a table')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log each step to stderr with a timestamp')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log each step to stderr with a timestamp')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break
@@ -95,6 +100,8 @@ Register-ArgumentCompleter -Native -CommandName 'pglock' -ScriptBlock {
             [CompletionResult]::new('--lock-id', '--lock-id', [CompletionResultType]::ParameterName, 'A raw lock id instead: one signed 64-bit integer, or A,B (two signed 32-bit)')
             [CompletionResult]::new('--key-hash', '--key-hash', [CompletionResultType]::ParameterName, 'How KEY becomes a lock id, as in the main command')
             [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'Also print the ids of the N slots and the queue that --limit N uses')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log each step to stderr with a timestamp')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log each step to stderr with a timestamp')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             break
@@ -105,6 +112,8 @@ Register-ArgumentCompleter -Native -CommandName 'pglock' -ScriptBlock {
             [CompletionResult]::new('-d', '-d', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
             [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
             [CompletionResult]::new('--print', '--print', [CompletionResultType]::ParameterName, 'Only print the SQL, for a DBA to apply; connect to nothing')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log each step to stderr with a timestamp')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log each step to stderr with a timestamp')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break
@@ -120,6 +129,8 @@ Register-ArgumentCompleter -Native -CommandName 'pglock' -ScriptBlock {
             [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
             [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'The runs of every key')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print a JSON array instead of a table')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log each step to stderr with a timestamp')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log each step to stderr with a timestamp')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break
@@ -133,15 +144,19 @@ Register-ArgumentCompleter -Native -CommandName 'pglock' -ScriptBlock {
             [CompletionResult]::new('--ledger', '--ledger', [CompletionResultType]::ParameterName, 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public')
             [CompletionResult]::new('-d', '-d', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
             [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log each step to stderr with a timestamp')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log each step to stderr with a timestamp')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break
         }
         'pglock;metrics' {
-            [CompletionResult]::new('--output', '--output', [CompletionResultType]::ParameterName, 'Write to FILE instead of standard output, atomically (a temporary file, then rename), for node_exporter''s textfile collector')
+            [CompletionResult]::new('--output', '--output', [CompletionResultType]::ParameterName, 'Write to FILE instead of standard output: atomically (a temporary file, then rename) for node_exporter''s textfile collector, to a symlink''s target if FILE is one; a FIFO or a device is written in place')
             [CompletionResult]::new('--ledger', '--ledger', [CompletionResultType]::ParameterName, 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public')
             [CompletionResult]::new('-d', '-d', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
             [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log each step to stderr with a timestamp')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log each step to stderr with a timestamp')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break
@@ -152,6 +167,8 @@ Register-ArgumentCompleter -Native -CommandName 'pglock' -ScriptBlock {
             [CompletionResult]::new('-d', '-d', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
             [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
             [CompletionResult]::new('--dry-run', '--dry-run', [CompletionResultType]::ParameterName, 'Only count what would be deleted')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log each step to stderr with a timestamp')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log each step to stderr with a timestamp')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break

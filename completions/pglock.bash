@@ -47,7 +47,7 @@ _pglock() {
 
     case "${cmd}" in
         pglock)
-            opts="-k -c -n -w -E -s -d -v -q -h -V --key --lock-id --command --nowait --timeout --conflict-exit-code --shared --limit --key-hash --min-hold --scope --fencing-token --record --record-command --once-per --max-attempts --done-exit-code --ledger --database-url --check-interval --on-lost --kill-after --connect-timeout --retry-connect --verbose --quiet --help --version status list key init history check metrics prune"
+            opts="-k -c -n -w -E -s -d -v -q -h -V --key --lock-id --command --nowait --timeout --conflict-exit-code --shared --limit --key-hash --min-hold --scope --fencing-token --record --record-command --once-per --max-attempts --done-exit-code --ledger --database-url --check-interval --on-lost --kill-after --lease --connect-timeout --retry-connect --verbose --quiet --help --version status list key init history check metrics prune"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -141,6 +141,10 @@ _pglock() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --lease)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --connect-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -157,7 +161,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__check)
-            opts="-k -d -h --key --lock-id --critical --warning --ledger --database-url --help"
+            opts="-k -d -v -h --key --lock-id --critical --warning --ledger --database-url --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -203,7 +207,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__history)
-            opts="-k -d -h --key --lock-id --all --since --last --json --ledger --database-url --help"
+            opts="-k -d -v -h --key --lock-id --all --since --last --json --ledger --database-url --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -249,7 +253,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__init)
-            opts="-d -h --print --grant --ledger --database-url --help"
+            opts="-d -v -h --print --grant --ledger --database-url --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -279,7 +283,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__key)
-            opts="-h --lock-id --key-hash --limit --help"
+            opts="-v -h --lock-id --key-hash --limit --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -305,7 +309,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__list)
-            opts="-d -h --json --database-url --help"
+            opts="-d -v -h --json --database-url --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -327,7 +331,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__metrics)
-            opts="-d -h --output --ledger --database-url --help"
+            opts="-d -v -h --output --ledger --database-url --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -357,7 +361,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__prune)
-            opts="-d -h --older-than --dry-run --ledger --database-url --help"
+            opts="-d -v -h --older-than --dry-run --ledger --database-url --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -387,7 +391,7 @@ _pglock() {
             return 0
             ;;
         pglock__subcmd__status)
-            opts="-k -d -h --key --lock-id --key-hash --limit --json --database-url --help"
+            opts="-k -d -v -h --key --lock-id --key-hash --limit --json --database-url --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -31,7 +31,7 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand --key-hash 'How --key becomes a lock id: pglock''s own SHA-256 formula, or the one sqlx or Python''s postgres-lock uses, to share a lock with an application built on them'
             cand --min-hold 'Keep the lock at least this long after it was acquired, even if the command ends sooner, so hosts whose clocks differ a little do not run the same job twice'
             cand --scope 'Lock scope: a session-level lock, or a transaction-level lock inside BEGIN ... COMMIT'
-            cand --once-per 'Run at most once per DURATION across every host: once the lock is granted, skip the command if a run of this key succeeded within DURATION, by the server''s clock. Implies --record'
+            cand --once-per 'Run at most once per DURATION across every host: once the lock is granted, skip the command if a run of this lock succeeded within DURATION, by the server''s clock. Implies --record'
             cand --max-attempts 'With --once-per: when N runs failed within DURATION, do not run again; exit with the conflict status'
             cand --done-exit-code 'With --once-per: the exit status when the job already succeeded within DURATION'
             cand --ledger 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public'
@@ -40,6 +40,7 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand --check-interval 'How often to ask the server whether the lock is still held while the command runs'
             cand --on-lost 'What to do when the lock is lost while the command runs'
             cand --kill-after 'After terminating the command (lost lock), send SIGKILL if it is still running this long'
+            cand --lease 'How long the server keeps the lock of a holder that went silent (a lost host, a pulled cable) [default: 2 x --check-interval + --kill-after + 2s; 0: none]'
             cand --connect-timeout 'Bound on each connection attempt [default: 10s, or connect_timeout / PGCONNECT_TIMEOUT]'
             cand --retry-connect 'Keep retrying the first connection, with backoff, for up to this long before giving up'
             cand -n 'Do not wait: if the lock is busy, exit with the conflict status at once'
@@ -75,6 +76,8 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --json 'Print one JSON object instead of a table'
+            cand -v 'Log each step to stderr with a timestamp'
+            cand --verbose 'Log each step to stderr with a timestamp'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
         }
@@ -82,6 +85,8 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --json 'Print a JSON array with one object per pg_locks row instead of a table'
+            cand -v 'Log each step to stderr with a timestamp'
+            cand --verbose 'Log each step to stderr with a timestamp'
             cand -h 'Print help'
             cand --help 'Print help'
         }
@@ -89,6 +94,8 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand --lock-id 'A raw lock id instead: one signed 64-bit integer, or A,B (two signed 32-bit)'
             cand --key-hash 'How KEY becomes a lock id, as in the main command'
             cand --limit 'Also print the ids of the N slots and the queue that --limit N uses'
+            cand -v 'Log each step to stderr with a timestamp'
+            cand --verbose 'Log each step to stderr with a timestamp'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
         }
@@ -98,6 +105,8 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --print 'Only print the SQL, for a DBA to apply; connect to nothing'
+            cand -v 'Log each step to stderr with a timestamp'
+            cand --verbose 'Log each step to stderr with a timestamp'
             cand -h 'Print help'
             cand --help 'Print help'
         }
@@ -112,6 +121,8 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --all 'The runs of every key'
             cand --json 'Print a JSON array instead of a table'
+            cand -v 'Log each step to stderr with a timestamp'
+            cand --verbose 'Log each step to stderr with a timestamp'
             cand -h 'Print help'
             cand --help 'Print help'
         }
@@ -124,14 +135,18 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand --ledger 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public'
             cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
+            cand -v 'Log each step to stderr with a timestamp'
+            cand --verbose 'Log each step to stderr with a timestamp'
             cand -h 'Print help'
             cand --help 'Print help'
         }
         &'pglock;metrics'= {
-            cand --output 'Write to FILE instead of standard output, atomically (a temporary file, then rename), for node_exporter''s textfile collector'
+            cand --output 'Write to FILE instead of standard output: atomically (a temporary file, then rename) for node_exporter''s textfile collector, to a symlink''s target if FILE is one; a FIFO or a device is written in place'
             cand --ledger 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public'
             cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
+            cand -v 'Log each step to stderr with a timestamp'
+            cand --verbose 'Log each step to stderr with a timestamp'
             cand -h 'Print help'
             cand --help 'Print help'
         }
@@ -141,6 +156,8 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --dry-run 'Only count what would be deleted'
+            cand -v 'Log each step to stderr with a timestamp'
+            cand --verbose 'Log each step to stderr with a timestamp'
             cand -h 'Print help'
             cand --help 'Print help'
         }

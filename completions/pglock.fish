@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_pglock_global_optspecs
-    string join \n k/key= lock-id= c/command= n/nowait w/timeout= E/conflict-exit-code= s/shared limit= key-hash= min-hold= scope= fencing-token record record-command once-per= max-attempts= done-exit-code= ledger= d/database-url= check-interval= on-lost= kill-after= connect-timeout= retry-connect= v/verbose q/quiet h/help V/version
+    string join \n k/key= lock-id= c/command= n/nowait w/timeout= E/conflict-exit-code= s/shared limit= key-hash= min-hold= scope= fencing-token record record-command once-per= max-attempts= done-exit-code= ledger= d/database-url= check-interval= on-lost= kill-after= lease= connect-timeout= retry-connect= v/verbose q/quiet h/help V/version
 end
 
 function __fish_pglock_needs_command
@@ -36,7 +36,7 @@ postgres-lock\t'Python postgres-lock: SHA-1 of the key as a decimal integer, its
 complete -c pglock -n "__fish_pglock_needs_command" -l min-hold -d 'Keep the lock at least this long after it was acquired, even if the command ends sooner, so hosts whose clocks differ a little do not run the same job twice' -r
 complete -c pglock -n "__fish_pglock_needs_command" -l scope -d 'Lock scope: a session-level lock, or a transaction-level lock inside BEGIN ... COMMIT' -r -f -a "session\t'pg_advisory_lock, released with pg_advisory_unlock'
 xact\t'pg_advisory_xact_lock inside a transaction, released by COMMIT or ROLLBACK'"
-complete -c pglock -n "__fish_pglock_needs_command" -l once-per -d 'Run at most once per DURATION across every host: once the lock is granted, skip the command if a run of this key succeeded within DURATION, by the server\'s clock. Implies --record' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l once-per -d 'Run at most once per DURATION across every host: once the lock is granted, skip the command if a run of this lock succeeded within DURATION, by the server\'s clock. Implies --record' -r
 complete -c pglock -n "__fish_pglock_needs_command" -l max-attempts -d 'With --once-per: when N runs failed within DURATION, do not run again; exit with the conflict status' -r
 complete -c pglock -n "__fish_pglock_needs_command" -l done-exit-code -d 'With --once-per: the exit status when the job already succeeded within DURATION' -r
 complete -c pglock -n "__fish_pglock_needs_command" -l ledger -d 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public' -r
@@ -45,6 +45,7 @@ complete -c pglock -n "__fish_pglock_needs_command" -l check-interval -d 'How of
 complete -c pglock -n "__fish_pglock_needs_command" -l on-lost -d 'What to do when the lock is lost while the command runs' -r -f -a "terminate\t'Log, SIGTERM the command\'s process group, SIGKILL after --kill-after, exit 74'
 ignore\t'Log a warning and let the command finish; exit with its status'"
 complete -c pglock -n "__fish_pglock_needs_command" -l kill-after -d 'After terminating the command (lost lock), send SIGKILL if it is still running this long' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l lease -d 'How long the server keeps the lock of a holder that went silent (a lost host, a pulled cable) [default: 2 x --check-interval + --kill-after + 2s; 0: none]' -r
 complete -c pglock -n "__fish_pglock_needs_command" -l connect-timeout -d 'Bound on each connection attempt [default: 10s, or connect_timeout / PGCONNECT_TIMEOUT]' -r
 complete -c pglock -n "__fish_pglock_needs_command" -l retry-connect -d 'Keep retrying the first connection, with backoff, for up to this long before giving up' -r
 complete -c pglock -n "__fish_pglock_needs_command" -s n -l nowait -d 'Do not wait: if the lock is busy, exit with the conflict status at once'
@@ -72,20 +73,24 @@ postgres-lock\t'Python postgres-lock: SHA-1 of the key as a decimal integer, its
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l limit -d 'The --limit its users pass, for a semaphore: count its N slots. Without it every slot that can exist is read, and N comes from the holders\' application_names' -r
 complete -c pglock -n "__fish_pglock_using_subcommand status" -s d -l database-url -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql' -r
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l json -d 'Print one JSON object instead of a table'
+complete -c pglock -n "__fish_pglock_using_subcommand status" -s v -l verbose -d 'Log each step to stderr with a timestamp'
 complete -c pglock -n "__fish_pglock_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pglock -n "__fish_pglock_using_subcommand list" -s d -l database-url -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql' -r
 complete -c pglock -n "__fish_pglock_using_subcommand list" -l json -d 'Print a JSON array with one object per pg_locks row instead of a table'
+complete -c pglock -n "__fish_pglock_using_subcommand list" -s v -l verbose -d 'Log each step to stderr with a timestamp'
 complete -c pglock -n "__fish_pglock_using_subcommand list" -s h -l help -d 'Print help'
 complete -c pglock -n "__fish_pglock_using_subcommand key" -l lock-id -d 'A raw lock id instead: one signed 64-bit integer, or A,B (two signed 32-bit)' -r
 complete -c pglock -n "__fish_pglock_using_subcommand key" -l key-hash -d 'How KEY becomes a lock id, as in the main command' -r -f -a "sha256\t'First 8 bytes of SHA-256(key), big-endian, signed'
 sqlx\t'sqlx\'s PgAdvisoryLock::new: HKDF-SHA256 (no salt), 8 bytes, little-endian, signed'
 postgres-lock\t'Python postgres-lock: SHA-1 of the key as a decimal integer, its first 18 digits'"
 complete -c pglock -n "__fish_pglock_using_subcommand key" -l limit -d 'Also print the ids of the N slots and the queue that --limit N uses' -r
+complete -c pglock -n "__fish_pglock_using_subcommand key" -s v -l verbose -d 'Log each step to stderr with a timestamp'
 complete -c pglock -n "__fish_pglock_using_subcommand key" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pglock -n "__fish_pglock_using_subcommand init" -l grant -d 'Grant ROLE what a runner needs: SELECT, INSERT and UPDATE of the end columns (no DELETE), and USAGE on the schema. ROLE is taken literally, case and all. Repeatable' -r
 complete -c pglock -n "__fish_pglock_using_subcommand init" -l ledger -d 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public' -r
 complete -c pglock -n "__fish_pglock_using_subcommand init" -s d -l database-url -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql' -r
 complete -c pglock -n "__fish_pglock_using_subcommand init" -l print -d 'Only print the SQL, for a DBA to apply; connect to nothing'
+complete -c pglock -n "__fish_pglock_using_subcommand init" -s v -l verbose -d 'Log each step to stderr with a timestamp'
 complete -c pglock -n "__fish_pglock_using_subcommand init" -s h -l help -d 'Print help'
 complete -c pglock -n "__fish_pglock_using_subcommand history" -s k -l key -d 'The runs of this key' -r
 complete -c pglock -n "__fish_pglock_using_subcommand history" -l lock-id -d 'The runs of this raw lock id (recorded as lock-id:ID)' -r
@@ -95,6 +100,7 @@ complete -c pglock -n "__fish_pglock_using_subcommand history" -l ledger -d 'The
 complete -c pglock -n "__fish_pglock_using_subcommand history" -s d -l database-url -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql' -r
 complete -c pglock -n "__fish_pglock_using_subcommand history" -l all -d 'The runs of every key'
 complete -c pglock -n "__fish_pglock_using_subcommand history" -l json -d 'Print a JSON array instead of a table'
+complete -c pglock -n "__fish_pglock_using_subcommand history" -s v -l verbose -d 'Log each step to stderr with a timestamp'
 complete -c pglock -n "__fish_pglock_using_subcommand history" -s h -l help -d 'Print help'
 complete -c pglock -n "__fish_pglock_using_subcommand check" -s k -l key -d 'Name of the lock, as given to pglock --key' -r
 complete -c pglock -n "__fish_pglock_using_subcommand check" -l lock-id -d 'A raw lock id: one signed 64-bit integer, or A,B (two signed 32-bit)' -r
@@ -102,13 +108,16 @@ complete -c pglock -n "__fish_pglock_using_subcommand check" -l critical -d 'CRI
 complete -c pglock -n "__fish_pglock_using_subcommand check" -l warning -d 'WARNING when the last success is older than this; below --critical' -r
 complete -c pglock -n "__fish_pglock_using_subcommand check" -l ledger -d 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public' -r
 complete -c pglock -n "__fish_pglock_using_subcommand check" -s d -l database-url -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql' -r
+complete -c pglock -n "__fish_pglock_using_subcommand check" -s v -l verbose -d 'Log each step to stderr with a timestamp'
 complete -c pglock -n "__fish_pglock_using_subcommand check" -s h -l help -d 'Print help'
-complete -c pglock -n "__fish_pglock_using_subcommand metrics" -l output -d 'Write to FILE instead of standard output, atomically (a temporary file, then rename), for node_exporter\'s textfile collector' -r -F
+complete -c pglock -n "__fish_pglock_using_subcommand metrics" -l output -d 'Write to FILE instead of standard output: atomically (a temporary file, then rename) for node_exporter\'s textfile collector, to a symlink\'s target if FILE is one; a FIFO or a device is written in place' -r -F
 complete -c pglock -n "__fish_pglock_using_subcommand metrics" -l ledger -d 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public' -r
 complete -c pglock -n "__fish_pglock_using_subcommand metrics" -s d -l database-url -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql' -r
+complete -c pglock -n "__fish_pglock_using_subcommand metrics" -s v -l verbose -d 'Log each step to stderr with a timestamp'
 complete -c pglock -n "__fish_pglock_using_subcommand metrics" -s h -l help -d 'Print help'
 complete -c pglock -n "__fish_pglock_using_subcommand prune" -l older-than -d 'Delete runs that started longer ago than DURATION' -r
 complete -c pglock -n "__fish_pglock_using_subcommand prune" -l ledger -d 'The ledger table, [SCHEMA.]TABLE; a name without a schema is in public' -r
 complete -c pglock -n "__fish_pglock_using_subcommand prune" -s d -l database-url -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql' -r
 complete -c pglock -n "__fish_pglock_using_subcommand prune" -l dry-run -d 'Only count what would be deleted'
+complete -c pglock -n "__fish_pglock_using_subcommand prune" -s v -l verbose -d 'Log each step to stderr with a timestamp'
 complete -c pglock -n "__fish_pglock_using_subcommand prune" -s h -l help -d 'Print help'

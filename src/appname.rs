@@ -48,7 +48,7 @@ impl Label {
     pub fn base(&self) -> String {
         match self {
             Label::Key(k) => k.clone(),
-            Label::LockId(id) => format!("lock-id:{id}"),
+            Label::LockId(id) => crate::key::base(None, *id),
         }
     }
 }
@@ -470,6 +470,9 @@ mod tests {
         let watch = holder.as_observer(Observer::Watch);
         assert_eq!(watch.encoded(), "pglock-watch@web-3:48121");
         assert_eq!(watch.label(), None);
+        // The ledger's connections name no key: they hold no lock (as the README says).
+        let ledger = holder.as_observer(Observer::Ledger);
+        assert_eq!(ledger.encoded(), "pglock-ledger@web-3:48121");
         let here = AppName::observer(Observer::Status);
         assert_eq!(here.pid, std::process::id());
         assert!(here.encoded().starts_with("pglock-status@"));

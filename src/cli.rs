@@ -8,10 +8,7 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 mod ledger;
-pub use ledger::{
-    CheckArgs, HistoryArgs, InitArgs, LedgerSub, MetricsArgs, PruneArgs, RecordArgs, Runs,
-    check_combinations,
-};
+pub use ledger::{LedgerSub, RecordArgs, check_combinations};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -153,6 +150,16 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse)]
     pub kill_after: Duration,
 
+    /// How long the server keeps the lock of a holder that went silent (a lost host, a pulled
+    /// cable) [default: 2 x --check-interval + --kill-after + 2s; 0: none].
+    ///
+    /// The server ends the holder's session when it has not heard from it for this long, so the
+    /// lock is not held for hours by a host that is gone. It must be longer than
+    /// 2 x --check-interval + --kill-after (+ 1s), the time a cut-off pglock needs to notice and
+    /// stop its command, so that the next holder never runs alongside it.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub lease: Option<Duration>,
+
     /// Bound on each connection attempt [default: 10s, or connect_timeout / PGCONNECT_TIMEOUT].
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     pub connect_timeout: Option<Duration>,
@@ -162,11 +169,12 @@ pub struct Cli {
     pub retry_connect: Duration,
 
     /// Log each step to stderr with a timestamp.
-    #[arg(short, long, conflicts_with = "quiet")]
+    // Global, so that every subcommand takes it too (see hoist).
+    #[arg(short, long, global = true)]
     pub verbose: bool,
 
     /// Print nothing when the lock is busy.
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
 
     /// The command to run while holding the lock, after --. Any bytes, as the OS passes them.
@@ -296,6 +304,78 @@ pub struct KeyArgs {
     pub limit: Option<u16>,
 }
 
+/// Moves options written before a subcommand's name after it, when the subcommand takes every
+/// one of them: `pglock -v -d URL status --key k` is read as `pglock status -v -d URL --key k`.
+/// clap cannot do this itself: the lock-and-run form's options conflict with subcommands (so
+/// that `pglock --key k -- status` runs a program called status), and so `-v` before `status`
+/// would be "unexpected argument 'status'". Anything else is left for clap to judge.
+pub fn hoist(args: Vec<OsString>) -> Vec<OsString> {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    cmd.build();
+    let mut lead = Vec::new();
+    let mut at = 1;
+    while let Some(arg) = args.get(at) {
+        let text = arg.to_string_lossy();
+        if text == "--" || !text.starts_with('-') || text == "-" {
+            break;
+        }
+        let Some(option) = find(&cmd, &text) else {
+            return args;
+        };
+        let inline = text.contains('=') || (!text.starts_with("--") && text.len() > 2);
+        let takes = option.get_action().takes_values();
+        let width = if takes && !inline { 2 } else { 1 };
+        lead.push((option.get_long(), option.get_short()));
+        at += width;
+    }
+    let Some(sub) = args.get(at).and_then(|a| cmd.find_subcommand(a)) else {
+        return args;
+    };
+    // The same flag, by its names: `--ledger` is a field of another name in each struct.
+    let takes = |&(long, short): &(Option<&str>, Option<char>)| {
+        sub.get_arguments()
+            .any(|a| a.get_long() == long && a.get_short() == short)
+    };
+    if lead.is_empty() || !lead.iter().all(takes) {
+        return args;
+    }
+    let mut hoisted = vec![args[0].clone(), args[at].clone()];
+    hoisted.extend_from_slice(&args[1..at]);
+    hoisted.extend_from_slice(&args[at + 1..]);
+    hoisted
+}
+
+/// The top-level option that `text` (`-v`, `-dURL`, `--ledger`, `--ledger=t`) names.
+fn find<'a>(cmd: &'a clap::Command, text: &str) -> Option<&'a clap::Arg> {
+    if let Some(long) = text.strip_prefix("--") {
+        let name = long.split('=').next().unwrap_or(long);
+        return cmd.get_arguments().find(|a| a.get_long() == Some(name));
+    }
+    let short = text.chars().nth(1)?;
+    cmd.get_arguments().find(|a| a.get_short() == Some(short))
+}
+
+/// The name of the subcommand the command line invokes, if any (after [`hoist`], its first
+/// word): for telling a monitoring plugin's usage errors from the others'.
+pub fn invoked(args: &[OsString]) -> Option<String> {
+    let word = args.get(1)?.to_str()?;
+    <Cli as clap::CommandFactory>::command()
+        .find_subcommand(word)
+        .map(|s| s.get_name().to_string())
+}
+
+/// clap's error as one line: its first paragraph, so that `the following required arguments
+/// were not provided:` keeps the names listed under it.
+pub fn one_line(text: &str) -> String {
+    let paragraph: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let line = paragraph.join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_string()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scope {
     /// pg_advisory_lock, released with pg_advisory_unlock.
@@ -342,6 +422,28 @@ fn non_empty_command() -> impl TypedValueParser<Value = OsString> {
     })
 }
 
+/// A `--lease` must end after a cut-off pglock has stopped its command (see [`crate::lease`]).
+pub fn check_lease(cli: &Cli) -> Result<(), clap::Error> {
+    let Some(length) = cli.lease.filter(|l| !l.is_zero()) else {
+        return Ok(());
+    };
+    let least = crate::lease::minimum(cli.check_interval, cli.kill_after);
+    if length >= least {
+        return Ok(());
+    }
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    Err(cmd.error(
+        clap::error::ErrorKind::ValueValidation,
+        format!(
+            "--lease {} is too short: a pglock cut off from the server needs 2 x --check-interval \
+             + --kill-after to stop its command, so the next holder could run alongside it; use \
+             at least {} (or a shorter --check-interval or --kill-after)",
+            duration::format(length),
+            duration::format(least)
+        ),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,5 +452,51 @@ mod tests {
     #[test]
     fn definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    fn words(line: &str) -> Vec<OsString> {
+        line.split(' ').map(OsString::from).collect()
+    }
+
+    #[test]
+    fn options_before_a_subcommand_move_after_it() {
+        for (given, read) in [
+            ("pglock -v status --key k", "pglock status -v --key k"),
+            (
+                "pglock -v -d url check --key k",
+                "pglock check -v -d url --key k",
+            ),
+            (
+                "pglock --database-url=u --ledger t history --all",
+                "pglock history --database-url=u --ledger t --all",
+            ),
+            ("pglock -dURL list", "pglock list -dURL"),
+        ] {
+            assert_eq!(hoist(words(given)), words(read), "{given}");
+        }
+        // Options a subcommand does not take, and the lock-and-run form, are clap's to judge.
+        for same in [
+            "pglock --nowait status --key k",
+            "pglock -v --key k -- status",
+            "pglock -v -c status",
+            "pglock -v",
+            "pglock status -v --key k",
+        ] {
+            assert_eq!(hoist(words(same)), words(same), "{same}");
+        }
+        assert_eq!(
+            invoked(&hoist(words("pglock -v check --key k"))).as_deref(),
+            Some("check")
+        );
+        assert_eq!(invoked(&words("pglock -v -k check -- x")), None);
+    }
+
+    #[test]
+    fn usage_errors_keep_what_is_missing() {
+        let err = Cli::try_parse_from(["pglock", "check", "--key", "k"]).unwrap_err();
+        assert_eq!(
+            one_line(&err.to_string()),
+            "the following required arguments were not provided: --critical <DURATION>"
+        );
     }
 }

@@ -291,12 +291,17 @@ fn environment() -> Roff {
             "with --limit above 1, the semaphore slot held, 0 to N-1",
         ),
         (
+            "PGLOCK_FENCING_TOKEN",
+            "with --fencing-token, 50 decimal digits that grow from each holder of the lock (of \
+             the slot) to the next, also across server crashes and failovers",
+        ),
+        (
             "PGLOCK_RUN_ID",
-            "with --record or --once-per, the run's id in the ledger table",
+            "with --record or --once-per, the run's id in the ledger table (empty in xact scope)",
         ),
         (
             "PGLOCK_LAST_SUCCESS",
-            "with --record or --once-per, the start of the key's latest succeeded run as RFC \
+            "with --record or --once-per, the start of the lock's latest succeeded run as RFC \
              3339 UTC (2026-11-26T03:00:01.250000Z), empty if none",
         ),
     ];
@@ -408,7 +413,7 @@ mod tests {
         let text = r.to_roff();
         assert!(text.contains("128+N"), "{text}");
         assert!(text.contains("interrupted by signal N while waiting for the lock"));
-        assert_eq!(text.matches(".TP").count(), 11, "{text}");
+        assert_eq!(text.matches(".TP").count(), 12, "{text}");
     }
 
     #[test]

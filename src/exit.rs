@@ -16,6 +16,9 @@ pub const UNAVAILABLE: u8 = 69;
 pub const LOCK_LOST: u8 = 74;
 /// The run ledger's table is missing or not writable (EX_CONFIG).
 pub const CONFIG: u8 = 78;
+/// pglock could not start the command for a reason of the system's (EX_OSERR): fork(2) failed,
+/// or a step between fork and exec did.
+pub const OSERR: u8 = 71;
 /// Usage error, as clap exits.
 pub const USAGE: u8 = 2;
 /// The command exists but cannot be executed (shell convention).
@@ -43,6 +46,8 @@ pub enum Failure {
     NotFound,
     /// The run ledger cannot be used: its table is missing or not writable.
     Config,
+    /// The system refused to start the command (fork, or a step before exec).
+    System,
 }
 
 impl fmt::Display for Failure {
@@ -53,6 +58,7 @@ impl fmt::Display for Failure {
             Failure::NotExecutable => "command not executable",
             Failure::NotFound => "command not found",
             Failure::Config => "ledger not usable",
+            Failure::System => "system error",
         };
         f.write_str(text)
     }
@@ -73,6 +79,7 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         Some(Failure::NotExecutable) => NOT_EXECUTABLE,
         Some(Failure::NotFound) => NOT_FOUND,
         Some(Failure::Config) => CONFIG,
+        Some(Failure::System) => OSERR,
         None => FAILURE,
     }
 }
@@ -142,6 +149,9 @@ pub enum LostReason {
     NotHeld,
     /// The release found the lock no longer held.
     NotHeldAtRelease,
+    /// Nothing confirmed the lock for this long, longer than its lease allows (pglock or its
+    /// host was frozen).
+    Unconfirmed(Duration),
 }
 
 impl fmt::Display for LostReason {
@@ -160,6 +170,12 @@ impl fmt::Display for LostReason {
             LostReason::NotHeldAtRelease => {
                 f.write_str("the lock was no longer held when the command ended")
             }
+            LostReason::Unconfirmed(for_) => write!(
+                f,
+                "nothing confirmed it for {}, so its lease may have run out (was pglock or this \
+                 host frozen?)",
+                crate::duration::format(*for_)
+            ),
         }
     }
 }
@@ -198,6 +214,8 @@ Exit status:
   2                  usage error
   126                the command is not executable
   127                the command was not found
+  71                 the system would not start the command: fork failed,
+                     or a step between fork and exec did
   1                  any other pglock failure";
 
 /// The statuses of `pglock status`, for its --help, the README and the man page.
@@ -207,7 +225,7 @@ Exit status of pglock status:
   3                  the lock is free
   69                 could not connect to or authenticate with PostgreSQL
   2                  usage error
-  1                  any other failure";
+  1                  any other failure, also output that cannot be written";
 
 /// The statuses of `pglock init`, `history`, `metrics` and `prune`.
 pub const LEDGER_TABLE: &str = "\
@@ -217,7 +235,7 @@ Exit status of pglock init, history, metrics and prune:
                      it (init: may not create it)
   69                 could not connect to or authenticate with PostgreSQL
   2                  usage error
-  1                  any other failure";
+  1                  any other failure, also output that cannot be written";
 
 /// The statuses of `pglock check`: the monitoring-plugin convention (Nagios, Icinga, Sensu).
 pub const CHECK_TABLE: &str = "\
@@ -226,8 +244,8 @@ Exit status of pglock check (monitoring-plugin convention):
   1                  WARNING: older than --warning
   2                  CRITICAL: older than --critical, never succeeded, or no
                      connection to PostgreSQL
-  3                  UNKNOWN: usage error, the ledger table is missing, or
-                     any other failure";
+  3                  UNKNOWN: usage error, the ledger table is missing, the
+                     line cannot be written, or any other failure";
 
 #[cfg(test)]
 mod tests {
@@ -249,6 +267,7 @@ mod tests {
             assert!(CHECK_TABLE.contains(&format!("\n  {code} ")), "{code}");
         }
         assert!(TABLE.contains(&format!("\n  {CONFIG} ")));
+        assert!(TABLE.contains(&format!("\n  {OSERR} ")));
     }
 
     #[test]

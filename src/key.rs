@@ -78,6 +78,49 @@ pub fn gate_id(base: &str) -> LockId {
     semaphore_id(base, "gate")
 }
 
+/// What the ids of a `--limit` semaphore derive from, and what the ledger's `key` column holds:
+/// the key, or `lock-id:ID` for a raw id.
+pub fn base(key: Option<&str>, id: LockId) -> String {
+    match key {
+        Some(k) => k.to_string(),
+        None => format!("lock-id:{id}"),
+    }
+}
+
+/// Which lock, and how it is named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The key, or the raw id as text: what messages and application_name show.
+    pub label: String,
+    /// Some for --key, None for --lock-id.
+    pub key: Option<String>,
+    pub id: LockId,
+    /// What semaphore slot ids derive from: the key, or `lock-id:ID`.
+    pub base: String,
+}
+
+impl Target {
+    /// `--key` (hashed with `hash`) or `--lock-id`; clap guarantees exactly one.
+    pub fn new(key: Option<&str>, lock_id: Option<LockId>, hash: KeyHash) -> Target {
+        match (key, lock_id) {
+            (Some(key), _) => Target {
+                label: key.to_string(),
+                key: Some(key.to_string()),
+                id: hash.id(key),
+                base: base(Some(key), hash.id(key)),
+            },
+            (None, Some(id)) => Target {
+                label: id.to_string(),
+                key: None,
+                id,
+                base: base(None, id),
+            },
+            // clap's required group rules this out; a zero id keeps it total without a panic.
+            (None, None) => Target::new(None, Some(LockId::Big(0)), hash),
+        }
+    }
+}
+
 /// Keys are names, not payloads; a bound keeps application_name and messages readable.
 pub const MAX_KEY_BYTES: usize = 1024;
 

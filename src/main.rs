@@ -2,6 +2,20 @@
 //!
 //! The run path reads top-down: [`cli`] (clap) → [`options`] (typed) → [`run`] (wait, run,
 //! release) → [`supervise`] (the command's loop); [`exit`] turns the outcome into a number.
+//!
+//! Layers, top to bottom; a module uses (`use crate::...`) only its own layer and those below,
+//! and a layer's modules use each other without a cycle (tests/it/layers.rs checks it):
+//!
+//! 1. [`docs`] (`generate-docs`), and this file, which only dispatches;
+//! 2. [`run`]: takes the options;
+//! 3. [`options`]: built from clap's parse, so that nothing below it knows clap, and turns the
+//!    subcommands into the requests [`report`] and [`ledger`] take;
+//! 4. [`cli`]: the clap definition (it parses `--ledger` with [`ledger::table`]);
+//! 5. [`supervise`]: the command's loop, with the [`supervise::Fencing`] and job it is given;
+//! 6. [`lock`], [`report`] and [`ledger`];
+//! 7. [`pg`];
+//! 8. [`conninfo`] and [`tls`];
+//! 9. [`appname`], [`key`], [`exit`], [`log`], [`duration`], [`lease`] and [`output`].
 
 mod appname;
 mod cli;
@@ -10,10 +24,12 @@ mod docs;
 mod duration;
 mod exit;
 mod key;
+mod lease;
 mod ledger;
 mod lock;
 mod log;
 mod options;
+mod output;
 mod pg;
 mod report;
 mod run;
@@ -28,21 +44,29 @@ fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     if args.next().as_deref() == Some(supervise::wait_guard::ARG.as_ref()) {
         let app_name = args.next().unwrap_or_default();
-        return ExitCode::from(supervise::wait_guard::serve(&app_name.to_string_lossy()));
+        let backend = args
+            .next()
+            .and_then(|p| p.to_str()?.parse().ok())
+            .unwrap_or(0);
+        return ExitCode::from(supervise::wait_guard::serve(
+            &app_name.to_string_lossy(),
+            backend,
+        ));
     }
-    let matches = match docs::command().try_get_matches() {
+    let args = cli::hoist(std::env::args_os().collect());
+    let matches = match docs::command().try_get_matches_from(&args) {
         Ok(matches) => matches,
-        Err(e) => return usage(e),
+        Err(e) => return usage(e, &args),
     };
     if let Some(generate) = matches.subcommand_matches(docs::GENERATE) {
         return failed_or(docs::run(generate));
     }
     let cli = match cli::Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
-        Err(e) => return usage(e),
+        Err(e) => return usage(e, &args),
     };
-    if let Err(e) = cli::check_combinations(&cli) {
-        return usage(e);
+    if let Err(e) = cli::check_combinations(&cli).and_then(|()| cli::check_lease(&cli)) {
+        return usage(e, &args);
     }
     log::set_verbose(cli.verbose);
     match &cli.sub {
@@ -57,9 +81,9 @@ fn main() -> ExitCode {
                     nix::sys::signal::SigHandler::SigDfl,
                 )
             };
-            failed_or(match sub {
-                cli::Commands::Report(sub) => report::command(sub),
-                cli::Commands::Ledger(sub) => ledger::command(sub),
+            failed_or(match options::Subcommand::from_cli(sub) {
+                options::Subcommand::Report(request) => report::command(&request),
+                options::Subcommand::Ledger(request) => ledger::command(&request),
             })
         }
         None => {
@@ -93,19 +117,17 @@ fn failed_or(result: anyhow::Result<u8>) -> ExitCode {
 }
 
 /// clap's own text (usage and all), then the `pglock:` line every error ends with.
-fn usage(e: clap::Error) -> ExitCode {
+fn usage(e: clap::Error, args: &[std::ffi::OsString]) -> ExitCode {
     use clap::error::ErrorKind;
     let _ = e.print();
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
         return ExitCode::from(e.exit_code() as u8);
     }
-    let text = e.to_string();
-    let first = text.lines().next().unwrap_or_default();
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    warn!("usage error: {first}; see 'pglock --help'");
+    let line = cli::one_line(&e.to_string());
+    warn!("usage error: {line}; see 'pglock --help'");
     // A monitoring plugin's usage errors are UNKNOWN (3), not 2 (CRITICAL).
-    if ledger::check::invoked(std::env::args_os()) {
-        return ExitCode::from(ledger::check::usage_error(&text));
+    if cli::invoked(args).as_deref() == Some("check") {
+        return ExitCode::from(ledger::check::usage(&line));
     }
     ExitCode::from(exit::USAGE)
 }

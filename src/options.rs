@@ -2,78 +2,18 @@
 //! typed parts (which lock, how long to wait, what to do when it is lost, what to run), so that
 //! nothing past this module knows clap, and every rule that combines flags lives here once.
 
-use crate::appname::Label;
 use crate::cli::{self, Cli};
-use crate::key::{KeyHash, LockId};
-use crate::ledger::table::Table;
+use crate::key::KeyHash;
+pub use crate::key::Target;
+use crate::lease::{self, Lease};
+pub use crate::ledger::record::Record;
 use crate::lock::Wait;
 use crate::pg::sql::Scope;
+pub use crate::supervise::Fencing;
+pub use crate::supervise::child::Job;
+use crate::{ledger, report};
 use std::ffi::OsString;
 use std::time::Duration;
-
-/// Which lock, and how it is named.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// The key, or the raw id as text: what messages and application_name show.
-    pub label: String,
-    /// Some for --key, None for --lock-id.
-    pub key: Option<String>,
-    pub id: LockId,
-    /// What semaphore slot ids derive from: the key, or `lock-id:ID`.
-    pub base: String,
-}
-
-impl Target {
-    /// `--key` (hashed with `hash`) or `--lock-id`; clap guarantees exactly one.
-    pub fn new(key: Option<&str>, lock_id: Option<LockId>, hash: KeyHash) -> Target {
-        match (key, lock_id) {
-            (Some(key), _) => Target {
-                label: key.to_string(),
-                key: Some(key.to_string()),
-                id: hash.id(key),
-                base: Label::Key(key.to_string()).base(),
-            },
-            (None, Some(id)) => Target {
-                label: id.to_string(),
-                key: None,
-                id,
-                base: Label::LockId(id).base(),
-            },
-            // clap's required group rules this out; a zero id keeps it total without a panic.
-            (None, None) => Target::new(None, Some(LockId::Big(0)), hash),
-        }
-    }
-}
-
-/// What happens to the command when the lock is lost while it runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fencing {
-    /// SIGTERM its process group, SIGKILL after `kill_after`, exit 74.
-    Terminate { kill_after: Duration },
-    /// Warn and let it finish.
-    Ignore,
-}
-
-/// The command to run: any bytes, as the OS passes them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Job {
-    pub program: OsString,
-    pub args: Vec<OsString>,
-}
-
-/// The run ledger: --record, or --once-per, which implies it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub table: Table,
-    /// --once-per: skip the command when a run succeeded within this window.
-    pub once_per: Option<Duration>,
-    /// --max-attempts: with --once-per, failures within the window that stop further runs.
-    pub max_attempts: u32,
-    /// --done-exit-code: the status of a skip.
-    pub done_exit_code: u8,
-    /// --record-command: the command line as the ledger stores it.
-    pub command: Option<String>,
-}
 
 /// Everything a lock-and-run needs.
 #[derive(Debug, Clone)]
@@ -99,6 +39,8 @@ pub struct RunOptions {
     pub quiet: bool,
     /// --kill-after also bounds how long a stopped-on-death command may linger.
     pub kill_after: Duration,
+    /// The lease on the lock's session; None with `--lease 0`.
+    pub lease: Option<Lease>,
 }
 
 impl RunOptions {
@@ -136,7 +78,89 @@ impl RunOptions {
             verbose: cli.verbose,
             quiet: cli.quiet,
             kill_after: cli.kill_after,
+            lease: match cli.lease {
+                Some(Duration::ZERO) => None,
+                length => Some(lease::new(cli.check_interval, cli.kill_after, length)),
+            },
         }
+    }
+}
+
+/// A subcommand, as the layers below take it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Subcommand {
+    Report(report::Request),
+    Ledger(ledger::Request),
+}
+
+impl Subcommand {
+    pub fn from_cli(sub: &cli::Commands) -> Subcommand {
+        match sub {
+            cli::Commands::Report(sub) => Subcommand::Report(report_request(sub)),
+            cli::Commands::Ledger(sub) => Subcommand::Ledger(ledger_request(sub)),
+        }
+    }
+}
+
+fn report_request(sub: &cli::Sub) -> report::Request {
+    match sub {
+        cli::Sub::Status(a) => report::Request::Status(report::StatusArgs {
+            key: a.which.key.clone(),
+            id: a.which.resolve(a.hash.key_hash).1,
+            limit: a.limit,
+            json: a.json,
+            database_url: a.server.database_url.clone(),
+        }),
+        cli::Sub::List(a) => report::Request::List(report::ListArgs {
+            json: a.json,
+            database_url: a.server.database_url.clone(),
+        }),
+        cli::Sub::Key(a) => report::Request::Key(report::KeyArgs {
+            key: a.key.clone(),
+            id: Target::new(a.key.as_deref(), a.lock_id, a.hash.key_hash).id,
+            limit: a.limit,
+        }),
+    }
+}
+
+/// The ledger's subcommands select runs by the `key` column, whose ids come from the default
+/// hash (they take no --key-hash).
+fn ledger_request(sub: &cli::LedgerSub) -> ledger::Request {
+    let url = |server: &cli::Server| server.database_url.clone();
+    match sub {
+        cli::LedgerSub::Init(a) => ledger::Request::Init(ledger::InitArgs {
+            print: a.print,
+            grant: a.grant.clone(),
+            table: a.ledger.table.clone(),
+            database_url: url(&a.server),
+        }),
+        cli::LedgerSub::History(a) => ledger::Request::History(ledger::HistoryArgs {
+            key: (!a.runs.all)
+                .then(|| Target::new(a.runs.key.as_deref(), a.runs.lock_id, KeyHash::Sha256).base),
+            since: a.since,
+            last: a.last,
+            json: a.json,
+            table: a.ledger.table.clone(),
+            database_url: url(&a.server),
+        }),
+        cli::LedgerSub::Check(a) => ledger::Request::Check(ledger::CheckArgs {
+            target: Target::new(a.which.key.as_deref(), a.which.lock_id, KeyHash::Sha256),
+            critical: a.critical,
+            warning: a.warning,
+            table: a.ledger.table.clone(),
+            database_url: url(&a.server),
+        }),
+        cli::LedgerSub::Metrics(a) => ledger::Request::Metrics(ledger::MetricsArgs {
+            output: a.output.clone(),
+            table: a.ledger.table.clone(),
+            database_url: url(&a.server),
+        }),
+        cli::LedgerSub::Prune(a) => ledger::Request::Prune(ledger::PruneArgs {
+            older_than: a.older_than,
+            dry_run: a.dry_run,
+            table: a.ledger.table.clone(),
+            database_url: url(&a.server),
+        }),
     }
 }
 
@@ -191,6 +215,7 @@ fn job(cli: &Cli) -> Job {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::LockId;
     use clap::Parser;
 
     fn parse(args: &[&str]) -> RunOptions {

@@ -36,7 +36,7 @@ pub struct RecordArgs {
     pub record_command: bool,
 
     /// Run at most once per DURATION across every host: once the lock is granted, skip the
-    /// command if a run of this key succeeded within DURATION, by the server's clock. Implies
+    /// command if a run of this lock succeeded within DURATION, by the server's clock. Implies
     /// --record.
     #[arg(long, value_name = "DURATION", value_parser = parse_window,
           conflicts_with = "shared", help_heading = HEADING)]
@@ -161,8 +161,9 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct MetricsArgs {
-    /// Write to FILE instead of standard output, atomically (a temporary file, then rename),
-    /// for node_exporter's textfile collector.
+    /// Write to FILE instead of standard output: atomically (a temporary file, then rename)
+    /// for node_exporter's textfile collector, to a symlink's target if FILE is one; a FIFO or
+    /// a device is written in place.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 

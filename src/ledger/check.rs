@@ -6,13 +6,11 @@
 //! usage errors and everything else that keeps the check from answering are UNKNOWN. A `|` in
 //! the text (from a key or a host name) would start the perfdata, so it is replaced.
 
+use super::CheckArgs;
 use super::{connect, display_secs, display_time, sql};
-use crate::cli::CheckArgs;
 use crate::exit::{self, CHECK_CRITICAL, CHECK_OK, CHECK_UNKNOWN, CHECK_WARNING, Failure};
-use crate::key::KeyHash;
-use crate::options::Target;
+use crate::{output, warn};
 use postgres::Row;
-use std::ffi::OsString;
 use std::time::Duration;
 
 /// What the ledger says about one key.
@@ -33,27 +31,23 @@ pub struct Thresholds {
     pub critical: f64,
 }
 
-/// Whether this process was started as `pglock check`, for its usage errors.
-pub fn invoked(mut args: impl Iterator<Item = OsString>) -> bool {
-    args.nth(1).is_some_and(|a| a == "check")
-}
-
-/// clap's error text for `pglock check` as the plugin's UNKNOWN line: its first paragraph
-/// (`the following required arguments were not provided: --critical <DURATION>`).
-pub fn usage_error(clap_text: &str) -> u8 {
-    let paragraph: Vec<&str> = clap_text
-        .lines()
-        .take_while(|l| !l.trim().is_empty())
-        .map(str::trim)
-        .collect();
-    let text = paragraph.join(" ");
-    usage(text.strip_prefix("error: ").unwrap_or(&text))
-}
-
 /// A usage error of `pglock check`: UNKNOWN, as the plugin conventions say.
 pub fn usage(message: &str) -> u8 {
-    println!("PGLOCK UNKNOWN - usage error: {}", clean(message));
+    // UNKNOWN either way.
+    let _ = say(&format!("PGLOCK UNKNOWN - usage error: {}", clean(message)));
     CHECK_UNKNOWN
+}
+
+/// The plugin's one line on stdout. A line that cannot be written leaves the monitoring system
+/// nothing to read: UNKNOWN, with the reason in a `pglock:` line on stderr.
+fn say(line: &str) -> Option<u8> {
+    match output::emit(&format!("{line}\n")) {
+        Ok(()) => None,
+        Err(e) => {
+            warn!("{}", exit::message(&e));
+            Some(CHECK_UNKNOWN)
+        }
+    }
 }
 
 /// Runs the check; the plugin's exit status. Prints its one line whatever happens.
@@ -65,16 +59,12 @@ pub fn command(args: &CheckArgs) -> u8 {
     if limits.warning.is_some_and(|w| w >= limits.critical) {
         return usage("--warning must be below --critical");
     }
-    let target = Target::new(
-        args.which.key.as_deref(),
-        args.which.lock_id,
-        KeyHash::Sha256,
-    );
-    let facts = connect(&args.server).and_then(|mut session| {
-        let statement = sql::check(&args.ledger.table);
+    let target = &args.target;
+    let facts = connect(&args.database_url).and_then(|mut session| {
+        let statement = sql::check(&args.table);
         let rows = session
             .query_typed(&statement.text, &[&target.base], statement.types)
-            .map_err(|e| super::failure(&args.ledger.table, &e))?;
+            .map_err(|e| super::failure(&args.table, &e))?;
         match rows.first() {
             Some(row) => Ok(parse(row)?),
             None => Ok(Facts::default()),
@@ -93,8 +83,7 @@ pub fn command(args: &CheckArgs) -> u8 {
             (code, exit::message(&e), None)
         }
     };
-    println!("{}", plugin_line(code, &text, perfdata.as_deref()));
-    code
+    say(&plugin_line(code, &text, perfdata.as_deref())).unwrap_or(code)
 }
 
 fn parse(row: &Row) -> Result<Facts, postgres::Error> {
@@ -285,8 +274,5 @@ mod tests {
             plugin_line(2, "down\nnow", None),
             "PGLOCK CRITICAL - down now"
         );
-        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>().into_iter();
-        assert!(invoked(args(&["pglock", "check", "--key", "k"])));
-        assert!(!invoked(args(&["pglock", "--key", "check", "--", "x"])));
     }
 }

@@ -1,9 +1,8 @@
 //! `pglock history`: recorded runs, newest first, as a table or as JSON.
 
+use super::HistoryArgs;
 use super::{connect, display_secs, display_time, sql};
-use crate::cli::{HistoryArgs, Runs};
-use crate::key::KeyHash;
-use crate::options::Target;
+use crate::output;
 use anyhow::Result;
 use postgres::Row;
 use postgres::types::ToSql;
@@ -32,15 +31,15 @@ pub struct Run {
 }
 
 pub fn command(args: &HistoryArgs) -> Result<u8> {
-    let table = &args.ledger.table;
-    let key = ledger_key(&args.runs);
+    let table = &args.table;
+    let key = args.key.clone();
     let since = args.since.map(|d| d.as_secs_f64());
     let last = match (args.last, args.since) {
         (Some(n), _) => Some(i64::from(n)),
         (None, Some(_)) => None,
         (None, None) => Some(DEFAULT_LAST),
     };
-    let mut session = connect(&args.server)?;
+    let mut session = connect(&args.database_url)?;
     let statement = sql::history(table);
     let params: [&(dyn ToSql + Sync); 3] = [&key, &since, &last];
     let rows = session
@@ -49,19 +48,14 @@ pub fn command(args: &HistoryArgs) -> Result<u8> {
     let runs = rows.iter().map(parse).collect::<Result<Vec<_>, _>>()?;
     if args.json {
         let all: Vec<Value> = runs.iter().map(to_json).collect();
-        println!("{}", serde_json::to_string_pretty(&Value::Array(all))?);
+        output::emit(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&Value::Array(all))?
+        ))?;
     } else {
-        print!("{}", text(&runs, key.is_none()));
+        output::emit(&text(&runs, key.is_none()))?;
     }
     Ok(0)
-}
-
-/// The ledger's key for --key or --lock-id (`lock-id:ID`); None for --all.
-fn ledger_key(runs: &Runs) -> Option<String> {
-    if runs.all {
-        return None;
-    }
-    Some(Target::new(runs.key.as_deref(), runs.lock_id, KeyHash::Sha256).base)
 }
 
 fn parse(row: &Row) -> Result<Run, postgres::Error> {

@@ -6,9 +6,10 @@
 //! everything in place. "Already exists" from a creator outside pglock racing with us counts as
 //! success: the script is run once more, and then finds it.
 
+use super::InitArgs;
 use super::{connect, sql};
-use crate::cli::InitArgs;
 use crate::key::LockId;
+use crate::output;
 use crate::pg::session::final_column;
 use crate::pg::{Session, describe_error};
 use anyhow::Result;
@@ -23,25 +24,26 @@ fn init_lock() -> LockId {
 const RACED: [&str; 3] = ["42P07", "42710", "23505"];
 
 pub fn command(args: &InitArgs) -> Result<u8> {
-    let table = &args.ledger.table;
+    let table = &args.table;
     let script = sql::init(table, init_lock(), &args.grant);
     if args.print {
-        print!("{script}");
+        output::emit(&script)?;
         return Ok(0);
     }
-    let mut session = connect(&args.server)?;
+    let mut session = connect(&args.database_url)?;
     let existed = match apply(&mut session, &script) {
         Err(e) if raced(&e) => apply(&mut session, &script),
         other => other,
     }
     .map_err(|e| failure(table, &e))?;
     let roles = args.grant.join(", ");
-    match (existed, roles.is_empty()) {
-        (true, true) => println!("ledger table {table} already exists; indexes checked"),
-        (false, true) => println!("created ledger table {table}"),
-        (true, false) => println!("ledger table {table} already exists; granted {roles}"),
-        (false, false) => println!("created ledger table {table}; granted {roles}"),
-    }
+    let done = match (existed, roles.is_empty()) {
+        (true, true) => format!("ledger table {table} already exists; indexes checked"),
+        (false, true) => format!("created ledger table {table}"),
+        (true, false) => format!("ledger table {table} already exists; granted {roles}"),
+        (false, false) => format!("created ledger table {table}; granted {roles}"),
+    };
+    output::emit(&format!("{done}\n"))?;
     Ok(0)
 }
 

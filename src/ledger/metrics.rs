@@ -6,8 +6,9 @@
 //! label values escaped; no instance label (a job that runs on any host is a service-level
 //! one), only `key`.
 
+use super::MetricsArgs;
 use super::{connect, sql};
-use crate::cli::MetricsArgs;
+use crate::output;
 use anyhow::{Context, Result};
 use postgres::Row;
 use std::io::Write;
@@ -62,8 +63,8 @@ const FAMILIES: [Family; 6] = [
 ];
 
 pub fn command(args: &MetricsArgs) -> Result<u8> {
-    let table = &args.ledger.table;
-    let mut session = connect(&args.server)?;
+    let table = &args.table;
+    let mut session = connect(&args.database_url)?;
     let statement = sql::metrics(table);
     let rows = session
         .query_typed(&statement.text, &[], statement.types)
@@ -71,8 +72,8 @@ pub fn command(args: &MetricsArgs) -> Result<u8> {
     let keys = rows.iter().map(parse).collect::<Result<Vec<_>, _>>()?;
     let text = exposition(&keys);
     match &args.output {
-        Some(path) => write_atomically(path, &text)?,
-        None => print!("{text}"),
+        Some(path) => write_output(path, &text)?,
+        None => output::emit(&text)?,
     }
     Ok(0)
 }
@@ -121,6 +122,41 @@ fn number(v: f64) -> String {
     } else {
         format!("{v:.3}")
     }
+}
+
+/// `--output FILE`: a regular file (or a new one) is replaced atomically, as the textfile
+/// collector needs; a symlink is followed and its target replaced the same way, so the link
+/// stays a link; anything else (a FIFO, a device, `/dev/stdout`) is written in place, as a
+/// shell's `>` would, since renaming over it would replace the device or FIFO with a file.
+fn write_output(path: &Path, text: &str) -> Result<()> {
+    let target = follow(path).with_context(|| format!("cannot write {}", path.display()))?;
+    match std::fs::metadata(&target) {
+        Ok(meta) if !meta.file_type().is_file() => std::fs::OpenOptions::new()
+            .write(true)
+            .open(&target)
+            .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.flush()))
+            .with_context(|| format!("cannot write {}", path.display())),
+        _ => write_atomically(&target, text),
+    }
+}
+
+/// The path a chain of symlinks ends at (which need not exist yet), as the kernel would follow
+/// it, up to its limit of 40 links.
+fn follow(path: &Path) -> std::io::Result<std::path::PathBuf> {
+    let mut at = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&at) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let link = std::fs::read_link(&at)?;
+                at = match at.parent() {
+                    Some(dir) if link.is_relative() => dir.join(link),
+                    _ => link,
+                };
+            }
+            _ => return Ok(at),
+        }
+    }
+    Err(std::io::Error::from_raw_os_error(nix::libc::ELOOP))
 }
 
 /// Writes `text` to a temporary file next to `path`, flushes it to disk and renames it over
@@ -202,6 +238,27 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["pglock.prom"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn output_follows_symlinks_and_writes_other_files_in_place() {
+        let dir = std::env::temp_dir().join(format!("pglock-metrics-l-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("real")).unwrap();
+        let target = dir.join("real/pglock.prom");
+        std::fs::write(&target, "old").unwrap();
+        let link = dir.join("link.prom");
+        std::os::unix::fs::symlink("real/pglock.prom", &link).unwrap();
+        write_output(&link, "new\n").unwrap();
+        assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "new\n");
+        let dangling = dir.join("dangling.prom");
+        std::os::unix::fs::symlink("real/later.prom", &dangling).unwrap();
+        write_output(&dangling, "x\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("real/later.prom")).unwrap(),
+            "x\n"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -20,29 +20,85 @@ pub mod sql;
 pub mod table;
 
 use crate::appname::{AppName, Observer};
-use crate::cli::{LedgerSub, Server};
 use crate::conninfo;
 use crate::exit::{Failure, fail};
+use crate::key::Target;
 use crate::pg::{Opener, Session, describe_error, error::is_transient};
 use anyhow::Result;
+use std::path::PathBuf;
 use std::time::Duration;
 use table::Table;
 
+/// A ledger subcommand as the command line asked for it (`options` builds it from clap's).
+/// Each carries the table and `--database-url` (None: the PG* variables, as psql).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Init(InitArgs),
+    History(HistoryArgs),
+    Check(CheckArgs),
+    Metrics(MetricsArgs),
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitArgs {
+    pub print: bool,
+    /// Roles, already quoted as identifiers.
+    pub grant: Vec<String>,
+    pub table: Table,
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryArgs {
+    /// The runs of this `key` column value (a key, or `lock-id:ID`); None: every key.
+    pub key: Option<String>,
+    pub since: Option<Duration>,
+    pub last: Option<u32>,
+    pub json: bool,
+    pub table: Table,
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckArgs {
+    pub target: Target,
+    pub critical: Duration,
+    pub warning: Option<Duration>,
+    pub table: Table,
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsArgs {
+    pub output: Option<PathBuf>,
+    pub table: Table,
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PruneArgs {
+    pub older_than: Duration,
+    pub dry_run: bool,
+    pub table: Table,
+    pub database_url: Option<String>,
+}
+
 /// Runs one of the ledger's subcommands; the exit status.
-pub fn command(sub: &LedgerSub) -> Result<u8> {
-    match sub {
-        LedgerSub::Init(args) => init::command(args),
-        LedgerSub::History(args) => history::command(args),
-        LedgerSub::Check(args) => Ok(check::command(args)),
-        LedgerSub::Metrics(args) => metrics::command(args),
-        LedgerSub::Prune(args) => prune::command(args),
+pub fn command(request: &Request) -> Result<u8> {
+    match request {
+        Request::Init(args) => init::command(args),
+        Request::History(args) => history::command(args),
+        Request::Check(args) => Ok(check::command(args)),
+        Request::Metrics(args) => metrics::command(args),
+        Request::Prune(args) => prune::command(args),
     }
 }
 
 /// A subcommand's one connection, named `pglock-ledger@host:pid` so that it never reads as a
 /// lock holder.
-fn connect(server: &Server) -> Result<Session> {
-    let target = conninfo::resolve(server.database_url.as_deref(), &conninfo::process_env)?;
+fn connect(database_url: &Option<String>) -> Result<Session> {
+    let target = conninfo::resolve(database_url.as_deref(), &conninfo::process_env)?;
     let name = AppName::observer(Observer::Ledger).encoded();
     // Keepalives matter to connections that stay open; this one lives for a few statements.
     let opener = Opener::new(&target, &name, None, Duration::from_secs(5))?;
@@ -64,6 +120,12 @@ pub fn failure(table: &Table, e: &postgres::Error) -> anyhow::Error {
             ledger_flag(table)
         ),
         Some("25006") => "the server is read-only; pglock needs the primary".into(),
+        // An earlier pglock's table: runs keyed by the key's text, without lock_id.
+        Some("42703") => format!(
+            "it was made by an earlier pglock; upgrade it with 'pglock init{}' (as its owner), \
+             or apply 'pglock init --print'",
+            ledger_flag(table)
+        ),
         _ => format!(
             "create it with 'pglock init{}' (or apply 'pglock init --print')",
             ledger_flag(table)

@@ -3,9 +3,9 @@
 //! run, its newest success and every run in progress: `check`, `metrics` and `--once-per` read
 //! those (pruning the success that a `--once-per` window rests on would run the job again).
 
+use super::PruneArgs;
 use super::{connect, sql};
-use crate::cli::PruneArgs;
-use crate::duration;
+use crate::{duration, output};
 use anyhow::Result;
 use postgres::types::ToSql;
 
@@ -13,17 +13,19 @@ use postgres::types::ToSql;
 const BATCH: i64 = 1000;
 
 pub fn command(args: &PruneArgs) -> Result<u8> {
-    let table = &args.ledger.table;
+    let table = &args.table;
     let age = args.older_than.as_secs_f64();
     let older = duration::format(args.older_than);
-    let mut session = connect(&args.server)?;
+    let mut session = connect(&args.database_url)?;
     if args.dry_run {
         let statement = sql::prune_count(table);
         let rows = session
             .query_typed(&statement.text, &[&age], statement.types)
             .map_err(|e| super::failure(table, &e))?;
         let n: i64 = rows.first().map_or(Ok(0), |r| r.try_get(0))?;
-        println!("would delete {n} runs older than {older} from {table}");
+        output::emit(&format!(
+            "would delete {n} runs older than {older} from {table}\n"
+        ))?;
         return Ok(0);
     }
     let statement = sql::prune_batch(table);
@@ -39,6 +41,8 @@ pub fn command(args: &PruneArgs) -> Result<u8> {
             break;
         }
     }
-    println!("deleted {total} runs older than {older} from {table}");
+    output::emit(&format!(
+        "deleted {total} runs older than {older} from {table}\n"
+    ))?;
     Ok(0)
 }

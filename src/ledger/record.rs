@@ -1,23 +1,32 @@
 //! The run hooks: what a recorded run (`--record`, `--once-per`) writes before its command starts
-//! and after it ends. One statement each ([`sql::begin`], [`sql::finish`]), so recording costs
-//! two round trips.
+//! and after it ends. One statement each, so recording costs two round trips.
 //!
-//! Where they run: in session scope on the lock's own connection, idle while the command runs.
-//! In xact scope on a connection of their own in autocommit: inside the lock's transaction a
-//! row would be invisible to the other hosts until COMMIT, gone at ROLLBACK, and its xid would
-//! hold back vacuum for the whole run.
+//! Both go over the lock's own connection, never one that other hosts' waiters could take:
+//! through a transaction-pooling PgBouncer whose pool the waiters fill, a second connection of
+//! the holder's would get no server connection until a waiter leaves, and the waiters leave only
+//! after the holder releases (issue 18, item 11).
+//!
+//! - Session scope ([`sql::begin`], [`sql::finish`]): the connection is idle while the command
+//!   runs, and its statements commit at once, so the `running` row is visible to everyone.
+//! - Xact scope ([`sql::decide`], [`sql::record`]): inside the lock's transaction a row would be
+//!   invisible until COMMIT, and its xid would hold back vacuum for the whole run. So the
+//!   statement before the command only reads, and the whole run is written as one row at its
+//!   end, in the lock's transaction, whose COMMIT ends the lock: the next holder sees the row.
+//!
+//! A lock lost while the command ran took its connection (or its claim) with it: its end goes
+//! over a fresh connection, `pglock-ledger@host:pid`, bounded like every ledger statement.
 
 use super::sql;
+use super::table::Table;
 use crate::appname::{AppName, Observer};
 use crate::exit::{Outcome, child_code};
 use crate::key::LockId;
-use crate::options::{Fencing, Record, Target};
+use crate::key::Target;
 use crate::pg::session::Failed;
 use crate::pg::sql::Scope;
 use crate::pg::{Opener, Session, describe_error, error::is_transient};
 use crate::{duration, exit, step, warn};
 use anyhow::Result;
-use postgres::Row;
 use postgres::types::ToSql;
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -26,10 +35,27 @@ use std::time::Duration;
 /// (and may wait for a commit's fsync), so a short --check-interval must not bound it.
 const MIN_LIMIT: Duration = Duration::from_secs(5);
 
+/// The run ledger: --record, or --once-per, which implies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub table: Table,
+    /// --once-per: skip the command when a run succeeded within this window.
+    pub once_per: Option<Duration>,
+    /// --max-attempts: with --once-per, failures within the window that stop further runs.
+    pub max_attempts: u32,
+    /// --done-exit-code: the status of a skip.
+    pub done_exit_code: u8,
+    /// --record-command: the command line as the ledger stores it.
+    pub command: Option<String>,
+}
+
 /// The lock a run holds, as the ledger needs to know it.
 #[derive(Debug, Clone, Copy)]
 pub struct Holding {
+    /// The lock taken: the lock's id, or the semaphore slot's.
     pub id: LockId,
+    /// What the ledger keys runs by: the lock's id, or the semaphore's gate (with `slot`).
+    pub lock: LockId,
     pub slot: Option<usize>,
     pub shared: bool,
     pub scope: Scope,
@@ -42,7 +68,7 @@ pub struct Context<'a> {
     pub holding: Holding,
     pub quiet: bool,
     pub check_interval: Duration,
-    /// For the ledger's own connection in xact scope.
+    /// For a connection of the ledger's own, once the lock's is gone.
     pub connect_timeout: Duration,
 }
 
@@ -52,14 +78,44 @@ pub enum Begun {
     Skip(Outcome),
 }
 
-/// A run's row, to be finished.
+/// A run to be recorded when it ends.
 pub struct Recorder {
-    finish: sql::Statement,
-    table: String,
-    run_id: i64,
-    /// xact scope: the ledger's own connection, and how to open another if it breaks.
-    own: Option<(Session, Opener)>,
+    table: Table,
+    row: Row,
+    kind: Kind,
+    /// A connection of the ledger's own, for when the lock's is gone.
+    spare: Opener,
     limit: Duration,
+}
+
+/// The run's row, as the lock and the host know it.
+struct Row {
+    lock_id: String,
+    key: String,
+    slot: Option<i32>,
+    host: String,
+    pid: i32,
+    command: Option<String>,
+    /// Whether holding the lock proves that no other pglock runs under it (not when shared).
+    exclusive: bool,
+}
+
+enum Kind {
+    /// Session scope: the `running` row, and the statement that ends it on the lock's
+    /// connection.
+    Session { run_id: i64, finish: sql::Statement },
+    /// Xact scope: nothing written yet; the run started then (RFC 3339, the server's clock).
+    Xact { started: String },
+}
+
+/// Where the end of a run was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Committed already, or not written at all (a warning said so).
+    Done,
+    /// In the lock's transaction (xact scope): the release must COMMIT it, whatever the
+    /// command's status.
+    InLockTransaction,
 }
 
 /// How the run ended, as the ledger records it.
@@ -79,15 +135,17 @@ impl End {
         }
     }
 
-    /// The command ran and ended with `status`; `lost` if the lock was lost meanwhile.
-    pub fn ran(status: ExitStatus, lost: bool, fencing: Fencing) -> End {
+    /// The command ran and ended with `status`; `lost` if the lock was lost meanwhile, and
+    /// `stopped` if the command was stopped for that (pglock then exits 74; with `--on-lost
+    /// ignore` it passes the command's status on).
+    pub fn ran(status: ExitStatus, lost: bool, stopped: bool) -> End {
         let code = child_code(status);
-        match (lost, fencing) {
-            (true, Fencing::Terminate { .. }) => End {
+        match (lost, stopped) {
+            (true, true) => End {
                 status: "lost",
                 exit_code: exit::LOCK_LOST,
             },
-            (true, Fencing::Ignore) => End {
+            (true, false) => End {
                 status: "lost",
                 exit_code: code,
             },
@@ -103,108 +161,123 @@ impl End {
     }
 }
 
-/// After the grant, before the command: one statement that cleans up after dead holders,
-/// decides (--once-per, --max-attempts) and inserts the `running` row if the command runs.
+/// After the grant, before the command: one statement on the lock's connection that decides
+/// (--once-per, --max-attempts) and, in session scope, cleans up after dead holders and inserts
+/// the `running` row if the command runs.
 pub fn begin(cx: &Context, opener: &Opener, lock: &mut Session) -> Result<Begun> {
     let limit = cx.check_interval.max(MIN_LIMIT);
-    let mut own = match cx.holding.scope {
-        Scope::Session => None,
-        Scope::Xact => Some(open_own(opener, cx.connect_timeout)?),
+    let r = cx.record;
+    let row = Row {
+        lock_id: cx.holding.lock.sql_args(),
+        key: cx.target.base.clone(),
+        slot: cx.holding.slot.map(|s| s as i32),
+        host: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "unknown".into()),
+        pid: std::process::id() as i32,
+        command: r.command.clone(),
+        exclusive: !cx.holding.shared,
     };
-    let session = match &mut own {
-        Some((session, _)) => session,
-        None => lock,
-    };
-    let row = run_begin(cx, session, limit)?;
-    let verdict: String = row.try_get("verdict")?;
-    let abandoned: i64 = row.try_get("abandoned")?;
-    if abandoned > 0 {
-        step!(
-            "marked {abandoned} earlier run(s) of \"{}\" abandoned: their pglock died holding the \
-             lock",
-            cx.target.label
-        );
-    }
-    match verdict.as_str() {
-        "skip" => Ok(Begun::Skip(skipped(cx, &row)?)),
-        "exhausted" => Ok(Begun::Skip(exhausted(cx, &row)?)),
-        _ => {
-            let run_id: i64 = row.try_get("run_id")?;
-            let last: Option<String> = row.try_get("last_success")?;
-            step!("recorded run {run_id} in {}", cx.record.table);
-            let env = vec![
-                ("PGLOCK_RUN_ID".to_string(), run_id.to_string()),
-                ("PGLOCK_LAST_SUCCESS".to_string(), last.unwrap_or_default()),
+    let window = r.once_per.map(|d| d.as_secs_f64());
+    let max_attempts = r.max_attempts.min(i32::MAX as u32) as i32;
+    let answer = match cx.holding.scope {
+        Scope::Session => {
+            let params: [&(dyn ToSql + Sync); 9] = [
+                &row.lock_id,
+                &window,
+                &max_attempts,
+                &row.key,
+                &row.slot,
+                &row.host,
+                &row.pid,
+                &row.command,
+                &row.exclusive,
             ];
-            let recorder = Recorder {
-                finish: sql::finish(&cx.record.table, guard(cx.holding)),
-                table: cx.record.table.to_string(),
-                run_id,
-                own,
-                limit,
-            };
-            Ok(Begun::Run(Box::new(recorder), env))
+            ask(&r.table, lock, &sql::begin(&r.table), &params, limit)?
         }
+        Scope::Xact => {
+            let params: [&(dyn ToSql + Sync); 3] = [&row.lock_id, &window, &max_attempts];
+            ask(&r.table, lock, &sql::decide(&r.table), &params, limit)?
+        }
+    };
+    let verdict: String = answer.try_get("verdict")?;
+    match verdict.as_str() {
+        "skip" => return Ok(Begun::Skip(skipped(cx, &answer)?)),
+        "exhausted" => return Ok(Begun::Skip(exhausted(cx, &answer)?)),
+        _ => {}
     }
-}
-
-/// In session scope the end statement also checks that this session still holds the lock,
-/// since it runs there; an xact lock lives on the other connection.
-fn guard(holding: Holding) -> Option<LockId> {
-    (holding.scope == Scope::Session).then_some(holding.id)
+    let last: Option<String> = answer.try_get("last_success")?;
+    let (kind, run_id) = match cx.holding.scope {
+        Scope::Session => {
+            let abandoned: i64 = answer.try_get("abandoned")?;
+            if abandoned > 0 {
+                step!(
+                    "marked {abandoned} earlier run(s) of \"{}\" abandoned: their pglock died \
+                     holding the lock",
+                    cx.target.label
+                );
+            }
+            let run_id: i64 = answer.try_get("run_id")?;
+            step!("recorded run {run_id} in {}", r.table);
+            let finish = sql::finish(&r.table, Some(cx.holding.id));
+            (Kind::Session { run_id, finish }, run_id.to_string())
+        }
+        Scope::Xact => {
+            let started: String = answer.try_get("now")?;
+            step!("the run goes into {} when it ends (xact scope)", r.table);
+            (Kind::Xact { started }, String::new())
+        }
+    };
+    let env = vec![
+        ("PGLOCK_RUN_ID".to_string(), run_id),
+        ("PGLOCK_LAST_SUCCESS".to_string(), last.unwrap_or_default()),
+    ];
+    let recorder = Recorder {
+        table: r.table.clone(),
+        row,
+        kind,
+        spare: spare(opener, cx.connect_timeout.min(limit)),
+        limit,
+    };
+    Ok(Begun::Run(Box::new(recorder), env))
 }
 
 /// The ledger's own connection, `pglock-ledger@host:pid`: it holds no lock, so its name does
-/// not read as a holder's. Same target, settings and TLS connector as the lock's.
-fn open_own(opener: &Opener, connect_timeout: Duration) -> Result<(Session, Opener)> {
+/// not read as a holder's. Same target, settings and TLS connector as the lock's; opened only
+/// when needed.
+fn spare(opener: &Opener, connect_timeout: Duration) -> Opener {
     let ledger = Observer::Ledger;
     let name = AppName::parse(opener.application_name()).map_or_else(
         || AppName::observer(ledger),
         |ours| ours.as_observer(ledger),
     );
-    let own = opener.renamed(&name.encoded(), connect_timeout);
-    let session = own.open().map_err(|e| own.failure(&e))?;
-    Ok((session, own))
+    opener.renamed(&name.encoded(), connect_timeout)
 }
 
-fn run_begin(cx: &Context, session: &mut Session, limit: Duration) -> Result<Row> {
-    let r = cx.record;
-    let host = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "unknown".into());
-    let slot = cx.holding.slot.map(|s| s as i32);
-    let pid = std::process::id() as i32;
-    let window = r.once_per.map(|d| d.as_secs_f64());
-    let max_attempts = r.max_attempts.min(i32::MAX as u32) as i32;
-    // Holding an exclusive lock (or slot) proves that no other pglock runs under it.
-    let abandon = !cx.holding.shared;
-    let params: [&(dyn ToSql + Sync); 8] = [
-        &cx.target.base,
-        &slot,
-        &host,
-        &pid,
-        &r.command,
-        &window,
-        &max_attempts,
-        &abandon,
-    ];
-    let statement = sql::begin(&r.table);
+/// One ledger statement before the command; its one row.
+fn ask(
+    table: &Table,
+    session: &mut Session,
+    statement: &sql::Statement,
+    params: &[&(dyn ToSql + Sync)],
+    limit: Duration,
+) -> Result<postgres::Row> {
     let rows = session
-        .query_typed_within(&statement.text, &params, statement.types, limit)
+        .query_typed_within(&statement.text, params, statement.types, limit)
         .map_err(|e| match e {
-            Failed::Error(e) => super::failure(&r.table, &e),
-            Failed::NoAnswer(_) => crate::exit::fail(
+            Failed::Error(e) => super::failure(table, &e),
+            Failed::NoAnswer(_) | Failed::Unwatched => crate::exit::fail(
                 crate::exit::Failure::Unavailable,
-                format!("ledger table {}: {e}", r.table),
+                format!("ledger table {table}: {e}"),
             ),
         })?;
     rows.into_iter()
         .next()
-        .ok_or_else(|| anyhow::anyhow!("ledger table {}: no answer row", r.table))
+        .ok_or_else(|| anyhow::anyhow!("ledger table {table}: no answer row"))
 }
 
 /// --once-per found a success within the window.
-fn skipped(cx: &Context, row: &Row) -> Result<Outcome> {
+fn skipped(cx: &Context, row: &postgres::Row) -> Result<Outcome> {
     let at: Option<String> = row.try_get("last_success")?;
     let host: Option<String> = row.try_get("last_host")?;
     let age: Option<f64> = row.try_get("last_age")?;
@@ -225,7 +298,7 @@ fn skipped(cx: &Context, row: &Row) -> Result<Outcome> {
 }
 
 /// --max-attempts runs failed within the window.
-fn exhausted(cx: &Context, row: &Row) -> Result<Outcome> {
+fn exhausted(cx: &Context, row: &postgres::Row) -> Result<Outcome> {
     let failures: i64 = row.try_get("failures")?;
     Ok(Outcome::Exhausted(format!(
         "\"{}\" failed {failures} times within --once-per {} (--max-attempts {}); not running it \
@@ -237,54 +310,112 @@ fn exhausted(cx: &Context, row: &Row) -> Result<Outcome> {
 }
 
 impl Recorder {
-    /// After the command, before the release: the run's end. `lock` is the lock's connection
-    /// (used in session scope). A failure only warns: the row stays `running`, and the next
-    /// holder marks it abandoned.
-    pub fn finish(mut self, lock: &mut Session, end: End) {
-        let outcome = match self.own.take() {
-            None => self.send(lock, end),
-            Some((mut own, opener)) => match self.send(&mut own, end) {
-                // The ledger's connection sat idle through the command; a server-side idle
-                // timeout or a pooler may have closed it. One new connection, one more try.
+    /// After the command, before the release: the run's end. `lock` is the lock's connection.
+    /// A failure only warns: in session scope the row stays `running` and the next holder marks
+    /// it abandoned; in xact scope there is no row.
+    pub fn finish(self, lock: &mut Session, end: End) -> Written {
+        let lost = end.status == "lost";
+        let outcome = if lost {
+            // The lock's connection is gone, or no longer holds the lock (and, in xact scope,
+            // its transaction is not committed): a connection of the ledger's own.
+            self.on_spare(end)
+        } else {
+            match self.send(lock, end, true) {
+                // The connection broke at the end: the lock went with it, but the command ran
+                // under it; say how it ended from a connection of the ledger's own.
                 Err(Failed::Error(e)) if is_transient(&e) => {
                     step!(
-                        "ledger connection lost ({}); reconnecting",
+                        "ledger: {}; writing the end over a new connection",
                         describe_error(&e)
                     );
-                    match opener.open() {
-                        Ok(mut again) => self.send(&mut again, end),
-                        Err(e) => Err(Failed::Error(e)),
-                    }
+                    self.on_spare(end)
+                }
+                Ok(status) if matches!(self.kind, Kind::Xact { .. }) => {
+                    self.report(&Ok(status));
+                    return Written::InLockTransaction;
                 }
                 other => other,
-            },
+            }
         };
+        self.report(&outcome);
+        Written::Done
+    }
+
+    /// The end over a fresh connection, bounded by the connect timeout and the statement limit.
+    fn on_spare(&self, end: End) -> Result<Option<String>, Failed> {
+        let mut session = self.spare.open()?;
+        let outcome = self.send(&mut session, end, false);
+        session.close();
+        outcome
+    }
+
+    fn report(&self, outcome: &Result<Option<String>, Failed>) {
+        let run = match &self.kind {
+            Kind::Session { run_id, .. } => format!("run {run_id}"),
+            Kind::Xact { .. } => "the run".to_string(),
+        };
+        let table = &self.table;
         match outcome {
-            Ok(Some(status)) => step!("recorded run {} as {status}", self.run_id),
+            Ok(Some(status)) => step!("recorded {run} in {table} as {status}"),
             Ok(None) => warn!(
-                "run {} in {} was no longer running when the command ended (marked abandoned by \
-                 another holder?); its end is not recorded",
-                self.run_id, self.table
+                "{run} in {table} was no longer running when the command ended (marked \
+                 abandoned by another holder?); its end is not recorded"
             ),
-            Err(why) => warn!(
-                "could not record the end of run {} in {} ({why}); the next holder of the lock \
-                 will mark it abandoned",
-                self.run_id, self.table
-            ),
+            Err(why) => match self.kind {
+                Kind::Session { .. } => warn!(
+                    "could not record the end of {run} in {table} ({why}); the next holder of \
+                     the lock will mark it abandoned"
+                ),
+                Kind::Xact { .. } => {
+                    warn!("could not record {run} in {table} ({why}); it is not in the ledger")
+                }
+            },
         }
     }
 
     /// The end statement; the status it wrote, or None if the row was no longer running.
-    fn send(&self, session: &mut Session, end: End) -> Result<Option<String>, Failed> {
+    /// `holding`: `session` is the lock's own connection.
+    fn send(
+        &self,
+        session: &mut Session,
+        end: End,
+        holding: bool,
+    ) -> Result<Option<String>, Failed> {
         let code = i32::from(end.exit_code);
-        let params: [&(dyn ToSql + Sync); 3] = [&self.run_id, &end.status, &code];
-        let rows = session.query_typed_within(
-            &self.finish.text,
-            &params,
-            self.finish.types,
-            self.limit,
-        )?;
-        Ok(rows.first().and_then(|r| r.try_get(0).ok()))
+        let rows = match &self.kind {
+            Kind::Session { run_id, finish } => {
+                // Off the lock's connection the lock cannot be checked, and is known lost.
+                let unguarded;
+                let statement = if holding {
+                    finish
+                } else {
+                    unguarded = sql::finish(&self.table, None);
+                    &unguarded
+                };
+                let params: [&(dyn ToSql + Sync); 3] = [run_id, &end.status, &code];
+                session.query_typed_within(&statement.text, &params, statement.types, self.limit)?
+            }
+            Kind::Xact { started } => {
+                let r = &self.row;
+                // Only the holder may call other runs of the lock dead.
+                let abandon = holding && r.exclusive;
+                let params: [&(dyn ToSql + Sync); 10] = [
+                    &r.lock_id,
+                    &r.key,
+                    &r.slot,
+                    &r.host,
+                    &r.pid,
+                    &r.command,
+                    &abandon,
+                    started,
+                    &end.status,
+                    &code,
+                ];
+                let statement = sql::record(&self.table);
+                session.query_typed_within(&statement.text, &params, statement.types, self.limit)?
+            }
+        };
+        Ok(rows.first().and_then(|r| r.try_get("status").ok()))
     }
 }
 
@@ -295,9 +426,7 @@ mod tests {
 
     #[test]
     fn ends_say_what_pglock_exits_with() {
-        let term = Fencing::Terminate {
-            kill_after: Duration::from_secs(1),
-        };
+        let term = true;
         let ok = ExitStatus::from_raw(0);
         let three = ExitStatus::from_raw(3 << 8);
         let killed = ExitStatus::from_raw(9);
@@ -318,7 +447,7 @@ mod tests {
             }
         );
         assert_eq!(
-            End::ran(three, true, Fencing::Ignore),
+            End::ran(three, true, false),
             End {
                 status: "lost",
                 exit_code: 3

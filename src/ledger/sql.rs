@@ -38,7 +38,9 @@ fn age(column: &str) -> String {
 
 /// `pglock init`: the table, its indexes and the grants, in one transaction serialized by a
 /// fixed advisory lock (`init_lock`), since concurrent `CREATE ... IF NOT EXISTS` can still
-/// collide in the catalogs. Its first value says whether the table existed before.
+/// collide in the catalogs. Its first value says whether the table existed before. A table of
+/// an earlier pglock, which keyed runs by the key's text alone, gets its `lock_id` column here
+/// (see [`upgrade`]).
 pub fn init(table: &Table, init_lock: LockId, roles: &[String]) -> String {
     let t = table.quoted();
     let statuses: Vec<String> = STATUSES.iter().map(|s| format!("'{s}'")).collect();
@@ -51,6 +53,7 @@ pub fn init(table: &Table, init_lock: LockId, roles: &[String]) -> String {
          CREATE TABLE IF NOT EXISTS {t} (\n    \
              id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,\n    \
              key         text        NOT NULL,\n    \
+             lock_id     text        NOT NULL,\n    \
              slot        integer,\n    \
              host        text        NOT NULL,\n    \
              pid         integer     NOT NULL,\n    \
@@ -63,17 +66,23 @@ pub fn init(table: &Table, init_lock: LockId, roles: &[String]) -> String {
              command     text,\n    \
              CHECK ((status = 'running') = (finished_at IS NULL))\n\
          );\n\
-         -- history and check by key, the next holder's last-success read, prune's newer-row test\n\
+         {upgrade}\
+         -- history and check by key, prune's newer-row test\n\
          CREATE INDEX IF NOT EXISTS {key_started} ON {t} (key, started_at);\n\
          CREATE INDEX IF NOT EXISTS {succeeded} ON {t} (key, started_at) WHERE status = 'succeeded';\n\
-         CREATE INDEX IF NOT EXISTS {running} ON {t} (key, slot) WHERE status = 'running';\n\
+         -- a run's last success and failures, by the lock it holds\n\
+         CREATE INDEX IF NOT EXISTS {lock_started} ON {t} (lock_id, started_at);\n\
+         -- the next holder's cleanup of runs whose pglock died\n\
+         CREATE INDEX IF NOT EXISTS {lock_running} ON {t} (lock_id, slot) WHERE status = 'running';\n\
          -- history --all and prune by age\n\
          CREATE INDEX IF NOT EXISTS {started} ON {t} (started_at);\n",
         lock = init_lock.sql_args(),
         statuses = statuses.join(", "),
+        upgrade = upgrade(table),
         key_started = table.index("key_started"),
         succeeded = table.index("succeeded"),
-        running = table.index("running"),
+        lock_started = table.index("lock_started"),
+        lock_running = table.index("lock_running"),
         started = table.index("started"),
     );
     for role in roles {
@@ -81,6 +90,35 @@ pub fn init(table: &Table, init_lock: LockId, roles: &[String]) -> String {
     }
     script.push_str("COMMIT;\n");
     script
+}
+
+/// The upgrade of a table made by an earlier pglock, whose runs have no `lock_id`: adds the
+/// column and fills it in as those versions took the locks, with the default key hash (a
+/// `lock-id:ID` key is the raw id; a `--limit` run's lock is its semaphore's gate). Only when the
+/// column is missing, so that an init against an up-to-date table takes no lock that would wait
+/// for running jobs.
+fn upgrade(table: &Table) -> String {
+    let t = table.quoted();
+    let literal = t.replace('\'', "''");
+    let sha = |bytes: &str| {
+        format!("(('x' || left(encode(sha256({bytes}), 'hex'), 16))::bit(64)::bigint)::text")
+    };
+    format!(
+        "-- An earlier pglock keyed runs by the key's text alone; key them by the lock.\n\
+         DO $upgrade$ BEGIN\n  \
+           IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = '{literal}'::regclass\n      \
+                          AND attname = 'lock_id' AND NOT attisdropped) THEN\n    \
+             ALTER TABLE {t} ADD COLUMN lock_id text;\n    \
+             UPDATE {t} SET lock_id = CASE\n      \
+               WHEN slot IS NULL AND key LIKE 'lock-id:%' THEN substr(key, 9)\n      \
+               WHEN slot IS NULL THEN {plain}\n      \
+               ELSE {gate} END;\n    \
+             ALTER TABLE {t} ALTER COLUMN lock_id SET NOT NULL;\n  \
+           END IF;\n\
+         END $upgrade$;\n",
+        plain = sha("convert_to(key, 'UTF8')"),
+        gate = sha("convert_to(key, 'UTF8') || '\\x00'::bytea || convert_to('gate', 'UTF8')"),
+    )
 }
 
 /// What a runner needs: read, insert, and update of the columns a run's end sets (no delete,
@@ -94,69 +132,149 @@ fn grant(table: &Table, role: &str) -> String {
     )
 }
 
-/// The one statement before the command: marks this key's (and slot's) `running` rows
-/// `abandoned` when `$8` (holding the lock exclusively proves their pglock is gone), reads the
-/// last success, counts the failures in the `--once-per` window, decides, and inserts the
+/// The part of the statement before the command that decides: the lock's last success, its
+/// failures within the `--once-per` window, and the verdict. Runs are matched by the lock they
+/// held (`lock_id`), not by the key's text: `--key K` and `--key K --key-hash sqlx` are two
+/// locks, `--lock-id 43` and `--key lock-id:43` too. `$1` lock id, `$2` the window in seconds
+/// (NULL without --once-per), `$3` --max-attempts.
+fn decision(t: &str) -> String {
+    format!(
+        "last AS (\
+             SELECT started_at, host FROM {t} WHERE lock_id = $1 AND status = 'succeeded' \
+             ORDER BY started_at DESC, id DESC LIMIT 1), \
+         failures AS (\
+             SELECT count(*) AS n FROM {t} \
+             WHERE $2 IS NOT NULL AND lock_id = $1 AND status <> 'succeeded' \
+             AND started_at > clock_timestamp() - $2 * interval '1 second'), \
+         verdict AS (\
+             SELECT CASE \
+                 WHEN $2 IS NULL THEN 'run' \
+                 WHEN (SELECT started_at FROM last) > clock_timestamp() - $2 * interval '1 second' \
+                 THEN 'skip' \
+                 WHEN (SELECT n FROM failures) >= $3 THEN 'exhausted' \
+                 ELSE 'run' END AS verdict)"
+    )
+}
+
+/// The columns the two statements before the command answer with, from `verdict v` and `last l`.
+fn decided() -> String {
+    format!(
+        "v.verdict, {last_success} AS last_success, l.host AS last_host, {last_age} AS last_age, \
+         (SELECT n FROM failures) AS failures",
+        last_success = rfc3339("l.started_at"),
+        last_age = age("l.started_at"),
+    )
+}
+
+/// The one statement before the command, in session scope (on the lock's own connection, in
+/// autocommit): marks the lock's (and slot's) `running` rows `abandoned` when `$9` (holding the
+/// lock exclusively proves their pglock is gone), decides as [`decision`], and inserts the
 /// `running` row only when the command will run.
 ///
-/// `$1` key, `$2` slot (NULL without --limit), `$3` host, `$4` pid, `$5` command (NULL unless
-/// --record-command), `$6` the --once-per window in seconds (NULL without it), `$7`
-/// --max-attempts, `$8` whether to mark running rows abandoned.
+/// `$1` lock id, `$2` window, `$3` --max-attempts (see [`decision`]), `$4` key, `$5` slot (NULL
+/// without --limit), `$6` host, `$7` pid, `$8` command (NULL unless --record-command), `$9`
+/// whether to mark running rows abandoned.
 ///
-/// One row: `verdict` (`run`, `skip` or `exhausted`), `run_id`, `last_success` (RFC 3339),
-/// `last_host`, `last_age` (seconds), `failures`, `abandoned`.
+/// One row: `verdict` (`run`, `skip` or `exhausted`), `last_success` (RFC 3339), `last_host`,
+/// `last_age` (seconds), `failures`, `run_id`, `abandoned`.
 pub fn begin(table: &Table) -> Statement {
     let t = table.quoted();
     let text = format!(
         "WITH abandoned AS (\
              UPDATE {t} SET status = 'abandoned', finished_at = clock_timestamp() \
-             WHERE $8 AND key = $1 AND slot IS NOT DISTINCT FROM $2 AND status = 'running' \
+             WHERE $9 AND lock_id = $1 AND slot IS NOT DISTINCT FROM $5 AND status = 'running' \
              RETURNING id), \
-         last AS (\
-             SELECT started_at, host FROM {t} WHERE key = $1 AND status = 'succeeded' \
-             ORDER BY started_at DESC, id DESC LIMIT 1), \
-         failures AS (\
-             SELECT count(*) AS n FROM {t} \
-             WHERE $6 IS NOT NULL AND key = $1 AND status <> 'succeeded' \
-             AND started_at > clock_timestamp() - $6 * interval '1 second'), \
-         verdict AS (\
-             SELECT CASE \
-                 WHEN $6 IS NULL THEN 'run' \
-                 WHEN (SELECT started_at FROM last) > clock_timestamp() - $6 * interval '1 second' \
-                 THEN 'skip' \
-                 WHEN (SELECT n FROM failures) >= $7 THEN 'exhausted' \
-                 ELSE 'run' END AS verdict), \
+         {decision}, \
          run AS (\
-             INSERT INTO {t} (key, slot, host, pid, backend_pid, db_user, started_at, status, command) \
-             SELECT $1, $2, $3, $4, pg_backend_pid(), session_user, clock_timestamp(), 'running', $5 \
+             INSERT INTO {t} (key, lock_id, slot, host, pid, backend_pid, db_user, started_at, status, command) \
+             SELECT $4, $1, $5, $6, $7, pg_backend_pid(), session_user, clock_timestamp(), 'running', $8 \
              FROM verdict WHERE verdict = 'run' \
              RETURNING id) \
-         SELECT v.verdict, (SELECT id FROM run) AS run_id, {last_success} AS last_success, \
-                l.host AS last_host, {last_age} AS last_age, \
-                (SELECT n FROM failures) AS failures, (SELECT count(*) FROM abandoned) AS abandoned \
+         SELECT {decided}, (SELECT id FROM run) AS run_id, \
+                (SELECT count(*) FROM abandoned) AS abandoned \
          FROM verdict v LEFT JOIN last l ON true",
-        last_success = rfc3339("l.started_at"),
-        last_age = age("l.started_at"),
+        decision = decision(&t),
+        decided = decided(),
     );
     Statement {
         text,
         types: &[
             Type::TEXT,
-            Type::INT4,
-            Type::TEXT,
-            Type::INT4,
-            Type::TEXT,
             Type::FLOAT8,
             Type::INT4,
+            Type::TEXT,
+            Type::INT4,
+            Type::TEXT,
+            Type::INT4,
+            Type::TEXT,
             Type::BOOL,
         ],
     }
 }
 
-/// The one statement after the command: the run's end. `$1` run id, `$2` status, `$3` exit
-/// code. With `guard` (session scope, where this runs on the lock's own connection) the row says
-/// `lost` with exit code 74 if this session no longer holds that lock, which is what the release
-/// that follows will find; a loss already known (`$2` = `lost`) keeps its exit code, which
+/// The one statement before the command in xact scope, inside the lock's transaction: it only
+/// reads, so the transaction gets no xid (which would hold back vacuum for the whole run) and
+/// locks nothing but the table's ACCESS SHARE. The run's row is written when it ends
+/// ([`record`]). `$1` to `$3` as [`decision`]. One row: as [`begin`]'s without `run_id` and
+/// `abandoned`, plus `now` (RFC 3339), the run's start.
+pub fn decide(table: &Table) -> Statement {
+    let text = format!(
+        "WITH {decision} \
+         SELECT {decided}, {now} AS now \
+         FROM verdict v LEFT JOIN last l ON true",
+        decision = decision(&table.quoted()),
+        decided = decided(),
+        now = rfc3339("clock_timestamp()"),
+    );
+    Statement {
+        text,
+        types: &[Type::TEXT, Type::FLOAT8, Type::INT4],
+    }
+}
+
+/// The one statement after the command in xact scope: the whole run as one row, written in the
+/// lock's transaction (whose COMMIT ends the lock, so the next holder sees it), or on a
+/// connection of its own once the lock was lost. Marks the lock's (and slot's) `running` rows
+/// `abandoned` first when `$7`, as [`begin`] does.
+///
+/// `$1` lock id, `$2` key, `$3` slot, `$4` host, `$5` pid, `$6` command, `$7` whether to mark
+/// running rows abandoned, `$8` the start (RFC 3339, from [`decide`]), `$9` status, `$10` exit
+/// code. Returns `id` and `status`.
+pub fn record(table: &Table) -> Statement {
+    let t = table.quoted();
+    let text = format!(
+        "WITH abandoned AS (\
+             UPDATE {t} SET status = 'abandoned', finished_at = clock_timestamp() \
+             WHERE $7 AND lock_id = $1 AND slot IS NOT DISTINCT FROM $3 AND status = 'running' \
+             RETURNING id) \
+         INSERT INTO {t} (key, lock_id, slot, host, pid, backend_pid, db_user, started_at, \
+                          finished_at, status, exit_code, command) \
+         SELECT $2, $1, $3, $4, $5, pg_backend_pid(), session_user, $8::timestamptz, \
+                clock_timestamp(), $9, $10, $6 \
+         FROM (SELECT count(*) FROM abandoned) AS a \
+         RETURNING id, status"
+    );
+    Statement {
+        text,
+        types: &[
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT4,
+            Type::TEXT,
+            Type::INT4,
+            Type::TEXT,
+            Type::BOOL,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT4,
+        ],
+    }
+}
+
+/// The one statement after the command in session scope: the run's end. `$1` run id, `$2`
+/// status, `$3` exit code. With `guard` (on the lock's own connection) the row says `lost`
+/// with exit code 74 if this session no longer holds that lock, which is what the release that
+/// follows will find; a loss already known (`$2` = `lost`) keeps its exit code, which
 /// `--on-lost ignore` takes from the command. Returns the status written, or no row if the run
 /// was no longer `running` (another holder marked it abandoned).
 pub fn finish(table: &Table, guard: Option<LockId>) -> Statement {
@@ -323,8 +441,11 @@ mod tests {
             "CREATE INDEX IF NOT EXISTS \"runs_key_started\" ON \"ops\".\"runs\" (key, started_at);",
             "CREATE INDEX IF NOT EXISTS \"runs_succeeded\" ON \"ops\".\"runs\" (key, started_at) \
              WHERE status = 'succeeded';",
-            "CREATE INDEX IF NOT EXISTS \"runs_running\" ON \"ops\".\"runs\" (key, slot) \
+            "CREATE INDEX IF NOT EXISTS \"runs_lock_running\" ON \"ops\".\"runs\" (lock_id, slot) \
              WHERE status = 'running';",
+            "CREATE INDEX IF NOT EXISTS \"runs_lock_started\" ON \"ops\".\"runs\" (lock_id, started_at);",
+            "    lock_id     text        NOT NULL,",
+            "    ALTER TABLE \"ops\".\"runs\" ADD COLUMN lock_id text;",
             "CREATE INDEX IF NOT EXISTS \"runs_started\" ON \"ops\".\"runs\" (started_at);",
             "GRANT USAGE ON SCHEMA \"ops\" TO \"runner\";",
             "GRANT SELECT, INSERT, UPDATE (status, finished_at, exit_code) ON \"ops\".\"runs\" \
@@ -339,26 +460,53 @@ mod tests {
     #[test]
     fn begin_snapshot() {
         let s = begin(&table());
-        assert_eq!(s.types.len(), 8);
+        assert_eq!(s.types.len(), 9);
         assert!(s.text.starts_with(
             "WITH abandoned AS (UPDATE \"ops\".\"runs\" SET status = 'abandoned', finished_at = \
-             clock_timestamp() WHERE $8 AND key = $1 AND slot IS NOT DISTINCT FROM $2 AND \
+             clock_timestamp() WHERE $9 AND lock_id = $1 AND slot IS NOT DISTINCT FROM $5 AND \
              status = 'running' RETURNING id), "
         ));
         assert!(s.text.contains(
-            "WHEN (SELECT started_at FROM last) > clock_timestamp() - $6 * interval '1 second' \
-             THEN 'skip' WHEN (SELECT n FROM failures) >= $7 THEN 'exhausted' ELSE 'run' END"
+            "WHEN (SELECT started_at FROM last) > clock_timestamp() - $2 * interval '1 second' \
+             THEN 'skip' WHEN (SELECT n FROM failures) >= $3 THEN 'exhausted' ELSE 'run' END"
         ));
         assert!(s.text.contains(
-            "SELECT $1, $2, $3, $4, pg_backend_pid(), session_user, clock_timestamp(), \
-             'running', $5 FROM verdict WHERE verdict = 'run' RETURNING id"
+            "SELECT $4, $1, $5, $6, $7, pg_backend_pid(), session_user, clock_timestamp(), \
+             'running', $8 FROM verdict WHERE verdict = 'run' RETURNING id"
         ));
         assert!(s.text.contains(
             "to_char(l.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS \
              last_success"
         ));
-        // Parameters only: nothing of the key or host is in the text.
+        // Runs are found by the lock they held, never by the key's text.
+        assert!(
+            s.text
+                .contains("WHERE lock_id = $1 AND status = 'succeeded'")
+        );
+        assert!(!s.text.contains("key = $"));
         assert!(!s.text.contains("now()"));
+    }
+
+    #[test]
+    fn xact_scope_reads_first_and_writes_the_whole_run_at_the_end() {
+        let d = decide(&table());
+        assert_eq!(d.types.len(), 3);
+        assert!(
+            d.text
+                .starts_with("WITH last AS (SELECT started_at, host FROM")
+        );
+        for write in ["UPDATE", "INSERT", "DELETE"] {
+            assert!(!d.text.contains(write), "{write}: {}", d.text);
+        }
+        let r = record(&table());
+        assert_eq!(r.types.len(), 10);
+        assert!(r.text.contains(
+            "WHERE $7 AND lock_id = $1 AND slot IS NOT DISTINCT FROM $3 AND status = 'running'"
+        ));
+        assert!(r.text.contains(
+            "SELECT $2, $1, $3, $4, $5, pg_backend_pid(), session_user, $8::timestamptz, \
+             clock_timestamp(), $9, $10, $6"
+        ));
     }
 
     #[test]

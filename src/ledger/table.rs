@@ -8,6 +8,7 @@
 //! ledger is never looked up through search_path, which anyone with CREATE on an earlier schema
 //! could hijack.
 
+use sha2::{Digest, Sha256};
 use std::fmt;
 
 /// PostgreSQL's identifier limit (NAMEDATALEN - 1).
@@ -46,12 +47,21 @@ impl Table {
         format!("\"{}\"", self.schema)
     }
 
-    /// An index name derived from the table's, `<table>_<suffix>`, cut to fit in an identifier.
-    /// Indexes live in the table's schema, so the same table name in two schemas cannot clash.
+    /// An index name derived from the table's: `<table>_<suffix>` when that fits in an
+    /// identifier, else the table's name cut short, 8 hex digits of its SHA-256 and the suffix,
+    /// so that two long names in one schema never share index names (the server would not
+    /// complain: `CREATE INDEX IF NOT EXISTS` would skip the second table's indexes). Indexes
+    /// live in the table's schema, so the same table name in two schemas cannot clash.
     pub fn index(&self, suffix: &str) -> String {
-        let room = MAX_IDENT - suffix.len() - 1;
-        let stem = &self.name[..self.name.len().min(room)];
-        format!("\"{stem}_{suffix}\"")
+        let whole = format!("{}_{suffix}", self.name);
+        if whole.len() <= MAX_IDENT {
+            return format!("\"{whole}\"");
+        }
+        let digest = Sha256::digest(self.name.as_bytes());
+        let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+        // The name is ASCII (checked by `identifier`), so any byte is a character boundary.
+        let room = MAX_IDENT - suffix.len() - hash.len() - 2;
+        format!("\"{}_{hash}_{suffix}\"", &self.name[..room])
     }
 }
 
@@ -134,7 +144,15 @@ mod tests {
         let long = Table::parse(&"r".repeat(63)).unwrap();
         let index = long.index("key_started");
         assert_eq!(index.len(), 63 + 2, "{index}");
-        assert!(index.ends_with("r_key_started\""));
+        assert!(index.ends_with("_key_started\""));
+        // Two long names alike in their first 62 bytes: their index names differ.
+        let other = Table::parse(&format!("{}s", "r".repeat(62))).unwrap();
+        assert_ne!(other.index("key_started"), index);
+        let fits = Table::parse(&"r".repeat(51)).unwrap();
+        assert_eq!(
+            fits.index("started"),
+            format!("\"{}_started\"", "r".repeat(51))
+        );
         assert_eq!(
             Table::parse("x.runs").unwrap().index("running"),
             "\"runs_running\""

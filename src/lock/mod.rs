@@ -58,6 +58,8 @@ pub struct Request {
     pub wait: Wait,
     /// `--limit N` above 1: take one of N slots instead of `id`.
     pub semaphore: Option<Semaphore>,
+    /// The lease, and a backend of ours to end first.
+    pub settings: sql::Settings,
     /// `--fencing-token`: read one with the grant.
     pub token: bool,
 }
@@ -88,7 +90,8 @@ pub enum Acquired {
 /// one sent by another pglock.
 ///
 /// Every acquisition tries first, in the round trip that makes the session's settings, and only
-/// a lock that is taken goes on to wait: `waiting` runs then, once or more, before the wait, so
+/// a lock that is taken goes on to wait: `waiting` runs then (with the backend's pid), once or
+/// more, before the wait, so
 /// that what only a wait needs (its observer, its guard) costs nothing when the lock is free.
 /// The try takes nothing a waiter is owed: PostgreSQL refuses a try that conflicts with a queued
 /// waiter just as it queues a blocking request behind one.
@@ -96,7 +99,7 @@ pub fn acquire(
     session: &mut Session,
     req: &Request,
     interrupted: &dyn Fn() -> bool,
-    waiting: &mut dyn FnMut(),
+    waiting: &mut dyn FnMut(Option<i32>),
 ) -> Result<Acquired, postgres::Error> {
     if let Some(semaphore) = &req.semaphore {
         return semaphore::acquire(session, req, semaphore, interrupted, waiting);
@@ -117,18 +120,22 @@ pub fn acquire(
     };
     let timeout = req.wait.lock_timeout_ms();
     let first = match req.token {
-        true => sql::acquire_with_token(call, timeout, req.id),
-        false => sql::acquire(call, timeout, req.id),
+        true => sql::acquire_with_token(call, timeout, req.settings, req.id),
+        false => sql::acquire(call, timeout, req.settings, req.id),
     };
     match session.query(&first) {
-        Ok(messages) if final_value(&messages).as_deref() == Some("t") => {
-            return Ok(held(&messages));
+        Ok(messages) => {
+            session.learn_backend_pid(&messages);
+            if final_value(&messages).as_deref() == Some("t") {
+                return Ok(held(&messages));
+            }
+            if req.wait == Wait::Try {
+                return Ok(Acquired::Busy);
+            }
         }
-        Ok(_) if req.wait == Wait::Try => return Ok(Acquired::Busy),
-        Ok(_) => {}
         Err(e) => return outcome_of(e),
     }
-    waiting();
+    waiting(session.backend_pid());
     let call = Call {
         try_only: false,
         ..call
@@ -165,6 +172,8 @@ pub struct Holder {
     held: Held,
     /// When the lock was granted, in Unix milliseconds; see [`sql::GRANTED_TAG`].
     granted_at_ms: Option<u128>,
+    /// The session's lease (0: none), restored after a suspension.
+    lease_ms: u128,
 }
 
 /// The release could not be confirmed; the server frees the lock when the session ends.
@@ -172,7 +181,7 @@ pub struct Holder {
 pub struct Unconfirmed(pub String);
 
 impl Holder {
-    pub fn new(session: Session, held: Held) -> Holder {
+    pub fn new(session: Session, held: Held, lease_ms: u128) -> Holder {
         let granted_at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .ok()
@@ -181,6 +190,7 @@ impl Holder {
             session,
             held,
             granted_at_ms,
+            lease_ms,
         }
     }
 
@@ -198,10 +208,6 @@ impl Holder {
         &mut self.session
     }
 
-    pub fn canceller(&self) -> crate::pg::Canceller {
-        self.session.canceller()
-    }
-
     /// Handles whatever the server sent unasked: a closed session means a lost lock.
     pub fn readable(&mut self) -> Result<(), LostReason> {
         self.session.readable().map_err(LostReason::Connection)
@@ -209,10 +215,22 @@ impl Holder {
 
     /// Asks the server whether this backend still holds the lock as granted, within `limit`.
     pub fn check(&mut self, limit: Duration) -> Result<(), LostReason> {
-        let sql = sql::holds(self.held.id, self.granted_at_ms);
+        self.ask(String::new(), limit)
+    }
+
+    /// Suspends the lease (`on` false: a job stopped at a terminal keeps its lock) or restores
+    /// it, and checks the lock in the same round trip.
+    pub fn set_lease(&mut self, on: bool, limit: Duration) -> Result<(), LostReason> {
+        let lease_ms = if on { self.lease_ms } else { 0 };
+        self.ask(sql::lease(self.held.scope, lease_ms), limit)
+    }
+
+    fn ask(&mut self, first: String, limit: Duration) -> Result<(), LostReason> {
+        let sql = format!("{first}{}", sql::holds(self.held.id, self.granted_at_ms));
         match self.session.query_within(&sql, limit) {
             Err(Failed::NoAnswer(limit)) => Err(LostReason::NoAnswer(limit)),
             Err(Failed::Error(e)) => Err(LostReason::CheckFailed(error::describe_error(&e))),
+            Err(other @ Failed::Unwatched) => Err(LostReason::CheckFailed(other.to_string())),
             Ok(messages) if final_column(&messages, "n").as_deref() == Some("0") => {
                 Err(LostReason::NotHeld)
             }
@@ -223,13 +241,11 @@ impl Holder {
     /// Ends the lock: pg_advisory_unlock for a session lock (it must report that it was held),
     /// COMMIT or ROLLBACK for a transaction lock; then closes the connection. The answer must
     /// come within `limit`. Ok(Err(_)) is a release that could not be confirmed; Err(_) a lock
-    /// that turned out to have been lost. `done` runs after the statement and before the socket
-    /// closes, while its descriptor still belongs to the connection.
+    /// that turned out to have been lost.
     pub fn release(
         mut self,
         success: bool,
         limit: Duration,
-        done: impl FnOnce(),
     ) -> Result<Result<(), Unconfirmed>, LostReason> {
         // A semaphore slot frees up: wake the waiter at the gate, if any.
         let wake = self
@@ -252,7 +268,6 @@ impl Holder {
             }
             Err(e) => Ok(Err(Unconfirmed(e.to_string()))),
         };
-        done();
         self.session.close();
         outcome
     }

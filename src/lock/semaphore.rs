@@ -93,7 +93,7 @@ pub fn acquire(
     req: &Request,
     sem: &Semaphore,
     interrupted: &dyn Fn() -> bool,
-    waiting: &mut dyn FnMut(),
+    waiting: &mut dyn FnMut(Option<i32>),
 ) -> Result<Acquired, postgres::Error> {
     let mut taker = Taker {
         session,
@@ -126,7 +126,7 @@ struct Taker<'a> {
     sem: &'a Semaphore,
     interrupted: &'a dyn Fn() -> bool,
     /// Runs before the first wait (see [`super::acquire`]).
-    waiting: &'a mut dyn FnMut(),
+    waiting: &'a mut dyn FnMut(Option<i32>),
     deadline: Option<Instant>,
 }
 
@@ -148,7 +148,7 @@ impl Taker<'_> {
         let try_slots = sql::try_slots(scope, &sem.slots);
         let first = format!(
             "{}{}",
-            sql::prelude(scope, 0),
+            sql::prelude(scope, 0, self.req.settings),
             match self.req.token {
                 true => sql::with_token(&try_slots),
                 false => try_slots,
@@ -156,6 +156,7 @@ impl Taker<'_> {
         );
         match self.session.query(&first) {
             Ok(messages) => {
+                self.session.learn_backend_pid(&messages);
                 if let Some(slot) = slot_in(&messages) {
                     return Ok(sem.held(scope, slot, &messages));
                 }
@@ -166,7 +167,7 @@ impl Taker<'_> {
             return Ok(Acquired::Busy);
         }
         // 2. Queue at the gate.
-        (self.waiting)();
+        (self.waiting)(self.session.backend_pid());
         if let Some(outcome) = self.queue_at_gate()? {
             return Ok(outcome);
         }

@@ -3,32 +3,22 @@
 //! whoever sends it.
 
 use super::error::describe_error;
-use super::socket;
 use crate::step;
 use crate::tls::Connector;
 use postgres::CancelToken;
-use std::os::fd::RawFd;
 use std::sync::mpsc;
 use std::time::Duration;
-
-/// How long a cancel request may take before the sender gives up on it.
-pub const CANCEL_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Cancels the running statement of one session.
 #[derive(Clone)]
 pub struct Canceller {
     token: CancelToken,
     connector: Connector,
-    socket: Option<RawFd>,
 }
 
 impl Canceller {
-    pub(super) fn new(token: CancelToken, connector: Connector, socket: Option<RawFd>) -> Self {
-        Canceller {
-            token,
-            connector,
-            socket,
-        }
+    pub(super) fn new(token: CancelToken, connector: Connector) -> Self {
+        Canceller { token, connector }
     }
 
     /// Sends a cancel request and waits for it at most `deadline`; false if it was not
@@ -57,14 +47,6 @@ impl Canceller {
                 step!("cancel request got no answer within {deadline:?}");
                 false
             }
-        }
-    }
-
-    /// The last resort when a cancel cannot be delivered: cut the session's socket. The waiting
-    /// statement fails at once, and the server drops a waiter whose connection is gone.
-    pub fn cut(&self) {
-        if let Some(fd) = self.socket {
-            socket::cut(fd);
         }
     }
 }

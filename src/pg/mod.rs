@@ -4,12 +4,12 @@
 
 pub mod cancel;
 pub mod classify;
+pub mod deadline;
 pub mod error;
 pub mod opener;
 pub mod session;
 mod socket;
 pub mod sql;
-mod watchdog;
 
 pub use cancel::Canceller;
 pub use error::describe_error;

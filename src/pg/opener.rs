@@ -2,9 +2,8 @@
 //! derived from --check-interval) applied to the resolved target, and the host lookup done the
 //! way libpq does it.
 
-use super::error::describe_error;
-use super::session::Session;
-use super::socket;
+use super::session::{Failed, Session};
+use super::socket::{self, Connected};
 use crate::conninfo::{Target, keepalive};
 use crate::exit::{Failure, fail};
 use crate::tls::Connector;
@@ -67,23 +66,51 @@ impl Opener {
         self.config.get_application_name().unwrap_or_default()
     }
 
-    /// Opens one dedicated connection.
-    pub fn open(&self) -> Result<Session, postgres::Error> {
+    /// Opens one dedicated connection. The connect timeout bounds all of it (TCP, TLS, start-up
+    /// and authentication), once for each host in the connection settings.
+    pub fn open(&self) -> Result<Session, Failed> {
         step!("connecting to {}", self.describe);
         let started = Instant::now();
-        let (client, socket) = socket::identify(|| connect(&self.connector, &self.config))?;
-        step!(
-            "connected in {} (socket {socket:?})",
-            duration::format(started.elapsed())
-        );
-        Ok(Session::new(client, self.connector.clone(), socket))
+        let limit = self.connect_timeout() * self.attempts();
+        match socket::identify(limit, || connect(&self.connector, &self.config)) {
+            Connected::On(client, socket) => {
+                step!(
+                    "connected in {} (socket {socket})",
+                    duration::format(started.elapsed())
+                );
+                Ok(Session::new(client, self.connector.clone(), socket))
+            }
+            Connected::Failed(e) => Err(Failed::Error(e)),
+            Connected::NoAnswer => Err(Failed::NoAnswer(limit)),
+            Connected::Unknown(client) => {
+                drop(client);
+                Err(Failed::Unwatched)
+            }
+        }
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        self.config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+    }
+
+    /// How many hosts one connect may try, each within the connect timeout.
+    fn attempts(&self) -> u32 {
+        let hosts = self
+            .config
+            .get_hosts()
+            .len()
+            .max(self.config.get_hostaddrs().len());
+        u32::try_from(hosts.max(1)).unwrap_or(u32::MAX)
     }
 
     /// The error pglock exits 69 with.
-    pub fn failure(&self, e: &postgres::Error) -> anyhow::Error {
+    pub fn failure(&self, e: &Failed) -> anyhow::Error {
         fail(
             Failure::Unavailable,
-            format!("cannot connect to {}: {}", self.describe, describe_error(e)),
+            format!("cannot connect to {}: {e}", self.describe),
         )
     }
 }

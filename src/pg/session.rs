@@ -1,31 +1,37 @@
-//! One dedicated connection: statements over the simple protocol, bounded when asked, and the
-//! socket that the supervising loop polls.
+//! One dedicated connection: statements over the simple protocol, each a [`deadline`] step, and
+//! the socket that the supervising loop polls.
 
 use super::cancel::Canceller;
+use super::deadline::{self, Cut};
 use super::error::describe_error;
-use super::watchdog::Watchdog;
 use crate::duration;
 use crate::tls::Connector;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, Row, SimpleQueryMessage};
 use std::os::fd::RawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct Session {
     client: Client,
     connector: Connector,
-    socket: Option<RawFd>,
-    /// Started with the command, or by the first bounded statement.
-    watchdog: Option<Watchdog>,
+    socket: RawFd,
+    /// Where unbounded statements ([`Session::query`]: a lock wait) must end; None: only a
+    /// signal ends them.
+    wait_until: Option<Instant>,
+    /// The server process behind the connection, once the settings round trip said.
+    backend_pid: Option<i32>,
 }
 
-/// Why a bounded statement failed.
+/// Why a bounded statement, or a connect, failed.
 #[derive(Debug)]
 pub enum Failed {
     /// No answer within the limit: the connection was cut.
     NoAnswer(Duration),
     Error(postgres::Error),
+    /// Connected, but the connection's socket could not be told apart from others opened at the
+    /// same time: without it nothing could bound or cut the connection, so it is not used.
+    Unwatched,
 }
 
 impl std::fmt::Display for Failed {
@@ -33,41 +39,66 @@ impl std::fmt::Display for Failed {
         match self {
             Failed::NoAnswer(limit) => write!(f, "no answer within {}", duration::format(*limit)),
             Failed::Error(e) => f.write_str(&describe_error(e)),
+            Failed::Unwatched => f.write_str("cannot tell the connection's socket from others"),
         }
     }
 }
 
+impl std::error::Error for Failed {}
+
 impl Session {
-    pub(super) fn new(client: Client, connector: Connector, socket: Option<RawFd>) -> Session {
+    pub(super) fn new(client: Client, connector: Connector, socket: RawFd) -> Session {
         Session {
             client,
             connector,
             socket,
-            watchdog: None,
+            wait_until: None,
+            backend_pid: None,
         }
     }
 
     /// A handle that cancels a running statement from another thread.
     pub fn canceller(&self) -> Canceller {
-        Canceller::new(
-            self.client.cancel_token(),
-            self.connector.clone(),
-            self.socket,
-        )
+        Canceller::new(self.client.cancel_token(), self.connector.clone())
+    }
+
+    /// Reads the backend's pid from the answer to [`super::sql::prelude`].
+    pub fn learn_backend_pid(&mut self, messages: &[SimpleQueryMessage]) {
+        if let Some(pid) = final_column(messages, super::sql::BACKEND_PID) {
+            self.backend_pid = pid.parse().ok();
+        }
+    }
+
+    /// The server process behind the connection, when known.
+    pub fn backend_pid(&self) -> Option<i32> {
+        self.backend_pid
     }
 
     /// The connection's socket, for poll(2) while the command runs.
     pub fn socket(&self) -> Option<RawFd> {
-        self.socket
+        Some(self.socket)
     }
 
-    /// One round trip, as long as it takes (a lock wait).
+    /// From now on [`Session::query`] (a lock wait) must be answered by `until`, or the
+    /// connection is cut: the client's own bound on --timeout, which the server's lock_timeout
+    /// alone does not give when the server stops answering.
+    pub fn wait_until(&mut self, until: Option<Instant>) {
+        self.wait_until = until;
+    }
+
+    /// One round trip, as long as the wait allows (see [`Session::wait_until`]).
     pub fn query(&mut self, sql: &str) -> Result<Vec<SimpleQueryMessage>, postgres::Error> {
-        self.client.simple_query(sql)
+        let limit = self
+            .wait_until
+            .map(|until| until.saturating_duration_since(Instant::now()));
+        let step = deadline::begin(limit, Cut::Socket(self.socket));
+        let result = self.client.simple_query(sql);
+        step.end();
+        result
     }
 
     /// One round trip that must be answered within `limit`; otherwise the connection is cut
-    /// and the statement fails. Without a known socket it cannot be bounded.
+    /// and the statement fails.
     pub fn query_within(
         &mut self,
         sql: &str,
@@ -76,27 +107,15 @@ impl Session {
         self.within(limit, |client| client.simple_query(sql))
     }
 
-    /// Starts the thread that bounds [`Session::query_within`] now, off the path of the first
-    /// bounded statement (it would otherwise start with it). `period` is the shortest limit
-    /// the statements will get (see [`Watchdog`]).
-    pub fn start_watchdog(&mut self, period: Duration) {
-        if self.watchdog.is_none() {
-            self.watchdog = self.socket.and_then(|fd| Watchdog::start(fd, period).ok());
-        }
-    }
-
     /// Runs `statement` on the client, cutting the connection if it takes longer than `limit`.
     fn within<T>(
         &mut self,
         limit: Duration,
         statement: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, Failed> {
-        self.start_watchdog(limit);
-        if let Some(w) = &self.watchdog {
-            w.arm(limit);
-        }
+        let step = deadline::begin(Some(limit), Cut::Socket(self.socket));
         let result = statement(&mut self.client);
-        let expired = self.watchdog.as_ref().is_some_and(Watchdog::disarm);
+        let expired = step.end();
         match result {
             Err(_) if expired => Err(Failed::NoAnswer(limit)),
             Err(e) => Err(Failed::Error(e)),
@@ -152,11 +171,7 @@ impl Session {
 
     /// Says goodbye. Terminate is fire-and-forget; a dead connection just closes.
     pub fn close(self) {
-        let Session {
-            client, watchdog, ..
-        } = self;
-        drop(watchdog);
-        let _ = client.close();
+        let _ = self.client.close();
     }
 }
 

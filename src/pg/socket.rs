@@ -8,7 +8,11 @@
 //! inode as well as number, so a number closed and reused in between is still told apart.
 //! Short-lived sockets of other threads (a cancel request) are excluded by looking again until
 //! one candidate is left.
+//!
+//! The connect itself runs as a [`deadline`] step: past the connect timeout, every socket opened
+//! since it began is cut, so TLS, start-up and authentication are bounded as well as TCP.
 
+use super::deadline::{self, Cut};
 use nix::sys::stat::SFlag;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::Mutex;
@@ -17,14 +21,33 @@ use std::time::Duration;
 static CONNECTING: Mutex<()> = Mutex::new(());
 
 /// An open socket: its descriptor and its inode.
-type Entry = (RawFd, u64);
+pub type Entry = (RawFd, u64);
 
-/// Runs `connect` and returns its result with the one socket it left open, if that is clear.
-pub fn identify<T, E>(connect: impl FnOnce() -> Result<T, E>) -> Result<(T, Option<RawFd>), E> {
+/// How a connect under [`identify`] ended.
+pub enum Connected<T, E> {
+    /// Connected, on this socket.
+    On(T, RawFd),
+    /// Connected, but which socket is the connection's is not clear.
+    Unknown(T),
+    Failed(E),
+    /// `limit` ran out and the connect was cut, whatever it returned.
+    NoAnswer,
+}
+
+/// Runs `connect` within `limit` and returns its result with the one socket it left open.
+pub fn identify<T, E>(limit: Duration, connect: impl FnOnce() -> Result<T, E>) -> Connected<T, E> {
     let _only_one = CONNECTING.lock().unwrap_or_else(|p| p.into_inner());
     let before = open_sockets();
-    let value = connect()?;
-    let mut candidates = new_since(&before);
+    let step = deadline::begin(Some(limit), Cut::OpenedSince(before.clone()));
+    let result = connect();
+    if step.end() {
+        return Connected::NoAnswer;
+    }
+    let value = match result {
+        Ok(value) => value,
+        Err(e) => return Connected::Failed(e),
+    };
+    let mut candidates = opened_since(&before);
     for _ in 0..20 {
         if candidates.len() <= 1 {
             break;
@@ -33,14 +56,14 @@ pub fn identify<T, E>(connect: impl FnOnce() -> Result<T, E>) -> Result<(T, Opti
         let now = open_sockets();
         candidates.retain(|c| now.contains(c));
     }
-    let socket = match candidates.as_slice() {
-        [(fd, _)] => Some(*fd),
-        _ => None,
-    };
-    Ok((value, socket))
+    match candidates.as_slice() {
+        [(fd, _)] => Connected::On(value, *fd),
+        _ => Connected::Unknown(value),
+    }
 }
 
-fn new_since(before: &[Entry]) -> Vec<Entry> {
+/// The sockets open now that were not in `before`.
+pub fn opened_since(before: &[Entry]) -> Vec<Entry> {
     open_sockets()
         .into_iter()
         .filter(|e| !before.contains(e))
@@ -82,11 +105,19 @@ mod tests {
 
     #[test]
     fn finds_the_one_new_socket_even_with_a_reused_number() {
-        let (pair, socket) = identify(std::os::unix::net::UnixStream::pair).unwrap();
+        let limit = Duration::from_secs(60);
         // A pair is two sockets: ambiguous, so nothing is claimed.
-        assert_eq!(socket, None);
+        let Connected::<_, std::io::Error>::Unknown(pair) =
+            identify(limit, std::os::unix::net::UnixStream::pair)
+        else {
+            panic!("a pair was taken for one socket");
+        };
         drop(pair);
-        let (listener, socket) = identify(|| std::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-        assert_eq!(socket, Some(std::os::fd::AsRawFd::as_raw_fd(&listener)));
+        let Connected::On(listener, socket) =
+            identify(limit, || std::net::TcpListener::bind("127.0.0.1:0"))
+        else {
+            panic!("the listener was not found");
+        };
+        assert_eq!(socket, std::os::fd::AsRawFd::as_raw_fd(&listener));
     }
 }

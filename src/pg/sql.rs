@@ -77,23 +77,55 @@ pub fn lock_timeout_ms(wait: Option<Duration>) -> u128 {
     wait.map_or(0, |t| t.as_millis().max(1))
 }
 
-/// BEGIN for xact scope, then the session settings.
+/// What the settings round trip sets up besides the timeouts it neutralises.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// The lease on the session, in milliseconds (0: none): see [`crate::lease`].
+    pub lease_ms: u128,
+    /// TCP keepalive idle time and interval for the server's end of the connection, in seconds,
+    /// with a lease: probes then end a silent client's session `lease_ms` after it was last
+    /// heard from (tcp_user_timeout), waiting or not.
+    pub keepalive_s: u64,
+    /// A backend this pglock left behind on a connection that broke (it may still wait for the
+    /// lock, or have been granted it): ended first, so that pglock never queues behind itself.
+    pub stranded: Option<i32>,
+}
+
+/// BEGIN for xact scope, then the session settings, then the backend's pid (see
+/// [`BACKEND_PID`]).
 ///
-/// A DBA's server-wide timeouts must not end a lock holder, so they are zeroed here. Settings the
-/// server lacks (transaction_timeout before 17, idle_session_timeout and
-/// client_connection_check_interval before 14) are skipped: `current_setting(name, true)` is NULL
-/// for them, so an older server costs no error and no extra round trip. (Joining pg_settings
-/// instead builds all of the server's ~350 settings and cost a new backend about 1 ms.) In xact
-/// scope they are SET LOCAL, so a transaction-pooling PgBouncer does not leak them to other
-/// clients.
-pub fn prelude(scope: Scope, lock_timeout_ms: u128) -> String {
-    let settings = format!(
-        "SELECT set_config(v.name, v.setting, {local}) FROM (VALUES \
-         ('statement_timeout', '0'), ('idle_in_transaction_session_timeout', '0'), \
-         ('idle_session_timeout', '0'), ('transaction_timeout', '0'), \
+/// A DBA's server-wide timeouts must not end a lock holder, so they are zeroed here, except the
+/// two idle timeouts, which carry the lease. Settings the server lacks (transaction_timeout
+/// before 17, idle_session_timeout and client_connection_check_interval before 14) are skipped:
+/// `current_setting(name, true)` is NULL for them, so an older server costs no error and no extra
+/// round trip. (Joining pg_settings instead builds all of the server's ~350 settings and cost a
+/// new backend about 1 ms.) In xact scope they are SET LOCAL, so a transaction-pooling PgBouncer
+/// does not leak them to other clients.
+pub fn prelude(scope: Scope, lock_timeout_ms: u128, settings: Settings) -> String {
+    let lease = settings.lease_ms;
+    let mut values = format!(
+        "('statement_timeout', '0'), ('idle_in_transaction_session_timeout', '{lease}'), \
+         ('idle_session_timeout', '{lease}'), ('transaction_timeout', '0'), \
          ('lock_timeout', '{lock_timeout_ms}'), \
-         ('client_connection_check_interval', '{CLIENT_CHECK_MS}')) AS v(name, setting) \
-         WHERE current_setting(v.name, true) IS NOT NULL; ",
+         ('client_connection_check_interval', '{CLIENT_CHECK_MS}')"
+    );
+    if lease > 0 {
+        let k = settings.keepalive_s.max(1);
+        values.push_str(&format!(
+            ", ('tcp_keepalives_idle', '{k}'), ('tcp_keepalives_interval', '{k}'), \
+             ('tcp_user_timeout', '{lease}')"
+        ));
+    }
+    let stranded = settings.stranded.map_or(String::new(), |pid| {
+        format!(
+            "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a WHERE a.pid = {pid} \
+             AND a.application_name = current_setting('application_name'); "
+        )
+    });
+    let settings = format!(
+        "{stranded}SELECT set_config(v.name, v.setting, {local}) FROM (VALUES {values}) AS \
+         v(name, setting) WHERE current_setting(v.name, true) IS NOT NULL; \
+         SELECT pg_backend_pid() AS {BACKEND_PID}; ",
         local = scope.local()
     );
     match scope {
@@ -102,9 +134,28 @@ pub fn prelude(scope: Scope, lock_timeout_ms: u128) -> String {
     }
 }
 
+/// The column of [`prelude`]'s answer that names the backend.
+pub const BACKEND_PID: &str = "backend_pid";
+
+/// Suspends the lease (0) or restores it: the idle timeouts alone, since a stopped job's host
+/// still answers TCP keepalives. Skips what the server lacks, as [`prelude`] does.
+pub fn lease(scope: Scope, lease_ms: u128) -> String {
+    format!(
+        "SELECT set_config(v.name, v.setting, {local}) FROM (VALUES \
+         ('idle_in_transaction_session_timeout', '{lease_ms}'), \
+         ('idle_session_timeout', '{lease_ms}')) AS v(name, setting) \
+         WHERE current_setting(v.name, true) IS NOT NULL; ",
+        local = scope.local()
+    )
+}
+
 /// The settings and the lock call, in one round trip. Its last value is the try's boolean.
-pub fn acquire(call: Call, lock_timeout_ms: u128, id: LockId) -> String {
-    format!("{}{}", prelude(call.scope, lock_timeout_ms), lock(call, id))
+pub fn acquire(call: Call, lock_timeout_ms: u128, settings: Settings, id: LockId) -> String {
+    format!(
+        "{}{}",
+        prelude(call.scope, lock_timeout_ms, settings),
+        lock(call, id)
+    )
 }
 
 /// The lock call alone, for a session whose settings [`acquire`] already made.
@@ -255,10 +306,15 @@ pub const TOKEN_PARTS: &str = "concat_ws(' ', pg_walfile_name(pg_current_wal_lsn
 
 /// The settings and the lock call with its fencing token, in one round trip: [`acquire`] whose
 /// last statement also has a `token` column, NULL when a try failed.
-pub fn acquire_with_token(call: Call, lock_timeout_ms: u128, id: LockId) -> String {
+pub fn acquire_with_token(
+    call: Call,
+    lock_timeout_ms: u128,
+    settings: Settings,
+    id: LockId,
+) -> String {
     format!(
         "{}{}",
-        prelude(call.scope, lock_timeout_ms),
+        prelude(call.scope, lock_timeout_ms, settings),
         lock_with_token(call, id)
     )
 }
@@ -302,10 +358,10 @@ pub fn literal(text: &str) -> String {
 }
 
 /// Cancels the statement of the sessions named `app_name` (a dead waiter's, for the wait guard).
-pub fn cancel_waiter(app_name: &str) -> String {
+pub fn cancel_waiter(app_name: &str, backend: i32) -> String {
     format!(
-        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = {} \
-         AND pid <> pg_backend_pid()",
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = {backend} \
+         AND application_name = {} AND wait_event_type = 'Lock'",
         literal(app_name)
     )
 }
@@ -356,13 +412,32 @@ mod tests {
             shared: true,
         };
         assert_eq!(
-            acquire(call, 1500, LockId::Pair(1, 2)),
+            acquire(call, 1500, Settings::default(), LockId::Pair(1, 2)),
             "BEGIN; SELECT set_config(v.name, v.setting, true) FROM (VALUES \
              ('statement_timeout', '0'), ('idle_in_transaction_session_timeout', '0'), \
              ('idle_session_timeout', '0'), ('transaction_timeout', '0'), \
              ('lock_timeout', '1500'), ('client_connection_check_interval', '500')) AS \
              v(name, setting) WHERE current_setting(v.name, true) IS NOT NULL; \
+             SELECT pg_backend_pid() AS backend_pid; \
              SELECT pg_advisory_xact_lock_shared(1,2)"
+        );
+        let leased = Settings {
+            lease_ms: 6000,
+            keepalive_s: 1,
+            stranded: Some(77),
+        };
+        assert_eq!(
+            prelude(Scope::Session, 0, leased),
+            "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a WHERE a.pid = 77 \
+             AND a.application_name = current_setting('application_name'); \
+             SELECT set_config(v.name, v.setting, false) FROM (VALUES \
+             ('statement_timeout', '0'), ('idle_in_transaction_session_timeout', '6000'), \
+             ('idle_session_timeout', '6000'), ('transaction_timeout', '0'), \
+             ('lock_timeout', '0'), ('client_connection_check_interval', '500'), \
+             ('tcp_keepalives_idle', '1'), ('tcp_keepalives_interval', '1'), \
+             ('tcp_user_timeout', '6000')) AS v(name, setting) \
+             WHERE current_setting(v.name, true) IS NOT NULL; \
+             SELECT pg_backend_pid() AS backend_pid; "
         );
         assert_eq!(
             lock(call, LockId::Big(-7)),
@@ -436,8 +511,8 @@ mod tests {
             )
         );
         assert!(
-            acquire_with_token(call(true), 0, LockId::Big(7))
-                .starts_with(&prelude(Scope::Session, 0))
+            acquire_with_token(call(true), 0, Settings::default(), LockId::Big(7))
+                .starts_with(&prelude(Scope::Session, 0, Settings::default()))
         );
         let slots = [LockId::Big(1), LockId::Big(2)];
         assert!(
@@ -456,9 +531,9 @@ mod tests {
         assert_eq!(literal("a$pglock$b"), "$pglock1$a$pglock$b$pglock1$");
         assert_eq!(literal("a$pglock"), "$pglock1$a$pglock$pglock1$");
         assert_eq!(
-            cancel_waiter("pglock:k@h:1"),
-            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = \
-             $pglock$pglock:k@h:1$pglock$ AND pid <> pg_backend_pid()"
+            cancel_waiter("pglock:k@h:1", 42),
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = 42 \
+             AND application_name = $pglock$pglock:k@h:1$pglock$ AND wait_event_type = 'Lock'"
         );
     }
 

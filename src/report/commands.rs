@@ -10,28 +10,60 @@ use super::model::{self, Known, Part, Row};
 use super::render::{self, First};
 use super::sql::{self, Locks};
 use crate::appname::{AppName, Label, Observer, printable};
-use crate::cli::{KeyArgs, ListArgs, Server, StatusArgs, Sub};
 use crate::key::{self, LockId};
 use crate::lock::semaphore::MAX_SLOTS;
 use crate::pg::{self, Opener, Session};
-use crate::{conninfo, exit};
+use crate::{conninfo, exit, output};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::time::Duration;
 
+/// A report subcommand as the command line asked for it (`options` builds it from clap's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Status(StatusArgs),
+    List(ListArgs),
+    Key(KeyArgs),
+}
+
+/// `pglock status`: the key (None for `--lock-id`), the lock's id, `--limit`, `--json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusArgs {
+    pub key: Option<String>,
+    pub id: LockId,
+    pub limit: Option<u16>,
+    pub json: bool,
+    pub database_url: Option<String>,
+}
+
+/// `pglock list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListArgs {
+    pub json: bool,
+    pub database_url: Option<String>,
+}
+
+/// `pglock key`: the key (None for `--lock-id`), the lock's id, `--limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyArgs {
+    pub key: Option<String>,
+    pub id: LockId,
+    pub limit: Option<u16>,
+}
+
 /// Runs a subcommand and returns the exit status.
-pub fn command(sub: &Sub) -> Result<u8> {
-    match sub {
-        Sub::Status(args) => status(args),
-        Sub::List(args) => list(args),
-        Sub::Key(args) => key(args),
+pub fn command(request: &Request) -> Result<u8> {
+    match request {
+        Request::Status(args) => status(args),
+        Request::List(args) => list(args),
+        Request::Key(args) => key(args),
     }
 }
 
-fn connect(server: &Server, observer: Observer) -> Result<Session> {
-    let target = conninfo::resolve(server.database_url.as_deref(), &conninfo::process_env)?;
+fn connect(database_url: &Option<String>, observer: Observer) -> Result<Session> {
+    let target = conninfo::resolve(database_url.as_deref(), &conninfo::process_env)?;
     let name = AppName::observer(observer).encoded();
     // Keepalives matter to connections that stay open; this one lives for one query.
     let opener = Opener::new(&target, &name, None, Duration::from_secs(5))?;
@@ -47,14 +79,6 @@ fn fetch(session: &mut Session, locks: Locks, given: Vec<(LockId, Known)>) -> Re
     Ok(rows)
 }
 
-/// Writes the report to stdout in one go.
-fn emit(text: &str) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .context("cannot write the report to standard output")
-}
-
 /// A note on stderr; one that cannot be written is dropped.
 fn note(rows: &[Row]) {
     if let Some(text) = render::hidden_note(rows) {
@@ -63,17 +87,17 @@ fn note(rows: &[Row]) {
 }
 
 fn status(args: &StatusArgs) -> Result<u8> {
-    let (_, id) = args.which.resolve(args.hash.key_hash);
-    let label = Label::new(args.which.key.as_deref(), id);
+    let id = args.id;
+    let label = Label::new(args.key.as_deref(), id);
     let given = status_locks(&label, id, args.limit);
     let ids: Vec<LockId> = given.iter().map(|(id, _)| *id).collect();
-    let mut session = connect(&args.server, Observer::Status)?;
+    let mut session = connect(&args.database_url, Observer::Status)?;
     let rows = fetch(&mut session, Locks::These(&ids), given)?;
     let summary = Summary::of(&rows, args.limit);
     let text = if args.json {
-        status_json(args.which.key.as_deref(), id, &rows, &summary)
+        status_json(args.key.as_deref(), id, &rows, &summary)
     } else {
-        let names = match &args.which.key {
+        let names = match &args.key {
             Some(k) => {
                 let name = format!("lock \"{}\"", printable(k));
                 (format!("{name} (id {id})"), name)
@@ -82,7 +106,7 @@ fn status(args: &StatusArgs) -> Result<u8> {
         };
         status_text(names, &rows, &summary)
     };
-    emit(&text)?;
+    output::emit(&text)?;
     note(&rows);
     Ok(if summary.held() {
         exit::STATUS_HELD
@@ -199,7 +223,7 @@ fn status_json(key: Option<&str>, id: LockId, rows: &[Row], summary: &Summary) -
 }
 
 fn list(args: &ListArgs) -> Result<u8> {
-    let mut session = connect(&args.server, Observer::List)?;
+    let mut session = connect(&args.database_url, Observer::List)?;
     let rows = fetch(&mut session, Locks::All, vec![])?;
     let text = if args.json {
         let out: Vec<Value> = rows.iter().map(render::row_json).collect();
@@ -209,21 +233,18 @@ fn list(args: &ListArgs) -> Result<u8> {
     } else {
         render::table(&rows, First::Lock)
     };
-    emit(&text)?;
+    output::emit(&text)?;
     note(&rows);
     Ok(0)
 }
 
 fn key(args: &KeyArgs) -> Result<u8> {
     let mut text = String::new();
-    let (label, id) = match (&args.key, args.lock_id) {
-        (Some(k), _) => {
-            text.push_str(&format!("key       {}\n", printable(k)));
-            (Label::Key(k.clone()), args.hash.key_hash.id(k))
-        }
-        (None, Some(id)) => (Label::LockId(id), id),
-        (None, None) => anyhow::bail!("give a KEY or --lock-id ID"),
-    };
+    let id = args.id;
+    if let Some(k) = &args.key {
+        text.push_str(&format!("key       {}\n", printable(k)));
+    }
+    let label = Label::new(args.key.as_deref(), id);
     let (classid, objid, objsubid) = id.pg_locks_coordinates();
     let kind = match id {
         LockId::Big(_) => "one bigint: pg_advisory_lock(bigint)",
@@ -248,7 +269,7 @@ fn key(args: &KeyArgs) -> Result<u8> {
     text.push_str("\n-- Who holds it and who waits for it (run it in the database pglock uses):\n");
     text.push_str(&sql::paste(&ids));
     text.push('\n');
-    emit(&text)?;
+    output::emit(&text)?;
     Ok(0)
 }
 

@@ -19,6 +19,6 @@ mod render;
 mod sql;
 mod watch;
 
-pub use commands::command;
+pub use commands::{KeyArgs, ListArgs, Request, StatusArgs, command};
 pub use conflict::conflict_message;
 pub use watch::{Note, Wait, Watch};

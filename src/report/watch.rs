@@ -281,7 +281,7 @@ impl Observer {
             match self.opener.open() {
                 Ok(s) => self.session = Some(s),
                 Err(e) => {
-                    step!("observer: {}", crate::pg::describe_error(&e));
+                    step!("observer: {e}");
                     return None;
                 }
             }

@@ -53,6 +53,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome> {
         wait: opts.wait,
         semaphore: (opts.limit > 1)
             .then(|| Semaphore::new(&opts.target.base, opts.limit.into(), opts.check_interval)),
+        settings: lease_settings(opts),
         token: opts.fencing_token,
     };
     // A lock that is taken: arm the dead man's switch during the wait, so that the fork is not
@@ -61,7 +62,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome> {
     let mut deadman = None;
     let mut prepare = || {
         if deadman.is_none() {
-            deadman = arm_deadman(opts.fencing);
+            deadman = arm_deadman(opts);
         }
     };
     match wait::wait_for_lock(opts, &opener, &router, &request, &mut prepare)? {
@@ -82,7 +83,7 @@ fn run_held(
     let acquired_at = Instant::now();
     if opts.fencing_token && holder.held().token.is_none() {
         let e = anyhow::anyhow!("the server's answer to the lock call held no fencing token");
-        return release_then(router, holder, opts, Err(e));
+        return release_then(holder, opts, Err(e), false);
     }
     let mut env = child_env(opts, &holder.held());
     // --record, --once-per: the ledger decides whether the command runs, and records it.
@@ -92,8 +93,8 @@ fn run_held(
             env.extend(vars);
             Some(recorder)
         }
-        Ok(Some(Begun::Skip(outcome))) => return release_then(router, holder, opts, Ok(outcome)),
-        Err(e) => return release_then(router, holder, opts, Err(e)),
+        Ok(Some(Begun::Skip(outcome))) => return release_then(holder, opts, Ok(outcome), false),
+        Err(e) => return release_then(holder, opts, Err(e), false),
     };
     let (mut running, deadman) = match start(opts, router, &env, deadman) {
         Ok(started) => started,
@@ -103,23 +104,22 @@ fn run_held(
                 Ok(outcome) => outcome.code(crate::exit::CONFLICT_DEFAULT),
                 Err(e) => crate::exit::code_for(e),
             };
-            record_end(ledger, &mut holder, End::not_started(code));
-            return release_then(router, holder, opts, not_started);
+            let commit_record = record_end(ledger, &mut holder, End::not_started(code));
+            return release_then(holder, opts, not_started, commit_record);
         }
     };
     // From here on the command exists: nothing returns before supervise::wait has reaped it.
-    // The checks and the release are bounded by a watchdog thread: start it while the command
-    // runs rather than on the way out.
-    holder.session().start_watchdog(opts.check_interval);
     let policy = Policy {
         check_every: opts.check_interval,
         fencing: opts.fencing,
         kill_after: opts.kill_after,
+        lease: opts.lease,
     };
     let ended = supervise::wait(
         &mut running,
         router,
         &mut holder,
+        deadman.as_ref(),
         policy,
         &opts.target.label,
     );
@@ -128,7 +128,7 @@ fn run_held(
 
 /// Spawns the command unless a terminating signal came first; its dead man's switch, if any,
 /// learns its process group before it execs. Err holds what pglock then ends with: the
-/// interruption, or the spawn's error (126, 127).
+/// interruption, or the spawn's error (126, 127, 71).
 fn start(
     opts: &RunOptions,
     router: &Router,
@@ -136,9 +136,16 @@ fn start(
     deadman: Option<DeadMan>,
 ) -> Result<(Running, Option<DeadMan>), Result<Outcome>> {
     let fenced = matches!(opts.fencing, Fencing::Terminate { .. });
-    // Armed during a wait, or now.
-    let mut deadman = deadman.or_else(|| arm_deadman(opts.fencing));
-    let line = deadman.as_ref().map(DeadMan::announcer);
+    // Armed during a wait (and still alive: something may have killed it meanwhile), or now.
+    let deadman = deadman.and_then(|mut d| {
+        if d.alive() {
+            return Some(d);
+        }
+        step!("the dead man's switch is gone; arming another");
+        None
+    });
+    let mut deadman = deadman.or_else(|| arm_deadman(opts));
+    let line = deadman.as_ref().map(|d| (d.announcer(), d.pid()));
     let not_started = match router.spawn(|| child::spawn(&opts.job, env, fenced, line)) {
         Ok(Some(running)) => return Ok((running, deadman)),
         Ok(None) => {
@@ -156,13 +163,25 @@ fn start(
     Err(not_started)
 }
 
+/// The lease's server settings: the idle timeouts, and keepalive probes every --check-interval
+/// on the server's socket, so that a silent client's session ends about a lease after it was
+/// last heard from.
+fn lease_settings(opts: &RunOptions) -> crate::pg::sql::Settings {
+    crate::pg::sql::Settings {
+        lease_ms: opts.lease.map_or(0, |l| l.length.as_millis()),
+        keepalive_s: opts.check_interval.as_secs().max(1),
+        stranded: None,
+    }
+}
+
 /// The dead man's switch for a fenced command (with --on-lost ignore the user accepted a
-/// command that outlives the lock, so there is none). A switch that cannot start only warns.
-fn arm_deadman(fencing: Fencing) -> Option<DeadMan> {
-    let Fencing::Terminate { kill_after } = fencing else {
+/// command that outlives the lock, so there is none). With a lease it also stops the command
+/// when pglock stops confirming the lock. A switch that cannot start only warns.
+fn arm_deadman(opts: &RunOptions) -> Option<DeadMan> {
+    let Fencing::Terminate { kill_after } = opts.fencing else {
         return None;
     };
-    match DeadMan::arm(kill_after) {
+    match DeadMan::arm(kill_after, opts.lease.map(|l| l.unconfirmed_after)) {
         Ok(deadman) => Some(deadman),
         Err(e) => {
             warn!("{e:#}: if pglock is killed, the command's children may outlive the lock");
@@ -188,8 +207,9 @@ fn finish(
     }
     step!("command exited: {}", ended.status);
     // Before the release (and any --min-hold), so that the next holder sees it.
-    let end = End::ran(ended.status, ended.lost.is_some(), opts.fencing);
-    record_end(ledger, &mut holder, end);
+    let stopped = matches!(opts.fencing, Fencing::Terminate { .. });
+    let end = End::ran(ended.status, ended.lost.is_some(), stopped);
+    let commit_record = record_end(ledger, &mut holder, end);
     let ran = Outcome::Ran(ended.status);
     if let Some(reason) = ended.lost {
         // The session is gone or no longer holds the lock: there is nothing to release.
@@ -214,33 +234,37 @@ fn finish(
             return Ok(ran);
         }
     }
-    let success = ended.status.success();
-    match release(router, holder, success, opts.check_interval, label) {
-        Ok(()) => Ok(ran),
-        Err(reason) => Ok(Outcome::Lost {
+    let success = ended.status.success() || commit_record;
+    match (
+        release(holder, success, opts.check_interval, label),
+        opts.fencing,
+    ) {
+        (Ok(()), _) => Ok(ran),
+        (Err(reason), Fencing::Terminate { .. }) => Ok(Outcome::Lost {
             label: label.clone(),
             reason,
         }),
+        // Found missing only now: --on-lost ignore keeps the command's status, as it does for
+        // a loss noticed while the command ran.
+        (Err(reason), Fencing::Ignore) => {
+            warn!("lock \"{label}\" was lost before the release ({reason}); --on-lost ignore");
+            Ok(ran)
+        }
     }
 }
 
 /// Releases the lock of a command that did not run, and ends with `outcome`: a release problem
-/// only warns, so the reason the command did not run is what the user sees.
+/// only warns, so the reason the command did not run is what the user sees. `commit`: the
+/// lock's transaction carries the run's record (xact scope).
 fn release_then(
-    router: &Router,
     holder: Holder,
     opts: &RunOptions,
     outcome: Result<Outcome>,
+    commit: bool,
 ) -> Result<Outcome> {
-    let success = matches!(outcome, Ok(Outcome::Done { .. }));
+    let success = commit || matches!(outcome, Ok(Outcome::Done { .. }));
     step!("releasing lock \"{}\"", opts.target.label);
-    let _ = release(
-        router,
-        holder,
-        success,
-        opts.check_interval,
-        &opts.target.label,
-    );
+    let _ = release(holder, success, opts.check_interval, &opts.target.label);
     outcome
 }
 
@@ -264,15 +288,8 @@ fn min_hold_for(
 
 /// Ends the lock, within `limit`. A release that cannot be confirmed (a server that stopped
 /// answering, a signal) only warns: the server frees the lock when the session ends.
-fn release(
-    router: &Router,
-    holder: Holder,
-    success: bool,
-    limit: Duration,
-    label: &str,
-) -> Result<(), LostReason> {
-    router.closing(holder.canceller());
-    match holder.release(success, limit, || router.idle())? {
+fn release(holder: Holder, success: bool, limit: Duration, label: &str) -> Result<(), LostReason> {
+    match holder.release(success, limit)? {
         Ok(()) => step!("released lock \"{label}\""),
         Err(Unconfirmed(why)) => warn!(
             "warning: the release of lock \"{label}\" was not confirmed ({why}); \
@@ -282,7 +299,8 @@ fn release(
     Ok(())
 }
 
-/// How long the ledger's own connection (xact scope) may take without --connect-timeout.
+/// How long a connection of the ledger's own (after a lost lock) may take without
+/// --connect-timeout; the statement limit bounds it too.
 const LEDGER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The ledger's statement after the grant, with --record or --once-per.
@@ -296,6 +314,8 @@ fn begin_ledger(opts: &RunOptions, opener: &Opener, holder: &mut Holder) -> Resu
         target: &opts.target,
         holding: record::Holding {
             id: held.id,
+            // Runs are keyed by the lock: a semaphore's is its gate (the slot goes alongside).
+            lock: held.slot.map_or(held.id, |(_, gate)| gate),
             slot: held.slot.map(|(slot, _)| slot),
             shared: held.shared,
             scope: held.scope,
@@ -307,11 +327,12 @@ fn begin_ledger(opts: &RunOptions, opener: &Opener, holder: &mut Holder) -> Resu
     record::begin(&cx, opener, holder.session()).map(Some)
 }
 
-/// Records the run's end in the ledger, when there is one.
-fn record_end(ledger: Option<Box<Recorder>>, holder: &mut Holder, end: End) {
-    if let Some(recorder) = ledger {
-        recorder.finish(holder.session(), end);
-    }
+/// Records the run's end in the ledger, when there is one. True when the record went into the
+/// lock's transaction (xact scope), which the release must then COMMIT even after a failure.
+fn record_end(ledger: Option<Box<Recorder>>, holder: &mut Holder, end: End) -> bool {
+    ledger.is_some_and(|recorder| {
+        recorder.finish(holder.session(), end) == record::Written::InLockTransaction
+    })
 }
 
 /// What the command learns about its lock.
@@ -341,5 +362,13 @@ impl Guard for Holder {
 
     fn check(&mut self, limit: Duration) -> Result<(), LostReason> {
         Holder::check(self, limit)
+    }
+
+    fn suspend_lease(&mut self, limit: Duration) -> Result<(), LostReason> {
+        Holder::set_lease(self, false, limit)
+    }
+
+    fn resume_lease(&mut self, limit: Duration) -> Result<(), LostReason> {
+        Holder::set_lease(self, true, limit)
     }
 }

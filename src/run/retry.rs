@@ -21,6 +21,7 @@
 //! mean 2.5 s (W = 1000: 400 logins a second) load it more than they wait.
 
 use crate::pg::classify::{self, Class, Fatal};
+use crate::pg::session::Failed;
 use crate::pg::sql::Scope;
 use crate::pg::{Opener, describe_error};
 use crate::report::Note;
@@ -180,7 +181,7 @@ impl<'a> Retry<'a> {
     /// returns a terminating signal that cut the pause short).
     pub fn failed(
         &mut self,
-        e: &postgres::Error,
+        e: &Failed,
         stage: Stage,
         pause: &dyn Fn(Duration) -> Option<Signal>,
     ) -> Verdict {
@@ -219,10 +220,9 @@ impl<'a> Retry<'a> {
         self.note = None;
         if slot && !self.window.nowait && !self.quiet {
             self.note = Note::show(&format!(
-                "pglock: waiting {} for a connection slot for lock \"{}\" ({})",
+                "pglock: waiting {} for a connection slot for lock \"{}\" ({e})",
                 duration::format(self.started.elapsed()),
                 self.label,
-                describe_error(e)
             ));
         }
         match pause(delay) {
@@ -232,7 +232,19 @@ impl<'a> Retry<'a> {
     }
 
     /// The class of a failure and the reason to log or report.
-    fn classify(&self, e: &postgres::Error, stage: Stage) -> (Class, String) {
+    fn classify(&self, failed: &Failed, stage: Stage) -> (Class, String) {
+        // No answer in time, or a socket pglock could not watch: neither says the server is
+        // gone for good.
+        let e = match failed {
+            Failed::Error(e) => e,
+            other => {
+                let why = match stage {
+                    Stage::Connect { .. } => format!("cannot connect: {other}"),
+                    Stage::Lock { .. } => format!("connection lost while waiting: {other}"),
+                };
+                return (Class::Transient { slot: false }, why);
+            }
+        };
         let described = describe_error(e);
         let class = classify::classify(e);
         let lock_asked = match stage {

@@ -5,6 +5,8 @@ use super::retry::{Retry, Stage, Verdict, Window};
 use crate::exit::Outcome;
 use crate::lock::{self, Acquired, Holder, Request, Wait};
 use crate::options::RunOptions;
+use crate::pg::deadline::GRACE;
+use crate::pg::session::Failed;
 use crate::pg::{Opener, Session};
 use crate::report::{self, Watch};
 use crate::supervise::signals::Router;
@@ -23,9 +25,9 @@ pub enum Waited {
 /// What one connection's attempt came to.
 enum Attempt {
     Done(Waited),
-    /// The lock query failed (sent at the instant given): try again, if the failure may pass
-    /// and the wait allows.
-    Broken(postgres::Error, Instant),
+    /// The lock query failed (sent at the instant given, on the backend given): try again, if
+    /// the failure may pass and the wait allows.
+    Broken(Failed, Instant, Option<i32>),
 }
 
 struct Waiter<'a> {
@@ -70,18 +72,28 @@ pub fn wait_for_lock(
     };
     let mut retry = Retry::new(opener, request.scope, label, opts.quiet, window);
     let pause = |d| router.pause(d);
+    // The backend of a connection that broke during its wait: it may still be queued, or even
+    // have been granted the lock with nobody to hear it. The next connection ends it first.
+    let mut stranded = None;
     loop {
         let began = Instant::now();
         let (e, stage) = match opener.open() {
             Ok(session) => {
                 retry.connected();
-                match waiter.attempt(session, prepare)? {
+                match waiter.attempt(session, stranded, prepare)? {
                     Attempt::Done(waited) => return Ok(waited),
-                    Attempt::Broken(e, asked) => (e, Stage::Lock { asked }),
+                    Attempt::Broken(e, asked, backend) => {
+                        stranded = backend.or(stranded);
+                        (e, Stage::Lock { asked })
+                    }
                 }
             }
             Err(e) => (e, Stage::Connect { began }),
         };
+        if let Some(sig) = router.interrupted() {
+            step!("interrupted by signal {sig}; giving up");
+            return Ok(Waited::Gave(Outcome::Interrupted(sig)));
+        }
         let connecting = matches!(stage, Stage::Connect { .. });
         match retry.failed(&e, stage, &pause) {
             Verdict::Again => continue,
@@ -96,10 +108,19 @@ pub fn wait_for_lock(
 
 impl Waiter<'_> {
     /// One connection's try or wait.
-    fn attempt(&self, mut session: Session, prepare: &mut dyn FnMut()) -> Result<Attempt> {
+    fn attempt(
+        &self,
+        mut session: Session,
+        stranded: Option<i32>,
+        prepare: &mut dyn FnMut(),
+    ) -> Result<Attempt> {
         let label = &self.opts.target.label;
         let mut request = self.request.clone();
         request.wait = request.wait.until(self.deadline);
+        request.settings.stranded = stranded;
+        if let Some(pid) = stranded {
+            step!("ending backend {pid}, left waiting by the connection that broke");
+        }
         if request.wait == Wait::Try {
             step!("trying lock \"{label}\" (id {})", request.id);
         } else {
@@ -108,13 +129,16 @@ impl Waiter<'_> {
         if let Some(sig) = self.router.waiting(session.canceller()) {
             return Ok(Attempt::Done(Waited::Gave(Outcome::Interrupted(sig))));
         }
+        // The server's lock_timeout ends the wait; this bounds it when the server cannot.
+        session.wait_until(self.deadline.map(|d| d + GRACE));
         // Only for a lock that turns out to be taken: its observer and its guard.
         let mut during_wait: Option<(Option<Watch>, WaitGuard)> = None;
-        let mut waiting = || {
+        let mut waiting = |backend: Option<i32>| {
             prepare();
             during_wait.get_or_insert_with(|| {
                 let guard = WaitGuard::start(
                     self.opener.application_name(),
+                    backend,
                     self.opts.database_url.as_deref(),
                 );
                 (self.observe(), guard)
@@ -136,14 +160,24 @@ impl Waiter<'_> {
                     "acquired lock \"{label}\" after {}",
                     duration::format(self.started.elapsed())
                 );
+                let lease_ms = request.settings.lease_ms;
                 return Ok(Attempt::Done(Waited::Held(Box::new(Holder::new(
-                    session, held,
+                    session, held, lease_ms,
                 )))));
             }
             Ok(Acquired::Busy) if self.request.wait == Wait::Try => Acquired::Busy,
             Ok(Acquired::Busy | Acquired::TimedOut) => Acquired::TimedOut,
             Ok(Acquired::Cancelled) => Acquired::Cancelled,
-            Err(e) => return Ok(Attempt::Broken(e, asked)),
+            Err(_) if self.deadline.is_some_and(|d| Instant::now() >= d + GRACE) => {
+                step!("no answer from the server by the end of --timeout; the connection was cut");
+                return Ok(Attempt::Done(Waited::Gave(
+                    self.not_obtained(Acquired::TimedOut, None),
+                )));
+            }
+            Err(e) => {
+                let backend = session.backend_pid();
+                return Ok(Attempt::Broken(Failed::Error(e), asked, backend));
+            }
         };
         let message = self.not_obtained(outcome, Some(&mut session));
         Ok(Attempt::Done(Waited::Gave(message)))

@@ -1,24 +1,53 @@
 //! The command as a process: spawned in its own process group, handed the terminal when pglock
 //! has it, reaped with waitpid(2), and suspended together with pglock at a terminal's Ctrl-Z.
+//!
+//! As PID 1 (a container's entry point) or a child subreaper, pglock also inherits the
+//! command's orphaned descendants, and reaps them as tini does: otherwise they pile up as
+//! zombies for the container's life.
 
 use crate::exit::{Failure, fail};
-use crate::options::Job;
 use crate::step;
 use crate::supervise::deadman::announce;
 use anyhow::Result;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, killpg, pthread_sigmask};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::{Pid, getpgrp, getpid, getppid, isatty, setpgid, tcgetpgrp, tcsetpgrp};
+use std::ffi::OsString;
 use std::io::ErrorKind;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus};
+
+/// The command to run: any bytes, as the OS passes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub program: OsString,
+    pub args: Vec<OsString>,
+}
 
 /// The command, running.
 pub struct Running {
     pid: Pid,
     /// The command owns our terminal's foreground: take it back when it stops or exits.
     took_terminal: bool,
+    /// Orphans are reparented to pglock: reap them too.
+    reaper: bool,
+    /// pglock's own child that someone else collects (the dead man's switch).
+    keep: Option<Pid>,
+}
+
+/// What [`Running::poll`] found.
+#[derive(Debug)]
+pub enum Polled {
+    Running,
+    Exited(ExitStatus),
+    /// Stopped at a terminal (Ctrl-Z): see [`Running::suspend`].
+    Stopped(Signal),
+}
+
+/// Whether orphaned processes end up as pglock's children.
+fn reaper() -> bool {
+    getpid().as_raw() == 1 || nix::sys::prctl::get_child_subreaper().unwrap_or(false)
 }
 
 fn stdin() -> BorrowedFd<'static> {
@@ -52,7 +81,7 @@ pub fn spawn(
     job: &Job,
     env: &[(String, String)],
     fenced: bool,
-    deadman: Option<RawFd>,
+    deadman: Option<(RawFd, Pid)>,
 ) -> Result<(Running, Pid)> {
     let take_terminal = owns_terminal();
     let parent = getpid();
@@ -64,8 +93,8 @@ pub fn spawn(
     unsafe {
         cmd.pre_exec(move || {
             setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
-            if let Some(line) = deadman {
-                announce(line);
+            if let Some((line, _)) = deadman {
+                announce(line)?;
             }
             if take_terminal {
                 without_sigttou(|| tcsetpgrp(stdin(), getpid()))?;
@@ -82,13 +111,7 @@ pub fn spawn(
     }
     let child = cmd.spawn().map_err(|e| {
         let name = job.program.to_string_lossy();
-        let (failure, why) = match e.kind() {
-            ErrorKind::NotFound => (Failure::NotFound, "command not found".to_string()),
-            ErrorKind::PermissionDenied => {
-                (Failure::NotExecutable, "permission denied".to_string())
-            }
-            _ => (Failure::NotExecutable, e.to_string()),
-        };
+        let (failure, why) = spawn_failure(&e);
         fail(failure, format!("cannot run '{name}': {why}"))
     })?;
     let pid = Pid::from_raw(child.id() as i32);
@@ -99,9 +122,34 @@ pub fn spawn(
         Running {
             pid,
             took_terminal: take_terminal,
+            reaper: reaper(),
+            keep: deadman.map(|(_, switch)| switch),
         },
         pid,
     ))
+}
+
+/// What a failed spawn means, as a shell would say it: 127 for a command that is not there, 126
+/// for one that is there but cannot be executed, and a system error (71) for everything that is
+/// no fault of the command: fork(2) refused (EAGAIN, ENOMEM), or a step pglock takes between fork
+/// and exec (its own process group, the terminal, the parent-death signal, the dead man's
+/// switch) failing.
+fn spawn_failure(e: &std::io::Error) -> (Failure, String) {
+    use nix::libc;
+    match (e.kind(), e.raw_os_error()) {
+        (ErrorKind::NotFound, _) => (Failure::NotFound, "command not found".into()),
+        (ErrorKind::PermissionDenied, Some(libc::EACCES)) => {
+            (Failure::NotExecutable, "permission denied".into())
+        }
+        (_, Some(libc::ENOEXEC | libc::EISDIR | libc::ETXTBSY | libc::ELOOP | libc::ELIBBAD)) => {
+            (Failure::NotExecutable, e.to_string())
+        }
+        (_, Some(libc::EPIPE)) => (
+            Failure::System,
+            "the dead man's switch went away before the command started".into(),
+        ),
+        _ => (Failure::System, e.to_string()),
+    }
 }
 
 impl Running {
@@ -110,29 +158,61 @@ impl Running {
         let _ = killpg(self.pid, sig);
     }
 
-    /// The command's status if it has exited, reaping it. A command stopped at the terminal
-    /// (Ctrl-Z) suspends pglock too, and both go on together.
-    pub fn poll(&mut self) -> Result<Option<ExitStatus>> {
+    /// Whether the command has exited (reaping it) or stopped. Reaps orphans as well when
+    /// pglock is their reaper.
+    pub fn poll(&mut self) -> Result<Polled> {
         let flags = WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED;
-        let status = match waitpid(self.pid, Some(flags))? {
+        let polled = match waitpid(self.pid, Some(flags))? {
+            WaitStatus::Stopped(_, sig) => return Ok(Polled::Stopped(sig)),
+            status => self.exited(status),
+        };
+        if let (Polled::Running, true) = (&polled, self.reaper) {
+            return Ok(self.reap_orphans());
+        }
+        Ok(polled)
+    }
+
+    fn exited(&mut self, status: WaitStatus) -> Polled {
+        let status = match status {
             WaitStatus::Exited(_, code) => ExitStatus::from_raw((code & 0xff) << 8),
             WaitStatus::Signaled(_, sig, core) => {
                 ExitStatus::from_raw(sig as i32 | if core { 0x80 } else { 0 })
             }
-            WaitStatus::Stopped(_, sig) => {
-                self.stopped(sig);
-                return Ok(None);
-            }
-            _ => return Ok(None),
+            _ => return Polled::Running,
         };
         self.give_back_terminal();
-        Ok(Some(status))
+        Polled::Exited(status)
     }
 
-    /// The command stopped. At a terminal, do what a shell expects of a job: take the terminal
-    /// back and stop pglock the same way, so the shell gets its prompt; when continued (fg),
-    /// hand the terminal to the command again and continue it.
-    fn stopped(&mut self, sig: Signal) {
+    /// Collects every exited child but the switch (whose owner collects it), looking first
+    /// (WNOWAIT) so that the command's status is never lost to a blind waitpid(-1).
+    fn reap_orphans(&mut self) -> Polled {
+        let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        loop {
+            let pid = match waitid(Id::All, peek) {
+                Ok(status) => match status.pid() {
+                    Some(pid) => pid,
+                    None => return Polled::Running,
+                },
+                Err(_) => return Polled::Running,
+            };
+            if Some(pid) == self.keep {
+                return Polled::Running;
+            }
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(status) if pid == self.pid => return self.exited(status),
+                Ok(_) => step!("reaped orphan {pid}"),
+                Err(_) => return Polled::Running,
+            }
+        }
+    }
+
+    /// The command stopped (Ctrl-Z). At a terminal, do what a shell expects of a job: take the
+    /// terminal back and stop pglock the same way, so the shell gets its prompt. Returns once a
+    /// shell continues pglock (fg, bg); the caller then checks the lock and [`Running::resume`]s
+    /// the command. Without a terminal there is nothing to do: the command stays stopped until
+    /// whoever stopped it continues it (see [`Running::at_terminal`]).
+    pub fn suspend(&mut self, sig: Signal) {
         if !self.took_terminal {
             return;
         }
@@ -144,6 +224,16 @@ impl Running {
         };
         // Returns once a shell continues our process group.
         let _ = kill(getpid(), own);
+    }
+
+    /// The command runs as the terminal's job: a stop is Ctrl-Z, and pglock goes along.
+    pub fn at_terminal(&self) -> bool {
+        self.took_terminal
+    }
+
+    /// After [`Running::suspend`]: hand the terminal back to the command (after fg) and
+    /// continue it.
+    pub fn resume(&mut self) {
         if owns_terminal() {
             let _ = without_sigttou(|| tcsetpgrp(stdin(), self.pid));
         }

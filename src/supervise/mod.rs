@@ -24,15 +24,25 @@ pub mod signals;
 pub mod wait_guard;
 
 use crate::exit::LostReason;
-use crate::options::Fencing;
+use crate::lease::Lease;
 use crate::{step, warn};
-use child::Running;
+use child::{Polled, Running};
+use deadman::DeadMan;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 use signals::Router;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
+
+/// What happens to the command when the lock is lost while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fencing {
+    /// SIGTERM its process group, SIGKILL after `kill_after`, exit 74.
+    Terminate { kill_after: Duration },
+    /// Warn and let it finish.
+    Ignore,
+}
 
 /// The lock, as the supervising loop sees it.
 pub trait Guard {
@@ -42,6 +52,11 @@ pub trait Guard {
     fn readable(&mut self) -> Result<(), LostReason>;
     /// The periodic check, answered within `limit`; Err(reason) if the lock is gone.
     fn check(&mut self, limit: Duration) -> Result<(), LostReason>;
+    /// The job is about to be stopped at a terminal: suspend the lease, so that the lock stays
+    /// held however long it stays stopped.
+    fn suspend_lease(&mut self, limit: Duration) -> Result<(), LostReason>;
+    /// The job goes on: restore the lease and check the lock, in one round trip.
+    fn resume_lease(&mut self, limit: Duration) -> Result<(), LostReason>;
 }
 
 /// How the loop watches and what it does about a loss.
@@ -51,6 +66,8 @@ pub struct Policy {
     pub fencing: Fencing,
     /// How long a command that is being stopped gets between SIGTERM and SIGKILL.
     pub kill_after: Duration,
+    /// The lease on the lock's session, if any.
+    pub lease: Option<Lease>,
 }
 
 /// How the command's run ended.
@@ -67,11 +84,20 @@ pub fn wait(
     running: &mut Running,
     router: &Router,
     guard: &mut dyn Guard,
+    switch: Option<&DeadMan>,
     policy: Policy,
     label: &str,
 ) -> Ended {
     let mut lost: Option<LostReason> = None;
     let mut next_check = Instant::now() + policy.check_every;
+    // When the server last confirmed the lock (the grant, just before).
+    let mut confirmed = Instant::now();
+    let confirm = |confirmed: &mut Instant| {
+        *confirmed = Instant::now();
+        if let Some(switch) = switch {
+            switch.heartbeat();
+        }
+    };
     let mut kill_at: Option<Instant> = None;
     let stop = |running: &Running, kill_at: &mut Option<Instant>, kill_after: Duration| {
         if kill_at.is_none() {
@@ -79,13 +105,64 @@ pub fn wait(
             *kill_at = Some(Instant::now() + kill_after);
         }
     };
+    // What a lost lock means for the command, by the fencing policy.
+    let fencing_of = |why: &LostReason| match policy.fencing {
+        Fencing::Terminate { kill_after } => {
+            warn!("lock \"{label}\" lost: {why}; terminating the command");
+            Some(kill_after)
+        }
+        Fencing::Ignore => {
+            warn!("lock \"{label}\" lost: {why}; --on-lost ignore: the command keeps running");
+            None
+        }
+    };
     loop {
         match running.poll() {
-            Ok(Some(status)) => {
+            Ok(Polled::Exited(status)) => {
                 router.child_gone();
                 return Ended { status, lost };
             }
-            Ok(None) => {}
+            Ok(Polled::Stopped(sig)) if running.at_terminal() => {
+                // The lease must not end while the job is stopped, however long: suspend it,
+                // and the switch's countdown, before pglock stops itself.
+                let suspended = match (lost.is_none(), policy.lease) {
+                    (true, Some(_)) => guard.suspend_lease(policy.check_every),
+                    _ => Ok(()),
+                };
+                if let Some(switch) = switch {
+                    switch.pause();
+                }
+                match suspended {
+                    Ok(()) => running.suspend(sig),
+                    Err(why) => {
+                        if let Some(kill_after) = fencing_of(&why) {
+                            stop(running, &mut kill_at, kill_after);
+                        }
+                        lost = Some(why);
+                    }
+                }
+                // Continued (fg), or never stopped: the lock may have gone meanwhile, and the
+                // command must not do another thing without it.
+                if lost.is_none() {
+                    let renewed = match policy.lease {
+                        Some(_) => guard.resume_lease(policy.check_every),
+                        None => guard.check(policy.check_every),
+                    };
+                    match renewed {
+                        Ok(()) => confirm(&mut confirmed),
+                        Err(why) => {
+                            if let Some(kill_after) = fencing_of(&why) {
+                                stop(running, &mut kill_at, kill_after);
+                            }
+                            lost = Some(why);
+                        }
+                    }
+                    next_check = Instant::now() + policy.check_every;
+                }
+                running.resume();
+            }
+            Ok(Polled::Stopped(_)) => {}
+            Ok(Polled::Running) => {}
             Err(e) => {
                 warn!("cannot wait for the command ({e}); stopping it");
                 stop(running, &mut kill_at, policy.kill_after);
@@ -110,17 +187,24 @@ pub fn wait(
         };
         router.drain();
         if watching {
-            if let Err(why) = look(guard, socket_ready, &mut next_check, policy.check_every) {
-                match policy.fencing {
-                    Fencing::Terminate { kill_after } => {
-                        warn!("lock \"{label}\" lost: {why}; terminating the command");
+            // Back from a freeze (a paused VM, SIGSTOP) longer than the lease allows: the server
+            // may have given the lock away already, so stop at once rather than ask.
+            let unconfirmed = confirmed.elapsed();
+            let looked = match policy.lease {
+                Some(lease) if unconfirmed >= lease.unconfirmed_after => {
+                    Err(LostReason::Unconfirmed(unconfirmed))
+                }
+                _ => look(guard, socket_ready, &mut next_check, policy.check_every),
+            };
+            match looked {
+                Ok(true) => confirm(&mut confirmed),
+                Ok(false) => {}
+                Err(why) => {
+                    if let Some(kill_after) = fencing_of(&why) {
                         stop(running, &mut kill_at, kill_after);
                     }
-                    Fencing::Ignore => warn!(
-                        "lock \"{label}\" lost: {why}; --on-lost ignore: the command keeps running"
-                    ),
+                    lost = Some(why);
                 }
-                lost = Some(why);
             }
         }
         if kill_at.is_some_and(|at| Instant::now() >= at) {
@@ -141,7 +225,8 @@ pub fn hold(
 ) -> Result<(), LostReason> {
     let mut next_check = Instant::now() + check_every;
     loop {
-        if let Some(sig) = router.interrupted() {
+        // Also a signal that the command got: whoever stops the job wants the lock back.
+        if let Some(sig) = router.stop_requested().or_else(|| router.interrupted()) {
             step!("signal {sig} ends the --min-hold early");
             return Ok(());
         }
@@ -158,13 +243,14 @@ pub fn hold(
     }
 }
 
-/// One look at the lock: what the socket says, and the periodic check when it is due.
+/// One look at the lock: what the socket says, and the periodic check when it is due. True if
+/// the server just confirmed the lock.
 fn look(
     guard: &mut dyn Guard,
     socket_ready: bool,
     next_check: &mut Instant,
     every: Duration,
-) -> Result<(), LostReason> {
+) -> Result<bool, LostReason> {
     if socket_ready {
         guard.readable()?;
     }
@@ -172,8 +258,9 @@ fn look(
         let result = guard.check(every);
         *next_check = Instant::now() + every;
         result?;
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Blocks until a signal arrives, the socket is readable, or `deadline`. True if the socket is.
@@ -215,8 +302,8 @@ fn wait_for_events(
 #[cfg(test)]
 mod tests {
     //! The loop with a fake lock and a real command: the fencing sequence, step by step.
+    use super::child::Job;
     use super::*;
-    use crate::options::Job;
     use std::os::unix::process::ExitStatusExt;
 
     /// A lock that is lost at the first check.
@@ -235,6 +322,12 @@ mod tests {
             self.checks += 1;
             Err(LostReason::NotHeld)
         }
+        fn suspend_lease(&mut self, _: Duration) -> Result<(), LostReason> {
+            Ok(())
+        }
+        fn resume_lease(&mut self, limit: Duration) -> Result<(), LostReason> {
+            self.check(limit)
+        }
     }
 
     fn sh(script: &str) -> Job {
@@ -249,6 +342,7 @@ mod tests {
             check_every: Duration::from_millis(20),
             fencing: Fencing::Terminate { kill_after },
             kill_after,
+            lease: None,
         }
     }
 
@@ -269,6 +363,7 @@ mod tests {
             &mut running,
             &router,
             &mut guard,
+            None,
             policy(Duration::from_millis(300)),
             "t",
         );
@@ -288,6 +383,7 @@ mod tests {
             &mut running,
             &router,
             &mut guard,
+            None,
             policy(Duration::from_secs(30)),
             "t",
         );
@@ -301,7 +397,7 @@ mod tests {
         let mut guard = LosesAtOnce { checks: 0 };
         let mut ignore = policy(Duration::from_millis(10));
         ignore.fencing = Fencing::Ignore;
-        let ended = wait(&mut running, &router, &mut guard, ignore, "t");
+        let ended = wait(&mut running, &router, &mut guard, None, ignore, "t");
         assert_eq!(ended.status.code(), Some(3));
         assert_eq!(ended.lost, Some(LostReason::NotHeld));
     }

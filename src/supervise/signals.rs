@@ -1,19 +1,23 @@
 //! Signal routing: one `signals` thread receives every signal pglock handles and acts on it at
 //! once, whatever the main thread is blocked in.
 //!
-//! - While waiting for the lock, a terminating signal cancels the wait on the server; if the
-//!   cancel cannot be delivered within a second, it cuts the lock connection instead.
+//! - A terminating signal outside the command's lifetime hurries whatever pglock is blocked in
+//!   (a connect, the lock wait, a statement, the release): it gets at most a second more, and a
+//!   second signal cuts it at once ([`deadline::hurry`]). A lock wait is also cancelled on the
+//!   server, with a handful of cancel requests at most: a frozen backend ignores them all, and
+//!   then the deadline cuts the connection.
 //! - While the command runs, every forwarded signal goes to the command's process group, so it
-//!   reaches a wrapping shell's children too.
-//! - While the lock is being released, a terminating signal cuts the connection: the release
-//!   then ends at once, and the server frees the lock with the session.
+//!   reaches a wrapping shell's children too. One that asks to stop (HUP, INT, QUIT, TERM) also
+//!   shortens what follows the command: the release gets at most a second, --min-hold ends.
 //! - In every phase it writes the signal number to a pipe, so the main loop can poll(2) it next
 //!   to the lock connection's socket.
+//! - A signal that was ignored when pglock started (nohup, a shell's background job) stays
+//!   ignored, for pglock and for the command.
 //!
-//! Nothing blocking runs under the routing lock: a cancel request is sent after letting go of it.
+//! Nothing blocking runs on the signal thread: cancel requests go out on a thread of their own.
 
 use crate::pg::Canceller;
-use crate::pg::cancel::CANCEL_DEADLINE;
+use crate::pg::deadline;
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, killpg, pthread_sigmask};
 use nix::unistd::Pid;
@@ -44,6 +48,26 @@ pub const FORWARDED: &[i32] = &[
     nix::libc::SIGPWR,
     SIGIO,
 ];
+
+/// The signals by which a user, a terminal or a service manager asks a job to stop.
+const STOP: &[i32] = &[SIGHUP, SIGINT, SIGQUIT, SIGTERM];
+
+/// Cancel requests for one interrupted wait: the first at once, then again after these pauses,
+/// in case the first reached the server before the lock query did (it is then ignored).
+const CANCEL_AGAIN_AFTER: &[Duration] = &[Duration::from_millis(200), Duration::from_millis(300)];
+
+/// Whether `sig` was ignored when pglock started, as nohup(1) and shells' background jobs leave
+/// SIGHUP, SIGINT and SIGQUIT: such a signal is neither caught nor forwarded, so that it stays
+/// ignored for the command too.
+fn ignored_at_start(sig: i32) -> bool {
+    // SAFETY: sigaction with a null new action only reads the current disposition into `old`,
+    // a zeroed sigaction (a valid value for the plain C struct).
+    unsafe {
+        let mut old: nix::libc::sigaction = std::mem::zeroed();
+        nix::libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == nix::libc::SIG_IGN
+    }
+}
 
 /// The forwarded signals, held back on the calling thread until this is dropped: one sent
 /// before the [`Router`] is installed then waits for it, instead of ending pglock by default.
@@ -83,14 +107,14 @@ enum Route {
     Waiting(Canceller, u64),
     /// The command runs in this process group.
     Child(Pid),
-    /// The lock is being released: a terminating signal cuts the connection.
-    Closing(Canceller),
 }
 
 struct State {
     route: Route,
     /// The first terminating signal that arrived outside the command's lifetime.
     interrupted: Option<Signal>,
+    /// The first signal that asked pglock to stop, in any phase.
+    stop: Option<Signal>,
     /// Counts lock waits, so a late cancel never touches a later attempt's connection.
     attempt: u64,
 }
@@ -109,7 +133,11 @@ fn terminating(sig: i32) -> bool {
 impl Router {
     /// Installs the handlers and starts the routing thread.
     pub fn start() -> Result<Router> {
-        let mut watched = FORWARDED.to_vec();
+        let mut watched: Vec<i32> = FORWARDED
+            .iter()
+            .copied()
+            .filter(|&sig| !ignored_at_start(sig))
+            .collect();
         watched.push(SIGCHLD);
         let mut signals = Signals::new(&watched).context("cannot install signal handlers")?;
         let handle = signals.handle();
@@ -118,6 +146,7 @@ impl Router {
         let state = Arc::new(Mutex::new(State {
             route: Route::Idle,
             interrupted: None,
+            stop: None,
             attempt: 0,
         }));
         let shared = Arc::clone(&state);
@@ -149,9 +178,10 @@ impl Router {
         st.interrupted
     }
 
-    /// The release begins: a terminating signal cuts the connection through `canceller`.
-    pub fn closing(&self, canceller: Canceller) {
-        lock(&self.state).route = Route::Closing(canceller);
+    /// The first signal that asked pglock to stop, forwarded to the command or not: what
+    /// follows the command is cut short for it.
+    pub fn stop_requested(&self) -> Option<Signal> {
+        lock(&self.state).stop
     }
 
     /// Sleeps for `d`, or less if a terminating signal arrives; returns that signal.
@@ -173,7 +203,7 @@ impl Router {
         }
     }
 
-    /// The lock wait (or the release) is over: signals are only remembered again.
+    /// The lock wait is over: signals are only remembered again.
     pub fn idle(&self) {
         lock(&self.state).route = Route::Idle;
     }
@@ -231,54 +261,53 @@ impl Drop for Router {
 }
 
 /// Acts on one signal.
-fn route(state: &Mutex<State>, sig: i32) {
+fn route(state: &Arc<Mutex<State>>, sig: i32) {
     let mut st = lock(state);
+    if STOP.contains(&sig) {
+        st.stop
+            .get_or_insert(Signal::try_from(sig).unwrap_or(Signal::SIGTERM));
+    }
     match &st.route {
         Route::Child(pgid) if sig != SIGCHLD => {
             if let Ok(s) = Signal::try_from(sig) {
                 let _ = killpg(*pgid, s);
             }
-        }
-        Route::Waiting(canceller, attempt) if terminating(sig) && st.interrupted.is_none() => {
-            let (canceller, attempt) = (canceller.clone(), *attempt);
-            st.interrupted = Signal::try_from(sig).ok();
-            drop(st);
-            cancel_until_done(state, &canceller, attempt);
-        }
-        Route::Closing(canceller) if terminating(sig) => {
-            canceller.cut();
-            st.interrupted
-                .get_or_insert(Signal::try_from(sig).unwrap_or(Signal::SIGTERM));
+            if STOP.contains(&sig) {
+                deadline::stopping();
+            }
         }
         _ if terminating(sig) => {
-            if let Ok(s) = Signal::try_from(sig) {
-                st.interrupted.get_or_insert(s);
+            let first = st.interrupted.is_none();
+            st.interrupted
+                .get_or_insert(Signal::try_from(sig).unwrap_or(Signal::SIGTERM));
+            if let (Route::Waiting(canceller, attempt), true) = (&st.route, first) {
+                cancel_while_waiting(state, canceller.clone(), *attempt);
             }
+            drop(st);
+            deadline::hurry();
         }
         _ => {}
     }
 }
 
-/// A cancel request that reaches the server before the lock query does is ignored, so keep
-/// cancelling until the main thread has left the wait. A cancel that cannot be delivered in
-/// time gives way to cutting the connection.
-fn cancel_until_done(state: &Mutex<State>, canceller: &Canceller, attempt: u64) {
-    let still_waiting = |st: &State| matches!(st.route, Route::Waiting(_, a) if a == attempt);
-    loop {
-        let delivered = canceller.cancel_within(CANCEL_DEADLINE);
-        let st = lock(state);
-        if !still_waiting(&st) {
-            return;
-        }
-        if !delivered {
-            // Under the lock: the main thread cannot leave the wait and close the socket
-            // meanwhile, so the descriptor is still the connection's.
-            canceller.cut();
-            return;
-        }
-        drop(st);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// Cancels the lock wait `attempt` on the server, on a `cancel` thread, a few times at most
+/// while the main thread is still in it. The deadline, not this, bounds the wait.
+fn cancel_while_waiting(state: &Arc<Mutex<State>>, canceller: Canceller, attempt: u64) {
+    let state = Arc::clone(state);
+    let still_waiting = move || matches!(lock(&state).route, Route::Waiting(_, a) if a == attempt);
+    let _ = std::thread::Builder::new()
+        .name("cancel".into())
+        .spawn(move || {
+            let started = Instant::now();
+            canceller.cancel_within(deadline::GRACE);
+            for pause in CANCEL_AGAIN_AFTER {
+                std::thread::sleep(*pause);
+                if !still_waiting() || started.elapsed() >= deadline::GRACE {
+                    return;
+                }
+                canceller.cancel_within(deadline::GRACE.saturating_sub(started.elapsed()));
+            }
+        });
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {

@@ -7,8 +7,10 @@
 //! then, keeps its place in the queue. The guard closes that gap on every version: a pglock
 //! process of its own (`pglock __wait-guard NAME`, in a session of its own so that a group kill
 //! misses it) that reads a pipe from the waiter. A byte stands it down; end of file means the
-//! waiter died, and the guard connects with the same settings and cancels the waiting backend,
-//! found by its application_name (which carries the waiter's host and pid).
+//! waiter died, and the guard connects with the same settings and cancels the waiting backend:
+//! the one with the waiter's backend pid, only if it still carries the waiter's application_name
+//! and waits for a lock (two pglocks may share a name: the same host name and PID 1 in two
+//! containers).
 //!
 //! Starting a process costs a few milliseconds, so it is armed only for waits that last longer
 //! than [`ARM_AFTER`]; a lock granted at once never starts one.
@@ -52,10 +54,15 @@ impl WaitGuard {
     /// has launched a guard it waits for the guard to exit. Waking a thread on a virtual
     /// machine's idle CPU costs up to milliseconds, and a lock that was just granted is the
     /// worst moment for it (the command is about to start).
-    pub fn start(app_name: &str, database_url: Option<&str>) -> WaitGuard {
+    pub fn start(app_name: &str, backend: Option<i32>, database_url: Option<&str>) -> WaitGuard {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let mine = Arc::clone(&shared);
         let (app_name, url) = (app_name.to_string(), database_url.map(str::to_string));
+        // Without the backend's pid there is nothing the guard could safely cancel.
+        let Some(backend) = backend else {
+            lock(&shared).over = true;
+            return WaitGuard { shared };
+        };
         let _ = std::thread::Builder::new()
             .name("wait-guard".into())
             .spawn(move || {
@@ -66,7 +73,7 @@ impl WaitGuard {
                     if st.over {
                         return;
                     }
-                    let Some(mut guard) = launch(&app_name, url.as_deref()) else {
+                    let Some(mut guard) = launch(&app_name, backend, url.as_deref()) else {
                         return;
                     };
                     st.line = guard.stdin.take();
@@ -95,11 +102,12 @@ fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn launch(app_name: &str, database_url: Option<&str>) -> Option<Child> {
+fn launch(app_name: &str, backend: i32, database_url: Option<&str>) -> Option<Child> {
     let exe = std::env::current_exe().ok()?;
     let mut cmd = Command::new(exe);
     cmd.arg(ARG)
         .arg(app_name)
+        .arg(backend.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::null());
     // Through the environment, not argv: a URL may hold a password, and ps shows argv.
@@ -126,9 +134,10 @@ fn launch(app_name: &str, database_url: Option<&str>) -> Option<Child> {
     }
 }
 
-/// `pglock __wait-guard NAME`: waits for the waiter's pipe to close without a byte, then cancels
-/// the wait of the backend named NAME. Its exit status is only for the record.
-pub fn serve(app_name: &str) -> u8 {
+/// `pglock __wait-guard NAME PID`: waits for the waiter's pipe to close without a byte, then
+/// cancels the wait of backend PID if it is still named NAME. Its exit status is only for the
+/// record.
+pub fn serve(app_name: &str, backend: i32) -> u8 {
     let mut byte = [0u8; 1];
     loop {
         match std::io::stdin().read(&mut byte) {
@@ -138,13 +147,13 @@ pub fn serve(app_name: &str) -> u8 {
             Err(_) => break,
         }
     }
-    match cancel(app_name) {
+    match cancel(app_name, backend) {
         Ok(()) => 0,
         Err(_) => 1,
     }
 }
 
-fn cancel(app_name: &str) -> anyhow::Result<()> {
+fn cancel(app_name: &str, backend: i32) -> anyhow::Result<()> {
     let url = std::env::var("PGLOCK_DATABASE_URL").ok();
     let target = conninfo::resolve(url.as_deref(), &conninfo::process_env)?;
     let opener = Opener::new(
@@ -154,7 +163,7 @@ fn cancel(app_name: &str) -> anyhow::Result<()> {
         CONNECT_TIMEOUT,
     )?;
     let mut session = opener.open()?;
-    session.query(&sql::cancel_waiter(app_name))?;
+    session.query(&sql::cancel_waiter(app_name, backend))?;
     session.close();
     Ok(())
 }

@@ -391,3 +391,70 @@ fn the_larger_limit_warning_counts_only_this_databases_slots() {
         .assert_stderr_contains("at the head of the queue")
         .assert_stderr_lacks("slots above");
 }
+
+#[test]
+fn ctrl_z_for_longer_than_the_lease_keeps_the_lock() {
+    let env = TestEnv::new("ctrlzlease");
+    let k = env.key();
+    let mut term = Terminal::start();
+    term.wait_for("$ ");
+    // A lease of 2 x 1s + 1s + 2s = 5s.
+    term.type_(&format!(
+        "pglock --key {k} --check-interval 1s --kill-after 1s -- sleep 300\n"
+    ));
+    wait_until("the lock", || env.granted() == 1);
+    let pglock = pglock_pid_of(k).unwrap();
+    wait_until("the command to have the terminal", || {
+        let fg = term.foreground();
+        fg != 0 && fg != pglock as i32 && fg != term.shell.id() as i32
+    });
+    term.type_("\x1a");
+    term.wait_for("Stopped");
+    // Longer than the lease, and longer than the dead man's switch waits for a heartbeat.
+    throughout(
+        "the stopped job to keep its lock",
+        Duration::from_secs(8),
+        || env.granted() == 1,
+    );
+    term.type_("fg\n");
+    term.wait_for("sleep 300");
+    std::thread::sleep(Duration::from_millis(300));
+    term.type_("\x03");
+    term.type_("echo \"rc=$?\"\n");
+    term.wait_for("rc=130");
+    wait_until("the lock to be released", || env.granted() == 0);
+}
+
+#[test]
+fn fg_checks_the_lock_before_the_command_goes_on() {
+    let env = TestEnv::new("fgcheck");
+    let proxy = Proxy::start();
+    let ticks = env.path("ticks");
+    let mut term = Terminal::start();
+    term.wait_for("$ ");
+    term.type_(&format!(
+        "PGHOST=127.0.0.1 PGPORT={} pglock --key {} --check-interval 2s -c \
+         'trap \"exit 7\" TERM; while :; do date +%s%N >> {}; sleep 0.1; done'\n",
+        proxy.port,
+        env.key(),
+        ticks.display()
+    ));
+    wait_until("the command to tick", || ticks.exists());
+    term.type_("\x1a");
+    term.wait_for("Stopped");
+    // The lock is lost while the job is stopped, in a way only a check can tell.
+    proxy.freeze();
+    let resumed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    term.type_("fg\n");
+    term.type_("echo \"rc=$?\"\n");
+    term.wait_for("rc=74");
+    let after: usize = read(&ticks)
+        .lines()
+        .filter_map(|l| l.trim().parse::<u128>().ok())
+        .filter(|&t| t > resumed)
+        .count();
+    assert_eq!(after, 0, "the command went on before the lock was checked");
+}

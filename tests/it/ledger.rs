@@ -81,12 +81,12 @@ impl Ledger {
         client
             .execute(
                 &format!(
-                    "INSERT INTO {} (key, host, pid, backend_pid, db_user, started_at, \
-                     finished_at, status, exit_code) VALUES ($1, 'web-9', 1, 1, 'app', \
+                    "INSERT INTO {} (key, lock_id, host, pid, backend_pid, db_user, started_at, \
+                     finished_at, status, exit_code) VALUES ($1, $3, 'web-9', 1, 1, 'app', \
                      now() - interval '{ago}', {finished}, $2, {code})",
                     self.table
                 ),
-                &[&key, &status],
+                &[&key, &status, &key_id(key).to_string()],
             )
             .unwrap();
     }
@@ -318,17 +318,15 @@ fn xact_scope_through_a_transaction_pooling_pgbouncer_records_success_and_failur
     let key = env.key();
     let url = bouncer.conninfo();
     let args = ["--scope", "xact", "-d", &url, "--once-per", "1h"];
-    // The running row is visible to everyone while the command runs: it is not inside the
-    // lock's transaction.
+    // The run is written when it ends, in the lock's transaction: nothing shows while it runs.
     let running = start(
         ledger
             .pglock(&["--key", key])
             .args(args)
             .args(["-c", &format!("{}; exit 4", ran_then_wait(env.dir()))]),
     );
-    wait_until("the running row", || {
-        ledger.runs(key) == [("running".to_string(), None)]
-    });
+    wait_until("the command running", || ran(&env) == 1);
+    assert_eq!(ledger.runs(key), []);
     std::fs::write(env.path("go"), "").unwrap();
     running.finish().assert_code(4);
     ledger.run(key, &args, "true").assert_success();
@@ -441,7 +439,7 @@ fn concurrent_inits_all_succeed_and_init_is_idempotent() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(indexes, 5, "the primary key and four indexes");
+    assert_eq!(indexes, 6, "the primary key and five indexes");
 }
 
 #[test]
@@ -778,4 +776,201 @@ fn record_command_stores_the_command_only_when_asked() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(commands, [None, Some("echo shown".to_string())]);
+}
+
+/// Issue 18, item 11: through a transaction-pooling PgBouncer whose pool the waiters fill, the
+/// holder's ledger must not need a pool connection the waiters took: its writes go over the
+/// lock's own (pinned) connection, so the job still runs exactly once.
+#[test]
+fn once_per_in_xact_scope_holds_when_waiters_fill_the_pool() {
+    let bouncer = Bouncer::start_with("transaction", &[("default_pool_size", "5")]);
+    let ledger = Ledger::new();
+    let env = TestEnv::new("xpool");
+    let key = env.key();
+    let url = bouncer.conninfo();
+    let script = ran_then_wait(env.dir());
+    let children: Vec<Started> = (0..6)
+        .map(|_| {
+            start(
+                ledger
+                    .pglock(&[
+                        "--key",
+                        key,
+                        "--scope",
+                        "xact",
+                        "-d",
+                        &url,
+                        "--once-per",
+                        "1h",
+                    ])
+                    .args(["-c", &script]),
+            )
+        })
+        .collect();
+    // One runs; four wait on the server, filling the pool of five; the sixth queues in
+    // PgBouncer for a server connection.
+    wait_until("one run and four waiters", || {
+        ran(&env) == 1 && env.waiting() == 4
+    });
+    std::fs::write(env.path("go"), "").unwrap();
+    let results: Vec<Run> = children.into_iter().map(Started::finish).collect();
+    assert_eq!(ran(&env), 1, "{results:?}");
+    for result in &results {
+        result.assert_code(0);
+    }
+    let skips = results
+        .iter()
+        .filter(|r| r.stderr().contains("already succeeded"))
+        .count();
+    assert_eq!(skips, 5, "{results:?}");
+    assert_eq!(ledger.runs(key), [("succeeded".into(), Some(0))]);
+}
+
+/// Issue 18, item 12: runs are keyed by the lock, not by the key's text. `--key K` and
+/// `--key K --key-hash sqlx` are two locks that run at once: neither may call the other's run
+/// abandoned.
+#[test]
+fn two_locks_of_one_key_text_keep_their_runs_apart() {
+    let ledger = Ledger::new();
+    let env = TestEnv::new("bylock");
+    let key = env.key();
+    let first = start(
+        ledger
+            .pglock(&["--key", key, "--record"])
+            .args(["-c", &ran_then_wait(env.dir())]),
+    );
+    wait_until("the first running", || ran(&env) == 1);
+    ledger
+        .run(key, &["--key-hash", "sqlx", "--record"], "true")
+        .assert_success();
+    std::fs::write(env.path("go"), "").unwrap();
+    first.finish().assert_code(0);
+    assert_eq!(
+        ledger.runs(key),
+        [("succeeded".into(), Some(0)), ("succeeded".into(), Some(0))]
+    );
+}
+
+/// Issue 18, item 12: `--lock-id ID` and `--key lock-id:ID` are two locks, so they share no
+/// `--once-per` state; the same lock under another name does.
+#[test]
+fn once_per_follows_the_lock_not_the_name() {
+    let ledger = Ledger::new();
+    let env = TestEnv::new("bylockid");
+    let id = key_id(env.key()).to_string();
+    let as_key = format!("lock-id:{id}");
+    let once = ["--once-per", "1h", "-c", "true"];
+    run(ledger.pglock(&["--lock-id", &id]).args(once)).assert_success();
+    let other = run(ledger.pglock(&["--key", &as_key]).args(once));
+    other.assert_success();
+    assert!(!other.stderr().contains("already succeeded"), "{other:?}");
+    // `--key K` is lock id sha256(K): the same lock as `--lock-id` of that id.
+    run(ledger
+        .pglock(&["--lock-id", &key_id(env.key()).to_string()])
+        .args(once))
+    .assert_stderr_contains("already succeeded");
+    run(ledger.pglock(&["--key", env.key()]).args(once))
+        .assert_stderr_contains("already succeeded");
+}
+
+/// Issue 18, item 12: a table made by an earlier pglock (no lock_id column) is refused with
+/// what to do, and `pglock init` upgrades it so that its old successes still count.
+#[test]
+fn init_upgrades_a_table_of_an_earlier_pglock() {
+    let ledger = Ledger::unmade();
+    let env = TestEnv::new("upgrade");
+    let key = env.key();
+    let t = &ledger.table;
+    let mut client = sql();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+             key text NOT NULL, slot integer, host text NOT NULL, pid integer NOT NULL, \
+             backend_pid integer NOT NULL, db_user text NOT NULL, started_at timestamptz NOT NULL, \
+             finished_at timestamptz, status text NOT NULL, exit_code integer, command text)"
+        ))
+        .unwrap();
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {t} (key, slot, host, pid, backend_pid, db_user, started_at, \
+                 finished_at, status, exit_code) VALUES ($1, NULL, 'h', 1, 1, 'u', now(), now(), \
+                 'succeeded', 0), ($2, NULL, 'h', 1, 1, 'u', now(), now(), 'succeeded', 0), \
+                 ($1, 0, 'h', 1, 1, 'u', now(), now(), 'succeeded', 0)"
+            ),
+            &[&key, &"lock-id:1,2"],
+        )
+        .unwrap();
+    let never = env.path("never");
+    let touch = format!("touch {}", never.display());
+    let refused = ledger.run(key, &["--once-per", "1h"], &touch);
+    refused.assert_code(78);
+    refused.assert_stderr_contains("pglock init");
+    assert!(!never.exists());
+
+    run(ledger.pglock(&["init"])).assert_success();
+    let ids: Vec<String> = client
+        .query(&format!("SELECT lock_id FROM {t} ORDER BY id"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let gate = {
+        use sha2::{Digest, Sha256};
+        let d = Sha256::digest(format!("{key}\0gate").as_bytes());
+        i64::from_be_bytes(d[..8].try_into().unwrap()).to_string()
+    };
+    assert_eq!(ids, [key_id(key).to_string(), "1,2".into(), gate]);
+    ledger
+        .run(key, &["--once-per", "1h"], &touch)
+        .assert_stderr_contains("already succeeded");
+    assert!(!never.exists());
+    // Once upgraded, init leaves it as it is.
+    run(ledger.pglock(&["init"])).assert_stdout_contains("already exists");
+}
+
+/// Issue 18, item 13: in session scope, a lock lost while the command runs is recorded `lost`
+/// at once, over a connection of the ledger's own (the lock's is gone), not left `running`.
+#[test]
+fn session_scope_records_a_lost_lock() {
+    let ledger = Ledger::new();
+    let env = TestEnv::new("slost");
+    let key = env.key();
+    let child = start(ledger.pglock(&["--key", key, "--record"]).args([
+        "--check-interval",
+        "200ms",
+        "-c",
+        &ran_then_wait(env.dir()),
+    ]));
+    wait_until("the command running", || ran(&env) == 1);
+    assert_eq!(env.terminate_holder(), 1, "no backend holds the lock");
+    child.finish().assert_code(74);
+    assert_eq!(ledger.runs(key), [("lost".into(), Some(74))]);
+}
+
+/// Issue 18, item 14: two long table names in one schema that share their first 50 bytes each
+/// get all their indexes (index names used to be cut to fit, so the second table's clashed with
+/// the first's and IF NOT EXISTS silently skipped them).
+#[test]
+fn long_table_names_in_one_schema_each_get_their_indexes() {
+    let stem = format!("ledger_long_{}_{}", std::process::id(), "x".repeat(60));
+    let names: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|end| format!("{}{end}", &stem[..62]))
+        .collect();
+    for name in &names {
+        run(pglock().args(["init", "--ledger", name])).assert_success();
+    }
+    let mut client = sql();
+    for name in &names {
+        let indexes: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_indexes WHERE tablename = $1",
+                &[name],
+            )
+            .unwrap()
+            .get(0);
+        let _ = client.batch_execute(&format!("DROP TABLE IF EXISTS public.{name}"));
+        assert_eq!(indexes, 6, "{name}: the primary key and five indexes");
+    }
 }

@@ -4,13 +4,19 @@
 mod util;
 
 mod beyond;
+mod cmdline;
 mod connect;
 mod core;
+mod deadlines;
 mod docs;
 mod fencing;
 mod fleet;
 mod hardening;
+mod layers;
 mod ledger;
+mod nemesis;
+mod output;
+mod processes;
 mod status;
 mod tls;
 mod token;

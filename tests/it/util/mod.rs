@@ -14,7 +14,7 @@ mod run;
 
 pub use env::TestEnv;
 pub use hold::{Holder, try_hold};
-pub use locks::{Lock, lock_pids, lock_rows};
+pub use locks::{Lock, key_id, lock_pids, lock_rows};
 pub use run::{Run, Started, run, start, start_keeping_stderr};
 
 use postgres::{Client, NoTls};

@@ -1,5 +1,6 @@
 //! A TCP proxy between pglock and the server that the test can break on purpose: stop forwarding
-//! without closing anything (a silent partition as the client sees it), or cut every connection.
+//! without closing anything (a silent partition as the client sees it) for every connection or
+//! only for those made so far, or cut every connection.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
@@ -13,6 +14,8 @@ pub struct Proxy {
     closed: Arc<AtomicBool>,
     accepted: Arc<AtomicUsize>,
     streams: Arc<Mutex<Vec<TcpStream>>>,
+    /// Each forwarded connection's own switch.
+    silenced: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
     /// When each client connection arrived, forwarded or not.
     arrivals: Arc<Mutex<Vec<Instant>>>,
 }
@@ -56,6 +59,7 @@ impl Proxy {
             closed: Arc::new(AtomicBool::new(closed)),
             accepted: Arc::new(AtomicUsize::new(0)),
             streams: Arc::new(Mutex::new(Vec::new())),
+            silenced: Arc::new(Mutex::new(Vec::new())),
             arrivals: Arc::new(Mutex::new(Vec::new())),
         };
         let arrivals = proxy.arrivals.clone();
@@ -65,6 +69,7 @@ impl Proxy {
             proxy.streams.clone(),
         );
         let closed = proxy.closed.clone();
+        let silenced = proxy.silenced.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -79,12 +84,15 @@ impl Proxy {
                 accepted.fetch_add(1, Ordering::SeqCst);
                 streams.lock().unwrap().push(client.try_clone().unwrap());
                 streams.lock().unwrap().push(server.try_clone().unwrap());
+                let silent = Arc::new(AtomicBool::new(false));
+                silenced.lock().unwrap().push(silent.clone());
+                let quiet = [frozen.clone(), silent];
                 pump(
                     client.try_clone().unwrap(),
                     server.try_clone().unwrap(),
-                    frozen.clone(),
+                    quiet.clone(),
                 );
-                pump(server, client, frozen.clone());
+                pump(server, client, quiet);
             }
         });
         proxy
@@ -93,6 +101,14 @@ impl Proxy {
     /// From now on, bytes in either direction are swallowed; no socket is closed.
     pub fn freeze(&self) {
         self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    /// Silences the connections made so far, as [`Proxy::freeze`] does; new ones still get
+    /// through (a cancel request, a reconnect).
+    pub fn freeze_existing(&self) {
+        for s in self.silenced.lock().unwrap().iter() {
+            s.store(true, Ordering::SeqCst);
+        }
     }
 
     /// Closes every connection made so far (both sides see end of file).
@@ -113,7 +129,7 @@ impl Proxy {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, frozen: Arc<AtomicBool>) {
+fn pump(mut from: TcpStream, mut to: TcpStream, quiet: [Arc<AtomicBool>; 2]) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 16384];
         loop {
@@ -123,7 +139,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, frozen: Arc<AtomicBool>) {
                     return;
                 }
                 Ok(n) => {
-                    if frozen.load(Ordering::SeqCst) {
+                    if quiet.iter().any(|q| q.load(Ordering::SeqCst)) {
                         continue;
                     }
                     if to.write_all(&buf[..n]).is_err() {

@@ -1,0 +1,187 @@
+//! Processes (issue 18, B): nohup, a dead man's switch without close_range(2), pglock as PID 1
+//! and under a subreaper, a switch that died during the wait, and spawn failures that are no
+//! fault of the command. Real faults: strace's fault injection, `unshare -p`, SIGKILL.
+
+use crate::util::*;
+use nix::sys::signal::Signal;
+use std::time::Duration;
+
+/// `trap '' SIG; exec pglock ARGS` as nohup(1) or a shell's background job starts it.
+fn under_ignored(env: &TestEnv, signal: &str, script: &str) -> Started {
+    let bin = BIN;
+    let line = format!(
+        "trap '' {signal}; exec {bin} --key {} -c '{script}'",
+        env.key()
+    );
+    start(wrapped("sh", &["-c", &line, "sh"]).env_remove("PGLOCK_KEY"))
+}
+
+#[test]
+fn a_signal_ignored_at_start_stays_ignored_for_pglock_and_the_command() {
+    let env = TestEnv::new("nohup");
+    for signal in ["HUP", "INT", "QUIT"] {
+        let script = format!(
+            "touch {d}/ready-{signal}; while [ ! -e {d}/go-{signal} ]; do sleep 0.05; done",
+            d = env.dir().display()
+        );
+        let child = under_ignored(&env, signal, &script);
+        env.wait_for_file(&format!("ready-{signal}"));
+        let sig = match signal {
+            "HUP" => Signal::SIGHUP,
+            "INT" => Signal::SIGINT,
+            _ => Signal::SIGQUIT,
+        };
+        // To pglock and to the command's group, as a hangup or a terminal would.
+        child.kill(sig);
+        let command = child_of(child.id());
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(command), sig);
+        std::fs::write(env.path(&format!("go-{signal}")), "").unwrap();
+        child.finish().assert_success();
+    }
+}
+
+#[test]
+fn the_switch_works_without_close_range() {
+    need("strace", "strace");
+    let env = TestEnv::new("noclosrange");
+    let script = format!(
+        "sleep 300 & echo $! > {d}/a; touch {d}/ready; wait",
+        d = env.dir().display()
+    );
+    let mut cmd = wrapped(
+        "strace",
+        &[
+            "-f",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=close_range",
+            "-e",
+            "inject=close_range:error=ENOSYS",
+        ],
+    );
+    cmd.args(["--key", env.key(), "--kill-after", "1s", "-c", &script]);
+    let mut child = start(cmd);
+    env.wait_for_file("ready");
+    let sleep: i32 = read(&env.path("a")).trim().parse().unwrap();
+    // pglock is strace's child.
+    let pglock = children_of(child.id() as i32)[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pglock), Signal::SIGKILL).unwrap();
+    wait_until("the command's child to be stopped", || !alive(sleep));
+    wait_until("the lock to be freed", || env.granted() == 0);
+    wait_until("strace to end", || child.exited().is_some());
+}
+
+#[test]
+fn pglock_as_pid_1_reaps_orphans() {
+    need("unshare", "util-linux");
+    let env = TestEnv::new("pidone");
+    // Five grandchildren orphaned at once; once they exit, count the zombies in the namespace.
+    let script = format!(
+        "for i in 1 2 3 4 5; do (sleep 0.1 &); done; sleep 1; \
+         grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l > {}/zombies",
+        env.dir().display()
+    );
+    let mut cmd = wrapped("unshare", &["-p", "-f", "--mount-proc"]);
+    cmd.args(["--key", env.key(), "-c", &script]);
+    run(cmd).assert_success();
+    assert_eq!(read(&env.path("zombies")).trim(), "0");
+}
+
+#[test]
+fn pglock_leaves_no_zombie_switch_to_a_subreaper() {
+    let env = TestEnv::new("subreaper");
+    // A parent that adopts orphans but reaps only its own children, as many job runners do.
+    let program = format!(
+        r#"
+import ctypes, os, subprocess, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+for _ in range(3):
+    subprocess.run([{bin:?}, "--key", {key:?}, "--", "true"], check=True)
+me = str(os.getpid())
+zombies = 0
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        stat = open(f"/proc/{{pid}}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        continue
+    if stat[0] == "Z" and stat[1] == me:
+        zombies += 1
+print(zombies)
+"#,
+        bin = BIN,
+        key = env.key()
+    );
+    let out = run(wrapped("python3", &["-c", &program]).env_remove("PGLOCK_KEY"));
+    out.assert_success();
+    assert_eq!(out.stdout().trim(), "0", "{out}");
+}
+
+#[test]
+fn a_switch_killed_during_the_wait_is_replaced_and_the_command_runs() {
+    let env = TestEnv::new("deadswitch");
+    let mut holder = env.lock().take_in_sql();
+    let child = start(env.pglock(&["-v", "-c", "exit 0"]));
+    wait_until("pglock to queue", || env.waiting() == 1);
+    // The switch is forked during the wait: pglock's child other than the wait guard. Wait for
+    // the guard to have exec'd (before that, its command line is pglock's own).
+    let pglock = child.id() as i32;
+    let mut switch = 0;
+    wait_until("the switch and the wait guard to exist", || {
+        let children = children_of(pglock);
+        let guards = children
+            .iter()
+            .filter(|&&pid| cmdline(pid).contains("__wait-guard"));
+        switch = children
+            .iter()
+            .copied()
+            .find(|&pid| !cmdline(pid).contains("__wait-guard"))
+            .unwrap_or(0);
+        guards.count() == 1 && switch != 0
+    });
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(switch), Signal::SIGKILL).unwrap();
+    env.lock().unlock_in_sql(&mut holder);
+    child
+        .finish()
+        .assert_success()
+        .assert_stderr_contains("the dead man's switch is gone");
+}
+
+#[test]
+fn a_failing_step_before_exec_is_a_system_error() {
+    need("strace", "strace");
+    let env = TestEnv::new("prctlfail");
+    let mut cmd = wrapped(
+        "strace",
+        &[
+            "-f",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=prctl",
+            "-e",
+            "inject=prctl:error=EPERM",
+        ],
+    );
+    cmd.args(["--key", env.key(), "--", "true"]);
+    let out = run(cmd);
+    out.assert_code(71)
+        .assert_stderr_contains("cannot run 'true'")
+        .assert_one_pglock_line();
+    assert_eq!(env.granted(), 0);
+    std::thread::sleep(Duration::ZERO);
+}
+
+fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
