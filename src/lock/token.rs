@@ -6,8 +6,8 @@
 //! grant, and compared lexicographically:
 //! - The transaction id (`txid_current()`, one assigned to the lock's transaction) grows on a
 //!   running server, so it orders holders that read the same checkpoint. Alone it is not enough:
-//!   a transaction that writes nothing leaves no commit record, and after a crash the server
-//!   hands the same ids out again.
+//!   a transaction that writes nothing does not wait for its commit record to reach the disk,
+//!   and after a crash the server hands out again the ids whose records had not.
 //! - The checkpoint LSN (from pg_control, which is written only after the checkpoint's record is
 //!   flushed) never falls on a running server, and crash recovery ends with a checkpoint of its
 //!   own before it accepts connections, so every token after a crash beats every token before.
