@@ -246,18 +246,8 @@ fn a_vanished_host_behind_a_session_pooler_frees_the_lock_within_the_lease() {
 
 /// The local port of `pid`'s TCP connection to `remote_port` (`ss` knows).
 fn pglock_port(pid: i32, remote_port: u16) -> u16 {
-    let out = Command::new("ss").args(["-Htnp"]).output().expect("ss");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .filter(|l| l.contains(&format!("pid={pid},")))
-        .find_map(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            let (local, peer) = (cols.get(3)?, cols.get(4)?);
-            peer.ends_with(&format!(":{remote_port}"))
-                .then(|| local.rsplit(':').next()?.parse().ok())
-                .flatten()
-        })
-        .unwrap_or_else(|| panic!("no connection of {pid} to port {remote_port}:\n{text}"))
+    local_port(pid, remote_port)
+        .unwrap_or_else(|| panic!("no connection of {pid} to port {remote_port}"))
 }
 
 #[test]
@@ -382,4 +372,229 @@ fn with_the_defaults_a_vanished_hosts_lock_is_free_within_a_minute() {
     drop(host);
     drop(silence);
     holder.finish();
+}
+
+/// xorshift64*: enough to vary the soak's faults; the seed is printed to replay a run.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
+    }
+
+    fn millis(&mut self, from: u64, to: u64) -> Duration {
+        Duration::from_millis(from + self.below(to - from))
+    }
+}
+
+/// When a whole "host" (a pglock and its processes) was frozen, and when it came back.
+#[derive(Clone, Copy, Debug)]
+struct Freeze {
+    pglock: i32,
+    from: u128,
+    to: u128,
+}
+
+#[test]
+#[ignore = "needs a private network namespace: run .ci/nemesis"]
+fn soak_random_silences_stops_kills_and_restarts_never_overlap_two_commands() {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let env = TestEnv::new("nemsoak");
+    let secs = std::env::var("PGLOCK_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(90);
+    let seed = std::env::var("PGLOCK_SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| unix_ns() as u64 | 1);
+    eprintln!("soak: {secs} s, seed {seed}");
+    let log = env.path("sections");
+    let script = format!(
+        "log() {{ echo \"$1 $PPID $(date +%s%N)\" >> {}; }}; trap 'log leave; exit 0' TERM; \
+         log enter; sleep 0.$((RANDOM % 5 + 1)) & wait; log leave",
+        log.display()
+    );
+    let done = Arc::new(AtomicBool::new(false));
+    let live = Arc::new(Mutex::new(Vec::<i32>::new()));
+    // Every pglock run: (pid, started, ended, exit code).
+    let runs = Arc::new(Mutex::new(Vec::<(i32, u128, u128, i32)>::new()));
+    let contenders: Vec<_> = (0..4)
+        .map(|_| {
+            let (done, live, runs) = (done.clone(), live.clone(), runs.clone());
+            let (key, script) = (env.key().to_string(), script.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    let started = unix_ns();
+                    let child = start(
+                        pglock()
+                            .args(["--key", &key])
+                            .args(FAST)
+                            .args(["--timeout", "10s", "-q", "-c", &script])
+                            .env("PGHOST", "127.0.0.1"),
+                    );
+                    let pid = child.id() as i32;
+                    live.lock().unwrap().push(pid);
+                    let out = child.finish();
+                    live.lock().unwrap().retain(|&p| p != pid);
+                    let code = out.code().unwrap_or(-1);
+                    runs.lock().unwrap().push((pid, started, unix_ns(), code));
+                    if code == 69 {
+                        // The server is restarting: do not spin.
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let mut rng = Rng(seed);
+    let mut freezes = Vec::<Freeze>::new();
+    let mut actions = BTreeMap::<&str, usize>::new();
+    let began = Instant::now();
+    let port: u16 = std::env::var("PGPORT").unwrap().parse().unwrap();
+    while began.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(rng.millis(500, 2500));
+        let victims = live.lock().unwrap().clone();
+        if victims.is_empty() {
+            continue;
+        }
+        let pid = victims[rng.below(victims.len() as u64) as usize];
+        let action = match rng.below(20) {
+            0..=5 => "silence",
+            6..=9 => "stop pglock alone",
+            10..=12 => "kill -9",
+            13..=18 => "freeze the host",
+            _ => "restart the server",
+        };
+        *actions.entry(action).or_default() += 1;
+        match action {
+            "silence" => {
+                let Some(port) = local_port(pid, port) else {
+                    continue;
+                };
+                let _silence = Silenced::port(port);
+                std::thread::sleep(rng.millis(2000, 9000));
+            }
+            "stop pglock alone" => {
+                let _stopped = Stopped::all(vec![pid]);
+                std::thread::sleep(rng.millis(500, 9000));
+            }
+            "kill -9" => {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            "freeze the host" => {
+                let silence = local_port(pid, port).map(Silenced::port);
+                let from = unix_ns();
+                let host = Stopped::all(tree(pid));
+                std::thread::sleep(rng.millis(1000, 10000));
+                drop(silence);
+                host.resume();
+                freezes.push(Freeze {
+                    pglock: pid,
+                    from,
+                    to: unix_ns(),
+                });
+            }
+            _ => {
+                let version = std::env::var("PGVERSION").unwrap_or_else(|_| "15".into());
+                let status = Command::new("pg_ctlcluster")
+                    .args([&version, "regress", "restart", "-m", "fast"])
+                    .status()
+                    .expect("pg_ctlcluster");
+                assert!(status.success(), "the server did not restart");
+            }
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    for c in contenders {
+        c.join().unwrap();
+    }
+
+    // Sections by pglock pid: a command killed before it could log its leave ends, at the
+    // latest, when its pglock exited (pglock never exits before its command).
+    let runs = runs.lock().unwrap().clone();
+    let mut sections = Vec::<(i32, u128, u128)>::new();
+    let text = read(&log);
+    let mut open = BTreeMap::<i32, u128>::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (what, pid, at) = (f[0], f[1].parse().unwrap(), f[2].parse().unwrap());
+        match what {
+            "enter" => {
+                open.insert(pid, at);
+            }
+            _ => {
+                if let Some(from) = open.remove(&pid) {
+                    sections.push((pid, from, at));
+                }
+            }
+        }
+    }
+    for (pid, from) in open {
+        let end = runs.iter().find(|r| r.0 == pid).map_or(u128::MAX, |r| r.2);
+        sections.push((pid, from, end));
+    }
+    sections.sort_by_key(|s| s.1);
+    // Overlaps are allowed only in the documented window: a frozen host's command, from the
+    // freeze until 2 s after the host came back.
+    let excused = |pid: i32, from: u128, to: u128| {
+        freezes
+            .iter()
+            .any(|f| f.pglock == pid && from >= f.from && to <= f.to + 2_000_000_000)
+    };
+    let mut overlaps = Vec::new();
+    for (i, &(pa, _, ta)) in sections.iter().enumerate() {
+        for &(pb, fb, tb) in &sections[i + 1..] {
+            if fb >= ta {
+                break;
+            }
+            let (from, to) = (fb, ta.min(tb));
+            if !excused(pa, from, to) && !excused(pb, from, to) {
+                overlaps.push((pa, pb, Duration::from_nanos((to - from) as u64)));
+            }
+        }
+    }
+    // The longest time nobody ran, from the first section to the last.
+    let mut longest_idle = Duration::ZERO;
+    let mut covered_to = sections.first().map_or(0, |s| s.2);
+    for &(_, from, to) in &sections {
+        if from > covered_to {
+            longest_idle = longest_idle.max(Duration::from_nanos((from - covered_to) as u64));
+        }
+        covered_to = covered_to.max(to);
+    }
+    let mut codes = BTreeMap::<i32, usize>::new();
+    for r in &runs {
+        *codes.entry(r.3).or_default() += 1;
+    }
+    eprintln!(
+        "soak: {} sections, {} runs, exit codes {codes:?}, faults {actions:?}, \
+         longest time with nobody running {longest_idle:?}, overlaps outside the frozen-host \
+         window {overlaps:?}",
+        sections.len(),
+        runs.len()
+    );
+    assert!(sections.len() > 20, "too little happened");
+    assert!(overlaps.is_empty(), "two commands overlapped: {overlaps:?}");
+}
+
+/// The local port of `pid`'s TCP connection to the server's `port`, if it has one now.
+fn local_port(pid: i32, port: u16) -> Option<u16> {
+    let out = Command::new("ss").args(["-Htnp"]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .find_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let (local, peer) = (cols.get(3)?, cols.get(4)?);
+            peer.ends_with(&format!(":{port}"))
+                .then(|| local.rsplit(':').next()?.parse().ok())
+                .flatten()
+        })
 }
