@@ -13,10 +13,11 @@
 # critical section lasts in the hand-off test; SCALE (200): waiters in the scale test;
 # FLEET (1000), FLEET_CAP (20) and FLEET_MODES ("none tuned role pool"): waiters, the
 # connection cap, and the modes of the fleet test (pool needs pgbouncer); SECTIONS ("uncontended
-# ledger handoff memory scale fleet"): which sections to run; MODES ("default disable"): which
+# ledger token handoff memory scale fleet"): which sections to run; MODES ("default disable"): which
 # connection settings the ledger, hand-off, memory and scale sections use; PGLOCK_ALT (unset)
 # and ALT_NAME ("alternative build"): a second pglock binary that the uncontended and memory
-# sections measure next to the first, such as a `--features vendored` build.
+# sections measure next to the first, such as a `--features vendored` build; PAIRS (200): pairs
+# of runs per row in the token section.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -264,6 +265,83 @@ ledger() {
         done
     done
     say ""
+}
+
+# ---------------------------------------------------------------------------------------------
+# --fencing-token: what reading the token with the grant costs an uncontended run, in each
+# scope and with --limit, and what its SQL costs the server. The runs come in pairs, one with
+# the flag and one without, in alternating order, so that the machine's drift (other load on a
+# shared machine moves a round's median by milliseconds) hits both alike; the cost is the median
+# of the pairs' differences. pgbench adds the server's time for the statements on one warm
+# connection. With fsync on: the token's transaction id is committed, and a commit that waited
+# for a WAL flush would show here.
+token_pairs() { # token_pairs MODE LABEL ARGS...: PAIRS pairs, as "MODE LABEL-off|LABEL-on ms"
+    local mode=$1 label=$2 i a b c first second
+    shift 2
+    for i in $(seq "${PAIRS:-200}"); do
+        if ((i % 2)); then first=off second=on; else first=on second=off; fi
+        a=$EPOCHREALTIME
+        "$PGLOCK" --key bench-token "$@" $([ $first = on ] && echo --fencing-token) -- true
+        b=$EPOCHREALTIME
+        "$PGLOCK" --key bench-token "$@" $([ $second = on ] && echo --fencing-token) -- true
+        c=$EPOCHREALTIME
+        awk -v m="$mode" -v l="$label" -v f="$first" -v s="$second" -v a="$a" -v b="$b" -v c="$c" \
+            'BEGIN { x = (b - a) * 1000; y = (c - b) * 1000
+                     print m, l "-" f, x; print m, l "-" s, y
+                     print m, l "-diff", (f == "on" ? x - y : y - x) }'
+    done >>"$samples"
+}
+
+token() {
+    local mode dir round script
+    sql "ALTER SYSTEM SET fsync = on"
+    sql "SELECT pg_reload_conf()" >/dev/null
+    for mode in ${MODES:-default disable}; do
+        (
+            use_mode "$mode"
+            token_pairs "$mode" session
+            token_pairs "$mode" xact --scope xact
+            token_pairs "$mode" limit --limit 3
+        )
+    done
+    dir=$(mktemp -d -p "$OUT")
+    printf 'SELECT pg_try_advisory_lock(4244);\nSELECT pg_advisory_unlock(4244);\n' >"$dir/plain.sql"
+    printf '%s\n' "SELECT s.granted AS granted, CASE WHEN s.granted THEN concat_ws(' ', pg_walfile_name(pg_current_wal_lsn()), (pg_control_checkpoint()).checkpoint_lsn, txid_current()) END AS token FROM (SELECT pg_try_advisory_lock(4244) AS granted OFFSET 0) AS s;" \
+        'SELECT pg_advisory_unlock(4244);' >"$dir/token.sql"
+    for round in $(seq "$ROUNDS"); do
+        for script in plain token; do
+            (cd "$dir" && PGSSLMODE=disable pgbench -n -c 1 -T "$FLOOR_SECS" -f "$script.sql" 2>&1 |
+                awk -v s="$script" '/latency average/ { print "sql", "token-sql-" s, $4 }') >>"$samples"
+        done
+    done
+    rm -rf "$dir"
+
+    say "## Fencing token"
+    say ""
+    say "One uncontended run with and without \`--fencing-token\`, server fsync=$(sql 'SHOW fsync'),"
+    say "synchronous_commit=$(sql 'SHOW synchronous_commit'): ${PAIRS:-200} pairs of runs per row, the two runs"
+    say "of a pair back to back in alternating order; the medians of each, and the median of the"
+    say "pairs' differences. The last rows: the server's time for the lock statement and the"
+    say "unlock (pgbench, one warm connection, no TLS, mean latency of each ${FLOOR_SECS}-s round,"
+    say "median of $ROUNDS rounds)."
+    say ""
+    say "| command | sslmode | median ms without | with | + ms (median of differences) | pairs |"
+    say "| --- | --- | ---: | ---: | ---: | ---: |"
+    local label name
+    for mode in ${MODES:-default disable}; do
+        for label in session xact limit; do
+            case $label in
+                session) name="pglock --key k [--fencing-token] -- true" ;;
+                xact) name="pglock --key k --scope xact [--fencing-token] -- true" ;;
+                limit) name="pglock --key k --limit 3 [--fencing-token] -- true" ;;
+            esac
+            say "| $name | $(mode_name "$mode") | $(value "$mode" "$label-off") | $(value "$mode" "$label-on") | $(value "$mode" "$label-diff") | $(count "$mode" "$label-diff") |"
+        done
+    done
+    say "| server, warm connection: try-lock [with the token] + unlock | - | $(value sql token-sql-plain) | $(value sql token-sql-token) | $(awk -v a="$(value sql token-sql-token)" -v b="$(value sql token-sql-plain)" 'BEGIN { printf "%.2f", a - b }') | - |"
+    say ""
+    sql "ALTER SYSTEM RESET fsync"
+    sql "SELECT pg_reload_conf()" >/dev/null
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -651,7 +729,7 @@ fleet() {
 
 started=$SECONDS
 machine
-for section in ${SECTIONS:-uncontended ledger handoff memory scale fleet}; do
+for section in ${SECTIONS:-uncontended ledger token handoff memory scale fleet}; do
     "$section"
 done
 say "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); $((SECONDS - started)) s in all. Raw samples: $OUT"

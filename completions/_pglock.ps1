@@ -50,6 +50,7 @@ Register-ArgumentCompleter -Native -CommandName 'pglock' -ScriptBlock {
             [CompletionResult]::new('--nowait', '--nowait', [CompletionResultType]::ParameterName, 'Do not wait: if the lock is busy, exit with the conflict status at once')
             [CompletionResult]::new('-s', '-s', [CompletionResultType]::ParameterName, 'Take a shared lock: shared holders coexist, an exclusive holder excludes them all')
             [CompletionResult]::new('--shared', '--shared', [CompletionResultType]::ParameterName, 'Take a shared lock: shared holders coexist, an exclusive holder excludes them all')
+            [CompletionResult]::new('--fencing-token', '--fencing-token', [CompletionResultType]::ParameterName, 'Give the command PGLOCK_FENCING_TOKEN: a number that grows from each holder of the lock (of each slot, with --limit) to the next, also across crashes and failovers of the server, so that storage can reject the writes of a holder that lost the lock')
             [CompletionResult]::new('--record', '--record', [CompletionResultType]::ParameterName, 'Record the run in the ledger table: a row before the command starts, its end before the lock is released. The command gets PGLOCK_RUN_ID and PGLOCK_LAST_SUCCESS')
             [CompletionResult]::new('--record-command', '--record-command', [CompletionResultType]::ParameterName, 'Store the command line in the ledger''s command column too (it may carry secrets)')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log each step to stderr with a timestamp')

@@ -120,6 +120,15 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "SCOPE", default_value_t = Scope::Session)]
     pub scope: Scope,
 
+    /// Give the command PGLOCK_FENCING_TOKEN: a number that grows from each holder of the lock
+    /// (of each slot, with --limit) to the next, also across crashes and failovers of the
+    /// server, so that storage can reject the writes of a holder that lost the lock.
+    ///
+    /// 50 decimal digits (the timeline, the checkpoint LSN and a transaction id, zero-padded):
+    /// compare it as a number or as a string. Needs a primary server.
+    #[arg(long)]
+    pub fencing_token: bool,
+
     #[command(flatten)]
     pub record: RecordArgs,
 

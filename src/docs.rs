@@ -291,6 +291,11 @@ fn environment() -> Roff {
             "with --limit above 1, the semaphore slot held, 0 to N-1",
         ),
         (
+            "PGLOCK_FENCING_TOKEN",
+            "with --fencing-token, 50 decimal digits that grow from each holder of the lock (of \
+             the slot) to the next, also across server crashes and failovers",
+        ),
+        (
             "PGLOCK_RUN_ID",
             "with --record or --once-per, the run's id in the ledger table (empty in xact scope)",
         ),

@@ -24,6 +24,8 @@ pub struct RunOptions {
     pub shared: bool,
     /// `--limit`: 1 for a plain lock.
     pub limit: u16,
+    /// `--fencing-token`: read one with the grant and give it to the command.
+    pub fencing_token: bool,
     pub fencing: Fencing,
     pub job: Job,
     pub min_hold: Option<Duration>,
@@ -64,6 +66,7 @@ impl RunOptions {
             scope,
             shared: cli.shared,
             limit: cli.limit,
+            fencing_token: cli.fencing_token,
             fencing,
             job: job(cli),
             min_hold: cli.min_hold,

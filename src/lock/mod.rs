@@ -4,14 +4,17 @@
 //! answers mean.
 
 pub mod semaphore;
+pub mod token;
 
 use crate::exit::LostReason;
 use crate::key::LockId;
 use crate::pg::session::{Failed, final_column, final_value};
 use crate::pg::sql::{self, Call, Scope};
 use crate::pg::{Session, error};
+use postgres::SimpleQueryMessage;
 pub use semaphore::Semaphore;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+pub use token::Token;
 
 /// How long to wait for a lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +60,8 @@ pub struct Request {
     pub semaphore: Option<Semaphore>,
     /// The lease, and a backend of ours to end first.
     pub settings: sql::Settings,
+    /// `--fencing-token`: read one with the grant.
+    pub token: bool,
 }
 
 /// The lock a session holds.
@@ -67,6 +72,8 @@ pub struct Held {
     pub scope: Scope,
     /// The semaphore slot, with the gate whose holder a release must wake.
     pub slot: Option<(usize, LockId)>,
+    /// With `--fencing-token`: the grant's token, None if the answer had none.
+    pub token: Option<Token>,
 }
 
 /// How an acquisition attempt ended, short of an error.
@@ -102,18 +109,25 @@ pub fn acquire(
         scope: req.scope,
         shared: req.shared,
     };
-    let held = Acquired::Held(Held {
-        id: req.id,
-        shared: req.shared,
-        scope: req.scope,
-        slot: None,
-    });
-    let first = sql::acquire(call, req.wait.lock_timeout_ms(), req.settings, req.id);
+    let held = |messages: &[SimpleQueryMessage]| {
+        Acquired::Held(Held {
+            id: req.id,
+            shared: req.shared,
+            scope: req.scope,
+            slot: None,
+            token: token_in(messages),
+        })
+    };
+    let timeout = req.wait.lock_timeout_ms();
+    let first = match req.token {
+        true => sql::acquire_with_token(call, timeout, req.settings, req.id),
+        false => sql::acquire(call, timeout, req.settings, req.id),
+    };
     match session.query(&first) {
         Ok(messages) => {
             session.learn_backend_pid(&messages);
             if final_value(&messages).as_deref() == Some("t") {
-                return Ok(held);
+                return Ok(held(&messages));
             }
             if req.wait == Wait::Try {
                 return Ok(Acquired::Busy);
@@ -126,10 +140,19 @@ pub fn acquire(
         try_only: false,
         ..call
     };
-    match session.query(&sql::lock(call, req.id)) {
-        Ok(_) => Ok(held),
+    let wait = match req.token {
+        true => sql::lock_with_token(call, req.id),
+        false => sql::lock(call, req.id),
+    };
+    match session.query(&wait) {
+        Ok(messages) => Ok(held(&messages)),
         Err(e) => outcome_of(e),
     }
+}
+
+/// The fencing token in a grant's answer, if it has one.
+pub(crate) fn token_in(messages: &[SimpleQueryMessage]) -> Option<Token> {
+    final_column(messages, "token").and_then(|parts| Token::parse(&parts))
 }
 
 /// Maps the errors a lock wait ends with normally.

@@ -25,7 +25,7 @@
 //! above its own N in use. Cancelling the head needs the right to signal its backend (same role,
 //! or pg_signal_backend); without it a release is noticed at the next re-check.
 
-use super::{Acquired, Held, Request, Wait, outcome_of};
+use super::{Acquired, Held, Request, Wait, outcome_of, token_in};
 use crate::key::{self, LockId};
 use crate::pg::Session;
 use crate::pg::error::{is_cancel, is_lock_timeout};
@@ -58,13 +58,15 @@ impl Semaphore {
         }
     }
 
-    fn held(&self, scope: Scope, slot: usize) -> Acquired {
+    /// Slot `slot`, granted by the statement that answered `messages` (its fencing token).
+    fn held(&self, scope: Scope, slot: usize, messages: &[SimpleQueryMessage]) -> Acquired {
         step!("took semaphore slot {slot} of {}", self.slots.len());
         Acquired::Held(Held {
             id: self.slots[slot],
             shared: false,
             scope,
             slot: Some((slot, self.gate)),
+            token: token_in(messages),
         })
     }
 
@@ -143,16 +145,20 @@ impl Taker<'_> {
     fn attempt(&mut self) -> Result<Acquired, postgres::Error> {
         let (scope, sem) = (self.req.scope, self.sem);
         // 1. The settings and one try over every slot.
+        let try_slots = sql::try_slots(scope, &sem.slots);
         let first = format!(
             "{}{}",
             sql::prelude(scope, 0, self.req.settings),
-            sql::try_slots(scope, &sem.slots)
+            match self.req.token {
+                true => sql::with_token(&try_slots),
+                false => try_slots,
+            }
         );
         match self.session.query(&first) {
             Ok(messages) => {
                 self.session.learn_backend_pid(&messages);
                 if let Some(slot) = slot_in(&messages) {
-                    return Ok(sem.held(scope, slot));
+                    return Ok(sem.held(scope, slot, &messages));
                 }
             }
             Err(e) => return outcome_of(e),
@@ -198,7 +204,7 @@ impl Taker<'_> {
     }
 
     fn wait_at_head(&mut self) -> Result<Acquired, postgres::Error> {
-        let (scope, sem) = (self.req.scope, self.sem);
+        let (scope, sem, token) = (self.req.scope, self.sem, self.req.token);
         let mut round = 0;
         loop {
             if (self.interrupted)() {
@@ -211,23 +217,25 @@ impl Taker<'_> {
             };
             let k = round % sem.slots.len();
             round += 1;
-            let statement = sql::head_wait(scope, sql::lock_timeout_ms(Some(wait)), &sem.slots, k);
-            let slot = match self.session.query(&statement) {
-                Ok(messages) => slot_in(&messages),
+            let timeout = sql::lock_timeout_ms(Some(wait));
+            let statement = sql::head_wait(scope, timeout, &sem.slots, k, token);
+            let (slot, messages) = match self.session.query(&statement) {
+                Ok(messages) => (slot_in(&messages), messages),
                 Err(e) if is_cancel(&e) || is_lock_timeout(&e) => {
                     if (self.interrupted)() {
                         return Ok(Acquired::Cancelled);
                     }
                     // Woken by a release, or time to re-check; the wait may have been granted
                     // just before it ended (a transaction lock is undone with the savepoint).
-                    let check = sql::held_slots(scope, &sem.slots);
-                    sem.slot_of(&self.query_again(&check)?)
+                    let check = sql::held_slots(scope, &sem.slots, token);
+                    let messages = self.query_again(&check)?;
+                    (sem.slot_of(&messages), messages)
                 }
                 Err(e) => return Err(e),
             };
             if let Some(slot) = slot {
                 self.leave_gate()?;
-                return Ok(sem.held(scope, slot));
+                return Ok(sem.held(scope, slot, &messages));
             }
         }
     }

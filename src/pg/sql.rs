@@ -207,17 +207,19 @@ pub fn try_slots(scope: Scope, slots: &[LockId]) -> String {
 }
 
 /// The slot locks (`classid`, `objid`) this session holds, after a wait that may have raced a
-/// grant. A transaction's wait is undone with its savepoint first.
-pub fn held_slots(scope: Scope, slots: &[LockId]) -> String {
+/// grant, with a fencing token if `token`. A transaction's wait is undone with its savepoint
+/// first.
+pub fn held_slots(scope: Scope, slots: &[LockId], token: bool) -> String {
     let rollback = match scope {
         Scope::Xact => "ROLLBACK TO SAVEPOINT pglock_wait; RELEASE SAVEPOINT pglock_wait; ",
         Scope::Session => "",
     };
-    format!(
-        "{rollback}SELECT l.classid::text AS classid, l.objid::text AS objid FROM pg_locks l \
+    let held = format!(
+        "SELECT l.classid::text AS classid, l.objid::text AS objid FROM pg_locks l \
          WHERE {} AND l.granted AND l.pid = pg_backend_pid() LIMIT 1",
         matches(slots)
-    )
+    );
+    format!("{rollback}{}", if token { with_token(&held) } else { held })
 }
 
 /// Queues at the semaphore's gate, waiting at most `lock_timeout_ms`.
@@ -230,8 +232,15 @@ pub fn gate(scope: Scope, lock_timeout_ms: u128, gate: LockId) -> String {
 }
 
 /// The head's wait: try every slot and, if none is free, block on slot `k`, in one statement, so
-/// that no release can fall between the try and the wait.
-pub fn head_wait(scope: Scope, lock_timeout_ms: u128, slots: &[LockId], k: usize) -> String {
+/// that no release can fall between the try and the wait; with the slot's fencing token if
+/// `token`.
+pub fn head_wait(
+    scope: Scope,
+    lock_timeout_ms: u128,
+    slots: &[LockId],
+    k: usize,
+    token: bool,
+) -> String {
     let savepoint = match scope {
         Scope::Xact => "SAVEPOINT pglock_wait; ",
         Scope::Session => "",
@@ -241,13 +250,16 @@ pub fn head_wait(scope: Scope, lock_timeout_ms: u128, slots: &[LockId], k: usize
         scope,
         shared: false,
     };
-    format!(
-        "{WAIT_MARK} {savepoint}SELECT set_config('lock_timeout', '{lock_timeout_ms}', {}); \
-         SELECT COALESCE(({}), (SELECT {k} FROM (SELECT {}({})) AS w)) AS slot",
-        scope.local(),
+    let wait = format!(
+        "SELECT COALESCE(({}), (SELECT {k} FROM (SELECT {}({})) AS w)) AS slot",
         try_slots(scope, slots),
         block.function(),
         slots[k].sql_args()
+    );
+    format!(
+        "{WAIT_MARK} {savepoint}SELECT set_config('lock_timeout', '{lock_timeout_ms}', {}); {}",
+        scope.local(),
+        if token { with_token(&wait) } else { wait }
     )
 }
 
@@ -280,6 +292,56 @@ pub fn count_held(slots: &[LockId]) -> String {
         "SELECT count(*) AS n FROM pg_locks l WHERE {} AND l.granted",
         matches(slots)
     )
+}
+
+/// `--fencing-token`'s parts ([`crate::lock::token`]), as the server prints them: the name of
+/// the WAL file being written (its first 8 hex digits are the insert timeline), the latest
+/// checkpoint's LSN and a transaction id. Valid only after the grant, so only in the projection
+/// of a row that exists because the lock was taken. pglock decodes the hex itself: casts and
+/// operators in SQL cost a new backend catalog lookups, 0.2 ms here. `txid_current()` rather
+/// than `pg_current_xact_id()`, which PostgreSQL 12 lacks. On a standby it fails: a token comes
+/// only from a primary.
+pub const TOKEN_PARTS: &str = "concat_ws(' ', pg_walfile_name(pg_current_wal_lsn()), \
+     (pg_control_checkpoint()).checkpoint_lsn, txid_current())";
+
+/// The settings and the lock call with its fencing token, in one round trip: [`acquire`] whose
+/// last statement also has a `token` column, NULL when a try failed.
+pub fn acquire_with_token(
+    call: Call,
+    lock_timeout_ms: u128,
+    settings: Settings,
+    id: LockId,
+) -> String {
+    format!(
+        "{}{}",
+        prelude(call.scope, lock_timeout_ms, settings),
+        lock_with_token(call, id)
+    )
+}
+
+/// [`lock`] with the fencing token of the grant. The lock call sits in a subquery that the
+/// planner cannot fold into the outer one (OFFSET 0), so the token is computed once, after it.
+pub fn lock_with_token(call: Call, id: LockId) -> String {
+    let (granted, token) = if call.try_only {
+        (
+            "s.granted",
+            format!("CASE WHEN s.granted THEN {TOKEN_PARTS} END"),
+        )
+    } else {
+        ("true", TOKEN_PARTS.to_string())
+    };
+    format!(
+        "SELECT {granted} AS granted, {token} AS token FROM (SELECT {}({}) AS granted OFFSET 0) AS s",
+        call.function(),
+        id.sql_args()
+    )
+}
+
+/// A statement that returns a row only for a lock it holds (a slot), with the fencing token
+/// added to that row. The token is projected after the row passed the statement's own
+/// conditions, that is after its lock call.
+pub fn with_token(select: &str) -> String {
+    format!("SELECT s.*, {TOKEN_PARTS} AS token FROM ({select} OFFSET 0) AS s")
 }
 
 /// A string literal for any text, dollar-quoted with a tag the text does not contain, so that
@@ -412,19 +474,55 @@ mod tests {
             gate(Scope::Xact, 0, LockId::Big(9)),
             "SELECT set_config('lock_timeout', '0', true); SELECT pg_advisory_lock(9)"
         );
-        let wait = head_wait(Scope::Xact, 250, &slots, 1);
+        let wait = head_wait(Scope::Xact, 250, &slots, 1, false);
         assert!(wait.starts_with("/* pglock: semaphore wait */ SAVEPOINT pglock_wait; "));
         assert!(wait.ends_with("(SELECT 1 FROM (SELECT pg_advisory_xact_lock(2)) AS w)) AS slot"));
         assert_eq!(
             leave_gate(Scope::Xact, LockId::Big(9)),
             "RELEASE SAVEPOINT pglock_wait; SELECT pg_advisory_unlock(9)"
         );
-        assert!(held_slots(Scope::Xact, &slots).starts_with("ROLLBACK TO SAVEPOINT"));
+        assert!(held_slots(Scope::Xact, &slots, false).starts_with("ROLLBACK TO SAVEPOINT"));
         assert!(
             wake_gate(LockId::Big(9))
                 .contains("starts_with(a.query, '/* pglock: semaphore wait */')")
         );
         assert!(count_held(&slots).contains(&matches(&slots)));
+    }
+
+    #[test]
+    fn token_snapshots() {
+        let call = |try_only| Call {
+            try_only,
+            scope: Scope::Session,
+            shared: false,
+        };
+        assert_eq!(
+            lock_with_token(call(true), LockId::Big(7)),
+            format!(
+                "SELECT s.granted AS granted, CASE WHEN s.granted THEN {TOKEN_PARTS} END AS token \
+                 FROM (SELECT pg_try_advisory_lock(7) AS granted OFFSET 0) AS s"
+            )
+        );
+        assert_eq!(
+            lock_with_token(call(false), LockId::Big(7)),
+            format!(
+                "SELECT true AS granted, {TOKEN_PARTS} AS token \
+                 FROM (SELECT pg_advisory_lock(7) AS granted OFFSET 0) AS s"
+            )
+        );
+        assert!(
+            acquire_with_token(call(true), 0, Settings::default(), LockId::Big(7))
+                .starts_with(&prelude(Scope::Session, 0, Settings::default()))
+        );
+        let slots = [LockId::Big(1), LockId::Big(2)];
+        assert!(
+            head_wait(Scope::Session, 5, &slots, 0, true).ends_with(&format!(
+                "{TOKEN_PARTS} AS token FROM (SELECT COALESCE(({}), (SELECT 0 FROM \
+             (SELECT pg_advisory_lock(1)) AS w)) AS slot OFFSET 0) AS s",
+                try_slots(Scope::Session, &slots)
+            ))
+        );
+        assert!(held_slots(Scope::Session, &slots, true).contains("LIMIT 1 OFFSET 0) AS s"));
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome> {
         semaphore: (opts.limit > 1)
             .then(|| Semaphore::new(&opts.target.base, opts.limit.into(), opts.check_interval)),
         settings: lease_settings(opts),
+        token: opts.fencing_token,
     };
     // A lock that is taken: arm the dead man's switch during the wait, so that the fork is not
     // between the grant and the command (the hand-off). Without a lock it is simply dropped: it
@@ -80,6 +81,10 @@ fn run_held(
     deadman: Option<DeadMan>,
 ) -> Result<Outcome> {
     let acquired_at = Instant::now();
+    if opts.fencing_token && holder.held().token.is_none() {
+        let e = anyhow::anyhow!("the server's answer to the lock call held no fencing token");
+        return release_then(holder, opts, Err(e), false);
+    }
     let mut env = child_env(opts, &holder.held());
     // --record, --once-per: the ledger decides whether the command runs, and records it.
     let ledger = match begin_ledger(opts, opener, &mut holder) {
@@ -339,6 +344,9 @@ fn child_env(opts: &RunOptions, held: &Held) -> Vec<(String, String)> {
     ];
     if let Some((slot, _)) = held.slot {
         env.push(("PGLOCK_SLOT".into(), slot.to_string()));
+    }
+    if let Some(token) = held.token {
+        env.push((crate::lock::token::VARIABLE.into(), token.to_string()));
     }
     env
 }

@@ -19,4 +19,5 @@ mod output;
 mod processes;
 mod status;
 mod tls;
+mod token;
 mod torture;

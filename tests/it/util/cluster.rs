@@ -228,6 +228,146 @@ impl Cluster {
     pub fn client(&self) -> Client {
         self.config().connect(NoTls).unwrap()
     }
+
+    /// PG* variables that point pglock (or psql) at this server as its superuser.
+    pub fn pg_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("PGHOST", "127.0.0.1".into()),
+            ("PGPORT", self.port.to_string()),
+            ("PGUSER", "postgres".into()),
+            ("PGPASSWORD", self.password.clone()),
+            ("PGDATABASE", "postgres".into()),
+        ]
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The server's programs: PGLOCK_TEST_PGBIN's, or the installed version's.
+    pub fn bin_dir(&self) -> PathBuf {
+        self.bin
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("/usr/lib/postgresql/{}/bin", self.version)))
+    }
+
+    /// Where pg_createcluster keeps this cluster's configuration (None: in the data directory).
+    fn conf_dir(&self) -> Option<PathBuf> {
+        self.bin
+            .is_none()
+            .then(|| conf_root().join(&self.version).join(&self.name))
+    }
+
+    /// `pg_ctl ARGS -D DATA` as the postgres user.
+    fn pg_ctl(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"])
+            .arg(self.bin_dir().join("pg_ctl"))
+            .args(args)
+            .arg("-D")
+            .arg(self.data());
+        cmd
+    }
+
+    /// Crashes the server as a power cut would look to it: `pg_ctl stop -m immediate`, no
+    /// shutdown checkpoint, crash recovery at the next start.
+    pub fn crash(&self) {
+        run(&mut self.pg_ctl(&["stop", "-m", "immediate"]));
+    }
+
+    /// A clean shutdown.
+    pub fn stop(&self) {
+        run(&mut self.pg_ctl(&["stop", "-m", "fast"]));
+    }
+
+    /// Starts the server again and waits until it accepts connections.
+    pub fn start_again(&self) {
+        let mut start = self.pg_ctl(&["start", "-w"]);
+        start.arg("-l").arg(self.dir.join("server.log"));
+        if let Some(conf) = self.conf_dir() {
+            start.arg("-o").arg(format!(
+                "-c config_file={}",
+                conf.join("postgresql.conf").display()
+            ));
+        }
+        run(&mut start);
+    }
+
+    /// Replaces pg_hba.conf and makes the server read it again.
+    pub fn set_hba(&self, hba: &str) {
+        let path = self
+            .conf_dir()
+            .unwrap_or_else(|| self.data())
+            .join("pg_hba.conf");
+        std::fs::write(path, hba).unwrap();
+        self.client()
+            .batch_execute("SELECT pg_reload_conf()")
+            .unwrap();
+    }
+
+    /// A streaming standby of this server, started and connected. It starts from a copy of the
+    /// data directory made while the server is shut down (the builds .ci/pg-matrix uses have no
+    /// pg_basebackup), and the server starts again after it: the standby has been running
+    /// longer. The server's pg_hba.conf must let `postgres` in for replication over TCP; `hba`
+    /// is the standby's.
+    pub fn standby(&self, hba: &str) -> Cluster {
+        // Named like a cluster of this test process, so that drop_stale_initdb finds it too.
+        let pid = std::process::id();
+        let base = self
+            .name
+            .strip_suffix(&format!("_{pid}"))
+            .unwrap_or(&self.name);
+        let name = format!("{base}-standby_{pid}");
+        let dir = std::env::temp_dir().join(&name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        chown_postgres(&dir);
+        let standby = Cluster {
+            version: self.version.clone(),
+            name,
+            port: free_port(),
+            password: self.password.clone(),
+            dir,
+            // Started with pg_ctl like an initdb cluster, and dropped like one.
+            bin: Some(self.bin_dir()),
+        };
+        self.stop();
+        run(Command::new("cp")
+            .arg("-a")
+            .arg(self.data())
+            .arg(standby.data()));
+        // Its own configuration, whatever the server's was (pg_createcluster keeps that outside
+        // the data directory); ALTER SYSTEM's file, which the server reads last, names the
+        // primary.
+        let conf = format!(
+            "port = {}\nlisten_addresses = 'localhost'\nfsync = off\n\
+             unix_socket_directories = '/var/run/postgresql'\n\
+             wal_retrieve_retry_interval = '100ms'\n",
+            standby.port
+        );
+        let data = standby.data();
+        std::fs::write(data.join("postgresql.conf"), conf).unwrap();
+        std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+        std::fs::write(data.join("standby.signal"), "").unwrap();
+        let auto = data.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+        text += &format!(
+            "\nprimary_conninfo = 'host=127.0.0.1 port={} user=postgres password={}'\n",
+            self.port, self.password
+        );
+        std::fs::write(&auto, text).unwrap();
+        for file in ["postgresql.conf", "pg_hba.conf", "standby.signal"] {
+            chown_postgres(&data.join(file));
+        }
+        standby.start_again();
+        self.start_again();
+        standby
+    }
+
+    /// Promotes a standby and waits until it is a primary.
+    pub fn promote(&self) {
+        run(&mut self.pg_ctl(&["promote", "-w"]));
+    }
 }
 
 impl Drop for Cluster {
