@@ -84,7 +84,14 @@ pub enum Acquired {
     TimedOut,
     /// The wait was cancelled: by a signal of ours, or by someone's pg_cancel_backend.
     Cancelled,
+    /// The grant came so late that the server may have ended the session since (its lease ran
+    /// out while the connection was silent), and asking again found no lock: try again.
+    Stale,
 }
+
+/// A grant whose answer took longer than this to arrive, beyond what the server itself waited,
+/// is confirmed with one more round trip before the command may start.
+pub const LATE_GRANT: Duration = Duration::from_secs(1);
 
 /// Takes the lock (or a semaphore slot). `interrupted` tells a cancel caused by a signal from
 /// one sent by another pglock.
@@ -144,9 +151,47 @@ pub fn acquire(
         true => sql::lock_with_token(call, req.id),
         false => sql::lock(call, req.id),
     };
-    match session.query(&wait) {
-        Ok(messages) => Ok(held(&messages)),
+    let asked = Instant::now();
+    match session.query(&format!("{wait}; {}", sql::WAITED)) {
+        Ok(messages) => match late(&messages, asked) {
+            Some(delay) => confirm_late(session, req, delay, held(&messages)),
+            None => Ok(held(&messages)),
+        },
         Err(e) => outcome_of(e),
+    }
+}
+
+/// How much longer than the server's own wait the grant's answer took to arrive, when that is
+/// more than [`LATE_GRANT`]: a connection that was silent while the grant waited in the
+/// server's send buffer. Normally this is one network round trip.
+fn late(messages: &[SimpleQueryMessage], asked: Instant) -> Option<Duration> {
+    let server: u64 = final_column(messages, sql::WAITED_COLUMN)?.parse().ok()?;
+    let delay = asked
+        .elapsed()
+        .saturating_sub(Duration::from_millis(server));
+    (delay > LATE_GRANT).then_some(delay)
+}
+
+/// A late grant counts only if the session, asked again, still holds the lock: the server may
+/// have ended it (its lease) and given the lock to another holder after sending the grant.
+fn confirm_late(
+    session: &mut Session,
+    req: &Request,
+    delay: Duration,
+    held: Acquired,
+) -> Result<Acquired, postgres::Error> {
+    crate::step!("the grant arrived {delay:?} late; asking whether it still holds");
+    match session.query_within(&sql::holds(req.id, None), LATE_GRANT) {
+        Ok(messages) if final_column(&messages, "n").as_deref() != Some("0") => Ok(held),
+        Ok(_) => {
+            crate::step!("the session no longer holds it");
+            Ok(Acquired::Stale)
+        }
+        Err(Failed::Error(e)) => Err(e),
+        Err(other) => {
+            crate::step!("no confirmation: {other}");
+            Ok(Acquired::Stale)
+        }
     }
 }
 

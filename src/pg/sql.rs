@@ -163,6 +163,15 @@ pub fn lock(call: Call, id: LockId) -> String {
     format!("SELECT {}({})", call.function(), id.sql_args())
 }
 
+/// Follows a lock wait in the same message: how long the server spent on the message, in
+/// milliseconds (statement_timestamp() is when the message arrived), so that the client can
+/// tell a grant that was late on the wire (see `lock::LATE_GRANT`).
+pub const WAITED: &str = "SELECT (extract(epoch FROM clock_timestamp() - statement_timestamp()) \
+                          * 1000)::bigint AS waited_ms";
+
+/// The column of [`WAITED`].
+pub const WAITED_COLUMN: &str = "waited_ms";
+
 /// Releases a session lock; its value says whether it was held. `wake` may follow.
 pub fn unlock(shared: bool, id: LockId) -> String {
     let function = if shared {

@@ -168,6 +168,12 @@ impl Waiter<'_> {
             Ok(Acquired::Busy) if self.request.wait == Wait::Try => Acquired::Busy,
             Ok(Acquired::Busy | Acquired::TimedOut) => Acquired::TimedOut,
             Ok(Acquired::Cancelled) => Acquired::Cancelled,
+            Ok(Acquired::Stale) => {
+                step!("the late grant did not hold; connecting again");
+                let backend = session.backend_pid();
+                let failed = Failed::NoAnswer(lock::LATE_GRANT);
+                return Ok(Attempt::Broken(failed, asked, backend));
+            }
             Err(_) if self.deadline.is_some_and(|d| Instant::now() >= d + GRACE) => {
                 step!("no answer from the server by the end of --timeout; the connection was cut");
                 return Ok(Attempt::Done(Waited::Gave(
