@@ -113,6 +113,10 @@ fn by_code(code: &str, message: &str, fatal: bool) -> Class {
         "53300" => SLOT,
         // admin_shutdown, crash_shutdown, cannot_connect_now (starting up, shutting down).
         "57P01" | "57P02" | "57P03" => TRANSIENT,
+        // idle_session_timeout, idle_in_transaction_session_timeout: the lease pglock set ran
+        // out (pglock or its network was frozen), so the session and anything it was granted
+        // are gone; a new connection starts over.
+        "57P05" | "25P03" => TRANSIENT,
         // connection_exception, sqlclient_unable_to_establish_sqlconnection,
         // connection_does_not_exist, connection_failure.
         "08000" | "08001" | "08003" | "08006" => TRANSIENT,

@@ -635,3 +635,30 @@ fn holder_pid(env: &TestEnv) -> Option<i32> {
     let name: String = row.get(0);
     name.rsplit(':').next()?.parse().ok()
 }
+
+#[test]
+#[ignore = "needs a private network namespace: run .ci/nemesis"]
+fn a_grant_read_after_the_lease_ended_does_not_run_the_command() {
+    let env = TestEnv::new("nemlategrant");
+    let events = Events::new(&env);
+    let mut blocker = env.lock().take_in_sql();
+    let waiter = over_tcp(&env, &FAST, &events.script("w"));
+    wait_until("the waiter to queue", || env.waiting() == 1);
+    // The waiter's pglock stops (a debugger, a frozen process); the server grants it the lock,
+    // hears nothing more from it, ends its session after the lease, and the next host runs.
+    let stopped = Stopped::all(vec![waiter.id() as i32]);
+    env.lock().unlock_in_sql(&mut blocker);
+    let next = over_tcp(&env, &FAST, &events.script("c"));
+    events.wait_for("c", "start", Duration::from_secs(20));
+    // The waiter goes on and reads the grant, which is long stale.
+    stopped.resume();
+    throughout("the waiter not to run", Duration::from_secs(3), || {
+        events.at("w", "start").is_none()
+    });
+    // It queues again behind the next host instead of giving up.
+    wait_until("the waiter to queue again", || env.waiting() == 1);
+    waiter.kill(Signal::SIGTERM);
+    waiter.finish().assert_code(143);
+    next.kill(Signal::SIGTERM);
+    next.finish();
+}
