@@ -147,12 +147,8 @@ pub fn acquire(
         try_only: false,
         ..call
     };
-    let wait = match req.token {
-        true => sql::lock_with_token(call, req.id),
-        false => sql::lock(call, req.id),
-    };
     let asked = Instant::now();
-    match session.query(&format!("{wait}; {}", sql::WAITED)) {
+    match session.query(&sql::wait(call, req.id, req.token)) {
         Ok(messages) => match late(&messages, asked) {
             Some(delay) => confirm_late(session, req, delay, held(&messages)),
             None => Ok(held(&messages)),

@@ -163,14 +163,31 @@ pub fn lock(call: Call, id: LockId) -> String {
     format!("SELECT {}({})", call.function(), id.sql_args())
 }
 
-/// Follows a lock wait in the same message: how long the server spent on the message, in
-/// milliseconds (statement_timestamp() is when the message arrived), so that the client can
-/// tell a grant that was late on the wire (see `lock::LATE_GRANT`).
-pub const WAITED: &str = "SELECT (extract(epoch FROM clock_timestamp() - statement_timestamp()) \
-                          * 1000)::bigint AS waited_ms";
+/// How long the server has spent on the statement, in milliseconds (statement_timestamp() is
+/// when the message arrived), read after a lock wait so that the client can tell a grant that
+/// was late on the wire (see `lock::LATE_GRANT`).
+const WAITED: &str =
+    "(extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000)::bigint";
 
-/// The column of [`WAITED`].
+/// The column of [`wait`]'s answer that carries [`WAITED`].
 pub const WAITED_COLUMN: &str = "waited_ms";
+
+/// The blocking lock call of a lock that was taken, and after the grant how long the server
+/// waited, with the fencing token's parts when `token`: one statement, its lock call fenced in
+/// a subquery (OFFSET 0) so that what follows is read after the grant.
+pub fn wait(call: Call, id: LockId, token: bool) -> String {
+    let token = if token {
+        format!(", {TOKEN_PARTS} AS token")
+    } else {
+        String::new()
+    };
+    format!(
+        "SELECT true AS granted{token}, {WAITED} AS {WAITED_COLUMN} FROM (SELECT {}({}) AS \
+         granted OFFSET 0) AS s",
+        call.function(),
+        id.sql_args()
+    )
+}
 
 /// Releases a session lock; its value says whether it was held. `wake` may follow.
 pub fn unlock(shared: bool, id: LockId) -> String {
@@ -411,6 +428,22 @@ mod tests {
             "pg_try_advisory_xact_lock_shared"
         );
         assert_eq!(call(false, Scope::Xact, false), "pg_advisory_xact_lock");
+    }
+
+    #[test]
+    fn the_wait_reads_what_follows_the_grant_after_it() {
+        let call = Call {
+            try_only: false,
+            scope: Scope::Session,
+            shared: false,
+        };
+        assert_eq!(
+            wait(call, LockId::Big(7), false),
+            "SELECT true AS granted, (extract(epoch FROM clock_timestamp() - \
+             statement_timestamp()) * 1000)::bigint AS waited_ms FROM (SELECT \
+             pg_advisory_lock(7) AS granted OFFSET 0) AS s"
+        );
+        assert!(wait(call, LockId::Big(7), true).contains(" AS token, "));
     }
 
     #[test]
