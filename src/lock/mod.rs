@@ -13,7 +13,7 @@ use crate::pg::sql::{self, Call, Scope};
 use crate::pg::{Session, error};
 use postgres::SimpleQueryMessage;
 pub use semaphore::Semaphore;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 pub use token::Token;
 
 /// How long to wait for a lock.
@@ -211,8 +211,8 @@ pub(crate) fn outcome_of(e: postgres::Error) -> Result<Acquired, postgres::Error
 pub struct Holder {
     session: Session,
     held: Held,
-    /// When the lock was granted, in Unix milliseconds; see [`sql::GRANTED_TAG`].
-    granted_at_ms: Option<u128>,
+    /// When the lock was granted; see [`sql::HELD_TAG`].
+    granted: Instant,
     /// The session's lease (0: none), restored after a suspension.
     lease_ms: u128,
 }
@@ -223,14 +223,10 @@ pub struct Unconfirmed(pub String);
 
 impl Holder {
     pub fn new(session: Session, held: Held, lease_ms: u128) -> Holder {
-        let granted_at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .ok()
-            .map(|d| d.as_millis());
         Holder {
             session,
             held,
-            granted_at_ms,
+            granted: Instant::now(),
             lease_ms,
         }
     }
@@ -267,7 +263,10 @@ impl Holder {
     }
 
     fn ask(&mut self, first: String, limit: Duration) -> Result<(), LostReason> {
-        let sql = format!("{first}{}", sql::holds(self.held.id, self.granted_at_ms));
+        let sql = format!(
+            "{first}{}",
+            sql::holds(self.held.id, Some(self.granted.elapsed().as_millis()))
+        );
         match self.session.query_within(&sql, limit) {
             Err(Failed::NoAnswer(limit)) => Err(LostReason::NoAnswer(limit)),
             Err(Failed::Error(e)) => Err(LostReason::CheckFailed(error::describe_error(&e))),

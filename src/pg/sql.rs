@@ -11,11 +11,13 @@ use std::time::Duration;
 /// How quickly the server notices a waiter whose client vanished (PG 14+).
 pub const CLIENT_CHECK_MS: u32 = 500;
 
-/// The lock checks start with `/* pglock: granted <unix ms> */`. pg_stat_activity keeps no
-/// record of when a lock was granted, and each check moves the session's state_change, so this
-/// comment in its visible last query is how `pglock status` and holder reports tell since when
-/// a pglock has held its lock.
-pub const GRANTED_TAG: &str = "/* pglock: granted ";
+/// The lock checks start with `/* pglock: held for <ms> ms */`: how long the lock had been held
+/// when the check was sent, by the holder's monotonic clock. pg_stat_activity keeps no record of
+/// when a lock was granted, and each check moves the session's state_change, so this comment in
+/// its visible last query is how `pglock status` and holder reports tell since when a pglock has
+/// held its lock: the check's query_start minus that, all in the server's clock. (pglock before
+/// 0.1.1 tagged `/* pglock: granted <unix ms> */`, its own wall clock, which reports still read.)
+pub const HELD_TAG: &str = "/* pglock: held for ";
 
 /// Marks the semaphore head's wait statement, so that a release cancels that statement and
 /// nothing else.
@@ -204,9 +206,9 @@ pub fn end_transaction(commit: bool) -> &'static str {
     if commit { "COMMIT" } else { "ROLLBACK" }
 }
 
-/// Whether this backend holds `id` as granted (a count). The tag records the grant time.
-pub fn holds(id: LockId, granted_at_ms: Option<u128>) -> String {
-    let tag = granted_at_ms.map_or(String::new(), |ms| format!("{GRANTED_TAG}{ms} */ "));
+/// Whether this backend holds `id` as granted (a count). The tag says how long it has.
+pub fn holds(id: LockId, held_for_ms: Option<u128>) -> String {
+    let tag = held_for_ms.map_or(String::new(), |ms| format!("{HELD_TAG}{ms} ms */ "));
     format!(
         "{tag}SELECT count(*) AS n FROM pg_locks l WHERE {} AND l.pid = pg_backend_pid() AND l.granted",
         matches(&[id])
@@ -497,7 +499,7 @@ mod tests {
         assert_eq!(
             holds(LockId::Big(42), Some(7)),
             format!(
-                "/* pglock: granted 7 */ SELECT count(*) AS n FROM pg_locks l WHERE {} AND \
+                "/* pglock: held for 7 ms */ SELECT count(*) AS n FROM pg_locks l WHERE {} AND \
                  l.pid = pg_backend_pid() AND l.granted",
                 matches(&[LockId::Big(42)])
             )

@@ -8,8 +8,9 @@
 //!
 //! What "since" means. pg_locks records when a waiter started waiting (`waitstart`, PG 14+) but
 //! nothing about when a holder got the lock. A pglock holder tags the lock checks it runs with
-//! its grant time (pg::sql::GRANTED_TAG), and its last query is visible in pg_stat_activity, so for
-//! it we report that. Otherwise, for an idle holder we report `state_change`, the moment its last
+//! how long it has held the lock (pg::sql::HELD_TAG), and its last query and that query's start
+//! are visible in pg_stat_activity, so for it we report the difference, all in the server's
+//! clock. Otherwise, for an idle holder we report `state_change`, the moment its last
 //! statement ended: the lock was taken by that statement or an earlier one, so it has been held
 //! at least that long (for a pglock that has not run a check yet, the lock call is that
 //! statement). For a holder busy running a statement the server cannot tell; we report its

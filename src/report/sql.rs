@@ -36,8 +36,11 @@ pub const COLUMNS: [&str; 17] = [
     "viewer",
 ];
 
-/// `pg::sql::GRANTED_TAG` and the grant time after it, as a POSIX regular expression (a unit test
+/// `pg::sql::HELD_TAG` and the milliseconds after it, as a POSIX regular expression (a unit test
 /// checks that it matches the tag).
+const HELD_RE: &str = r"^/\* pglock: held for ([0-9]{1,15}) ms ";
+
+/// The tag of pglock before 0.1.1: the grant time in the holder's own clock.
 const GRANTED_RE: &str = r"^/\* pglock: granted ([0-9]{1,15}) ";
 
 /// The query behind every report: one row per holder or waiter of the chosen locks, with what
@@ -62,6 +65,9 @@ pub fn rows(locks: Locks, after_rollback: bool) -> String {
                   a.application_name, a.usename, host(a.client_addr) AS client_addr, a.state, \
                   a.backend_start AS started_at, \
                   CASE WHEN NOT l.granted THEN NULL \
+                       WHEN a.query ~ '{HELD_RE}' \
+                       THEN a.query_start - make_interval(secs => \
+                            substring(a.query from '{HELD_RE}')::bigint / 1000.0) \
                        WHEN a.query ~ '{GRANTED_RE}' \
                        THEN to_timestamp(substring(a.query from '{GRANTED_RE}')::bigint / 1000.0) \
                        WHEN a.state LIKE 'idle%' THEN a.state_change \
@@ -112,6 +118,9 @@ mod tests {
             "{rollback}WITH r AS (SELECT l.classid, l.objid, l.objsubid, l.mode, l.granted, \
              l.pid, a.application_name, a.usename, host(a.client_addr) AS client_addr, a.state, \
              a.backend_start AS started_at, CASE WHEN NOT l.granted THEN NULL WHEN a.query ~ \
+             '^/\\* pglock: held for ([0-9]{{1,15}}) ms ' THEN a.query_start - \
+             make_interval(secs => substring(a.query from '^/\\* pglock: held for \
+             ([0-9]{{1,15}}) ms ')::bigint / 1000.0) WHEN a.query ~ \
              '^/\\* pglock: granted ([0-9]{{1,15}}) ' THEN to_timestamp(substring(a.query from \
              '^/\\* pglock: granted ([0-9]{{1,15}}) ')::bigint / 1000.0) WHEN a.state LIKE \
              'idle%' THEN a.state_change ELSE a.backend_start END AS held_at, CASE WHEN \
@@ -175,18 +184,15 @@ mod tests {
 
     #[test]
     fn the_grant_pattern_matches_the_tag() {
-        let quoted: String = crate::pg::sql::GRANTED_TAG
+        let quoted: String = crate::pg::sql::HELD_TAG
             .chars()
             .flat_map(|c| {
                 let escape = "\\^$.|?*+()[]{}".contains(c).then_some('\\');
                 escape.into_iter().chain([c])
             })
             .collect();
-        assert_eq!(GRANTED_RE, format!("^{quoted}([0-9]{{1,15}}) "));
-        assert!(
-            !GRANTED_RE.contains('\''),
-            "it goes into a SQL string literal"
-        );
+        assert_eq!(HELD_RE, format!("^{quoted}([0-9]{{1,15}}) ms "));
+        assert!(!HELD_RE.contains('\''), "it goes into a SQL string literal");
     }
 
     #[test]

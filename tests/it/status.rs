@@ -86,7 +86,7 @@ fn since_stays_at_the_grant_while_lock_checks_run() {
     let check_started = || -> Option<String> {
         env.probe()
             .query_one(
-                "SELECT CASE WHEN query LIKE '/* pglock: granted %' THEN \
+                "SELECT CASE WHEN query LIKE '/* pglock: held for %' THEN \
                  to_char(query_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') END \
                  FROM pg_stat_activity WHERE pid = $1",
                 &[&pid],
@@ -806,4 +806,43 @@ fn verbose_wait_with_stderr_on_a_full_disk_runs_the_command() {
     });
     holder.release().assert_success();
     waiter.finish().assert_code(0);
+}
+
+/// A holder whose clock is days off: "held since" is in the server's clock all the same.
+#[test]
+fn since_does_not_mix_the_holders_clock_with_the_servers() {
+    need("faketime", "faketime");
+    let env = TestEnv::new("sinceskew");
+    let holder = try_hold(wrapped("faketime", &["-f", "+3d"]).args([
+        "--key",
+        env.key(),
+        "--check-interval",
+        "100ms",
+    ]))
+    .unwrap_or_else(|run| panic!("the holder did not get the lock: {run}"));
+    let pid = env.backend_pid();
+    wait_until("a lock check", || {
+        env.probe()
+            .query_one(
+                "SELECT query LIKE '/* pglock: held for %' FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .unwrap()
+            .get(0)
+    });
+    let v = status(env.key(), &["--json"]).json();
+    let since = v["holders"][0]["held_since"].as_str().unwrap().to_string();
+    let age: f64 = env
+        .probe()
+        .query_one(
+            "SELECT extract(epoch FROM now() - $1::text::timestamptz)::float8",
+            &[&since],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        (0.0..60.0).contains(&age),
+        "held since {since}: {age} s ago by the server's clock"
+    );
+    holder.release().assert_success();
 }
