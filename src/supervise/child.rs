@@ -25,6 +25,17 @@ pub struct Job {
     pub args: Vec<OsString>,
 }
 
+/// Every variable pglock may set for its command (README: The command's environment).
+const FOR_THE_COMMAND: &[&str] = &[
+    "PGLOCK_KEY",
+    "PGLOCK_LOCK_ID",
+    "PGLOCK_SCOPE",
+    "PGLOCK_SLOT",
+    "PGLOCK_RUN_ID",
+    "PGLOCK_LAST_SUCCESS",
+    "PGLOCK_FENCING_TOKEN",
+];
+
 /// The command, running.
 pub struct Running {
     pid: Pid,
@@ -86,6 +97,11 @@ pub fn spawn(
     let take_terminal = owns_terminal();
     let parent = getpid();
     let mut cmd = Command::new(&job.program);
+    // What an outer pglock told its command is not about this lock: a nested pglock's command
+    // must not find the outer token, slot or run as if they were its own.
+    for name in FOR_THE_COMMAND {
+        cmd.env_remove(name);
+    }
     cmd.args(&job.args).envs(env.iter().map(|(k, v)| (k, v)));
     // SAFETY: the closure runs between fork and exec and makes only async-signal-safe system
     // calls; errors are built from raw errno values (io::Error::from(Errno)), which do not

@@ -431,3 +431,19 @@ fn connection_failures_exit_69_and_never_show_the_password() {
     run(pglock().args(["--key", "k", "-d", &urls[2], "--", "true"]))
         .assert_stderr_contains("does not exist");
 }
+
+#[test]
+fn a_nested_pglock_hands_its_command_none_of_the_outer_locks_variables() {
+    let outer = TestEnv::new("nestouter");
+    let inner = TestEnv::new("nestinner");
+    let script = format!(
+        "{} --key {} -c 'echo \"${{PGLOCK_FENCING_TOKEN-unset}} ${{PGLOCK_SLOT-unset}} $PGLOCK_KEY\"'",
+        BIN,
+        inner.key()
+    );
+    let out = run(outer
+        .pglock(&["--fencing-token", "--limit", "2", "-c", &script])
+        .stdout(std::process::Stdio::piped()));
+    out.assert_success()
+        .assert_stdout(&format!("unset unset {}\n", inner.key()));
+}
