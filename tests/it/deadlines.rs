@@ -49,6 +49,16 @@ fn arrivals_since(proxy: &Proxy, since: Instant) -> usize {
     proxy.arrivals().iter().filter(|&&at| at >= since).count()
 }
 
+/// Sends `signal` and waits for pglock to exit; how long that took, and how it ended.
+fn exit_after(mut child: Started, signal: Signal) -> (Duration, Run) {
+    let sent = Instant::now();
+    child.kill(signal);
+    wait_within("pglock to exit", Duration::from_secs(60), || {
+        child.exited().is_some()
+    });
+    (sent.elapsed(), child.finish())
+}
+
 #[test]
 fn sigterm_ends_a_wait_on_a_frozen_backend_with_a_handful_of_cancel_requests() {
     let env = TestEnv::new("frozenbackend");
@@ -99,16 +109,11 @@ fn sigterm_ends_a_wait_whose_own_connection_went_silent() {
     let env = TestEnv::new("silentwaiter");
     let _holder = env.lock().take_in_sql();
     let proxy = Proxy::start();
-    let mut child = queued_waiter(&env, &proxy, &["--check-interval", "30s"]);
+    let child = queued_waiter(&env, &proxy, &["--check-interval", "30s"]);
     // Only the waiter's connection: a cancel request still gets through.
     proxy.freeze_existing();
-    let sent = Instant::now();
-    child.kill(Signal::SIGTERM);
-    wait_within("pglock to exit", Duration::from_secs(10), || {
-        child.exited().is_some()
-    });
-    let took = sent.elapsed();
-    child.finish().assert_code(128 + 15);
+    let (took, out) = exit_after(child, Signal::SIGTERM);
+    out.assert_code(128 + 15);
     assert!(took < Duration::from_secs(2), "{took:?}");
 }
 
@@ -209,23 +214,13 @@ fn stoppable(env: &TestEnv, proxy: &Proxy, args: &[&str], vars: &[(&str, &str)])
     child
 }
 
-fn exit_after_sigterm(mut child: Started) -> (Duration, Run) {
-    let sent = Instant::now();
-    child.kill(Signal::SIGTERM);
-    wait_within("pglock to exit", Duration::from_secs(60), || {
-        child.exited().is_some()
-    });
-    let took = sent.elapsed();
-    (took, child.finish())
-}
-
 #[test]
 fn sigterm_during_the_command_shortens_a_release_to_a_frozen_network() {
     let env = TestEnv::new("termfrozenrelease");
     let proxy = Proxy::start();
     let child = stoppable(&env, &proxy, &["--check-interval", "30s"], &[]);
     proxy.freeze();
-    let (took, out) = exit_after_sigterm(child);
+    let (took, out) = exit_after(child, Signal::SIGTERM);
     out.assert_success();
     assert!(took < Duration::from_secs(2), "{took:?}");
 }
@@ -239,7 +234,7 @@ fn sigterm_during_the_command_shortens_the_ledgers_end_and_the_release() {
     let args = ["--scope", "xact", "--record", "--check-interval", "20s"];
     let child = stoppable(&env, &proxy, &args, &[("PGLOCK_LEDGER", &table)]);
     proxy.freeze();
-    let (took, out) = exit_after_sigterm(child);
+    let (took, out) = exit_after(child, Signal::SIGTERM);
     out.assert_success();
     assert!(took < Duration::from_millis(2500), "{took:?}");
     sql().batch_execute(&format!("DROP TABLE {table}")).unwrap();
@@ -250,7 +245,7 @@ fn sigterm_during_the_command_ends_min_hold() {
     let env = TestEnv::new("termminhold");
     let proxy = Proxy::start();
     let child = stoppable(&env, &proxy, &["--min-hold", "1h"], &[]);
-    let (took, out) = exit_after_sigterm(child);
+    let (took, out) = exit_after(child, Signal::SIGTERM);
     out.assert_success();
     assert!(took < Duration::from_secs(2), "{took:?}");
     assert_eq!(env.granted(), 0);

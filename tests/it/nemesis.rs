@@ -146,6 +146,23 @@ fn over_tcp(env: &TestEnv, args: &[&str], script: &str) -> Started {
     )
 }
 
+/// The holder's whole "host" vanishes: its connection (on local `port`) goes silent and every
+/// process of it stops. Waits for the lock to come free within `limit`, says after how long
+/// (as `what`), and then clears the host away.
+fn vanish(env: &TestEnv, holder: Started, port: u16, limit: Duration, what: &str) {
+    let silence = Silenced::port(port);
+    let host = Stopped::all(tree(holder.id() as i32));
+    let vanished = Instant::now();
+    wait_within("the lock to be free", limit, || env.granted() == 0);
+    eprintln!("{what}: lock free after {:?}", vanished.elapsed());
+    for pid in tree(holder.id() as i32) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    drop(host);
+    drop(silence);
+    holder.finish();
+}
+
 /// pglock's process and its descendants, for freezing a whole "host".
 fn tree(root: i32) -> Vec<i32> {
     let mut all = vec![root];
@@ -197,19 +214,8 @@ fn a_vanished_host_frees_the_lock_within_the_lease() {
     let events = Events::new(&env);
     let holder = over_tcp(&env, &FAST, &events.script("a"));
     events.wait_for("a", "start", LIMIT);
-    let silence = Silenced::backend(env.backend_pid());
-    let host = Stopped::all(tree(holder.id() as i32));
-    let vanished = Instant::now();
-    wait_within("the lock to be free", Duration::from_secs(15), || {
-        env.granted() == 0
-    });
-    eprintln!("vanished host: lock free after {:?}", vanished.elapsed());
-    for pid in tree(holder.id() as i32) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    }
-    drop(host);
-    drop(silence);
-    holder.finish();
+    let port = client_port(env.backend_pid());
+    vanish(&env, holder, port, Duration::from_secs(15), "vanished host");
 }
 
 #[test]
@@ -226,22 +232,8 @@ fn a_vanished_host_behind_a_session_pooler_frees_the_lock_within_the_lease() {
     events.wait_for("a", "start", LIMIT);
     // pglock's connection is to PgBouncer; its port there is the one to silence.
     let port = pglock_port(holder.id() as i32, bouncer.port);
-    let silence = Silenced::port(port);
-    let host = Stopped::all(tree(holder.id() as i32));
-    let vanished = Instant::now();
-    wait_within("the lock to be free", Duration::from_secs(15), || {
-        env.granted() == 0
-    });
-    eprintln!(
-        "vanished host behind PgBouncer: lock free after {:?}",
-        vanished.elapsed()
-    );
-    for pid in tree(holder.id() as i32) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    }
-    drop(host);
-    drop(silence);
-    holder.finish();
+    let what = "vanished host behind PgBouncer";
+    vanish(&env, holder, port, Duration::from_secs(15), what);
 }
 
 /// The local port of `pid`'s TCP connection to `remote_port` (`ss` knows).
@@ -356,22 +348,9 @@ fn with_the_defaults_a_vanished_hosts_lock_is_free_within_a_minute() {
     let events = Events::new(&env);
     let holder = over_tcp(&env, &[], &events.script("a"));
     events.wait_for("a", "start", LIMIT);
-    let silence = Silenced::backend(env.backend_pid());
-    let host = Stopped::all(tree(holder.id() as i32));
-    let vanished = Instant::now();
-    wait_within("the lock to be free", Duration::from_secs(60), || {
-        env.granted() == 0
-    });
-    eprintln!(
-        "vanished host, defaults: lock free after {:?}",
-        vanished.elapsed()
-    );
-    for pid in tree(holder.id() as i32) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    }
-    drop(host);
-    drop(silence);
-    holder.finish();
+    let port = client_port(env.backend_pid());
+    let what = "vanished host, defaults";
+    vanish(&env, holder, port, Duration::from_secs(60), what);
 }
 
 /// xorshift64*: enough to vary the soak's faults; the seed is printed to replay a run.

@@ -40,26 +40,25 @@ fn a_signal_ignored_at_start_stays_ignored_for_pglock_and_the_command() {
     }
 }
 
+/// pglock under strace, with every `syscall` (of pglock and its children) failing with `errno`.
+fn failing(syscall: &str, errno: &str) -> std::process::Command {
+    need("strace", "strace");
+    let inject = format!("inject={syscall}:error={errno}");
+    let trace = format!("trace={syscall}");
+    wrapped(
+        "strace",
+        &["-f", "-o", "/dev/null", "-e", &trace, "-e", &inject],
+    )
+}
+
 #[test]
 fn the_switch_works_without_close_range() {
-    need("strace", "strace");
     let env = TestEnv::new("noclosrange");
     let script = format!(
         "sleep 300 & echo $! > {d}/a; touch {d}/ready; wait",
         d = env.dir().display()
     );
-    let mut cmd = wrapped(
-        "strace",
-        &[
-            "-f",
-            "-o",
-            "/dev/null",
-            "-e",
-            "trace=close_range",
-            "-e",
-            "inject=close_range:error=ENOSYS",
-        ],
-    );
+    let mut cmd = failing("close_range", "ENOSYS");
     cmd.args(["--key", env.key(), "--kill-after", "1s", "-c", &script]);
     let mut child = start(cmd);
     env.wait_for_file("ready");
@@ -149,20 +148,8 @@ fn a_switch_killed_during_the_wait_is_replaced_and_the_command_runs() {
 
 #[test]
 fn a_failing_step_before_exec_is_a_system_error() {
-    need("strace", "strace");
     let env = TestEnv::new("prctlfail");
-    let mut cmd = wrapped(
-        "strace",
-        &[
-            "-f",
-            "-o",
-            "/dev/null",
-            "-e",
-            "trace=prctl",
-            "-e",
-            "inject=prctl:error=EPERM",
-        ],
-    );
+    let mut cmd = failing("prctl", "EPERM");
     cmd.args(["--key", env.key(), "--", "true"]);
     let out = run(cmd);
     out.assert_code(71)
