@@ -200,7 +200,7 @@ fn sigterm_ends_a_connect_to_a_mute_server() {
 /// A command that exits on SIGTERM after touching `ready`, run through `proxy`.
 fn stoppable(env: &TestEnv, proxy: &Proxy, args: &[&str], vars: &[(&str, &str)]) -> Started {
     let script = format!(
-        "trap 'exit 0' TERM; touch {}/ready; sleep 300 & wait",
+        "trap 'exit 0' TERM; sleep 300 & touch {}/ready; wait",
         env.dir().display()
     );
     let child = start(

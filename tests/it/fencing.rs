@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 /// A command that records when it gets SIGTERM, then exits 9.
 fn term_recorder(dir: &Path) -> String {
     format!(
-        "trap 'date +%s%N > {0}/term; exit 9' TERM; touch {0}/ready; sleep 300 & wait",
+        "trap 'date +%s%N > {0}/term; exit 9' TERM; sleep 300 & touch {0}/ready; wait",
         dir.display()
     )
 }
@@ -235,4 +235,52 @@ fn sockets_of(pid: i32) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Two pglocks may carry the same application_name (the same host name, both PID 1 in their
+/// containers): a dead waiter's guard must cancel its own backend's wait and no other.
+#[test]
+fn the_wait_guard_cancels_only_its_waiters_backend() {
+    let env = TestEnv::new("guardpid");
+    let holder = env.lock().take_in_sql();
+    let child = start(env.pglock(&["--", "true"]));
+    wait_until("the waiter", || env.waiting() == 1);
+    let waiter = lock_pids(&mut env.probe(), env.lock(), false)[0];
+    let name: String = env
+        .probe()
+        .query_one(
+            "SELECT application_name FROM pg_stat_activity WHERE pid = $1",
+            &[&waiter],
+        )
+        .unwrap()
+        .get(0);
+    // A second waiter under the very same name.
+    let id = env.id();
+    let twin = std::thread::spawn(move || {
+        let mut client = sql();
+        client
+            .batch_execute(&format!("SET application_name = '{name}'"))
+            .unwrap();
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&id])
+            .map(|_| ())
+    });
+    wait_until("the twin to wait", || env.waiting() == 2);
+    let mut guard = 0;
+    wait_until("the wait guard", || {
+        guard = wait_guard_of(child.id()).unwrap_or(0);
+        guard != 0
+    });
+    child.kill_group(Signal::SIGKILL);
+    child.finish().assert_signal(Signal::SIGKILL);
+    wait_until("the guard to do its work and exit", || !alive(guard));
+    wait_until("the dead waiter to leave", || env.waiting() == 1);
+    throughout(
+        "the twin to keep waiting",
+        Duration::from_millis(500),
+        || env.waiting() == 1 && !twin.is_finished(),
+    );
+    // Let the twin have the lock and go.
+    drop(holder);
+    twin.join().unwrap().expect("the twin's wait was cancelled");
 }

@@ -174,7 +174,7 @@ fn a_busy_lock_with_stderr_on_a_closed_pipe_still_exits_75() {
 fn a_lost_lock_with_stderr_on_a_closed_pipe_still_stops_the_command() {
     let env = TestEnv::new("closedlost");
     let script = format!(
-        "trap 'touch {0}/term; exit 9' TERM; touch {0}/ready; sleep 300 & wait",
+        "trap 'touch {0}/term; exit 9' TERM; sleep 300 & touch {0}/ready; wait",
         env.dir().display()
     );
     let child = start_keeping_stderr(

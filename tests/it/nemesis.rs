@@ -104,7 +104,7 @@ impl Events {
     fn script(&self, who: &str) -> String {
         format!(
             "log() {{ echo \"{who} $1 $(date +%s%N)\" >> {p}; }}; trap 'log end; exit 0' TERM; \
-             log start; sleep 300 & wait",
+             sleep 300 & log start; wait",
             p = self.path.display()
         )
     }
@@ -399,7 +399,7 @@ fn soak_random_silences_stops_kills_and_restarts_never_overlap_two_commands() {
     let script = move |secs: f64| {
         format!(
             "log() {{ echo \"$1 $PPID $(date +%s%N)\" >> {}; }}; \
-             trap 'log leave; exit 0' TERM; log enter; sleep {secs:.1} & wait; log leave",
+             trap 'log leave; exit 0' TERM; sleep {secs:.1} & log enter; wait; log leave",
             log.display()
         )
     };
