@@ -6,9 +6,9 @@
 //! Deadlines are measured from the event that began the step: its start, or a terminating
 //! signal. A signal [`hurry`]s every step under way (at most [`GRACE`] more, for a cancel
 //! request or a release to be answered), and a second signal cuts them at once. Steps begun
-//! after a signal, [`stopping`] included (one the command got), must end by the same time,
-//! [`GRACE`] after the signal, or [`FLOOR`] after they begin when that is later: so pglock exits
-//! within about a second of the signal, however many steps are left.
+//! after a signal, or after the command exited following one ([`stopped_by_signal_at`]), must
+//! end by the same time, [`GRACE`] after the signal, or [`FLOOR`] after they begin when that is
+//! later: so pglock exits within about a second of the signal, however many steps are left.
 //!
 //! One `deadline` thread does the cutting for the whole process; it sleeps until the earliest
 //! deadline and touches a socket only while its step is armed (under the lock), so once
@@ -156,10 +156,11 @@ pub fn hurry() {
     }
 }
 
-/// A signal asked pglock to stop while its command runs: the command handles it, and every
-/// step after it (the ledger's record, the release) must end by [`GRACE`] from now.
-pub fn stopping() {
-    cap_at(&mut lock(), Instant::now() + GRACE);
+/// A signal at `signal` asked pglock to stop while its command ran, and the command has now
+/// exited: every step from now on (the ledger's record, the release) must end by [`GRACE`] after
+/// that signal (or [`FLOOR`] after it begins).
+pub fn stopped_by_signal_at(signal: Instant) {
+    cap_at(&mut lock(), signal + GRACE);
 }
 
 fn cap_at(st: &mut State, at: Instant) {

@@ -123,6 +123,10 @@ fn run_held(
         policy,
         &opts.target.label,
     );
+    // A signal asked the job to stop: what follows the command is over a second after it.
+    if let Some(at) = router.stop_requested_at() {
+        crate::pg::deadline::stopped_by_signal_at(at);
+    }
     finish(opts, router, holder, ledger, deadman, ended, acquired_at)
 }
 

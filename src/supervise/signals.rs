@@ -7,8 +7,10 @@
 //!   server, with a handful of cancel requests at most: a frozen backend ignores them all, and
 //!   then the deadline cuts the connection.
 //! - While the command runs, every forwarded signal goes to the command's process group, so it
-//!   reaches a wrapping shell's children too. One that asks to stop (HUP, INT, QUIT, TERM) also
-//!   shortens what follows the command: the release gets at most a second, --min-hold ends.
+//!   reaches a wrapping shell's children too. One that asks to stop (HUP, INT, QUIT, TERM) is
+//!   remembered with its time: once the command has exited, what follows it (the ledger's
+//!   record, the release) must end a second after it, and --min-hold ends. The lock checks while
+//!   the command runs keep their bound: a daemon that reloads on SIGHUP runs on with its lock.
 //! - In every phase it writes the signal number to a pipe, so the main loop can poll(2) it next
 //!   to the lock connection's socket.
 //! - A signal that was ignored when pglock started (nohup, a shell's background job) stays
@@ -113,8 +115,8 @@ struct State {
     route: Route,
     /// The first terminating signal that arrived outside the command's lifetime.
     interrupted: Option<Signal>,
-    /// The first signal that asked pglock to stop, in any phase.
-    stop: Option<Signal>,
+    /// The first signal that asked pglock to stop, in any phase, and when it came.
+    stop: Option<(Signal, Instant)>,
     /// Counts lock waits, so a late cancel never touches a later attempt's connection.
     attempt: u64,
 }
@@ -181,7 +183,12 @@ impl Router {
     /// The first signal that asked pglock to stop, forwarded to the command or not: what
     /// follows the command is cut short for it.
     pub fn stop_requested(&self) -> Option<Signal> {
-        lock(&self.state).stop
+        lock(&self.state).stop.map(|(sig, _)| sig)
+    }
+
+    /// When the first signal that asked pglock to stop came.
+    pub fn stop_requested_at(&self) -> Option<Instant> {
+        lock(&self.state).stop.map(|(_, at)| at)
     }
 
     /// Sleeps for `d`, or less if a terminating signal arrives; returns that signal.
@@ -264,16 +271,13 @@ impl Drop for Router {
 fn route(state: &Arc<Mutex<State>>, sig: i32) {
     let mut st = lock(state);
     if STOP.contains(&sig) {
-        st.stop
-            .get_or_insert(Signal::try_from(sig).unwrap_or(Signal::SIGTERM));
+        let stop = Signal::try_from(sig).unwrap_or(Signal::SIGTERM);
+        st.stop.get_or_insert((stop, Instant::now()));
     }
     match &st.route {
         Route::Child(pgid) if sig != SIGCHLD => {
             if let Ok(s) = Signal::try_from(sig) {
                 let _ = killpg(*pgid, s);
-            }
-            if STOP.contains(&sig) {
-                deadline::stopping();
             }
         }
         _ if terminating(sig) => {
