@@ -265,3 +265,28 @@ fn a_healthy_release_under_timeout_is_confirmed() {
     }
     assert_eq!(env.granted(), 0);
 }
+
+#[test]
+fn a_sighup_the_command_survives_leaves_the_lock_checks_their_bound() {
+    let env = TestEnv::new("hupreload");
+    let script = format!(
+        "trap 'touch {d}/hup' HUP; touch {d}/ready; while [ ! -e {d}/go ]; do sleep 0.05; done",
+        d = env.dir().display()
+    );
+    let child = env.start_script(&["--check-interval", "3s"], &script);
+    env.wait_for_file("ready");
+    // A daemon's reload: it handles the signal and runs on.
+    child.kill(Signal::SIGHUP);
+    env.wait_for_file("hup");
+    // Slow lock checks, each answered within the interval: the lock is not lost. The backend
+    // is frozen for all but moments of two intervals, so that checks fall in the freezes.
+    let backend = env.backend_pid();
+    for _ in 0..3 {
+        let frozen = Frozen::stop(backend);
+        std::thread::sleep(Duration::from_millis(2500));
+        drop(frozen);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(env.path("go"), "").unwrap();
+    child.finish().assert_success().assert_stderr_lacks("lost");
+}
