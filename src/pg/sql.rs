@@ -125,10 +125,8 @@ pub fn prelude(scope: Scope, lock_timeout_ms: u128, settings: Settings) -> Strin
         )
     });
     let settings = format!(
-        "{stranded}SELECT set_config(v.name, v.setting, {local}) FROM (VALUES {values}) AS \
-         v(name, setting) WHERE current_setting(v.name, true) IS NOT NULL; \
-         SELECT pg_backend_pid() AS {BACKEND_PID}; ",
-        local = scope.local()
+        "{stranded}{}SELECT pg_backend_pid() AS {BACKEND_PID}; ",
+        set_configs(scope, &values)
     );
     match scope {
         Scope::Session => settings,
@@ -140,13 +138,23 @@ pub fn prelude(scope: Scope, lock_timeout_ms: u128, settings: Settings) -> Strin
 pub const BACKEND_PID: &str = "backend_pid";
 
 /// Suspends the lease (0) or restores it: the idle timeouts alone, since a stopped job's host
-/// still answers TCP keepalives. Skips what the server lacks, as [`prelude`] does.
+/// still answers TCP keepalives.
 pub fn lease(scope: Scope, lease_ms: u128) -> String {
+    set_configs(
+        scope,
+        &format!(
+            "('idle_in_transaction_session_timeout', '{lease_ms}'), \
+             ('idle_session_timeout', '{lease_ms}')"
+        ),
+    )
+}
+
+/// Sets `values` (`('name', 'setting'), ...`), skipping the settings the server lacks (see
+/// [`prelude`]); SET LOCAL in xact scope.
+fn set_configs(scope: Scope, values: &str) -> String {
     format!(
-        "SELECT set_config(v.name, v.setting, {local}) FROM (VALUES \
-         ('idle_in_transaction_session_timeout', '{lease_ms}'), \
-         ('idle_session_timeout', '{lease_ms}')) AS v(name, setting) \
-         WHERE current_setting(v.name, true) IS NOT NULL; ",
+        "SELECT set_config(v.name, v.setting, {local}) FROM (VALUES {values}) AS \
+         v(name, setting) WHERE current_setting(v.name, true) IS NOT NULL; ",
         local = scope.local()
     )
 }
@@ -183,9 +191,15 @@ pub fn wait(call: Call, id: LockId, token: bool) -> String {
     } else {
         String::new()
     };
+    fenced(call, id, &format!("{token}, {WAITED} AS {WAITED_COLUMN}"))
+}
+
+/// The lock call in a subquery that the planner cannot fold into the outer one (OFFSET 0), and
+/// `columns` (each with its leading comma) projected from its row, so computed after it.
+fn fenced(call: Call, id: LockId, columns: &str) -> String {
+    let granted = if call.try_only { "s.granted" } else { "true" };
     format!(
-        "SELECT true AS granted{token}, {WAITED} AS {WAITED_COLUMN} FROM (SELECT {}({}) AS \
-         granted OFFSET 0) AS s",
+        "SELECT {granted} AS granted{columns} FROM (SELECT {}({}) AS granted OFFSET 0) AS s",
         call.function(),
         id.sql_args()
     )
@@ -350,19 +364,12 @@ pub fn acquire_with_token(
 /// [`lock`] with the fencing token of the grant. The lock call sits in a subquery that the
 /// planner cannot fold into the outer one (OFFSET 0), so the token is computed once, after it.
 pub fn lock_with_token(call: Call, id: LockId) -> String {
-    let (granted, token) = if call.try_only {
-        (
-            "s.granted",
-            format!("CASE WHEN s.granted THEN {TOKEN_PARTS} END"),
-        )
+    let token = if call.try_only {
+        format!("CASE WHEN s.granted THEN {TOKEN_PARTS} END")
     } else {
-        ("true", TOKEN_PARTS.to_string())
+        TOKEN_PARTS.to_string()
     };
-    format!(
-        "SELECT {granted} AS granted, {token} AS token FROM (SELECT {}({}) AS granted OFFSET 0) AS s",
-        call.function(),
-        id.sql_args()
-    )
+    fenced(call, id, &format!(", {token} AS token"))
 }
 
 /// A statement that returns a row only for a lock it holds (a slot), with the fencing token
@@ -385,7 +392,8 @@ pub fn literal(text: &str) -> String {
     format!("{tag}{text}{tag}")
 }
 
-/// Cancels the statement of the sessions named `app_name` (a dead waiter's, for the wait guard).
+/// Cancels the lock wait of backend `backend` if it is still named `app_name` (a dead waiter's,
+/// for the wait guard).
 pub fn cancel_waiter(app_name: &str, backend: i32) -> String {
     format!(
         "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = {backend} \
