@@ -256,10 +256,17 @@ impl Holder {
     }
 
     /// Suspends the lease (`on` false: a job stopped at a terminal keeps its lock) or restores
-    /// it, and checks the lock in the same round trip.
+    /// it, and checks the lock in the same round trip. Without a lease there is nothing to
+    /// suspend, and restoring it is a plain check.
     pub fn set_lease(&mut self, on: bool, limit: Duration) -> Result<(), LostReason> {
-        let lease_ms = if on { self.lease_ms } else { 0 };
-        self.ask(sql::lease(self.held.scope, lease_ms), limit)
+        match (self.lease_ms, on) {
+            (0, false) => Ok(()),
+            (0, true) => self.check(limit),
+            (lease_ms, on) => {
+                let lease_ms = if on { lease_ms } else { 0 };
+                self.ask(sql::lease(self.held.scope, lease_ms), limit)
+            }
+        }
     }
 
     fn ask(&mut self, first: String, limit: Duration) -> Result<(), LostReason> {

@@ -58,10 +58,10 @@ pub trait Guard {
     fn readable(&mut self) -> Result<(), LostReason>;
     /// The periodic check, answered within `limit`; Err(reason) if the lock is gone.
     fn check(&mut self, limit: Duration) -> Result<(), LostReason>;
-    /// The job is about to be stopped at a terminal: suspend the lease, so that the lock stays
-    /// held however long it stays stopped.
+    /// The job is about to be stopped at a terminal: suspend the lease, if any, so that the lock
+    /// stays held however long it stays stopped.
     fn suspend_lease(&mut self, limit: Duration) -> Result<(), LostReason>;
-    /// The job goes on: restore the lease and check the lock, in one round trip.
+    /// The job goes on: restore the lease, if any, and check the lock, in one round trip.
     fn resume_lease(&mut self, limit: Duration) -> Result<(), LostReason>;
 }
 
@@ -111,16 +111,22 @@ pub fn wait(
             *kill_at = Some(Instant::now() + kill_after);
         }
     };
-    // What a lost lock means for the command, by the fencing policy.
-    let fencing_of = |why: &LostReason| match policy.fencing {
-        Fencing::Terminate { kill_after } => {
-            warn!("lock \"{label}\" lost: {why}; terminating the command");
-            Some(kill_after)
+    // A lost lock: what it means for the command, by the fencing policy; the loop stops
+    // watching.
+    let lose = |why: LostReason,
+                running: &Running,
+                kill_at: &mut Option<Instant>,
+                lost: &mut Option<LostReason>| {
+        match policy.fencing {
+            Fencing::Terminate { kill_after } => {
+                warn!("lock \"{label}\" lost: {why}; terminating the command");
+                stop(running, kill_at, kill_after);
+            }
+            Fencing::Ignore => {
+                warn!("lock \"{label}\" lost: {why}; --on-lost ignore: the command keeps running");
+            }
         }
-        Fencing::Ignore => {
-            warn!("lock \"{label}\" lost: {why}; --on-lost ignore: the command keeps running");
-            None
-        }
+        *lost = Some(why);
     };
     loop {
         match running.poll() {
@@ -131,37 +137,23 @@ pub fn wait(
             Ok(Polled::Stopped(sig)) if running.at_terminal() => {
                 // The lease must not end while the job is stopped, however long: suspend it,
                 // and the switch's countdown, before pglock stops itself.
-                let suspended = match (lost.is_none(), policy.lease) {
-                    (true, Some(_)) => guard.suspend_lease(policy.check_every),
-                    _ => Ok(()),
+                let suspended = match lost {
+                    None => guard.suspend_lease(policy.check_every),
+                    Some(_) => Ok(()),
                 };
                 if let Some(switch) = switch {
                     switch.pause();
                 }
                 match suspended {
                     Ok(()) => running.suspend(sig),
-                    Err(why) => {
-                        if let Some(kill_after) = fencing_of(&why) {
-                            stop(running, &mut kill_at, kill_after);
-                        }
-                        lost = Some(why);
-                    }
+                    Err(why) => lose(why, running, &mut kill_at, &mut lost),
                 }
                 // Continued (fg), or never stopped: the lock may have gone meanwhile, and the
                 // command must not do another thing without it.
                 if lost.is_none() {
-                    let renewed = match policy.lease {
-                        Some(_) => guard.resume_lease(policy.check_every),
-                        None => guard.check(policy.check_every),
-                    };
-                    match renewed {
+                    match guard.resume_lease(policy.check_every) {
                         Ok(()) => confirm(&mut confirmed),
-                        Err(why) => {
-                            if let Some(kill_after) = fencing_of(&why) {
-                                stop(running, &mut kill_at, kill_after);
-                            }
-                            lost = Some(why);
-                        }
+                        Err(why) => lose(why, running, &mut kill_at, &mut lost),
                     }
                     next_check = Instant::now() + policy.check_every;
                 }
@@ -205,12 +197,7 @@ pub fn wait(
             match looked {
                 Ok(true) => confirm(&mut confirmed),
                 Ok(false) => {}
-                Err(why) => {
-                    if let Some(kill_after) = fencing_of(&why) {
-                        stop(running, &mut kill_at, kill_after);
-                    }
-                    lost = Some(why);
-                }
+                Err(why) => lose(why, running, &mut kill_at, &mut lost),
             }
         }
         if kill_at.is_some_and(|at| Instant::now() >= at) {
