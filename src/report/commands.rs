@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A report subcommand as the command line asked for it (`options` builds it from clap's).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,8 +67,14 @@ fn connect(database_url: &Option<String>, observer: Observer) -> Result<Session>
     let name = AppName::observer(observer).encoded();
     // Keepalives matter to connections that stay open; this one lives for one query.
     let opener = Opener::new(&target, &name, None, Duration::from_secs(5))?;
-    opener.open().map_err(|e| opener.failure(&e))
+    let mut session = opener.open().map_err(|e| opener.failure(&e))?;
+    // That query is bounded like the connect: a frozen server must not hang a report.
+    session.wait_until(Some(Instant::now() + REPORT_LIMIT));
+    Ok(session)
 }
+
+/// How long a report's query may take (as long as a connect may by default).
+const REPORT_LIMIT: Duration = Duration::from_secs(10);
 
 fn fetch(session: &mut Session, locks: Locks, given: Vec<(LockId, Known)>) -> Result<Vec<Row>> {
     let mut rows = model::query(session, locks, false)

@@ -163,7 +163,8 @@ fn cancel(app_name: &str, backend: i32) -> anyhow::Result<()> {
         CONNECT_TIMEOUT,
     )?;
     let mut session = opener.open()?;
-    session.query(&sql::cancel_waiter(app_name, backend))?;
+    // Bounded like the connect: a guard must not outlive its purpose on a server that froze.
+    session.query_within(&sql::cancel_waiter(app_name, backend), CONNECT_TIMEOUT)?;
     session.close();
     Ok(())
 }
