@@ -334,23 +334,27 @@ fn pglock_pid_of(key: &str) -> Option<u32> {
     name.rsplit_once(':')?.1.parse().ok()
 }
 
-#[test]
-fn ctrl_z_suspends_the_job_and_fg_resumes_it_with_the_terminal() {
-    let env = TestEnv::new("ctrlz");
+/// `pglock --key KEY ARGS -- sleep 300` typed at a terminal's shell, once the command has the
+/// terminal; with the command's process group.
+fn job_at_a_terminal(env: &TestEnv, args: &str) -> (Terminal, i32) {
     let k = env.key();
     let mut term = Terminal::start();
     term.wait_for("$ ");
-    term.type_(&format!("pglock --key {k} -- sleep 300\n"));
+    term.type_(&format!("pglock --key {k} {args} -- sleep 300\n"));
     wait_until("the lock", || env.granted() == 1);
     let pglock = pglock_pid_of(k).unwrap();
-    let command = {
-        let mut found = 0;
-        wait_until("the command to have the terminal", || {
-            found = term.foreground();
-            found != 0 && found != pglock as i32 && found != term.shell.id() as i32
-        });
-        found
-    };
+    let mut command = 0;
+    wait_until("the command to have the terminal", || {
+        command = term.foreground();
+        command != 0 && command != pglock as i32 && command != term.shell.id() as i32
+    });
+    (term, command)
+}
+
+#[test]
+fn ctrl_z_suspends_the_job_and_fg_resumes_it_with_the_terminal() {
+    let env = TestEnv::new("ctrlz");
+    let (mut term, command) = job_at_a_terminal(&env, "");
     term.type_("\x1a");
     term.wait_for("Stopped");
     assert_eq!(env.granted(), 1, "a stopped job keeps its lock");
@@ -395,19 +399,8 @@ fn the_larger_limit_warning_counts_only_this_databases_slots() {
 #[test]
 fn ctrl_z_for_longer_than_the_lease_keeps_the_lock() {
     let env = TestEnv::new("ctrlzlease");
-    let k = env.key();
-    let mut term = Terminal::start();
-    term.wait_for("$ ");
     // A lease of 2 x 1s + 1s + 2s = 5s.
-    term.type_(&format!(
-        "pglock --key {k} --check-interval 1s --kill-after 1s -- sleep 300\n"
-    ));
-    wait_until("the lock", || env.granted() == 1);
-    let pglock = pglock_pid_of(k).unwrap();
-    wait_until("the command to have the terminal", || {
-        let fg = term.foreground();
-        fg != 0 && fg != pglock as i32 && fg != term.shell.id() as i32
-    });
+    let (mut term, command) = job_at_a_terminal(&env, "--check-interval 1s --kill-after 1s");
     term.type_("\x1a");
     term.wait_for("Stopped");
     // Longer than the lease, and longer than the dead man's switch waits for a heartbeat.
@@ -417,8 +410,9 @@ fn ctrl_z_for_longer_than_the_lease_keeps_the_lock() {
         || env.granted() == 1,
     );
     term.type_("fg\n");
-    term.wait_for("sleep 300");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("the command to have the terminal again", || {
+        term.foreground() == command
+    });
     term.type_("\x03");
     term.type_("echo \"rc=$?\"\n");
     term.wait_for("rc=130");

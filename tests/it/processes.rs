@@ -4,7 +4,6 @@
 
 use crate::util::*;
 use nix::sys::signal::Signal;
-use std::time::Duration;
 
 /// `trap '' SIG; exec pglock ARGS` as nohup(1) or a shell's background job starts it.
 fn under_ignored(env: &TestEnv, signal: &str, script: &str) -> Started {
@@ -156,7 +155,6 @@ fn a_failing_step_before_exec_is_a_system_error() {
         .assert_stderr_contains("cannot run 'true'")
         .assert_one_pglock_line();
     assert_eq!(env.granted(), 0);
-    std::thread::sleep(Duration::ZERO);
 }
 
 /// The children of every thread of `pid` (the wait guard is started by a thread of its own).
