@@ -89,7 +89,8 @@ impl Opener {
         }
     }
 
-    fn connect_timeout(&self) -> Duration {
+    /// How long one connect may take: --connect-timeout, the conninfo's, or the default.
+    pub fn connect_timeout(&self) -> Duration {
         self.config
             .get_connect_timeout()
             .copied()

@@ -68,13 +68,10 @@ fn connect(database_url: &Option<String>, observer: Observer) -> Result<Session>
     // Keepalives matter to connections that stay open; this one lives for one query.
     let opener = Opener::new(&target, &name, None, Duration::from_secs(5))?;
     let mut session = opener.open().map_err(|e| opener.failure(&e))?;
-    // That query is bounded like the connect: a frozen server must not hang a report.
-    session.wait_until(Some(Instant::now() + REPORT_LIMIT));
+    // That query gets as long as the connect: a frozen server must not hang a report.
+    session.wait_until(Some(Instant::now() + opener.connect_timeout()));
     Ok(session)
 }
-
-/// How long a report's query may take (as long as a connect may by default).
-const REPORT_LIMIT: Duration = Duration::from_secs(10);
 
 fn fetch(session: &mut Session, locks: Locks, given: Vec<(LockId, Known)>) -> Result<Vec<Row>> {
     let mut rows = model::query(session, locks, false)
