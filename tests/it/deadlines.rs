@@ -290,3 +290,32 @@ fn a_sighup_the_command_survives_leaves_the_lock_checks_their_bound() {
     std::fs::write(env.path("go"), "").unwrap();
     child.finish().assert_success().assert_stderr_lacks("lost");
 }
+
+#[test]
+fn a_report_whose_query_gets_no_answer_ends_within_the_connect_timeout() {
+    let env = TestEnv::new("mutereport");
+    let proxy = Proxy::start();
+    // The network falls silent as the report asks the server about the lock.
+    proxy.mute_at("FROM pg_locks");
+    let started = Instant::now();
+    let mut child = start(
+        pglock()
+            .args(["status", "--key", env.key()])
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", proxy.port.to_string())
+            .env("PGSSLMODE", "disable")
+            .env("PGCONNECT_TIMEOUT", "2"),
+    );
+    wait_within("the report to end", Duration::from_secs(10), || {
+        child.exited().is_some()
+    });
+    let took = started.elapsed();
+    // Connected, so not 69: "any other failure".
+    child
+        .finish()
+        .assert_code(1)
+        .assert_stderr_starts_with("pglock: cannot read pg_locks")
+        .assert_one_pglock_line();
+    // The connect and the query each get 2 s.
+    assert!(took < Duration::from_secs(6), "{took:?}");
+}

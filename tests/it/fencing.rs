@@ -284,3 +284,35 @@ fn the_wait_guard_cancels_only_its_waiters_backend() {
     drop(holder);
     twin.join().unwrap().expect("the twin's wait was cancelled");
 }
+
+/// The guard's cancel is bounded like its connect: a guard whose query gets no answer (a frozen
+/// server, a network gone silent) exits instead of lingering.
+#[test]
+fn a_wait_guard_whose_cancel_gets_no_answer_exits_within_its_connect_timeout() {
+    let env = TestEnv::new("muteguard");
+    let _holder = env.lock().take_in_sql();
+    let proxy = Proxy::start();
+    // The network falls silent as the guard asks for the cancel.
+    proxy.mute_at("pg_cancel_backend");
+    let child = start(
+        env.pglock(&["--", "true"])
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", proxy.port.to_string())
+            .env("PGSSLMODE", "disable"),
+    );
+    wait_until("the waiter", || env.waiting() == 1);
+    let mut guard = 0;
+    wait_until("the wait guard", || {
+        guard = wait_guard_of(child.id()).unwrap_or(0);
+        guard != 0
+    });
+    child.kill_group(Signal::SIGKILL);
+    let killed = Instant::now();
+    // Its connect and its cancel each get 5 s.
+    wait_within("the guard to exit", Duration::from_secs(12), || {
+        !alive(guard)
+    });
+    eprintln!("the guard exited {:?} after the kill", killed.elapsed());
+    // The guard held pglock's stderr until it exited.
+    child.finish().assert_signal(Signal::SIGKILL);
+}

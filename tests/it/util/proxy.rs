@@ -1,6 +1,7 @@
 //! A TCP proxy between pglock and the server that the test can break on purpose: stop forwarding
 //! without closing anything (a silent partition as the client sees it) for every connection or
-//! only for those made so far, or cut every connection.
+//! only for those made so far, or for a connection from the moment it sends a given statement,
+//! or cut every connection.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
@@ -11,6 +12,8 @@ use std::time::Instant;
 pub struct Proxy {
     pub port: u16,
     frozen: Arc<AtomicBool>,
+    /// A connection falls silent when the client sends a message containing this.
+    mute_at: Arc<Mutex<Option<Vec<u8>>>>,
     closed: Arc<AtomicBool>,
     accepted: Arc<AtomicUsize>,
     streams: Arc<Mutex<Vec<TcpStream>>>,
@@ -56,6 +59,7 @@ impl Proxy {
         let proxy = Proxy {
             port: listener.local_addr().unwrap().port(),
             frozen: Arc::new(AtomicBool::new(false)),
+            mute_at: Arc::new(Mutex::new(None)),
             closed: Arc::new(AtomicBool::new(closed)),
             accepted: Arc::new(AtomicUsize::new(0)),
             streams: Arc::new(Mutex::new(Vec::new())),
@@ -70,6 +74,7 @@ impl Proxy {
         );
         let closed = proxy.closed.clone();
         let silenced = proxy.silenced.clone();
+        let mute_at = proxy.mute_at.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -86,13 +91,15 @@ impl Proxy {
                 streams.lock().unwrap().push(server.try_clone().unwrap());
                 let silent = Arc::new(AtomicBool::new(false));
                 silenced.lock().unwrap().push(silent.clone());
-                let quiet = [frozen.clone(), silent];
+                let quiet = [frozen.clone(), silent.clone()];
+                let mute = mute_at.clone();
                 pump(
                     client.try_clone().unwrap(),
                     server.try_clone().unwrap(),
                     quiet.clone(),
+                    Some((mute, silent)),
                 );
-                pump(server, client, quiet);
+                pump(server, client, quiet, None);
             }
         });
         proxy
@@ -109,6 +116,13 @@ impl Proxy {
         for s in self.silenced.lock().unwrap().iter() {
             s.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// Silences each connection (as [`Proxy::freeze_existing`] does) from the moment its client
+    /// sends a message containing `text`, which does not reach the server: a network that went
+    /// silent between the connect and that statement. Plaintext only (`sslmode=disable`).
+    pub fn mute_at(&self, text: &str) {
+        *self.mute_at.lock().unwrap() = Some(text.as_bytes().to_vec());
     }
 
     /// Closes every connection made so far (both sides see end of file).
@@ -129,7 +143,11 @@ impl Proxy {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, quiet: [Arc<AtomicBool>; 2]) {
+/// The text that silences a connection (see [`Proxy::mute_at`]) and that connection's switch.
+type MuteAt = (Arc<Mutex<Option<Vec<u8>>>>, Arc<AtomicBool>);
+
+/// Copies `from` to `to` unless one of `quiet` is set (or `mute` sets it).
+fn pump(mut from: TcpStream, mut to: TcpStream, quiet: [Arc<AtomicBool>; 2], mute: Option<MuteAt>) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 16384];
         loop {
@@ -139,6 +157,13 @@ fn pump(mut from: TcpStream, mut to: TcpStream, quiet: [Arc<AtomicBool>; 2]) {
                     return;
                 }
                 Ok(n) => {
+                    if let Some((text, silent)) = &mute {
+                        if let Some(text) = text.lock().unwrap().as_deref() {
+                            if buf[..n].windows(text.len()).any(|w| w == text) {
+                                silent.store(true, Ordering::SeqCst);
+                            }
+                        }
+                    }
                     if quiet.iter().any(|q| q.load(Ordering::SeqCst)) {
                         continue;
                     }
