@@ -18,7 +18,12 @@
 //!   it tries all slots again. That re-check, one query per interval by the head alone, is the
 //!   only periodic work, and it happens only while every slot is taken.
 //! - A cancel can race with a grant, so after any interrupted wait the head asks pg_locks which
-//!   slot, if any, it holds.
+//!   slot, if any, it holds; in xact scope the wait's error aborted the transaction, and the
+//!   head starts a new one (keeping the gate, a session lock), which gives back a raced grant.
+//! - A wake-up can land on any statement of the head, not only its wait: the release read the
+//!   head as waiting a moment before its cancel arrived. So every statement the head runs can be
+//!   repeated after a cancel (no savepoints: a cancel between a savepoint's statements leaves
+//!   nothing to roll back to).
 //!
 //! Limits: every user of a key must pass the same N; a user with a larger N takes slots that a
 //! smaller N never sees, so the smaller limit is not enforced. The head warns when it sees slots
@@ -172,7 +177,9 @@ impl Taker<'_> {
             return Ok(outcome);
         }
         step!("at the head of the queue for {} slots", sem.slots.len());
-        warn_about_larger_limits(self.session, sem);
+        if !warn_about_larger_limits(self.session, sem) && self.req.scope == Scope::Xact {
+            self.fresh_transaction()?;
+        }
         // 3. At the head: wait for any slot.
         self.wait_at_head()
     }
@@ -225,11 +232,20 @@ impl Taker<'_> {
                     if (self.interrupted)() {
                         return Ok(Acquired::Cancelled);
                     }
-                    // Woken by a release, or time to re-check; the wait may have been granted
-                    // just before it ended (a transaction lock is undone with the savepoint).
-                    let check = sql::held_slots(scope, &sem.slots, token);
-                    let messages = self.query_again(&check)?;
-                    (sem.slot_of(&messages), messages)
+                    // Woken by a release, or time to re-check. The wait may have been granted
+                    // just before it ended: a session lock is then held, a transaction's is
+                    // given back with the transaction.
+                    match scope {
+                        Scope::Session => {
+                            let check = sql::held_slots(&sem.slots, token);
+                            let messages = self.query_again(&check)?;
+                            (sem.slot_of(&messages), messages)
+                        }
+                        Scope::Xact => {
+                            self.fresh_transaction()?;
+                            continue;
+                        }
+                    }
                 }
                 Err(e) => return Err(e),
             };
@@ -240,10 +256,18 @@ impl Taker<'_> {
         }
     }
 
+    /// Xact scope: a new transaction in place of one a failed statement aborted, keeping the
+    /// gate (see [`sql::fresh_transaction`]).
+    fn fresh_transaction(&mut self) -> Result<(), postgres::Error> {
+        self.query_again(&sql::fresh_transaction(self.req.settings))
+            .map(drop)
+    }
+
     fn leave_gate(&mut self) -> Result<(), postgres::Error> {
-        let leave = sql::leave_gate(self.req.scope, self.sem.gate);
+        let leave = sql::leave_gate(self.sem.gate);
         match self.session.query(&leave) {
-            // Unlocking the gate twice only earns a warning.
+            // Unlocking the gate twice only earns a warning. In xact scope the cancel aborted
+            // the transaction, slot and all: [`acquire`] starts over.
             Err(e) if self.req.scope == Scope::Session && is_cancel(&e) => {
                 self.query_again(&leave).map(drop)
             }
@@ -258,18 +282,20 @@ fn left(deadline: Option<Instant>) -> Option<Duration> {
 }
 
 /// A holder of a slot above our N, in this database, means another user of the key passed a
-/// larger --limit.
-fn warn_about_larger_limits(session: &mut Session, sem: &Semaphore) {
+/// larger --limit. False if the question failed (a stray wake-up can cancel it).
+fn warn_about_larger_limits(session: &mut Session, sem: &Semaphore) -> bool {
     let n = sem.slots.len();
     if n >= MAX_SLOTS {
-        return;
+        return true;
     }
     let above: Vec<LockId> = (n..MAX_SLOTS).map(|i| slot_id(&sem.base, i)).collect();
-    if let Ok(messages) = session.query(&sql::count_held(&above)) {
-        if final_column(&messages, "n").is_some_and(|c| c != "0") {
-            warn!(
-                "slots above --limit {n} are in use: every user of this key must pass the same --limit"
-            );
-        }
+    let Ok(messages) = session.query(&sql::count_held(&above)) else {
+        return false;
+    };
+    if final_column(&messages, "n").is_some_and(|c| c != "0") {
+        warn!(
+            "slots above --limit {n} are in use: every user of this key must pass the same --limit"
+        );
     }
+    true
 }

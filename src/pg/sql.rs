@@ -248,20 +248,29 @@ pub fn try_slots(scope: Scope, slots: &[LockId]) -> String {
     )
 }
 
-/// The slot locks (`classid`, `objid`) this session holds, after a wait that may have raced a
-/// grant, with a fencing token if `token`. A transaction's wait is undone with its savepoint
-/// first.
-pub fn held_slots(scope: Scope, slots: &[LockId], token: bool) -> String {
-    let rollback = match scope {
-        Scope::Xact => "ROLLBACK TO SAVEPOINT pglock_wait; RELEASE SAVEPOINT pglock_wait; ",
-        Scope::Session => "",
-    };
+/// The slot locks (`classid`, `objid`) this session holds, after a session-scope wait that may
+/// have raced a grant, with a fencing token if `token`. (In xact scope the wait's error aborted
+/// the transaction, and [`fresh_transaction`] gives back whatever it was granted.)
+pub fn held_slots(slots: &[LockId], token: bool) -> String {
     let held = format!(
         "SELECT l.classid::text AS classid, l.objid::text AS objid FROM pg_locks l \
          WHERE {} AND l.granted AND l.pid = pg_backend_pid() LIMIT 1",
         matches(slots)
     );
-    format!("{rollback}{}", if token { with_token(&held) } else { held })
+    if token { with_token(&held) } else { held }
+}
+
+/// An xact-scope head of the queue whose statement failed (its wait was woken, timed out or
+/// hit by a stray wake-up) starts a new transaction with the same settings and keeps the gate,
+/// a session lock. The ROLLBACK gives back a grant that raced the wake-up. Unlike a savepoint,
+/// this statement can be repeated whatever a cancel interrupted: ROLLBACK ends an aborted
+/// transaction, or only warns when there is none.
+pub fn fresh_transaction(settings: Settings) -> String {
+    let settings = Settings {
+        stranded: None,
+        ..settings
+    };
+    format!("ROLLBACK; {}", prelude(Scope::Xact, 0, settings))
 }
 
 /// Queues at the semaphore's gate, waiting at most `lock_timeout_ms`.
@@ -283,10 +292,6 @@ pub fn head_wait(
     k: usize,
     token: bool,
 ) -> String {
-    let savepoint = match scope {
-        Scope::Xact => "SAVEPOINT pglock_wait; ",
-        Scope::Session => "",
-    };
     let block = Call {
         try_only: false,
         scope,
@@ -299,19 +304,15 @@ pub fn head_wait(
         slots[k].sql_args()
     );
     format!(
-        "{WAIT_MARK} {savepoint}SELECT set_config('lock_timeout', '{lock_timeout_ms}', {}); {}",
+        "{WAIT_MARK} SELECT set_config('lock_timeout', '{lock_timeout_ms}', {}); {}",
         scope.local(),
         if token { with_token(&wait) } else { wait }
     )
 }
 
 /// Leaves the gate once a slot is ours.
-pub fn leave_gate(scope: Scope, gate: LockId) -> String {
-    let release = match scope {
-        Scope::Xact => "RELEASE SAVEPOINT pglock_wait; ",
-        Scope::Session => "",
-    };
-    format!("{release}SELECT pg_advisory_unlock({})", gate.sql_args())
+pub fn leave_gate(gate: LockId) -> String {
+    format!("SELECT pg_advisory_unlock({})", gate.sql_args())
 }
 
 /// An xact-scope semaphore wait whose transaction a stray wake-up aborted: start over.
@@ -527,13 +528,17 @@ mod tests {
             "SELECT set_config('lock_timeout', '0', true); SELECT pg_advisory_lock(9)"
         );
         let wait = head_wait(Scope::Xact, 250, &slots, 1, false);
-        assert!(wait.starts_with("/* pglock: semaphore wait */ SAVEPOINT pglock_wait; "));
+        assert!(wait.starts_with("/* pglock: semaphore wait */ SELECT set_config("));
         assert!(wait.ends_with("(SELECT 1 FROM (SELECT pg_advisory_xact_lock(2)) AS w)) AS slot"));
-        assert_eq!(
-            leave_gate(Scope::Xact, LockId::Big(9)),
-            "RELEASE SAVEPOINT pglock_wait; SELECT pg_advisory_unlock(9)"
-        );
-        assert!(held_slots(Scope::Xact, &slots, false).starts_with("ROLLBACK TO SAVEPOINT"));
+        assert_eq!(leave_gate(LockId::Big(9)), "SELECT pg_advisory_unlock(9)");
+        assert!(held_slots(&slots, false).starts_with("SELECT l.classid"));
+        let fresh = fresh_transaction(Settings {
+            lease_ms: 0,
+            keepalive_s: 0,
+            stranded: Some(7),
+        });
+        assert!(fresh.starts_with("ROLLBACK; BEGIN; "));
+        assert!(!fresh.contains("pg_terminate_backend"));
         assert!(
             wake_gate(LockId::Big(9))
                 .contains("starts_with(a.query, '/* pglock: semaphore wait */')")
@@ -574,7 +579,7 @@ mod tests {
                 try_slots(Scope::Session, &slots)
             ))
         );
-        assert!(held_slots(Scope::Session, &slots, true).contains("LIMIT 1 OFFSET 0) AS s"));
+        assert!(held_slots(&slots, true).contains("LIMIT 1 OFFSET 0) AS s"));
     }
 
     #[test]
