@@ -114,10 +114,11 @@ pub fn acquire(
     loop {
         match taker.attempt() {
             Err(e) if req.scope == Scope::Xact && is_cancel(&e) && !interrupted() => {
-                // A wake-up meant for our wait statement landed on another one and aborted the
-                // transaction. Nothing is held but the gate: start over.
+                // A wake-up meant for the head's wait landed on another statement (the gate
+                // wait, or leaving the gate with a slot) and aborted the transaction: give back
+                // the gate and any slot, and start over. Repeatable, like every statement here.
                 step!("semaphore wait disturbed; starting over");
-                taker.session.query(sql::RESTART_TRANSACTION)?;
+                taker.query_again(sql::RESTART_TRANSACTION)?;
             }
             other => return other,
         }
