@@ -234,19 +234,14 @@ impl Taker<'_> {
                         return Ok(Acquired::Cancelled);
                     }
                     // Woken by a release, or time to re-check. The wait may have been granted
-                    // just before it ended: a session lock is then held, a transaction's is
-                    // given back with the transaction.
-                    match scope {
-                        Scope::Session => {
-                            let check = sql::held_slots(&sem.slots, token);
-                            let messages = self.query_again(&check)?;
-                            (sem.slot_of(&messages), messages)
-                        }
-                        Scope::Xact => {
-                            self.fresh_transaction()?;
-                            continue;
-                        }
+                    // just before it ended: a transaction's grant goes with the transaction, a
+                    // session lock is then held.
+                    if scope == Scope::Xact {
+                        self.fresh_transaction()?;
+                        continue;
                     }
+                    let messages = self.query_again(&sql::held_slots(&sem.slots, token))?;
+                    (sem.slot_of(&messages), messages)
                 }
                 Err(e) => return Err(e),
             };
