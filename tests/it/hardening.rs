@@ -304,10 +304,18 @@ impl Terminal {
         String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
     }
 
+    /// On a timeout the panic shows the screen: what pglock and the shell said instead.
+    #[track_caller]
     fn wait_for(&self, text: &str) {
-        wait_until(&format!("{text:?} on the terminal"), || {
-            self.screen().contains(text)
-        });
+        let start = Instant::now();
+        while !self.screen().contains(text) {
+            assert!(
+                start.elapsed() < LIMIT,
+                "timed out after {LIMIT:?} waiting for {text:?} on the terminal; it shows:\n{}",
+                self.screen()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn foreground(&self) -> i32 {
@@ -426,8 +434,11 @@ fn fg_checks_the_lock_before_the_command_goes_on() {
     let ticks = env.path("ticks");
     let mut term = Terminal::start();
     term.wait_for("$ ");
+    // bash, not pglock -c's /bin/sh: dash starts programs with vfork(2) and blocks every
+    // signal meanwhile, so a Ctrl-Z that stops the new process before its exec hangs the job
+    // for good, with or without pglock (2 of 300 Ctrl-Z at a plain bash prompt, under load).
     term.type_(&format!(
-        "PGHOST=127.0.0.1 PGPORT={} pglock --key {} --check-interval 2s -c \
+        "PGHOST=127.0.0.1 PGPORT={} pglock --key {} --check-interval 2s -- bash -c \
          'trap \"exit 7\" TERM; while :; do date +%s%N >> {}; sleep 0.1; done'\n",
         proxy.port,
         env.key(),
