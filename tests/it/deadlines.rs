@@ -199,10 +199,7 @@ fn sigterm_ends_a_connect_to_a_mute_server() {
 
 /// A command that exits on SIGTERM after touching `ready`, run through `proxy`.
 fn stoppable(env: &TestEnv, proxy: &Proxy, args: &[&str], vars: &[(&str, &str)]) -> Started {
-    let script = format!(
-        "trap 'exit 0' TERM; sleep 300 & touch {}/ready; wait",
-        env.dir().display()
-    );
+    let script = until_sigterm(&format!("touch {}/ready", env.dir().display()), "exit 0");
     let child = start(
         env.pglock(args)
             .args(["-c", &script])

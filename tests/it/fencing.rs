@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 /// A command that records when it gets SIGTERM, then exits 9.
 fn term_recorder(dir: &Path) -> String {
-    format!(
-        "trap 'date +%s%N > {0}/term; exit 9' TERM; sleep 300 & touch {0}/ready; wait",
-        dir.display()
+    let d = dir.display();
+    until_sigterm(
+        &format!("touch {d}/ready"),
+        &format!("date +%s%N > {d}/term; exit 9"),
     )
 }
 

@@ -173,9 +173,10 @@ fn a_busy_lock_with_stderr_on_a_closed_pipe_still_exits_75() {
 #[test]
 fn a_lost_lock_with_stderr_on_a_closed_pipe_still_stops_the_command() {
     let env = TestEnv::new("closedlost");
-    let script = format!(
-        "trap 'touch {0}/term; exit 9' TERM; sleep 300 & touch {0}/ready; wait",
-        env.dir().display()
+    let d = env.dir().display();
+    let script = until_sigterm(
+        &format!("touch {d}/ready"),
+        &format!("touch {d}/term; exit 9"),
     );
     let child = start_keeping_stderr(
         env.pglock(&["--check-interval", "1h", "-c", &script])

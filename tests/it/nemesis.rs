@@ -114,8 +114,8 @@ impl Events {
     /// A command that logs its start, and its end on SIGTERM, as `who`.
     fn script(&self, who: &str) -> String {
         format!(
-            "log() {{ echo \"{who} $1 $(date +%s%N)\" >> {p}; }}; trap 'log end; exit 0' TERM; \
-             sleep 300 & log start; wait",
+            "log() {{ echo \"{who} $1 $(date +%s%N)\" >> {p}; }}; {}",
+            until_sigterm("log start", "log end; exit 0"),
             p = self.path.display()
         )
     }

@@ -138,6 +138,9 @@ fn a_switch_killed_during_the_wait_is_replaced_and_the_command_runs() {
         guards.count() == 1 && switch != 0
     });
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(switch), Signal::SIGKILL).unwrap();
+    // kill(2) only queues the signal: on a busy machine the switch can still be running when
+    // pglock gets the lock a moment later, and rightly keeps it.
+    wait_until("the switch to die", || !alive(switch));
     env.lock().unlock_in_sql(&mut holder);
     child
         .finish()

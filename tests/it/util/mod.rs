@@ -144,6 +144,19 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A `sh -c` script for a command that runs until SIGTERM: it runs `first` once its trap is set,
+/// and `on_term` when the signal comes.
+///
+/// It waits for short background sleeps, not for `sleep 300 &`: dash loses a SIGTERM that
+/// reaches a background child before that child execs (its copy of the trap is still
+/// installed), and a stray `sleep 300` would hold the test's stderr pipe for five minutes (1 in
+/// 200 under load, without pglock). And not for foreground sleeps either: dash reports a
+/// foreground child killed by SIGTERM ("Terminated") on stderr, and dies of SIGPIPE doing so
+/// when stderr is a closed pipe, before its trap runs.
+pub fn until_sigterm(first: &str, on_term: &str) -> String {
+    format!("trap '{on_term}' TERM; {first}; while :; do sleep 0.1 & wait; done")
+}
+
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
