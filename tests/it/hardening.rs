@@ -308,15 +308,12 @@ impl Terminal {
     /// On a timeout the panic shows the screen: what pglock and the shell said instead.
     #[track_caller]
     fn wait_for(&self, text: &str) {
-        let start = Instant::now();
-        while !self.screen().contains(text) {
-            assert!(
-                start.elapsed() < LIMIT,
-                "timed out after {LIMIT:?} waiting for {text:?} on the terminal; it shows:\n{}",
-                self.screen()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_showing(
+            &format!("{text:?} on the terminal"),
+            LIMIT,
+            || self.screen().contains(text),
+            || format!("; it shows:\n{}", self.screen()),
+        );
     }
 
     fn foreground(&self) -> i32 {

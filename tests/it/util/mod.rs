@@ -126,12 +126,24 @@ pub fn wait_until(what: &str, cond: impl FnMut() -> bool) {
 
 /// As [`wait_until`], with a bound of the test's own (one it asserts on).
 #[track_caller]
-pub fn wait_within(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+pub fn wait_within(what: &str, limit: Duration, cond: impl FnMut() -> bool) {
+    wait_showing(what, limit, cond, String::new);
+}
+
+/// As [`wait_within`]; a timeout's panic adds what `show` says then (a screen, a log).
+#[track_caller]
+pub fn wait_showing(
+    what: &str,
+    limit: Duration,
+    mut cond: impl FnMut() -> bool,
+    show: impl Fn() -> String,
+) {
     let start = Instant::now();
     while !cond() {
         assert!(
             start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
+            "timed out after {limit:?} waiting for {what}{}",
+            show()
         );
         std::thread::sleep(Duration::from_millis(10));
     }
