@@ -10,12 +10,12 @@ use super::{Options, Target, invalid, usage};
 use crate::step;
 use crate::tls::Check;
 use anyhow::Result;
-use postgres::Config;
-use postgres::config::{
-    ChannelBinding, LoadBalanceHosts, SslMode as PgSslMode, TargetSessionAttrs,
-};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tokio_postgres::Config;
+use tokio_postgres::config::{
+    ChannelBinding, LoadBalanceHosts, SslMode as PgSslMode, TargetSessionAttrs,
+};
 
 pub(super) fn build(opts: &Options, home: Option<&Path>, on_cmdline: bool) -> Result<Target> {
     let entries = hosts(opts)?;

@@ -3,8 +3,9 @@
 //! clamped to what Linux accepts, so a long interval weakens the detection instead of failing
 //! every connection with EINVAL.
 
-use postgres::Config;
+use std::os::fd::BorrowedFd;
 use std::time::Duration;
+use tokio_postgres::Config;
 
 /// Linux's largest TCP_KEEPIDLE and TCP_KEEPINTVL (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL).
 const MAX_KEEPALIVE: Duration = Duration::from_secs(32767);
@@ -42,17 +43,29 @@ pub fn derive(check_interval: Duration) -> Keepalive {
     }
 }
 
-/// Sets the derived keepalives on `config`, and the derived tcp_user_timeout unless the
-/// connection settings gave one.
-pub fn apply(config: &mut Config, check_interval: Duration) {
-    let k = derive(check_interval);
-    config
-        .keepalives(true)
-        .keepalives_idle(k.idle)
-        .keepalives_interval(k.interval)
-        .keepalives_retries(k.retries);
-    if config.get_tcp_user_timeout().is_none() {
-        config.tcp_user_timeout(k.user_timeout);
+/// The settings for one connection: the derived ones, with the connection settings'
+/// tcp_user_timeout when they give one.
+pub fn for_connection(config: &Config, check_interval: Duration) -> Keepalive {
+    let mut k = derive(check_interval);
+    if let Some(given) = config.get_tcp_user_timeout() {
+        k.user_timeout = *given;
+    }
+    k
+}
+
+impl Keepalive {
+    /// Puts these settings on a TCP socket that pglock opened. Each failure is the connect's:
+    /// a socket without them would not notice a silent network in the time the lease promises.
+    pub fn set_on(&self, socket: BorrowedFd) -> std::io::Result<()> {
+        use nix::sys::socket::{setsockopt, sockopt};
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let millis = u32::try_from(self.user_timeout.as_millis()).unwrap_or(u32::MAX);
+        setsockopt(&socket, sockopt::KeepAlive, &true)?;
+        setsockopt(&socket, sockopt::TcpKeepIdle, &secs(self.idle))?;
+        setsockopt(&socket, sockopt::TcpKeepInterval, &secs(self.interval))?;
+        setsockopt(&socket, sockopt::TcpKeepCount, &self.retries)?;
+        setsockopt(&socket, sockopt::TcpUserTimeout, &millis)?;
+        Ok(())
     }
 }
 
@@ -101,29 +114,32 @@ mod tests {
     fn a_given_tcp_user_timeout_stays() {
         let mut config = Config::new();
         config.tcp_user_timeout(Duration::from_millis(500));
-        apply(&mut config, secs(5));
+        let k = for_connection(&config, secs(5));
+        assert_eq!(k.user_timeout, Duration::from_millis(500));
+        assert_eq!(k.idle, secs(5));
         assert_eq!(
-            config.get_tcp_user_timeout(),
-            Some(&Duration::from_millis(500))
+            for_connection(&Config::new(), secs(5)).user_timeout,
+            secs(15)
         );
-        assert_eq!(config.get_keepalives_idle(), secs(5));
-        let mut config = Config::new();
-        apply(&mut config, secs(5));
-        assert_eq!(config.get_tcp_user_timeout(), Some(&secs(15)));
     }
 
     #[test]
-    fn keepalives_stay_within_what_the_kernel_takes() {
-        let mut config = Config::new();
-        apply(&mut config, secs(10 * 3600));
-        assert_eq!(config.get_keepalives_idle(), secs(32767));
-        assert_eq!(config.get_keepalives_interval(), Some(secs(32767)));
-        let mut small = Config::new();
-        apply(&mut small, Duration::from_millis(100));
-        assert_eq!(small.get_keepalives_idle(), secs(1));
+    fn a_socket_takes_the_settings() {
+        use nix::sys::socket::{getsockopt, sockopt};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let k = derive(secs(10 * 3600));
+        k.set_on(std::os::fd::AsFd::as_fd(&stream)).unwrap();
+        assert!(getsockopt(&stream, sockopt::KeepAlive).unwrap());
+        assert_eq!(getsockopt(&stream, sockopt::TcpKeepIdle).unwrap(), 32767);
         assert_eq!(
-            small.get_tcp_user_timeout(),
-            Some(&Duration::from_millis(5200))
+            getsockopt(&stream, sockopt::TcpKeepInterval).unwrap(),
+            32767
+        );
+        assert_eq!(getsockopt(&stream, sockopt::TcpKeepCount).unwrap(), 3);
+        assert_eq!(
+            getsockopt(&stream, sockopt::TcpUserTimeout).unwrap(),
+            72_005_000
         );
     }
 }

@@ -27,10 +27,10 @@ use crate::tls::Verify;
 use anyhow::Result;
 use files::apply_service;
 use known::KNOWN;
-use postgres::Config;
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
+use tokio_postgres::Config;
 
 /// Everything needed to open the lock connection.
 pub struct Target {

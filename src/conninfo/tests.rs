@@ -5,11 +5,11 @@ use super::build::os_user;
 use super::hosts::default_socket_dir;
 use super::*;
 use crate::tls::Check;
-use postgres::config::{LoadBalanceHosts, SslMode as PgSslMode, TargetSessionAttrs};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
+use tokio_postgres::config::{LoadBalanceHosts, SslMode as PgSslMode, TargetSessionAttrs};
 
 fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
     let map: HashMap<String, OsString> = vars
@@ -55,8 +55,8 @@ fn tcp(config: &Config) -> Vec<(String, u16)> {
         .iter()
         .zip(config.get_ports())
         .map(|(h, p)| match h {
-            postgres::config::Host::Tcp(h) => (h.clone(), *p),
-            postgres::config::Host::Unix(d) => (d.display().to_string(), *p),
+            tokio_postgres::config::Host::Tcp(h) => (h.clone(), *p),
+            tokio_postgres::config::Host::Unix(d) => (d.display().to_string(), *p),
         })
         .collect()
 }
@@ -142,7 +142,7 @@ fn defaults() {
     assert_eq!(t.config.get_ports(), &[5432]);
     assert!(matches!(
         t.config.get_hosts()[0],
-        postgres::config::Host::Unix(_)
+        tokio_postgres::config::Host::Unix(_)
     ));
     assert_eq!(
         t.config.get_target_session_attrs(),

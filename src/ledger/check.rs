@@ -10,8 +10,8 @@ use super::CheckArgs;
 use super::{connect, display_secs, display_time, sql};
 use crate::exit::{self, CHECK_CRITICAL, CHECK_OK, CHECK_UNKNOWN, CHECK_WARNING, Failure};
 use crate::{output, warn};
-use postgres::Row;
 use std::time::Duration;
+use tokio_postgres::Row;
 
 /// What the ledger says about one key.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -86,7 +86,7 @@ pub fn command(args: &CheckArgs) -> u8 {
     say(&plugin_line(code, &text, perfdata.as_deref())).unwrap_or(code)
 }
 
-fn parse(row: &Row) -> Result<Facts, postgres::Error> {
+fn parse(row: &Row) -> Result<Facts, tokio_postgres::Error> {
     let success = match row.try_get::<_, Option<String>>("success_at")? {
         Some(at) => Some((
             at,

@@ -4,9 +4,9 @@ use super::HistoryArgs;
 use super::{connect, display_secs, display_time, sql};
 use crate::output;
 use anyhow::Result;
-use postgres::Row;
-use postgres::types::ToSql;
 use serde_json::{Value, json};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 
 /// Without --last or --since, the newest 20.
 const DEFAULT_LAST: i64 = 20;
@@ -58,7 +58,7 @@ pub fn command(args: &HistoryArgs) -> Result<u8> {
     Ok(0)
 }
 
-fn parse(row: &Row) -> Result<Run, postgres::Error> {
+fn parse(row: &Row) -> Result<Run, tokio_postgres::Error> {
     Ok(Run {
         id: row.try_get("id")?,
         key: row.try_get("key")?,

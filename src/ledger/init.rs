@@ -48,7 +48,7 @@ pub fn command(args: &InitArgs) -> Result<u8> {
 }
 
 /// Runs the script; whether the table existed before.
-fn apply(session: &mut Session, script: &str) -> Result<bool, postgres::Error> {
+fn apply(session: &mut Session, script: &str) -> Result<bool, tokio_postgres::Error> {
     let result = session.query(script);
     if result.is_err() {
         // The failed statement left the transaction aborted; end it before anything else.
@@ -57,12 +57,12 @@ fn apply(session: &mut Session, script: &str) -> Result<bool, postgres::Error> {
     Ok(final_column(&result?, "existed").as_deref() == Some("t"))
 }
 
-fn raced(e: &postgres::Error) -> bool {
+fn raced(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| RACED.contains(&c.code()))
 }
 
 /// init's own errors: no right to create is a configuration problem (78), with what to do.
-fn failure(table: &super::Table, e: &postgres::Error) -> anyhow::Error {
+fn failure(table: &super::Table, e: &tokio_postgres::Error) -> anyhow::Error {
     match e.code().map(|c| c.code()) {
         Some("42501") => crate::exit::fail(
             crate::exit::Failure::Config,

@@ -10,9 +10,9 @@ use super::MetricsArgs;
 use super::{connect, sql};
 use crate::output;
 use anyhow::{Context, Result};
-use postgres::Row;
 use std::io::Write;
 use std::path::Path;
+use tokio_postgres::Row;
 
 /// What the ledger says about one key, as Unix seconds.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,7 +78,7 @@ pub fn command(args: &MetricsArgs) -> Result<u8> {
     Ok(0)
 }
 
-fn parse(row: &Row) -> Result<KeyStats, postgres::Error> {
+fn parse(row: &Row) -> Result<KeyStats, tokio_postgres::Error> {
     Ok(KeyStats {
         key: row.try_get("key")?,
         last_success: row.try_get("last_success")?,

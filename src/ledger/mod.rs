@@ -111,7 +111,7 @@ const NOT_USABLE: [&str; 5] = ["42P01", "3F000", "42703", "42501", "25006"];
 
 /// The error for a failed ledger statement: 78 with what to do when the table is missing or not
 /// writable, 69 when the connection broke, 1 otherwise.
-pub fn failure(table: &Table, e: &postgres::Error) -> anyhow::Error {
+pub fn failure(table: &Table, e: &tokio_postgres::Error) -> anyhow::Error {
     let why = describe_error(e);
     let state = e.code().map(|c| c.code());
     let hint = match state {

@@ -7,7 +7,7 @@ use super::PruneArgs;
 use super::{connect, sql};
 use crate::{duration, output};
 use anyhow::Result;
-use postgres::types::ToSql;
+use tokio_postgres::types::ToSql;
 
 /// Rows per DELETE.
 const BATCH: i64 = 1000;

@@ -27,9 +27,9 @@ use crate::pg::sql::Scope;
 use crate::pg::{Opener, Session, describe_error, error::is_transient};
 use crate::{duration, exit, step, warn};
 use anyhow::Result;
-use postgres::types::ToSql;
 use std::process::ExitStatus;
 use std::time::Duration;
+use tokio_postgres::types::ToSql;
 
 /// The least time a ledger statement gets before its connection is cut: it writes one row
 /// (and may wait for a commit's fsync), so a short --check-interval must not bound it.
@@ -261,12 +261,12 @@ fn ask(
     statement: &sql::Statement,
     params: &[&(dyn ToSql + Sync)],
     limit: Duration,
-) -> Result<postgres::Row> {
+) -> Result<tokio_postgres::Row> {
     let rows = session
         .query_typed_within(&statement.text, params, statement.types, limit)
         .map_err(|e| match e {
             Failed::Error(e) => super::failure(table, &e),
-            Failed::NoAnswer(_) | Failed::Unwatched => crate::exit::fail(
+            Failed::NoAnswer(_) | Failed::Connect(_) => crate::exit::fail(
                 crate::exit::Failure::Unavailable,
                 format!("ledger table {table}: {e}"),
             ),
@@ -277,7 +277,7 @@ fn ask(
 }
 
 /// --once-per found a success within the window.
-fn skipped(cx: &Context, row: &postgres::Row) -> Result<Outcome> {
+fn skipped(cx: &Context, row: &tokio_postgres::Row) -> Result<Outcome> {
     let at: Option<String> = row.try_get("last_success")?;
     let host: Option<String> = row.try_get("last_host")?;
     let age: Option<f64> = row.try_get("last_age")?;
@@ -298,7 +298,7 @@ fn skipped(cx: &Context, row: &postgres::Row) -> Result<Outcome> {
 }
 
 /// --max-attempts runs failed within the window.
-fn exhausted(cx: &Context, row: &postgres::Row) -> Result<Outcome> {
+fn exhausted(cx: &Context, row: &tokio_postgres::Row) -> Result<Outcome> {
     let failures: i64 = row.try_get("failures")?;
     Ok(Outcome::Exhausted(format!(
         "\"{}\" failed {failures} times within --once-per {} (--max-attempts {}); not running it \

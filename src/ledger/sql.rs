@@ -14,7 +14,7 @@
 
 use super::table::Table;
 use crate::key::LockId;
-use postgres::types::Type;
+use tokio_postgres::types::Type;
 
 /// A statement and the types of its parameters, in order.
 #[derive(Debug, Clone, PartialEq)]

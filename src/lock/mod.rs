@@ -11,10 +11,10 @@ use crate::key::LockId;
 use crate::pg::session::{Failed, final_column, final_value};
 use crate::pg::sql::{self, Call, Scope};
 use crate::pg::{Session, error};
-use postgres::SimpleQueryMessage;
 pub use semaphore::Semaphore;
 use std::time::{Duration, Instant};
 pub use token::Token;
+use tokio_postgres::SimpleQueryMessage;
 
 /// How long to wait for a lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +107,7 @@ pub fn acquire(
     req: &Request,
     interrupted: &dyn Fn() -> bool,
     waiting: &mut dyn FnMut(Option<i32>),
-) -> Result<Acquired, postgres::Error> {
+) -> Result<Acquired, tokio_postgres::Error> {
     if let Some(semaphore) = &req.semaphore {
         return semaphore::acquire(session, req, semaphore, interrupted, waiting);
     }
@@ -175,7 +175,7 @@ fn confirm_late(
     req: &Request,
     delay: Duration,
     held: Acquired,
-) -> Result<Acquired, postgres::Error> {
+) -> Result<Acquired, tokio_postgres::Error> {
     crate::step!("the grant arrived {delay:?} late; asking whether it still holds");
     match session.query_within(&sql::holds(req.id, None), LATE_GRANT) {
         Ok(messages) if final_column(&messages, "n").as_deref() != Some("0") => Ok(held),
@@ -197,7 +197,7 @@ pub(crate) fn token_in(messages: &[SimpleQueryMessage]) -> Option<Token> {
 }
 
 /// Maps the errors a lock wait ends with normally.
-pub(crate) fn outcome_of(e: postgres::Error) -> Result<Acquired, postgres::Error> {
+pub(crate) fn outcome_of(e: tokio_postgres::Error) -> Result<Acquired, tokio_postgres::Error> {
     if error::is_lock_timeout(&e) {
         Ok(Acquired::TimedOut)
     } else if error::is_cancel(&e) {
@@ -277,7 +277,7 @@ impl Holder {
         match self.session.query_within(&sql, limit) {
             Err(Failed::NoAnswer(limit)) => Err(LostReason::NoAnswer(limit)),
             Err(Failed::Error(e)) => Err(LostReason::CheckFailed(error::describe_error(&e))),
-            Err(other @ Failed::Unwatched) => Err(LostReason::CheckFailed(other.to_string())),
+            Err(other @ Failed::Connect(_)) => Err(LostReason::CheckFailed(other.to_string())),
             Ok(messages) if final_column(&messages, "n").as_deref() == Some("0") => {
                 Err(LostReason::NotHeld)
             }

@@ -37,8 +37,8 @@ use crate::pg::error::{is_cancel, is_lock_timeout};
 use crate::pg::session::{final_column, final_value};
 use crate::pg::sql::{self, Scope};
 use crate::{step, warn};
-use postgres::SimpleQueryMessage;
 use std::time::{Duration, Instant};
+use tokio_postgres::SimpleQueryMessage;
 
 /// The highest --limit.
 pub const MAX_SLOTS: usize = 1024;
@@ -99,7 +99,7 @@ pub fn acquire(
     sem: &Semaphore,
     interrupted: &dyn Fn() -> bool,
     waiting: &mut dyn FnMut(Option<i32>),
-) -> Result<Acquired, postgres::Error> {
+) -> Result<Acquired, tokio_postgres::Error> {
     let mut taker = Taker {
         session,
         req,
@@ -138,7 +138,7 @@ struct Taker<'a> {
 
 impl Taker<'_> {
     /// Runs an idempotent statement, repeating it if a stray wake-up cancels it.
-    fn query_again(&mut self, sql: &str) -> Result<Vec<SimpleQueryMessage>, postgres::Error> {
+    fn query_again(&mut self, sql: &str) -> Result<Vec<SimpleQueryMessage>, tokio_postgres::Error> {
         let mut tries = 0;
         loop {
             match self.session.query(sql) {
@@ -148,7 +148,7 @@ impl Taker<'_> {
         }
     }
 
-    fn attempt(&mut self) -> Result<Acquired, postgres::Error> {
+    fn attempt(&mut self) -> Result<Acquired, tokio_postgres::Error> {
         let (scope, sem) = (self.req.scope, self.sem);
         // 1. The settings and one try over every slot.
         let try_slots = sql::try_slots(scope, &sem.slots);
@@ -186,7 +186,7 @@ impl Taker<'_> {
     }
 
     /// Waits for the gate; Some(outcome) if the wait ended without it.
-    fn queue_at_gate(&mut self) -> Result<Option<Acquired>, postgres::Error> {
+    fn queue_at_gate(&mut self) -> Result<Option<Acquired>, tokio_postgres::Error> {
         let local = self.req.scope == Scope::Xact;
         if left(self.deadline) == Some(Duration::ZERO) {
             return Ok(Some(Acquired::TimedOut));
@@ -211,7 +211,7 @@ impl Taker<'_> {
         }
     }
 
-    fn wait_at_head(&mut self) -> Result<Acquired, postgres::Error> {
+    fn wait_at_head(&mut self) -> Result<Acquired, tokio_postgres::Error> {
         let (scope, sem, token) = (self.req.scope, self.sem, self.req.token);
         let mut round = 0;
         loop {
@@ -254,12 +254,12 @@ impl Taker<'_> {
 
     /// Xact scope: a new transaction in place of one a failed statement aborted, keeping the
     /// gate (see [`sql::fresh_transaction`]).
-    fn fresh_transaction(&mut self) -> Result<(), postgres::Error> {
+    fn fresh_transaction(&mut self) -> Result<(), tokio_postgres::Error> {
         self.query_again(&sql::fresh_transaction(self.req.settings))
             .map(drop)
     }
 
-    fn leave_gate(&mut self) -> Result<(), postgres::Error> {
+    fn leave_gate(&mut self) -> Result<(), tokio_postgres::Error> {
         let leave = sql::leave_gate(self.sem.gate);
         match self.session.query(&leave) {
             // Unlocking the gate twice only earns a warning. In xact scope the cancel aborted

@@ -46,7 +46,7 @@ const TRANSIENT: Class = Class::Transient { slot: false };
 const SLOT: Class = Class::Transient { slot: true };
 
 /// Classifies an error from connecting or from a query on the lock connection.
-pub fn classify(e: &postgres::Error) -> Class {
+pub fn classify(e: &tokio_postgres::Error) -> Class {
     let db = e.as_db_error();
     classify_facts(&Facts {
         code: db.map(|d| d.code().code()),
@@ -55,6 +55,14 @@ pub fn classify(e: &postgres::Error) -> Class {
         closed: e.is_closed(),
         io: io_kind(e),
         timeout: e.to_string().starts_with("timeout waiting for server"),
+    })
+}
+
+/// Classifies a failure to open or set up a socket, which has no server error to go by.
+pub fn classify_io(e: &std::io::Error) -> Class {
+    classify_facts(&Facts {
+        io: Some(e.kind()),
+        ..Facts::default()
     })
 }
 
@@ -72,7 +80,7 @@ struct Facts<'a> {
     timeout: bool,
 }
 
-fn io_kind(e: &postgres::Error) -> Option<ErrorKind> {
+fn io_kind(e: &tokio_postgres::Error) -> Option<ErrorKind> {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
@@ -335,15 +343,29 @@ mod tests {
         use std::net::TcpListener;
         use std::time::Duration;
 
-        fn connect(port: u16) -> postgres::Error {
-            let mut config = postgres::Config::new();
-            config
-                .host("127.0.0.1")
-                .port(port)
-                .user("u")
-                .dbname("d")
-                .connect_timeout(Duration::from_secs(2));
-            config.connect(postgres::NoTls).err().expect("a failure")
+        use crate::pg::connect;
+        use crate::pg::deadline::OnSignal;
+        use crate::pg::session::Failed;
+
+        /// pglock's own connect, which fails either before the server speaks (a socket error)
+        /// or with the driver's error.
+        fn open(port: u16) -> Failed {
+            let mut config = tokio_postgres::Config::new();
+            config.host("127.0.0.1").port(port).user("u").dbname("d");
+            let keepalive = crate::conninfo::keepalive::derive(Duration::from_secs(5));
+            let plain = crate::tls::Connector::Plain;
+            let secs = Duration::from_secs(2);
+            match connect::open(&config, &plain, keepalive, secs, OnSignal::Grace) {
+                Ok(_) => panic!("connected"),
+                Err(failed) => failed,
+            }
+        }
+
+        fn connect(port: u16) -> tokio_postgres::Error {
+            match open(port) {
+                Failed::Error(e) => e,
+                other => panic!("not the driver's error: {other}"),
+            }
         }
 
         /// A listener that reads the startup packet and answers with `reply`, then hangs up.
@@ -388,7 +410,10 @@ mod tests {
                 .local_addr()
                 .unwrap()
                 .port();
-            assert_eq!(classify(&connect(port)), TRANSIENT);
+            let Failed::Connect(e) = open(port) else {
+                panic!("not a socket error");
+            };
+            assert_eq!(classify_io(&e), TRANSIENT);
         }
 
         #[test]

@@ -10,14 +10,17 @@
 //! end by the same time, [`GRACE`] after the signal, or [`FLOOR`] after they begin when that is
 //! later: so pglock exits within about a second of the signal, however many steps are left.
 //!
+//! A connect is different ([`OnSignal::Cut`]): it has nothing to finish, so a signal cuts it at
+//! once, and one begun after a signal is cut as it begins.
+//!
 //! One `deadline` thread does the cutting for the whole process; it sleeps until the earliest
 //! deadline and touches a socket only while its step is armed (under the lock), so once
 //! [`Step::end`] has returned the descriptor may be closed and reused.
 
-use super::socket::{self, Entry};
-use std::os::fd::RawFd;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 /// How long a step may still take after a terminating signal: enough for a cancel request or a
 /// release to be answered by a server that is alive.
@@ -34,17 +37,27 @@ const SAME_EVENT: Duration = Duration::from_millis(100);
 /// What to cut when a step runs out of time.
 #[derive(Debug)]
 pub enum Cut {
-    /// A connection's socket.
+    /// A connection's socket: shut down, so that the call blocked on it fails at once and the
+    /// server sees the session end. The descriptor stays open (its owner closes it).
     Socket(RawFd),
-    /// Every socket opened since this list was taken: a connect under way, whose socket is not
-    /// known yet (connects are serialised, see [`socket::identify`]).
-    OpenedSince(Vec<Entry>),
+    /// A step that abandons its work when woken (a connect: its socket is closed with it).
+    Wake(Arc<Notify>),
+}
+
+/// What a terminating signal does to a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnSignal {
+    /// At most [`GRACE`] more: a statement, a release, a cancel request.
+    Grace,
+    /// Cut at once: a connect, which has nothing to finish.
+    Cut,
 }
 
 struct Armed {
     id: u64,
     at: Option<Instant>,
     cut: Cut,
+    on_signal: OnSignal,
     /// When a terminating signal last hurried it.
     hurried: Option<Instant>,
     expired: bool,
@@ -85,9 +98,17 @@ pub struct Step {
 
 /// Arms a step that must be over within `limit` (None: only a signal bounds it).
 pub fn begin(limit: Option<Duration>, cut: Cut) -> Step {
+    begin_with(limit, cut, OnSignal::Grace)
+}
+
+/// As [`begin`], with what a terminating signal does to it.
+pub fn begin_with(limit: Option<Duration>, cut: Cut, on_signal: OnSignal) -> Step {
     let now = Instant::now();
     let mut st = lock();
-    let capped = st.cap.map(|cap| cap.max(now + FLOOR));
+    let capped = st.cap.map(|cap| match on_signal {
+        OnSignal::Grace => cap.max(now + FLOOR),
+        OnSignal::Cut => now,
+    });
     let at = match (limit.map(|l| now + l), capped) {
         (Some(at), Some(cap)) => Some(at.min(cap)),
         (at, cap) => at.or(cap),
@@ -98,6 +119,7 @@ pub fn begin(limit: Option<Duration>, cut: Cut) -> Step {
         id,
         at,
         cut,
+        on_signal,
         hurried: None,
         expired: false,
     });
@@ -141,6 +163,7 @@ pub fn hurry() {
     let mut earliest = None::<Instant>;
     for step in &mut st.steps {
         let at = match step.hurried {
+            _ if step.on_signal == OnSignal::Cut => now,
             Some(then) if now.duration_since(then) >= SAME_EVENT => now,
             Some(_) => step.at.unwrap_or(now + GRACE),
             None => {
@@ -214,12 +237,18 @@ fn watch() {
 
 fn cut(what: &Cut) {
     match what {
-        Cut::Socket(fd) => socket::cut(*fd),
-        Cut::OpenedSince(before) => {
-            for (fd, _) in socket::opened_since(before) {
-                socket::cut(fd);
-            }
+        Cut::Socket(fd) => {
+            // SAFETY: shutdown(2) does not close the descriptor, and a step's socket stays open
+            // while the step is armed: its owner ends the step before it closes the socket, and
+            // this runs under the lock that ending takes.
+            let fd = unsafe { BorrowedFd::borrow_raw(*fd) };
+            // A socket that is already shut down or reset is cut enough.
+            let _ = nix::sys::socket::shutdown(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                nix::sys::socket::Shutdown::Both,
+            );
         }
+        Cut::Wake(notify) => notify.notify_one(),
     }
 }
 

@@ -4,11 +4,12 @@
 
 pub mod cancel;
 pub mod classify;
+pub mod connect;
 pub mod deadline;
 pub mod error;
+pub mod link;
 pub mod opener;
 pub mod session;
-mod socket;
 pub mod sql;
 
 pub use cancel::Canceller;

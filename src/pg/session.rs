@@ -4,18 +4,15 @@
 use super::cancel::Canceller;
 use super::deadline::{self, Cut};
 use super::error::describe_error;
+use super::link::Link;
 use crate::duration;
-use crate::tls::Connector;
-use postgres::fallible_iterator::FallibleIterator;
-use postgres::types::{ToSql, Type};
-use postgres::{Client, Row, SimpleQueryMessage};
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Row, SimpleQueryMessage};
 
 pub struct Session {
-    client: Client,
-    connector: Connector,
-    socket: RawFd,
+    link: Link,
     /// Where unbounded statements ([`Session::query`]: a lock wait) must end; None: only a
     /// signal ends them.
     wait_until: Option<Instant>,
@@ -28,10 +25,10 @@ pub struct Session {
 pub enum Failed {
     /// No answer within the limit: the connection was cut.
     NoAnswer(Duration),
-    Error(postgres::Error),
-    /// Connected, but the connection's socket could not be told apart from others opened at the
-    /// same time: without it nothing could bound or cut the connection, so it is not used.
-    Unwatched,
+    Error(tokio_postgres::Error),
+    /// The socket could not be opened (a refused connection, a failed name lookup, no server
+    /// behind a Unix socket path) or set up.
+    Connect(std::io::Error),
 }
 
 impl std::fmt::Display for Failed {
@@ -39,7 +36,7 @@ impl std::fmt::Display for Failed {
         match self {
             Failed::NoAnswer(limit) => write!(f, "no answer within {}", duration::format(*limit)),
             Failed::Error(e) => f.write_str(&describe_error(e)),
-            Failed::Unwatched => f.write_str("cannot tell the connection's socket from others"),
+            Failed::Connect(e) => write!(f, "error connecting to server: {e}"),
         }
     }
 }
@@ -47,11 +44,9 @@ impl std::fmt::Display for Failed {
 impl std::error::Error for Failed {}
 
 impl Session {
-    pub(super) fn new(client: Client, connector: Connector, socket: RawFd) -> Session {
+    pub(super) fn new(link: Link) -> Session {
         Session {
-            client,
-            connector,
-            socket,
+            link,
             wait_until: None,
             backend_pid: None,
         }
@@ -59,7 +54,7 @@ impl Session {
 
     /// A handle that cancels a running statement from another thread.
     pub fn canceller(&self) -> Canceller {
-        Canceller::new(self.client.cancel_token(), self.connector.clone())
+        Canceller::new(self.link.cancel_parts())
     }
 
     /// Reads the backend's pid from the answer to [`super::sql::prelude`].
@@ -76,7 +71,7 @@ impl Session {
 
     /// The connection's socket, for poll(2) while the command runs.
     pub fn socket(&self) -> Option<RawFd> {
-        Some(self.socket)
+        Some(self.link.socket())
     }
 
     /// From now on [`Session::query`] (a lock wait) must be answered by `until`, or the
@@ -87,12 +82,12 @@ impl Session {
     }
 
     /// One round trip, as long as the wait allows (see [`Session::wait_until`]).
-    pub fn query(&mut self, sql: &str) -> Result<Vec<SimpleQueryMessage>, postgres::Error> {
+    pub fn query(&mut self, sql: &str) -> Result<Vec<SimpleQueryMessage>, tokio_postgres::Error> {
         let limit = self
             .wait_until
             .map(|until| until.saturating_duration_since(Instant::now()));
-        let step = deadline::begin(limit, Cut::Socket(self.socket));
-        let result = self.client.simple_query(sql);
+        let step = deadline::begin(limit, Cut::Socket(self.link.socket()));
+        let result = self.link.simple_query(sql);
         step.end();
         result
     }
@@ -104,17 +99,17 @@ impl Session {
         sql: &str,
         limit: Duration,
     ) -> Result<Vec<SimpleQueryMessage>, Failed> {
-        self.within(limit, |client| client.simple_query(sql))
+        self.within(limit, |link| link.simple_query(sql))
     }
 
     /// Runs `statement` on the client, cutting the connection if it takes longer than `limit`.
     fn within<T>(
         &mut self,
         limit: Duration,
-        statement: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+        statement: impl FnOnce(&mut Link) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, Failed> {
-        let step = deadline::begin(Some(limit), Cut::Socket(self.socket));
-        let result = statement(&mut self.client);
+        let step = deadline::begin(Some(limit), Cut::Socket(self.link.socket()));
+        let result = statement(&mut self.link);
         let expired = step.end();
         match result {
             Err(_) if expired => Err(Failed::NoAnswer(limit)),
@@ -132,8 +127,8 @@ impl Session {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
         types: &[Type],
-    ) -> Result<Vec<Row>, postgres::Error> {
-        self.client.query_typed(sql, &typed(params, types))
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        self.link.query_typed(sql, &typed(params, types))
     }
 
     /// [`Session::query_typed`], answered within `limit` or the connection is cut, as
@@ -146,32 +141,23 @@ impl Session {
         limit: Duration,
     ) -> Result<Vec<Row>, Failed> {
         let typed = typed(params, types);
-        self.within(limit, |client| client.query_typed(sql, &typed))
+        self.within(limit, |link| link.query_typed(sql, &typed))
     }
 
     /// Handles whatever the server sent unasked. Nothing is expected, so this is how a closed
     /// session shows up at once: Err(reason) means the session is gone.
     pub fn readable(&mut self) -> Result<(), String> {
-        // A bounded wait rather than iter(): the client's runtime only learns that the socket is
-        // readable when it gets to poll its reactor, which iter() never lets it do.
-        let outcome = self
-            .client
-            .notifications()
-            .timeout_iter(Duration::from_millis(10))
-            .next()
-            .map(|_| ());
-        if let Err(e) = outcome {
-            return Err(format!("the connection failed: {}", describe_error(&e)));
+        match self.link.settle() {
+            Err(e) => Err(format!("the connection failed: {}", describe_error(&e))),
+            Ok(false) => Err("the server closed the connection".into()),
+            Ok(true) if self.link.is_closed() => Err("the server closed the connection".into()),
+            Ok(true) => Ok(()),
         }
-        if self.client.is_closed() {
-            return Err("the server closed the connection".into());
-        }
-        Ok(())
     }
 
     /// Says goodbye. Terminate is fire-and-forget; a dead connection just closes.
     pub fn close(self) {
-        let _ = self.client.close();
+        self.link.close();
     }
 }
 

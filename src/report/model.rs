@@ -21,8 +21,8 @@ use crate::appname::{AppName, Label};
 use crate::key::{self, KeyHash, LockId};
 use crate::pg::Session;
 use clap::ValueEnum;
-use postgres::SimpleQueryMessage;
 use std::collections::{HashMap, HashSet};
+use tokio_postgres::SimpleQueryMessage;
 
 /// One pg_locks row of an advisory lock, with what pg_stat_activity says about its session.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,7 +115,7 @@ pub fn query(
     session: &mut Session,
     locks: Locks,
     after_rollback: bool,
-) -> Result<Vec<Row>, postgres::Error> {
+) -> Result<Vec<Row>, tokio_postgres::Error> {
     let messages = session.query(&sql::rows(locks, after_rollback))?;
     let mut rows = Vec::new();
     for message in &messages {

@@ -233,10 +233,15 @@ impl<'a> Retry<'a> {
 
     /// The class of a failure and the reason to log or report.
     fn classify(&self, failed: &Failed, stage: Stage) -> (Class, String) {
-        // No answer in time, or a socket pglock could not watch: neither says the server is
-        // gone for good.
+        // No answer in time does not say the server is gone for good.
         let e = match failed {
             Failed::Error(e) => e,
+            Failed::Connect(io) => {
+                return (
+                    classify::classify_io(io),
+                    format!("cannot connect: {failed}"),
+                );
+            }
             other => {
                 let why = match stage {
                     Stage::Connect { .. } => format!("cannot connect: {other}"),
@@ -285,7 +290,7 @@ impl<'a> Retry<'a> {
 /// A server that is down (or a proxy or pooler in front of it) hangs up at once; a pooler that
 /// gives up on a client waiting for a server connection (PgBouncer's query_wait_timeout, in whole
 /// seconds) held it open first. The pooler's error itself is lost: see [`crate::pg::classify`].
-fn queued(e: &postgres::Error, began: Instant) -> bool {
+fn queued(e: &tokio_postgres::Error, began: Instant) -> bool {
     e.is_closed() && e.code().is_none() && began.elapsed() >= classify::QUEUED_AFTER
 }
 

@@ -2,8 +2,8 @@
 //! certificate must prove, which roots it is checked against, and the client certificate.
 //!
 //! [`conninfo`](crate::conninfo) reads the settings and decides the policy ([`Verify`]); this
-//! module turns it into a native-tls connector, which postgres-native-tls hands to rust-postgres
-//! (with channel binding, tls-server-end-point). With sslmode=disable, or when every host is a
+//! module turns it into a native-tls connector, which postgres-native-tls hands to tokio-postgres
+//! (with channel binding, tls-server-end-point) for each host. With sslmode=disable, or when every host is a
 //! Unix socket (where PostgreSQL never speaks TLS), no TLS context is built at all: loading
 //! OpenSSL's trust store costs more than the rest of connecting to a local server, which is also
 //! why [`trust_store`] keeps it out of the connectors that do not use it.
@@ -17,9 +17,6 @@ use crate::exit::{Failure, fail};
 use crate::{duration, step};
 use anyhow::{Result, anyhow};
 use native_tls::{Certificate, Protocol, TlsConnector, TlsConnectorBuilder};
-use postgres::tls::NoTls;
-use postgres::{CancelToken, Client, Config};
-use postgres_native_tls::MakeTlsConnector;
 use std::time::Instant;
 
 /// libpq's sslmode values.
@@ -106,7 +103,7 @@ impl Verify {
 #[derive(Clone)]
 pub enum Connector {
     Plain,
-    Tls(MakeTlsConnector),
+    Tls(TlsConnector),
 }
 
 impl Connector {
@@ -132,20 +129,17 @@ impl Connector {
             "TLS context ready in {} (system trust store {store})",
             duration::format(started.elapsed())
         );
-        Ok(Connector::Tls(MakeTlsConnector::new(tls)))
+        Ok(Connector::Tls(tls))
     }
 
-    pub fn connect(&self, config: &Config) -> Result<Client, postgres::Error> {
+    /// What the TLS handshake with `hostname` needs: None for plaintext.
+    pub fn for_host(&self, hostname: &str) -> Option<postgres_native_tls::TlsConnector> {
         match self {
-            Connector::Plain => config.connect(NoTls),
-            Connector::Tls(tls) => config.connect(tls.clone()),
-        }
-    }
-
-    pub fn cancel(&self, token: &CancelToken) -> Result<(), postgres::Error> {
-        match self {
-            Connector::Plain => token.cancel_query(NoTls),
-            Connector::Tls(tls) => token.cancel_query(tls.clone()),
+            Connector::Plain => None,
+            Connector::Tls(tls) => Some(postgres_native_tls::TlsConnector::new(
+                tls.clone(),
+                hostname,
+            )),
         }
     }
 }

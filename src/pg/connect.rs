@@ -1,0 +1,346 @@
+//! Connecting: pglock opens every connection's socket itself, one host and one address at a
+//! time, and hands the connected socket to tokio-postgres for TLS, start-up and authentication.
+//!
+//! Each step of a connect (a host name's lookup, then each address from the TCP handshake to
+//! ready-for-query) is a [`deadline`] step of its own, timed from the moment it begins. A step
+//! that runs out of time, or that a terminating signal cuts, is abandoned whole: its future is
+//! dropped, which closes its socket, so nothing the driver would have done next (another
+//! address, a retry) outlives it, and a cut reaches no socket but the step's own.
+//!
+//! The same code opens a cancel request's connection, to the address the session itself used.
+
+use super::deadline::{self, Cut, OnSignal};
+use super::link::{Connection, Link, drive};
+use super::session::Failed;
+use crate::conninfo::keepalive::Keepalive;
+use crate::step;
+use crate::tls::Connector;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::runtime::Runtime;
+use tokio::sync::Notify;
+use tokio_postgres::config::{Host, LoadBalanceHosts, TargetSessionAttrs};
+use tokio_postgres::tls::NoTls;
+use tokio_postgres::{Config, SimpleQueryMessage};
+
+/// Where a connection went: enough to open another socket to the same server.
+#[derive(Clone, Debug)]
+pub struct Dial {
+    addr: Addr,
+    /// The name TLS checks the certificate against (libpq: host, else hostaddr).
+    hostname: String,
+    /// Set on TCP sockets only.
+    keepalive: Keepalive,
+}
+
+#[derive(Clone, Debug)]
+enum Addr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Addr::Tcp(a) => write!(f, "{a}"),
+            Addr::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// One open socket, either kind.
+#[derive(Debug)]
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// A current-thread runtime: the session's statements run on the thread that asks for them,
+/// as with the synchronous client, and nothing is left running between them.
+pub fn runtime() -> std::io::Result<Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+}
+
+/// Opens one session to the first host of `config` that takes it, each address within
+/// `timeout`. `on_signal`: what a terminating signal does to a connect under way.
+pub fn open(
+    config: &Config,
+    connector: &Connector,
+    keepalive: Keepalive,
+    timeout: Duration,
+    on_signal: OnSignal,
+) -> Result<Link, Failed> {
+    let rt = runtime().map_err(Failed::Connect)?;
+    let mut last = None;
+    for (host, hostaddr, port) in hosts(config) {
+        let hostname = match (&host, hostaddr) {
+            (Some(Host::Tcp(name)), _) => name.clone(),
+            (_, Some(ip)) => ip.to_string(),
+            _ => String::new(),
+        };
+        let addrs = match (hostaddr, host) {
+            (Some(ip), _) => vec![Addr::Tcp(SocketAddr::new(ip, port))],
+            (None, Some(Host::Unix(dir))) => vec![Addr::Unix(dir.join(format!(".s.PGSQL.{port}")))],
+            (None, Some(Host::Tcp(name))) => {
+                match bounded(&rt, timeout, on_signal, resolve(&name, port, config)) {
+                    Ok(Ok(addrs)) => addrs,
+                    Ok(Err(e)) | Err(e) => {
+                        last = Some(e);
+                        continue;
+                    }
+                }
+            }
+            (None, None) => continue,
+        };
+        for addr in addrs {
+            let dial = Dial {
+                addr,
+                hostname: hostname.clone(),
+                keepalive,
+            };
+            step!("trying {}", dial.addr);
+            match bounded(&rt, timeout, on_signal, start(&dial, config, connector)) {
+                Ok(Ok((client, connection, fd))) => {
+                    return Ok(Link::new(
+                        rt,
+                        client,
+                        connection,
+                        fd,
+                        dial,
+                        connector.clone(),
+                    ));
+                }
+                Ok(Err(e)) | Err(e) => last = Some(e),
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        Failed::Connect(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "no host to connect to",
+        ))
+    }))
+}
+
+/// Sends a cancel request for the session behind `token` over a new socket to `dial`, within
+/// `limit` (a signal does not shorten it: it is part of stopping).
+pub fn cancel(
+    dial: &Dial,
+    connector: &Connector,
+    token: &tokio_postgres::CancelToken,
+    limit: Duration,
+) -> Result<(), Failed> {
+    let rt = runtime().map_err(Failed::Connect)?;
+    let request = async {
+        let stream = dial_socket(dial).await?;
+        match connector.for_host(&dial.hostname) {
+            None => token.cancel_query_raw(stream, NoTls).await,
+            Some(tls) => token.cancel_query_raw(stream, tls).await,
+        }
+        .map_err(Failed::Error)
+    };
+    match bounded(&rt, limit, OnSignal::Grace, request) {
+        Ok(result) => result,
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `work` as one deadline step: Err(NoAnswer) if the step was cut first.
+fn bounded<T>(
+    rt: &Runtime,
+    limit: Duration,
+    on_signal: OnSignal,
+    work: impl Future<Output = T>,
+) -> Result<T, Failed> {
+    let cut = Arc::new(Notify::new());
+    let step = deadline::begin_with(Some(limit), Cut::Wake(cut.clone()), on_signal);
+    let outcome = rt.block_on(async {
+        tokio::select! {
+            biased;
+            () = cut.notified() => None,
+            value = work => Some(value),
+        }
+    });
+    let expired = step.end();
+    match outcome {
+        Some(value) if !expired => Ok(value),
+        _ => Err(Failed::NoAnswer(limit)),
+    }
+}
+
+/// The hosts in the order to try them: host, hostaddr and port paired up.
+fn hosts(config: &Config) -> Vec<(Option<Host>, Option<IpAddr>, u16)> {
+    let names = config.get_hosts();
+    let addrs = config.get_hostaddrs();
+    let ports = config.get_ports();
+    let n = names.len().max(addrs.len());
+    let mut list: Vec<_> = (0..n)
+        .map(|i| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            (names.get(i).cloned(), addrs.get(i).copied(), port)
+        })
+        .collect();
+    if config.get_load_balance_hosts() == LoadBalanceHosts::Random {
+        shuffle(&mut list);
+    }
+    list
+}
+
+/// A Fisher-Yates shuffle seeded by the standard library's per-process random hash keys:
+/// load_balance_hosts=random needs spread, not cryptographic quality.
+fn shuffle<T>(list: &mut [T]) {
+    use std::hash::{BuildHasher, RandomState};
+    let state = RandomState::new();
+    for i in (1..list.len()).rev() {
+        let j = (state.hash_one(i) % (i as u64 + 1)) as usize;
+        list.swap(i, j);
+    }
+}
+
+/// Looks a host name up on a thread of its own, so that the step can be abandoned when the
+/// resolver hangs (getaddrinfo cannot be interrupted): the thread then finishes unobserved.
+async fn resolve(name: &str, port: u16, config: &Config) -> Result<Vec<Addr>, Failed> {
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return Ok(vec![Addr::Tcp(SocketAddr::new(ip, port))]);
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let owned = name.to_string();
+    std::thread::Builder::new()
+        .name("resolve".into())
+        .spawn(move || {
+            let _ = tx.send((owned.as_str(), port).to_socket_addrs());
+        })
+        .map_err(Failed::Connect)?;
+    let found = rx
+        .await
+        .map_err(|_| Failed::Connect(std::io::Error::other("the name lookup failed")))?
+        .map_err(Failed::Connect)?;
+    let mut addrs: Vec<Addr> = found.map(Addr::Tcp).collect();
+    if config.get_load_balance_hosts() == LoadBalanceHosts::Random {
+        shuffle(&mut addrs);
+    }
+    if addrs.is_empty() {
+        return Err(Failed::Connect(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("could not resolve any addresses for \"{name}\""),
+        )));
+    }
+    Ok(addrs)
+}
+
+/// Opens the socket to `dial` with pglock's socket settings.
+async fn dial_socket(dial: &Dial) -> Result<Stream, Failed> {
+    match &dial.addr {
+        Addr::Tcp(addr) => {
+            let stream = TcpStream::connect(addr).await.map_err(Failed::Connect)?;
+            stream.set_nodelay(true).map_err(Failed::Connect)?;
+            dial.keepalive
+                .set_on(stream.as_fd())
+                .map_err(Failed::Connect)?;
+            Ok(Stream::Tcp(stream))
+        }
+        Addr::Unix(path) => Ok(Stream::Unix(
+            UnixStream::connect(path).await.map_err(Failed::Connect)?,
+        )),
+    }
+}
+
+type Started = (tokio_postgres::Client, Connection, std::os::fd::RawFd);
+
+/// One address: the socket, then TLS, start-up and authentication, then the check that the
+/// server takes writes (target_session_attrs=read-write, which the driver only checks for the
+/// hosts it connects itself).
+async fn start(dial: &Dial, config: &Config, connector: &Connector) -> Result<Started, Failed> {
+    let stream = dial_socket(dial).await?;
+    let fd = match &stream {
+        Stream::Tcp(s) => s.as_raw_fd(),
+        Stream::Unix(s) => s.as_raw_fd(),
+    };
+    let (client, mut connection): (_, Connection) = match connector.for_host(&dial.hostname) {
+        None => {
+            let (client, connection) = config
+                .connect_raw(stream, NoTls)
+                .await
+                .map_err(Failed::Error)?;
+            (client, Box::new(connection))
+        }
+        Some(tls) => {
+            let (client, connection) = config
+                .connect_raw(stream, tls)
+                .await
+                .map_err(Failed::Error)?;
+            (client, Box::new(connection))
+        }
+    };
+    if config.get_target_session_attrs() == TargetSessionAttrs::ReadWrite {
+        let mut ended = false;
+        let show = client.simple_query("SHOW transaction_read_only");
+        let answer = drive(&mut connection, &mut ended, show)
+            .await
+            .map_err(Failed::Error)?;
+        let read_only = answer
+            .iter()
+            .any(|m| matches!(m, SimpleQueryMessage::Row(row) if row.get(0) == Some("on")));
+        if read_only {
+            return Err(Failed::Connect(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "database does not allow writes",
+            )));
+        }
+    }
+    Ok((client, connection, fd))
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
