@@ -354,8 +354,12 @@ mod tests {
             config.host("127.0.0.1").port(port).user("u").dbname("d");
             let keepalive = crate::conninfo::keepalive::derive(Duration::from_secs(5));
             let plain = crate::tls::Connector::Plain;
-            let secs = Duration::from_secs(2);
-            match connect::open(&config, &plain, keepalive, secs, OnSignal::Grace) {
+            let bound = connect::Bound {
+                step: Duration::from_secs(2),
+                until: None,
+                on_signal: OnSignal::Grace,
+            };
+            match connect::open(&config, &plain, keepalive, bound) {
                 Ok(_) => panic!("connected"),
                 Err(failed) => failed,
             }

@@ -19,7 +19,7 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::runtime::Runtime;
@@ -69,14 +69,34 @@ pub fn runtime() -> std::io::Result<Runtime> {
         .build()
 }
 
-/// Opens one session to the first host of `config` that takes it, each address within
-/// `timeout`. `on_signal`: what a terminating signal does to a connect under way.
+/// How long each step of one connect may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// Each step's own limit (the connect timeout).
+    pub step: Duration,
+    /// No step goes on past this (a wait's end), whatever is left of its own limit.
+    pub until: Option<Instant>,
+    /// What a terminating signal does to a step under way.
+    pub on_signal: OnSignal,
+}
+
+impl Bound {
+    fn next(&self) -> Duration {
+        match self.until {
+            Some(until) => self
+                .step
+                .min(until.saturating_duration_since(Instant::now())),
+            None => self.step,
+        }
+    }
+}
+
+/// Opens one session to the first host of `config` that takes it, each step within `bound`.
 pub fn open(
     config: &Config,
     connector: &Connector,
     keepalive: Keepalive,
-    timeout: Duration,
-    on_signal: OnSignal,
+    bound: Bound,
 ) -> Result<Link, Failed> {
     let rt = runtime().map_err(Failed::Connect)?;
     let mut last = None;
@@ -90,7 +110,12 @@ pub fn open(
             (Some(ip), _) => vec![Addr::Tcp(SocketAddr::new(ip, port))],
             (None, Some(Host::Unix(dir))) => vec![Addr::Unix(dir.join(format!(".s.PGSQL.{port}")))],
             (None, Some(Host::Tcp(name))) => {
-                match bounded(&rt, timeout, on_signal, resolve(&name, port, config)) {
+                match bounded(
+                    &rt,
+                    bound.next(),
+                    bound.on_signal,
+                    resolve(&name, port, config),
+                ) {
                     Ok(Ok(addrs)) => addrs,
                     Ok(Err(e)) | Err(e) => {
                         last = Some(e);
@@ -107,7 +132,12 @@ pub fn open(
                 keepalive,
             };
             step!("trying {}", dial.addr);
-            match bounded(&rt, timeout, on_signal, start(&dial, config, connector)) {
+            match bounded(
+                &rt,
+                bound.next(),
+                bound.on_signal,
+                start(&dial, config, connector),
+            ) {
                 Ok(Ok((client, connection, fd))) => {
                     return Ok(Link::new(
                         rt,

@@ -79,15 +79,19 @@ impl Opener {
     /// Opens one dedicated connection. The connect timeout bounds each step of it on its own
     /// (a host name's lookup; each address from TCP to authentication), as libpq's does.
     pub fn open(&self) -> Result<Session, Failed> {
+        self.open_until(None)
+    }
+
+    /// As [`Opener::open`], with no step going on past `until` (the end of a wait).
+    pub fn open_until(&self, until: Option<Instant>) -> Result<Session, Failed> {
         step!("connecting to {}", self.describe);
         let started = Instant::now();
-        let link = connect::open(
-            &self.config,
-            &self.connector,
-            self.keepalive,
-            self.connect_timeout(),
-            self.on_signal,
-        )?;
+        let bound = connect::Bound {
+            step: self.connect_timeout(),
+            until,
+            on_signal: self.on_signal,
+        };
+        let link = connect::open(&self.config, &self.connector, self.keepalive, bound)?;
         step!(
             "connected in {} (socket {})",
             duration::format(started.elapsed()),

@@ -75,11 +75,14 @@ pub fn wait_for_lock(
     // The backend of a connection that broke during its wait: it may still be queued, or even
     // have been granted the lock with nobody to hear it. The next connection ends it first.
     let mut stranded = None;
+    // Once the server has answered, a reconnect is part of the wait: it ends with --timeout.
+    let mut reconnect_until = None;
     loop {
         let began = Instant::now();
-        let (e, stage) = match opener.open() {
+        let (e, stage) = match opener.open_until(reconnect_until) {
             Ok(session) => {
                 retry.connected();
+                reconnect_until = deadline.map(|d| d + GRACE);
                 match waiter.attempt(session, stranded, prepare)? {
                     Attempt::Done(waited) => return Ok(waited),
                     Attempt::Broken(e, asked, backend) => {
@@ -129,8 +132,12 @@ impl Waiter<'_> {
         if let Some(sig) = self.router.waiting(session.canceller()) {
             return Ok(Attempt::Done(Waited::Gave(Outcome::Interrupted(sig))));
         }
-        // The server's lock_timeout ends the wait; this bounds it when the server cannot.
-        session.wait_until(self.deadline.map(|d| d + GRACE));
+        // The server's lock_timeout ends the wait; this bounds it when the server cannot. A try
+        // waits for nothing, so its answer gets what any statement gets after a signal.
+        session.wait_until(match request.wait {
+            Wait::Try => Some(Instant::now() + GRACE),
+            _ => self.deadline.map(|d| d + GRACE),
+        });
         // Only for a lock that turns out to be taken: its observer and its guard.
         let mut during_wait: Option<(Option<Watch>, WaitGuard)> = None;
         let mut waiting = |backend: Option<i32>| {

@@ -17,6 +17,7 @@ mod ledger;
 mod nemesis;
 mod output;
 mod processes;
+mod sockets;
 mod status;
 mod tls;
 mod token;
