@@ -33,23 +33,24 @@ pub struct Lease {
 
 /// The shortest lease that keeps the order.
 pub fn minimum(check_interval: Duration, kill_after: Duration) -> Duration {
-    detection(check_interval, kill_after) + MIN_SLACK
+    detection(check_interval, kill_after).saturating_add(MIN_SLACK)
 }
 
 /// The lease for these settings: `length`, or the default derived from them.
 pub fn new(check_interval: Duration, kill_after: Duration, length: Option<Duration>) -> Lease {
     let stopped_by = detection(check_interval, kill_after);
-    let length = length.unwrap_or(stopped_by + DEFAULT_SLACK);
+    let length = length.unwrap_or(stopped_by.saturating_add(DEFAULT_SLACK));
     let slack = length.saturating_sub(stopped_by);
     Lease {
         length,
-        unconfirmed_after: check_interval * 2 + slack / 2,
+        unconfirmed_after: check_interval.saturating_mul(2).saturating_add(slack / 2),
     }
 }
 
 /// When a holder that lost its server has stopped its command, counted from the last answer.
+/// Saturating: the flags are bounded, but this is arithmetic on what users typed.
 fn detection(check_interval: Duration, kill_after: Duration) -> Duration {
-    check_interval * 2 + kill_after
+    check_interval.saturating_mul(2).saturating_add(kill_after)
 }
 
 #[cfg(test)]

@@ -88,7 +88,7 @@ pub fn begin(limit: Option<Duration>, cut: Cut) -> Step {
     let now = Instant::now();
     let mut st = lock();
     let capped = st.cap.map(|cap| cap.max(now + FLOOR));
-    let at = match (limit.map(|l| now + l), capped) {
+    let at = match (limit.map(|l| crate::duration::after(now, l)), capped) {
         (Some(at), Some(cap)) => Some(at.min(cap)),
         (at, cap) => at.or(cap),
     };

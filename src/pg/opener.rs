@@ -71,7 +71,7 @@ impl Opener {
     pub fn open(&self) -> Result<Session, Failed> {
         step!("connecting to {}", self.describe);
         let started = Instant::now();
-        let limit = self.connect_timeout() * self.attempts();
+        let limit = self.connect_timeout().saturating_mul(self.attempts());
         match socket::identify(limit, || connect(&self.connector, &self.config)) {
             Connected::On(client, socket) => {
                 step!(

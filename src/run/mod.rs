@@ -231,7 +231,12 @@ fn finish(
         if let Some(deadman) = deadman.take() {
             deadman.reap();
         }
-        if let Err(reason) = min_hold_for(router, &mut holder, opts, acquired_at + min_hold) {
+        if let Err(reason) = min_hold_for(
+            router,
+            &mut holder,
+            opts,
+            duration::after(acquired_at, min_hold),
+        ) {
             // The command ran under the lock; only the grace period after it was cut short.
             warn!("lock \"{label}\" lost during --min-hold: {reason}; the hold ends now");
             holder.abandon();

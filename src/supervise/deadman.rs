@@ -375,7 +375,7 @@ unsafe fn watch(
         // With a lease, the countdown runs while the command does and pglock is not paused.
         let mut deadline_ms: Option<i64> = None;
         let restart = |pgid: libc::pid_t| match silence_ms {
-            Some(ms) if pgid > 1 => Some(now_ms() + ms),
+            Some(ms) if pgid > 1 => Some(now_ms().saturating_add(ms)),
             _ => None,
         };
         // End of file: pglock is gone, and so is every copy of its end (the command's closes

@@ -29,6 +29,7 @@ pub mod deadman;
 pub mod signals;
 pub mod wait_guard;
 
+use crate::duration::after;
 use crate::exit::LostReason;
 use crate::lease::Lease;
 use crate::{step, warn};
@@ -95,7 +96,7 @@ pub fn wait(
     label: &str,
 ) -> Ended {
     let mut lost: Option<LostReason> = None;
-    let mut next_check = Instant::now() + policy.check_every;
+    let mut next_check = after(Instant::now(), policy.check_every);
     // When the server last confirmed the lock (the grant, just before).
     let mut confirmed = Instant::now();
     let confirm = |confirmed: &mut Instant| {
@@ -108,7 +109,7 @@ pub fn wait(
     let stop = |running: &Running, kill_at: &mut Option<Instant>, kill_after: Duration| {
         if kill_at.is_none() {
             running.signal_group(Signal::SIGTERM);
-            *kill_at = Some(Instant::now() + kill_after);
+            *kill_at = Some(after(Instant::now(), kill_after));
         }
     };
     // A lost lock: what it means for the command, by the fencing policy; the loop stops
@@ -155,7 +156,7 @@ pub fn wait(
                         Ok(()) => confirm(&mut confirmed),
                         Err(why) => lose(why, running, &mut kill_at, &mut lost),
                     }
-                    next_check = Instant::now() + policy.check_every;
+                    next_check = after(Instant::now(), policy.check_every);
                 }
                 running.resume();
             }
@@ -216,7 +217,7 @@ pub fn hold(
     until: Instant,
     check_every: Duration,
 ) -> Result<(), LostReason> {
-    let mut next_check = Instant::now() + check_every;
+    let mut next_check = after(Instant::now(), check_every);
     loop {
         // Also a signal that the command got: whoever stops the job wants the lock back.
         if let Some(sig) = router.stop_requested().or_else(|| router.interrupted()) {
@@ -249,7 +250,7 @@ fn look(
     }
     if Instant::now() >= *next_check {
         let result = guard.check(every);
-        *next_check = Instant::now() + every;
+        *next_check = after(Instant::now(), every);
         result?;
         return Ok(true);
     }
