@@ -18,6 +18,12 @@ use std::time::Duration;
 pub const DEFAULT_SLACK: Duration = Duration::from_secs(2);
 /// The least slack `--lease` may leave.
 pub const MIN_SLACK: Duration = Duration::from_secs(1);
+/// The longest lease the server can enforce: `idle_session_timeout`,
+/// `idle_in_transaction_session_timeout` and `tcp_user_timeout` are ints of milliseconds, and
+/// `SET` of a larger value fails, which would fail every run.
+pub const MAX: Duration = Duration::from_millis(i32::MAX as u64);
+/// How [`MAX`] is written in messages and documentation.
+pub const MAX_TEXT: &str = "24d20h31m23.647s (2147483647 ms)";
 
 /// A lease, with the timings that must fall inside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +81,12 @@ mod tests {
         let lease = new(S(1), S(2), None);
         assert_eq!(lease.length, S(6));
         assert_eq!(minimum(S(1), S(2)), S(5));
+    }
+
+    #[test]
+    fn max_is_what_the_server_stores() {
+        assert_eq!(MAX.as_millis(), 2_147_483_647);
+        assert_eq!(crate::duration::parse("24d20h31m23.647s"), Ok(MAX));
     }
 
     #[test]

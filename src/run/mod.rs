@@ -169,11 +169,13 @@ fn start(
 
 /// The lease's server settings: the idle timeouts, and keepalive probes every --check-interval
 /// on the server's socket, so that a silent client's session ends about a lease after it was
-/// last heard from.
+/// last heard from. The server's keepalive times are clamped as pglock's own are: the kernel
+/// refuses longer ones, and the server would then quietly keep its default of two hours.
 fn lease_settings(opts: &RunOptions) -> crate::pg::sql::Settings {
+    let probe = opts.check_interval.min(conninfo::keepalive::MAX_KEEPALIVE);
     crate::pg::sql::Settings {
         lease_ms: opts.lease.map_or(0, |l| l.length.as_millis()),
-        keepalive_s: opts.check_interval.as_secs().max(1),
+        keepalive_s: probe.as_secs().max(1),
         stranded: None,
     }
 }

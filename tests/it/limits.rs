@@ -83,3 +83,53 @@ fn huge_durations_are_usage_errors_not_panics() {
     run(pglock().args(["--key", env.key(), "--retry-connect", "3650d", "-c", "true"]))
         .assert_success();
 }
+
+/// Item 8: a lease longer than the server's idle timeouts hold (an int of milliseconds) failed
+/// every run with exit 1. It is a usage error naming the flags it came from, and what the server
+/// does take still runs.
+#[test]
+fn a_lease_the_server_cannot_take_is_a_usage_error_naming_the_flag() {
+    let env = TestEnv::new("longlease");
+    let ran = env.path("ran");
+    let script = format!("echo ran >> {}", ran.display());
+    for (args, named) in [
+        (
+            &["--lease", "25d"][..],
+            "--lease 25d0h is longer than PostgreSQL can enforce",
+        ),
+        (
+            &["--kill-after", "25d"],
+            "--check-interval 5s and --kill-after 25d0h make a lease",
+        ),
+        (&["--check-interval", "13d"], "--check-interval 13d0h and"),
+    ] {
+        let out = run(pglock()
+            .args(["--key", env.key()])
+            .args(args)
+            .args(["-c", &script]));
+        refused(&out, 2, named);
+        out.assert_stderr_contains("at most 24d20h31m23.647s (2147483647 ms)")
+            .assert_stderr_contains("--lease 0");
+    }
+    // The order still holds below the bound.
+    refused(
+        &run(pglock().args(["--key", env.key(), "--lease", "1s", "-c", &script])),
+        2,
+        "--lease 1s is too short",
+    );
+    assert!(!ran.exists());
+    // The longest lease the server takes, a check interval of days, and no lease at all.
+    for args in [
+        &["--lease", "24d20h31m23.647s"][..],
+        &["--check-interval", "12d", "--kill-after", "1s"],
+        &["--kill-after", "25d", "--lease", "0"],
+        &["--check-interval", "3650d", "--lease", "0"],
+    ] {
+        run(pglock()
+            .args(["--key", env.key()])
+            .args(args)
+            .args(["-c", &script]))
+        .assert_success();
+    }
+    assert_eq!(read(&ran).lines().count(), 4);
+}
