@@ -68,7 +68,7 @@ Register-ArgumentCompleter -Native -CommandName 'pglock' -ScriptBlock {
             [CompletionResult]::new('history', 'history', [CompletionResultType]::ParameterValue, 'Show recorded runs, newest first')
             [CompletionResult]::new('check', 'check', [CompletionResultType]::ParameterValue, 'A monitoring plugin (Nagios, Icinga, Sensu): is a key''s last success recent enough?')
             [CompletionResult]::new('metrics', 'metrics', [CompletionResultType]::ParameterValue, 'Print the Prometheus text format for every key in the ledger')
-            [CompletionResult]::new('prune', 'prune', [CompletionResultType]::ParameterValue, 'Delete old runs in batches, keeping each key''s newest run and newest success')
+            [CompletionResult]::new('prune', 'prune', [CompletionResultType]::ParameterValue, 'Delete old runs in batches, keeping each key''s and each lock''s newest run and newest success')
             break
         }
         'pglock;status' {

@@ -65,7 +65,7 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand history 'Show recorded runs, newest first'
             cand check 'A monitoring plugin (Nagios, Icinga, Sensu): is a key''s last success recent enough?'
             cand metrics 'Print the Prometheus text format for every key in the ledger'
-            cand prune 'Delete old runs in batches, keeping each key''s newest run and newest success'
+            cand prune 'Delete old runs in batches, keeping each key''s and each lock''s newest run and newest success'
         }
         &'pglock;status'= {
             cand -k 'Name of the lock, as given to pglock --key'

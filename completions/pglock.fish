@@ -64,7 +64,7 @@ complete -c pglock -n "__fish_pglock_needs_command" -a "init" -d 'Create the run
 complete -c pglock -n "__fish_pglock_needs_command" -a "history" -d 'Show recorded runs, newest first'
 complete -c pglock -n "__fish_pglock_needs_command" -a "check" -d 'A monitoring plugin (Nagios, Icinga, Sensu): is a key\'s last success recent enough?'
 complete -c pglock -n "__fish_pglock_needs_command" -a "metrics" -d 'Print the Prometheus text format for every key in the ledger'
-complete -c pglock -n "__fish_pglock_needs_command" -a "prune" -d 'Delete old runs in batches, keeping each key\'s newest run and newest success'
+complete -c pglock -n "__fish_pglock_needs_command" -a "prune" -d 'Delete old runs in batches, keeping each key\'s and each lock\'s newest run and newest success'
 complete -c pglock -n "__fish_pglock_using_subcommand status" -s k -l key -d 'Name of the lock, as given to pglock --key' -r
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l lock-id -d 'A raw lock id: one signed 64-bit integer, or A,B (two signed 32-bit)' -r
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l key-hash -d 'How KEY becomes a lock id, as in the main command' -r -f -a "sha256\t'First 8 bytes of SHA-256(key), big-endian, signed'

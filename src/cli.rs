@@ -156,7 +156,9 @@ pub struct Cli {
     /// The server ends the holder's session when it has not heard from it for this long, so the
     /// lock is not held for hours by a host that is gone. It must be longer than
     /// 2 x --check-interval + --kill-after (+ 1s), the time a cut-off pglock needs to notice and
-    /// stop its command, so that the next holder never runs alongside it.
+    /// stop its command, so that the next holder never runs alongside it. At most
+    /// 24d20h31m23.647s: the server counts it in milliseconds in 32 bits. A default lease longer
+    /// than that (a --check-interval or --kill-after of days) is refused too: give --lease 0.
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     pub lease: Option<Duration>,
 
@@ -422,25 +424,49 @@ fn non_empty_command() -> impl TypedValueParser<Value = OsString> {
     })
 }
 
-/// A `--lease` must end after a cut-off pglock has stopped its command (see [`crate::lease`]).
+/// A `--lease` must end after a cut-off pglock has stopped its command (see [`crate::lease`]),
+/// and the server must be able to store it: a lease, given or derived, longer than
+/// [`crate::lease::MAX`] would fail every run's first statement.
 pub fn check_lease(cli: &Cli) -> Result<(), clap::Error> {
-    let Some(length) = cli.lease.filter(|l| !l.is_zero()) else {
-        return Ok(());
+    let error = |message: String| {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        Err(cmd.error(clap::error::ErrorKind::ValueValidation, message))
     };
+    let (max, max_text) = (crate::lease::MAX, crate::lease::MAX_TEXT);
+    let Some(length) = cli.lease else {
+        let derived = crate::lease::new(cli.check_interval, cli.kill_after, None).length;
+        if derived <= max {
+            return Ok(());
+        }
+        return error(format!(
+            "--check-interval {} and --kill-after {} make a lease (2 x --check-interval + \
+             --kill-after + 2s) of {}, longer than PostgreSQL can enforce: at most {max_text}; \
+             use a shorter --check-interval or --kill-after, or --lease 0 for no lease",
+            duration::format(cli.check_interval),
+            duration::format(cli.kill_after),
+            duration::format(derived),
+        ));
+    };
+    if length.is_zero() {
+        return Ok(());
+    }
+    if length > max {
+        return error(format!(
+            "--lease {} is longer than PostgreSQL can enforce: at most {max_text}; use a \
+             shorter one, or --lease 0 for no lease",
+            duration::format(length),
+        ));
+    }
     let least = crate::lease::minimum(cli.check_interval, cli.kill_after);
     if length >= least {
         return Ok(());
     }
-    let mut cmd = <Cli as clap::CommandFactory>::command();
-    Err(cmd.error(
-        clap::error::ErrorKind::ValueValidation,
-        format!(
-            "--lease {} is too short: a pglock cut off from the server needs 2 x --check-interval \
-             + --kill-after to stop its command, so the next holder could run alongside it; use \
-             at least {} (or a shorter --check-interval or --kill-after)",
-            duration::format(length),
-            duration::format(least)
-        ),
+    error(format!(
+        "--lease {} is too short: a pglock cut off from the server needs 2 x --check-interval \
+         + --kill-after to stop its command, so the next holder could run alongside it; use at \
+         least {} (or a shorter --check-interval or --kill-after)",
+        duration::format(length),
+        duration::format(least)
     ))
 }
 

@@ -160,6 +160,17 @@ fn description_tail() -> Roff {
              SHA-256 digest of its UTF-8 bytes, read as a big-endian signed 64-bit integer.",
         ),
     ]);
+    r.control("PP", []);
+    r.text([
+        roman("A "),
+        italic("DURATION"),
+        roman(format!(
+            " is seconds with fractions (30, 0.5) or units (500ms, 30s, 10m, 1h, 1d, 1h30m), \
+             largest unit first and each at most once, and at most {}; a longer one is a usage \
+             error.",
+            crate::duration::MAX_TEXT
+        )),
+    ]);
     r
 }
 

@@ -18,6 +18,12 @@ use std::time::Duration;
 pub const DEFAULT_SLACK: Duration = Duration::from_secs(2);
 /// The least slack `--lease` may leave.
 pub const MIN_SLACK: Duration = Duration::from_secs(1);
+/// The longest lease the server can enforce: `idle_session_timeout`,
+/// `idle_in_transaction_session_timeout` and `tcp_user_timeout` are ints of milliseconds, and
+/// `SET` of a larger value fails, which would fail every run.
+pub const MAX: Duration = Duration::from_millis(i32::MAX as u64);
+/// How [`MAX`] is written in messages and documentation.
+pub const MAX_TEXT: &str = "24d20h31m23.647s (2147483647 ms)";
 
 /// A lease, with the timings that must fall inside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,23 +39,24 @@ pub struct Lease {
 
 /// The shortest lease that keeps the order.
 pub fn minimum(check_interval: Duration, kill_after: Duration) -> Duration {
-    detection(check_interval, kill_after) + MIN_SLACK
+    detection(check_interval, kill_after).saturating_add(MIN_SLACK)
 }
 
 /// The lease for these settings: `length`, or the default derived from them.
 pub fn new(check_interval: Duration, kill_after: Duration, length: Option<Duration>) -> Lease {
     let stopped_by = detection(check_interval, kill_after);
-    let length = length.unwrap_or(stopped_by + DEFAULT_SLACK);
+    let length = length.unwrap_or(stopped_by.saturating_add(DEFAULT_SLACK));
     let slack = length.saturating_sub(stopped_by);
     Lease {
         length,
-        unconfirmed_after: check_interval * 2 + slack / 2,
+        unconfirmed_after: check_interval.saturating_mul(2).saturating_add(slack / 2),
     }
 }
 
 /// When a holder that lost its server has stopped its command, counted from the last answer.
+/// Saturating: the flags are bounded, but this is arithmetic on what users typed.
 fn detection(check_interval: Duration, kill_after: Duration) -> Duration {
-    check_interval * 2 + kill_after
+    check_interval.saturating_mul(2).saturating_add(kill_after)
 }
 
 #[cfg(test)]
@@ -74,6 +81,12 @@ mod tests {
         let lease = new(S(1), S(2), None);
         assert_eq!(lease.length, S(6));
         assert_eq!(minimum(S(1), S(2)), S(5));
+    }
+
+    #[test]
+    fn max_is_what_the_server_stores() {
+        assert_eq!(MAX.as_millis(), 2_147_483_647);
+        assert_eq!(crate::duration::parse("24d20h31m23.647s"), Ok(MAX));
     }
 
     #[test]

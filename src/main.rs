@@ -15,10 +15,12 @@
 //! 6. [`lock`], [`report`] and [`ledger`];
 //! 7. [`pg`];
 //! 8. [`conninfo`] and [`tls`];
-//! 9. [`appname`], [`key`], [`exit`], [`log`], [`duration`], [`lease`] and [`output`].
+//! 9. [`appname`], [`key`], [`exit`], [`log`], [`duration`], [`lease`], [`clock`] and
+//!    [`output`].
 
 mod appname;
 mod cli;
+mod clock;
 mod conninfo;
 mod docs;
 mod duration;

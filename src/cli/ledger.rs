@@ -75,7 +75,8 @@ pub enum LedgerSub {
     /// Print the Prometheus text format for every key in the ledger.
     #[command(after_help = exit::LEDGER_TABLE)]
     Metrics(MetricsArgs),
-    /// Delete old runs in batches, keeping each key's newest run and newest success.
+    /// Delete old runs in batches, keeping each key's and each lock's newest run and newest
+    /// success.
     #[command(after_help = exit::LEDGER_TABLE)]
     Prune(PruneArgs),
 }

@@ -7,8 +7,8 @@ use super::hosts::{Entry, Kind, describe, hosts};
 use super::keepalive::MAX_USER_TIMEOUT_MS;
 use super::tls_policy::tls_policy;
 use super::{Options, Target, invalid, usage};
-use crate::step;
 use crate::tls::Check;
+use crate::{duration, step};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -104,6 +104,12 @@ fn timeouts(config: &mut Config, opts: &Options) -> Result<()> {
     if let Some(t) = int(opts, "connect_timeout")?
         && t > 0
     {
+        // The bound of every duration pglock takes: far longer would overflow the deadlines.
+        let max = duration::MAX.as_secs();
+        if t as u64 > max {
+            let expected = format!("at most {max} seconds, {}", duration::MAX_TEXT);
+            return Err(invalid(opts, "connect_timeout", &t.to_string(), &expected));
+        }
         // libpq's minimum: a 1-second timeout would fail on any slow handshake.
         config.connect_timeout(Duration::from_secs(t.max(2) as u64));
     }

@@ -7,8 +7,9 @@ use std::os::fd::BorrowedFd;
 use std::time::Duration;
 use tokio_postgres::Config;
 
-/// Linux's largest TCP_KEEPIDLE and TCP_KEEPINTVL (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL).
-const MAX_KEEPALIVE: Duration = Duration::from_secs(32767);
+/// Linux's largest TCP_KEEPIDLE and TCP_KEEPINTVL (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL); the
+/// server's end of the connection is clamped to it too.
+pub const MAX_KEEPALIVE: Duration = Duration::from_secs(32767);
 /// TCP_USER_TIMEOUT is an int of milliseconds.
 pub(super) const MAX_USER_TIMEOUT_MS: i64 = i32::MAX as i64;
 const MAX_USER_TIMEOUT: Duration = Duration::from_millis(MAX_USER_TIMEOUT_MS as u64);

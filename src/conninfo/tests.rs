@@ -259,6 +259,40 @@ fn a_tcp_user_timeout_the_kernel_refuses_is_a_usage_error() {
     );
 }
 
+/// Issue 23, item 9: a connect_timeout of twenty digits overflowed the connect's deadline.
+#[test]
+fn a_connect_timeout_beyond_the_longest_duration_is_a_usage_error() {
+    let huge = "9223372036854775807";
+    for (conninfo, vars, named) in [
+        (None, vec![("PGCONNECT_TIMEOUT", huge)], "PGCONNECT_TIMEOUT"),
+        (
+            Some(format!("host=a connect_timeout={huge}")),
+            vec![],
+            "connect_timeout",
+        ),
+        (
+            Some(format!("postgresql://a/?connect_timeout={huge}")),
+            vec![],
+            "connect_timeout",
+        ),
+        (
+            Some("host=a connect_timeout=315360001".into()),
+            vec![],
+            "connect_timeout",
+        ),
+    ] {
+        let vars = [bare(), vars].concat();
+        let msg = usage_error(conninfo.as_deref(), &vars);
+        assert!(msg.contains(named), "{msg}");
+        assert!(msg.contains("at most 315360000 seconds, 3650d"), "{msg}");
+    }
+    let t = resolve_with(Some("host=a connect_timeout=315360000"), &bare()).unwrap();
+    assert_eq!(
+        t.config.get_connect_timeout(),
+        Some(&Duration::from_secs(315360000))
+    );
+}
+
 #[test]
 fn a_variable_that_is_not_utf8_is_a_usage_error_naming_it() {
     use std::os::unix::ffi::OsStrExt;

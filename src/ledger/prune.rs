@@ -1,7 +1,8 @@
 //! `pglock prune`: deletes old runs in batches, each its own short transaction, so that a large
-//! backlog never holds locks or a snapshot for long. It always keeps each key's newest finished
-//! run, its newest success and every run in progress: `check`, `metrics` and `--once-per` read
-//! those (pruning the success that a `--once-per` window rests on would run the job again).
+//! backlog never holds locks or a snapshot for long. It always keeps each key's and each lock's
+//! newest finished run and newest success, and every run in progress: `check` and `metrics`
+//! read them by key, `--once-per` by lock (pruning the success that a `--once-per` window rests
+//! on would run the job again).
 
 use super::PruneArgs;
 use super::{connect, sql};

@@ -382,16 +382,27 @@ pub fn metrics(table: &Table) -> Statement {
 }
 
 /// The rows `pglock prune` may delete (aliased `r`): finished, started more than `$1` seconds
-/// ago, with a newer finished run of the key, and, for a success, a newer success. So each
-/// key keeps its newest finished run, its newest success and every running row.
+/// ago, and superseded both among its key's runs and among its lock's: a newer finished run of
+/// each and, for a success, a newer success of each. So every key keeps its newest finished run
+/// and newest success (`history`, `check` and `metrics` select by key), every lock keeps its own
+/// (`--once-per` decides by lock id, and one key text can name two locks, `--key K` and `--key K
+/// --key-hash sqlx`, as one lock can have two names), and every running row stays.
 fn doomed(t: &str) -> String {
-    let newer = "n.key = r.key AND (n.started_at, n.id) > (r.started_at, r.id)";
+    let newer = |by: &str, status: &str| {
+        format!(
+            "EXISTS (SELECT FROM {t} n WHERE n.{by} = r.{by} \
+             AND (n.started_at, n.id) > (r.started_at, r.id) AND n.status {status})"
+        )
+    };
     format!(
         "r.status <> 'running' \
          AND r.started_at < clock_timestamp() - $1 * interval '1 second' \
-         AND EXISTS (SELECT FROM {t} n WHERE {newer} AND n.status <> 'running') \
-         AND (r.status <> 'succeeded' \
-              OR EXISTS (SELECT FROM {t} n WHERE {newer} AND n.status = 'succeeded'))"
+         AND {} AND {} \
+         AND (r.status <> 'succeeded' OR ({} AND {}))",
+        newer("key", "<> 'running'"),
+        newer("lock_id", "<> 'running'"),
+        newer("key", "= 'succeeded'"),
+        newer("lock_id", "= 'succeeded'"),
     )
 }
 
@@ -551,9 +562,13 @@ mod tests {
             "WITH d AS (DELETE FROM \"ops\".\"runs\" WHERE id IN (SELECT r.id FROM \"ops\".\"runs\" r WHERE \
              r.status <> 'running' AND r.started_at < clock_timestamp() - $1 * interval '1 second' \
              AND EXISTS (SELECT FROM \"ops\".\"runs\" n WHERE n.key = r.key AND (n.started_at, \
+             n.id) > (r.started_at, r.id) AND n.status <> 'running') \
+             AND EXISTS (SELECT FROM \"ops\".\"runs\" n WHERE n.lock_id = r.lock_id AND (n.started_at, \
              n.id) > (r.started_at, r.id) AND n.status <> 'running') AND (r.status <> 'succeeded' \
-             OR EXISTS (SELECT FROM \"ops\".\"runs\" n WHERE n.key = r.key AND (n.started_at, \
-             n.id) > (r.started_at, r.id) AND n.status = 'succeeded')) ORDER BY r.id LIMIT $2) \
+             OR (EXISTS (SELECT FROM \"ops\".\"runs\" n WHERE n.key = r.key AND (n.started_at, \
+             n.id) > (r.started_at, r.id) AND n.status = 'succeeded') \
+             AND EXISTS (SELECT FROM \"ops\".\"runs\" n WHERE n.lock_id = r.lock_id AND (n.started_at, \
+             n.id) > (r.started_at, r.id) AND n.status = 'succeeded'))) ORDER BY r.id LIMIT $2) \
              RETURNING 1) SELECT count(*) FROM d"
         );
         assert!(

@@ -6,6 +6,7 @@
 pub mod semaphore;
 pub mod token;
 
+use crate::clock::Stamp;
 use crate::exit::LostReason;
 use crate::key::LockId;
 use crate::pg::session::{Failed, final_column, final_value};
@@ -147,7 +148,8 @@ pub fn acquire(
         try_only: false,
         ..call
     };
-    let asked = Instant::now();
+    // On the clock that counts a suspend of the host: a grant that waited out one is late.
+    let asked = Stamp::now();
     match session.query(&sql::wait(call, req.id, req.token)) {
         Ok(messages) => match late(&messages, asked) {
             Some(delay) => confirm_late(session, req, delay, held(&messages)),
@@ -160,7 +162,7 @@ pub fn acquire(
 /// How much longer than the server's own wait the grant's answer took to arrive, when that is
 /// more than [`LATE_GRANT`]: a connection that was silent while the grant waited in the
 /// server's send buffer. Normally this is one network round trip.
-fn late(messages: &[SimpleQueryMessage], asked: Instant) -> Option<Duration> {
+fn late(messages: &[SimpleQueryMessage], asked: Stamp) -> Option<Duration> {
     let server: u64 = final_column(messages, sql::WAITED_COLUMN)?.parse().ok()?;
     let delay = asked
         .elapsed()

@@ -107,7 +107,7 @@ pub fn acquire(
         interrupted,
         waiting,
         deadline: match req.wait {
-            Wait::For(t) => Some(Instant::now() + t),
+            Wait::For(t) => Some(crate::duration::after(Instant::now(), t)),
             _ => None,
         },
     };

@@ -109,7 +109,7 @@ pub fn begin_with(limit: Option<Duration>, cut: Cut, on_signal: OnSignal) -> Ste
         OnSignal::Grace => cap.max(now + FLOOR),
         OnSignal::Cut => now,
     });
-    let at = match (limit.map(|l| now + l), capped) {
+    let at = match (limit.map(|l| crate::duration::after(now, l)), capped) {
         (Some(at), Some(cap)) => Some(at.min(cap)),
         (at, cap) => at.or(cap),
     };

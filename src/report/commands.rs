@@ -13,7 +13,7 @@ use crate::appname::{AppName, Label, Observer, printable};
 use crate::key::{self, LockId};
 use crate::lock::semaphore::MAX_SLOTS;
 use crate::pg::{self, Opener, Session};
-use crate::{conninfo, exit, output};
+use crate::{conninfo, duration, exit, output};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -69,7 +69,10 @@ fn connect(database_url: &Option<String>, observer: Observer) -> Result<Session>
     let opener = Opener::new(&target, &name, None, Duration::from_secs(5))?;
     let mut session = opener.open().map_err(|e| opener.failure(&e))?;
     // That query gets as long as the connect: a frozen server must not hang a report.
-    session.wait_until(Some(Instant::now() + opener.connect_timeout()));
+    session.wait_until(Some(duration::after(
+        Instant::now(),
+        opener.connect_timeout(),
+    )));
     Ok(session)
 }
 

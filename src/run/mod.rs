@@ -169,11 +169,13 @@ fn start(
 
 /// The lease's server settings: the idle timeouts, and keepalive probes every --check-interval
 /// on the server's socket, so that a silent client's session ends about a lease after it was
-/// last heard from.
+/// last heard from. The server's keepalive times are clamped as pglock's own are: the kernel
+/// refuses longer ones, and the server would then quietly keep its default of two hours.
 fn lease_settings(opts: &RunOptions) -> crate::pg::sql::Settings {
+    let probe = opts.check_interval.min(conninfo::keepalive::MAX_KEEPALIVE);
     crate::pg::sql::Settings {
         lease_ms: opts.lease.map_or(0, |l| l.length.as_millis()),
-        keepalive_s: opts.check_interval.as_secs().max(1),
+        keepalive_s: probe.as_secs().max(1),
         stranded: None,
     }
 }
@@ -231,7 +233,12 @@ fn finish(
         if let Some(deadman) = deadman.take() {
             deadman.reap();
         }
-        if let Err(reason) = min_hold_for(router, &mut holder, opts, acquired_at + min_hold) {
+        if let Err(reason) = min_hold_for(
+            router,
+            &mut holder,
+            opts,
+            duration::after(acquired_at, min_hold),
+        ) {
             // The command ran under the lock; only the grace period after it was cut short.
             warn!("lock \"{label}\" lost during --min-hold: {reason}; the hold ends now");
             holder.abandon();

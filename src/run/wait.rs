@@ -53,7 +53,7 @@ pub fn wait_for_lock(
 ) -> Result<Waited> {
     let started = Instant::now();
     let deadline = match request.wait {
-        Wait::For(t) => Some(started + t),
+        Wait::For(t) => Some(duration::after(started, t)),
         _ => None,
     };
     let waiter = Waiter {
@@ -67,7 +67,7 @@ pub fn wait_for_lock(
     let label = &opts.target.label;
     let window = Window {
         nowait: request.wait == Wait::Try,
-        connect_until: started + opts.retry_connect,
+        connect_until: duration::after(started, opts.retry_connect),
         deadline,
     };
     let mut retry = Retry::new(opener, request.scope, label, opts.quiet, window);
@@ -82,7 +82,7 @@ pub fn wait_for_lock(
         let (e, stage) = match opener.open_until(reconnect_until) {
             Ok(session) => {
                 retry.connected();
-                reconnect_until = deadline.map(|d| d + GRACE);
+                reconnect_until = deadline.map(|d| duration::after(d, GRACE));
                 match waiter.attempt(session, stranded, prepare)? {
                     Attempt::Done(waited) => return Ok(waited),
                     Attempt::Broken(e, asked, backend) => {
@@ -136,7 +136,7 @@ impl Waiter<'_> {
         // waits for nothing, so its answer gets what any statement gets after a signal.
         session.wait_until(match request.wait {
             Wait::Try => Some(Instant::now() + GRACE),
-            _ => self.deadline.map(|d| d + GRACE),
+            _ => self.deadline.map(|d| duration::after(d, GRACE)),
         });
         // Only for a lock that turns out to be taken: its observer and its guard.
         let mut during_wait: Option<(Option<Watch>, WaitGuard)> = None;
@@ -181,7 +181,11 @@ impl Waiter<'_> {
                 let failed = Failed::NoAnswer(lock::LATE_GRANT);
                 return Ok(Attempt::Broken(failed, asked, backend));
             }
-            Err(_) if self.deadline.is_some_and(|d| Instant::now() >= d + GRACE) => {
+            Err(_)
+                if self
+                    .deadline
+                    .is_some_and(|d| Instant::now() >= duration::after(d, GRACE)) =>
+            {
                 step!("no answer from the server by the end of --timeout; the connection was cut");
                 return Ok(Attempt::Done(Waited::Gave(
                     self.not_obtained(Acquired::TimedOut, None),

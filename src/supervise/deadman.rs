@@ -286,7 +286,11 @@ unsafe fn close_all_but(keep: libc::c_int) {
     }
 }
 
-/// CLOCK_MONOTONIC in milliseconds: clock_gettime(2) is async-signal-safe.
+/// CLOCK_BOOTTIME in milliseconds, which keeps counting while the host is suspended (see
+/// [`crate::clock`]; that module's type allocates nothing either, but this child keeps to raw
+/// calls). clock_gettime(2) is async-signal-safe. A kernel that refuses CLOCK_BOOTTIME refuses
+/// it every time, so the fallback to CLOCK_MONOTONIC (blind to a suspend only) is used
+/// throughout, never mixed with it.
 ///
 /// # Safety
 /// None beyond the call itself; it writes only the local timespec.
@@ -294,12 +298,14 @@ unsafe fn now_ms() -> i64 {
     // SAFETY: clock_gettime writes the local timespec and nothing else.
     unsafe {
         let mut ts: libc::timespec = std::mem::zeroed();
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        if libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) != 0 {
+            libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        }
         ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
     }
 }
 
-/// Waits for `line` to be readable until `deadline_ms` (CLOCK_MONOTONIC; None: for ever). False
+/// Waits for `line` to be readable until `deadline_ms` ([`now_ms`]'s clock; None: for ever). False
 /// when the deadline came first.
 ///
 /// # Safety
@@ -375,7 +381,7 @@ unsafe fn watch(
         // With a lease, the countdown runs while the command does and pglock is not paused.
         let mut deadline_ms: Option<i64> = None;
         let restart = |pgid: libc::pid_t| match silence_ms {
-            Some(ms) if pgid > 1 => Some(now_ms() + ms),
+            Some(ms) if pgid > 1 => Some(now_ms().saturating_add(ms)),
             _ => None,
         };
         // End of file: pglock is gone, and so is every copy of its end (the command's closes

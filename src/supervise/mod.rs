@@ -29,6 +29,8 @@ pub mod deadman;
 pub mod signals;
 pub mod wait_guard;
 
+use crate::clock::Stamp;
+use crate::duration::after;
 use crate::exit::LostReason;
 use crate::lease::Lease;
 use crate::{step, warn};
@@ -95,11 +97,11 @@ pub fn wait(
     label: &str,
 ) -> Ended {
     let mut lost: Option<LostReason> = None;
-    let mut next_check = Instant::now() + policy.check_every;
+    let mut next_check = after(Instant::now(), policy.check_every);
     // When the server last confirmed the lock (the grant, just before).
-    let mut confirmed = Instant::now();
-    let confirm = |confirmed: &mut Instant| {
-        *confirmed = Instant::now();
+    let mut confirmed = Stamp::now();
+    let confirm = |confirmed: &mut Stamp| {
+        *confirmed = Stamp::now();
         if let Some(switch) = switch {
             switch.heartbeat();
         }
@@ -108,7 +110,7 @@ pub fn wait(
     let stop = |running: &Running, kill_at: &mut Option<Instant>, kill_after: Duration| {
         if kill_at.is_none() {
             running.signal_group(Signal::SIGTERM);
-            *kill_at = Some(Instant::now() + kill_after);
+            *kill_at = Some(after(Instant::now(), kill_after));
         }
     };
     // A lost lock: what it means for the command, by the fencing policy; the loop stops
@@ -155,7 +157,7 @@ pub fn wait(
                         Ok(()) => confirm(&mut confirmed),
                         Err(why) => lose(why, running, &mut kill_at, &mut lost),
                     }
-                    next_check = Instant::now() + policy.check_every;
+                    next_check = after(Instant::now(), policy.check_every);
                 }
                 running.resume();
             }
@@ -185,14 +187,12 @@ pub fn wait(
         };
         router.drain();
         if watching {
-            // Back from a freeze (a paused VM, SIGSTOP) longer than the lease allows: the server
-            // may have given the lock away already, so stop at once rather than ask.
-            let unconfirmed = confirmed.elapsed();
-            let looked = match policy.lease {
-                Some(lease) if unconfirmed >= lease.unconfirmed_after => {
-                    Err(LostReason::Unconfirmed(unconfirmed))
-                }
-                _ => look(guard, socket_ready, &mut next_check, policy.check_every),
+            // Back from a freeze (a paused VM, SIGSTOP, a suspended host) longer than the lease
+            // allows: the server may have given the lock away already, so stop at once rather
+            // than ask.
+            let looked = match unconfirmed_too_long(&confirmed, policy.lease) {
+                Some(unconfirmed) => Err(LostReason::Unconfirmed(unconfirmed)),
+                None => look(guard, socket_ready, &mut next_check, policy.check_every),
             };
             match looked {
                 Ok(true) => confirm(&mut confirmed),
@@ -216,7 +216,7 @@ pub fn hold(
     until: Instant,
     check_every: Duration,
 ) -> Result<(), LostReason> {
-    let mut next_check = Instant::now() + check_every;
+    let mut next_check = after(Instant::now(), check_every);
     loop {
         // Also a signal that the command got: whoever stops the job wants the lock back.
         if let Some(sig) = router.stop_requested().or_else(|| router.interrupted()) {
@@ -236,6 +236,14 @@ pub fn hold(
     }
 }
 
+/// The freeze check: how long nothing has confirmed the lock, when that is longer than the
+/// lease allows. Read on [`Stamp`], which counts the time the host was suspended: a host that
+/// slept through its lease must not wait for its next check to find out.
+fn unconfirmed_too_long(confirmed: &Stamp, lease: Option<Lease>) -> Option<Duration> {
+    let unconfirmed = confirmed.elapsed();
+    (unconfirmed >= lease?.unconfirmed_after).then_some(unconfirmed)
+}
+
 /// One look at the lock: what the socket says, and the periodic check when it is due. True if
 /// the server just confirmed the lock.
 fn look(
@@ -249,7 +257,7 @@ fn look(
     }
     if Instant::now() >= *next_check {
         let result = guard.check(every);
-        *next_check = Instant::now() + every;
+        *next_check = after(Instant::now(), every);
         result?;
         return Ok(true);
     }
@@ -381,6 +389,22 @@ mod tests {
             "t",
         );
         assert_eq!(ended.status.signal(), Some(Signal::SIGTERM as i32));
+    }
+
+    /// Issue 23, item 16: the freeze check counts the time the host was suspended, which
+    /// CLOCK_MONOTONIC (std's Instant) does not.
+    #[test]
+    fn the_freeze_check_counts_the_time_the_host_slept() {
+        let lease = crate::lease::new(Duration::from_secs(5), Duration::from_secs(10), None);
+        assert_eq!(unconfirmed_too_long(&Stamp::now(), Some(lease)), None);
+        let slept = Stamp::before_a_suspend_of(Duration::from_secs(30));
+        let unconfirmed = unconfirmed_too_long(&slept, Some(lease));
+        assert!(
+            unconfirmed.is_some_and(|d| d >= Duration::from_secs(30)),
+            "{unconfirmed:?}"
+        );
+        // Without a lease the server never gives the lock away on its own.
+        assert_eq!(unconfirmed_too_long(&slept, None), None);
     }
 
     #[test]

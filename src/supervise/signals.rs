@@ -194,7 +194,7 @@ impl Router {
     /// Sleeps for `d`, or less if a terminating signal arrives; returns that signal.
     pub fn pause(&self, d: Duration) -> Option<Signal> {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-        let until = Instant::now() + d;
+        let until = crate::duration::after(Instant::now(), d);
         loop {
             if let Some(sig) = self.interrupted() {
                 return Some(sig);

@@ -20,7 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["pg"],
     &["conninfo", "tls"],
     &[
-        "appname", "key", "exit", "log", "duration", "output", "lease",
+        "appname", "key", "exit", "log", "duration", "output", "lease", "clock",
     ],
 ];
 

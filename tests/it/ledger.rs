@@ -721,6 +721,56 @@ fn prune_keeps_each_keys_newest_rows() {
     assert_eq!(ledger.runs(&b), [("abandoned".into(), None)]);
 }
 
+/// Issue 23, item 12: prune kept each key text's newest success, but `--once-per` decides by
+/// lock. `--key K` and `--key K --key-hash sqlx` are two locks of one key text: a newer success
+/// of the second made prune delete the first's, and its `--once-per` ran the job again.
+#[test]
+fn prune_keeps_each_locks_newest_success_for_once_per() {
+    let ledger = Ledger::new();
+    let env = TestEnv::new("prunelock");
+    let key = env.key();
+    let mut client = sql();
+    let age = |client: &mut Client| {
+        client
+            .execute(
+                &format!(
+                    "UPDATE {} SET started_at = started_at - interval '2 hours', \
+                     finished_at = finished_at - interval '2 hours' WHERE key = $1",
+                    ledger.table
+                ),
+                &[&key],
+            )
+            .unwrap();
+    };
+    // Two successes of the sha256 lock, 4 and 2 hours ago; one of the sqlx lock, now.
+    ledger.run(key, &["--record"], "true").assert_success();
+    age(&mut client);
+    ledger.run(key, &["--record"], "true").assert_success();
+    age(&mut client);
+    ledger
+        .run(key, &["--key-hash", "sqlx", "--record"], "true")
+        .assert_success();
+    // Only the older success of the sha256 lock is superseded within its lock.
+    run(ledger.pglock(&["prune", "--older-than", "1h"]))
+        .assert_success()
+        .assert_stdout(&format!(
+            "deleted 1 runs older than 1h00m from {}\n",
+            ledger.table
+        ));
+    assert_eq!(ledger.runs(key).len(), 2);
+    // The sha256 lock's success 2 hours ago still counts for its --once-per.
+    let marker = env.path("ran");
+    ledger
+        .run(
+            key,
+            &["--once-per", "1d"],
+            &format!("touch {}", marker.display()),
+        )
+        .assert_success()
+        .assert_stderr_contains("already succeeded");
+    assert!(!marker.exists(), "--once-per ran the job again");
+}
+
 #[test]
 fn once_per_needs_one_holder_at_a_time() {
     for args in [

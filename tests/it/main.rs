@@ -14,6 +14,7 @@ mod fleet;
 mod hardening;
 mod layers;
 mod ledger;
+mod limits;
 mod nemesis;
 mod output;
 mod processes;
