@@ -208,8 +208,9 @@ pub fn wait(
     }
 }
 
-/// Keeps watching the lock until `until` (--min-hold) or a terminating signal. Err(reason) if
-/// the lock is lost meanwhile.
+/// Keeps watching the lock until `until` (--min-hold) or a terminating signal during the hold
+/// (one that ended the command ends the hold before it begins: see `run`). Err(reason) if the
+/// lock is lost meanwhile.
 pub fn hold(
     router: &Router,
     guard: &mut dyn Guard,
@@ -218,8 +219,7 @@ pub fn hold(
 ) -> Result<(), LostReason> {
     let mut next_check = Instant::now() + check_every;
     loop {
-        // Also a signal that the command got: whoever stops the job wants the lock back.
-        if let Some(sig) = router.stop_requested().or_else(|| router.interrupted()) {
+        if let Some(sig) = router.interrupted() {
             step!("signal {sig} ends the --min-hold early");
             return Ok(());
         }

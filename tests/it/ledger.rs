@@ -995,6 +995,71 @@ fn sessions_read_only_by_default_are_refused_clearly_or_written_explicitly() {
     );
 }
 
+/// Issue 23, item 6: a signal the command survived (a daemon that reloads on SIGHUP) cuts
+/// nothing short when the command ends normally well after it. The ledger's end and the release
+/// used to get 250 ms however long ago the signal came: an end that waited longer (here for a
+/// row lock, as for a slow commit) was cut, the row stayed `running`, and `--once-per` ran the
+/// job again.
+#[test]
+fn a_signal_the_command_survived_does_not_cut_the_ledgers_end_short() {
+    let ledger = Ledger::new();
+    let env = TestEnv::new("hupsurvived");
+    let key = env.key();
+    // It reloads on SIGHUP, and ends 1.5 s later: after pglock's grace of a second.
+    let script = format!(
+        "trap 'touch {d}/hup' HUP; touch {d}/ready; \
+         while [ ! -e {d}/hup ]; do sleep 0.01 & wait; done; sleep 1.5",
+        d = env.dir().display()
+    );
+    let child = start(ledger.pglock(&["--key", key, "--once-per", "1h", "-c", &script]));
+    env.wait_for_file("ready");
+    let backend = env.backend_pid();
+    // The run's row, share-locked: its end waits for this transaction.
+    let mut blocker = sql();
+    let mut tx = blocker.transaction().unwrap();
+    let locked = tx
+        .query(
+            &format!(
+                "SELECT 1 FROM {} WHERE key = $1 AND status = 'running' FOR SHARE",
+                ledger.table
+            ),
+            &[&key],
+        )
+        .unwrap();
+    assert_eq!(locked.len(), 1);
+    child.kill(Signal::SIGHUP);
+    env.wait_for_file("hup");
+    wait_until(
+        "the end to wait a second for the row, or its connection to be cut",
+        || {
+            let row = env
+                .probe()
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE wait_event_type = 'Lock' \
+                 AND query_start < clock_timestamp() - interval '1 second'), count(*) \
+                 FROM pg_stat_activity WHERE pid = $1",
+                    &[&backend],
+                )
+                .unwrap();
+            let (waited, exists): (i64, i64) = (row.get(0), row.get(1));
+            waited == 1 || exists == 0
+        },
+    );
+    tx.commit().unwrap();
+    child.finish().assert_success().assert_stderr("");
+    assert_eq!(ledger.runs(key), [("succeeded".into(), Some(0))]);
+    let never = env.path("never");
+    ledger
+        .run(
+            key,
+            &["--once-per", "1h"],
+            &format!("touch {}", never.display()),
+        )
+        .assert_success()
+        .assert_stderr_contains("already succeeded");
+    assert!(!never.exists());
+}
+
 /// Issue 18, item 13: in session scope, a lock lost while the command runs is recorded `lost`
 /// at once, over a connection of the ledger's own (the lock's is gone), not left `running`.
 #[test]
