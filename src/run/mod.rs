@@ -97,8 +97,15 @@ fn run_held(
         Ok(Some(Begun::Skip(outcome))) => return release_then(holder, opts, Ok(outcome), false),
         Err(e) => return release_then(holder, opts, Err(e), false),
     };
-    let (mut running, deadman) = match start(opts, router, &env, deadman) {
+    let (mut running, deadman) = match start(opts, router, &mut holder, &env, deadman) {
         Ok(started) => started,
+        Err(Ok(lost @ Outcome::LostBeforeStart { .. })) => {
+            // Nothing to release: the session is gone. The ledger's end goes over its own
+            // connection.
+            record_end(ledger, &mut holder, End::lost_before_start());
+            holder.abandon();
+            return Ok(lost);
+        }
         Err(not_started) => {
             let code = match &not_started {
                 // Only an interruption gets here, whose code does not depend on -E.
@@ -169,12 +176,14 @@ struct Ran {
     signalled: bool,
 }
 
-/// Spawns the command unless a terminating signal came first; its dead man's switch, if any,
+/// Spawns the command unless a terminating signal came first, or the lock is already known to
+/// be lost (the server ended the session since the grant); its dead man's switch, if any,
 /// learns its process group before it execs. Err holds what pglock then ends with: the
-/// interruption, or the spawn's error (126, 127, 71).
+/// interruption, the lost lock, or the spawn's error (126, 127, 71).
 fn start(
     opts: &RunOptions,
     router: &Router,
+    holder: &mut Holder,
     env: &[(String, String)],
     deadman: Option<DeadMan>,
 ) -> Result<(Running, Option<DeadMan>), Result<Outcome>> {
@@ -189,6 +198,20 @@ fn start(
     });
     let mut deadman = deadman.or_else(|| arm_deadman(opts));
     let line = deadman.as_ref().map(|d| (d.announcer(), d.pid()));
+    // As late as can be: a loss found after the spawn is one while the command ran.
+    if let Some(reason) = supervise::lost_already(holder) {
+        if let Some(deadman) = &mut deadman {
+            deadman.disarm();
+        }
+        step!(
+            "lock \"{}\" lost before the command started: {reason}",
+            opts.target.label
+        );
+        return Err(Ok(Outcome::LostBeforeStart {
+            label: opts.target.label.clone(),
+            reason,
+        }));
+    }
     let not_started = match router.spawn(|| child::spawn(&opts.job, env, fenced, line)) {
         Ok(Some(running)) => return Ok((running, deadman)),
         Ok(None) => {

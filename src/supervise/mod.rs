@@ -236,6 +236,21 @@ pub fn hold(
     }
 }
 
+/// Whether the lock's session is already known to be gone, before the command starts: the
+/// server's goodbye (pg_terminate_backend, a shutdown) waits on the socket. A poll(2) that does
+/// not wait, and no round trip. None: nothing says so.
+pub fn lost_already(guard: &mut dyn Guard) -> Option<LostReason> {
+    let socket = guard.socket()?;
+    // SAFETY: the socket belongs to the lock session, which the guard keeps open throughout;
+    // poll only reads its state.
+    let fd = unsafe { BorrowedFd::borrow_raw(socket) };
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n) if n > 0 => guard.readable().err(),
+        _ => None,
+    }
+}
+
 /// One look at the lock: what the socket says, and the periodic check when it is due. True if
 /// the server just confirmed the lock.
 fn look(
