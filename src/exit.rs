@@ -105,6 +105,8 @@ pub enum Outcome {
     NotObtained(Option<String>),
     /// The lock was lost while the command ran, and the command was stopped for it.
     Lost { label: String, reason: LostReason },
+    /// The lock was found lost after the grant, before the command started: it was not started.
+    LostBeforeStart { label: String, reason: LostReason },
     /// --once-per: the job already succeeded within the window, so the command did not run.
     /// Exits `code` (--done-exit-code); the message is None with --quiet.
     Done { code: u8, message: Option<String> },
@@ -118,7 +120,7 @@ impl Outcome {
             Outcome::Ran(status) => child_code(*status),
             Outcome::Interrupted(sig) => signal_code(*sig as i32),
             Outcome::NotObtained(_) | Outcome::Exhausted(_) => conflict_code,
-            Outcome::Lost { .. } => LOCK_LOST,
+            Outcome::Lost { .. } | Outcome::LostBeforeStart { .. } => LOCK_LOST,
             Outcome::Done { code, .. } => *code,
         }
     }
@@ -130,6 +132,10 @@ impl Outcome {
             Outcome::Exhausted(message) => Some(message.clone()),
             Outcome::Lost { label, reason } => Some(format!(
                 "lock \"{label}\" was lost while the command ran ({reason})"
+            )),
+            Outcome::LostBeforeStart { label, reason } => Some(format!(
+                "lock \"{label}\" was lost before the command started ({reason}); the command \
+                 was not started"
             )),
             Outcome::Ran(_) | Outcome::Interrupted(_) => None,
         }
@@ -208,7 +214,8 @@ Exit status:
                      --once-per: the job already succeeded within DURATION,
                      so the command did not run
   69                 could not connect to or authenticate with PostgreSQL
-  74                 the lock was lost while the command ran
+  74                 the lock was lost while the command ran, or before it
+                     started (then the command was not started)
   78                 the ledger table (--record, --once-per) is missing or
                      not writable: see pglock init
   2                  usage error

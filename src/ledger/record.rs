@@ -135,6 +135,15 @@ impl End {
         }
     }
 
+    /// The lock was found lost after the grant, before the command started (pglock exits 74):
+    /// recorded as a lost run, over the ledger's own connection.
+    pub fn lost_before_start() -> End {
+        End {
+            status: "lost",
+            exit_code: exit::LOCK_LOST,
+        }
+    }
+
     /// The command ran and ended with `status`; `lost` if the lock was lost meanwhile, and
     /// `stopped` if the command was stopped for that (pglock then exits 74; with `--on-lost
     /// ignore` it passes the command's status on).

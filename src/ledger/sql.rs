@@ -46,7 +46,7 @@ pub fn init(table: &Table, init_lock: LockId, roles: &[String]) -> String {
     let statuses: Vec<String> = STATUSES.iter().map(|s| format!("'{s}'")).collect();
     let mut script = format!(
         "-- pglock run ledger ({table}); pglock init runs exactly this.\n\
-         BEGIN;\n\
+         {begin};\n\
          -- One init at a time: concurrent CREATE ... IF NOT EXISTS can collide in the catalogs.\n\
          SELECT pg_advisory_xact_lock({lock});\n\
          SELECT to_regclass('{t}') IS NOT NULL AS existed;\n\
@@ -76,6 +76,7 @@ pub fn init(table: &Table, init_lock: LockId, roles: &[String]) -> String {
          CREATE INDEX IF NOT EXISTS {lock_running} ON {t} (lock_id, slot) WHERE status = 'running';\n\
          -- history --all and prune by age\n\
          CREATE INDEX IF NOT EXISTS {started} ON {t} (started_at);\n",
+        begin = crate::pg::sql::BEGIN,
         lock = init_lock.sql_args(),
         statuses = statuses.join(", "),
         upgrade = upgrade(table),
@@ -442,7 +443,7 @@ mod tests {
         let script = init(&table(), LockId::Big(7), &["\"runner\"".into()]);
         assert!(script.starts_with("-- pglock run ledger (ops.runs)"));
         for line in [
-            "BEGIN;",
+            "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE;",
             "SELECT pg_advisory_xact_lock(7);",
             "SELECT to_regclass('\"ops\".\"runs\"') IS NOT NULL AS existed;",
             "CREATE TABLE IF NOT EXISTS \"ops\".\"runs\" (",

@@ -205,7 +205,9 @@ impl Taker<'_> {
                         return Ok(None);
                     }
                 }
-                Err(e) if local => return Err(e),
+                // In xact scope a stray wake-up aborted the transaction: [`acquire`] starts
+                // over. Its --timeout running out (lock_timeout) is a conflict, as anywhere.
+                Err(e) if local && is_cancel(&e) => return Err(e),
                 Err(e) => return outcome_of(e).map(Some),
             }
         }

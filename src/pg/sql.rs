@@ -93,8 +93,20 @@ pub struct Settings {
     pub stranded: Option<i32>,
 }
 
+/// How pglock begins every transaction it holds a lock in. A database's or role's
+/// `default_transaction_isolation` must not give the lock's transaction a snapshot from before
+/// the grant: under repeatable read or serializable the first statement (the settings) takes it,
+/// so a waiter granted the lock later would not see what the previous holder committed (its
+/// ledger row: `--once-per` would run the job again). Read write likewise, so that the ledger's
+/// row can be written whatever `default_transaction_read_only` says (pglock's
+/// target_session_attrs=read-write refuses such sessions anyway; this is for `any`).
+pub const BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE";
+
 /// BEGIN for xact scope, then the session settings, then the backend's pid (see
 /// [`BACKEND_PID`]).
+///
+/// In session scope the ledger's statements are transactions of their own: the session's
+/// defaults are set to what [`BEGIN`] says, for the same reasons.
 ///
 /// A DBA's server-wide timeouts must not end a lock holder, so they are zeroed here, except the
 /// two idle timeouts, which carry the lease. Settings the server lacks (transaction_timeout
@@ -109,7 +121,9 @@ pub fn prelude(scope: Scope, lock_timeout_ms: u128, settings: Settings) -> Strin
         "('statement_timeout', '0'), ('idle_in_transaction_session_timeout', '{lease}'), \
          ('idle_session_timeout', '{lease}'), ('transaction_timeout', '0'), \
          ('lock_timeout', '{lock_timeout_ms}'), \
-         ('client_connection_check_interval', '{CLIENT_CHECK_MS}')"
+         ('client_connection_check_interval', '{CLIENT_CHECK_MS}'), \
+         ('default_transaction_isolation', 'read committed'), \
+         ('default_transaction_read_only', 'off')"
     );
     if lease > 0 {
         let k = settings.keepalive_s.max(1);
@@ -130,7 +144,7 @@ pub fn prelude(scope: Scope, lock_timeout_ms: u128, settings: Settings) -> Strin
     );
     match scope {
         Scope::Session => settings,
-        Scope::Xact => format!("BEGIN; {settings}"),
+        Scope::Xact => format!("{BEGIN}; {settings}"),
     }
 }
 
@@ -466,10 +480,13 @@ mod tests {
         };
         assert_eq!(
             acquire(call, 1500, Settings::default(), LockId::Pair(1, 2)),
-            "BEGIN; SELECT set_config(v.name, v.setting, true) FROM (VALUES \
+            "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE; SELECT set_config(v.name, \
+             v.setting, true) FROM (VALUES \
              ('statement_timeout', '0'), ('idle_in_transaction_session_timeout', '0'), \
              ('idle_session_timeout', '0'), ('transaction_timeout', '0'), \
-             ('lock_timeout', '1500'), ('client_connection_check_interval', '500')) AS \
+             ('lock_timeout', '1500'), ('client_connection_check_interval', '500'), \
+             ('default_transaction_isolation', 'read committed'), \
+             ('default_transaction_read_only', 'off')) AS \
              v(name, setting) WHERE current_setting(v.name, true) IS NOT NULL; \
              SELECT pg_backend_pid() AS backend_pid; \
              SELECT pg_advisory_xact_lock_shared(1,2)"
@@ -487,7 +504,8 @@ mod tests {
              ('statement_timeout', '0'), ('idle_in_transaction_session_timeout', '6000'), \
              ('idle_session_timeout', '6000'), ('transaction_timeout', '0'), \
              ('lock_timeout', '0'), ('client_connection_check_interval', '500'), \
-             ('tcp_keepalives_idle', '1'), ('tcp_keepalives_interval', '1'), \
+             ('default_transaction_isolation', 'read committed'), \
+             ('default_transaction_read_only', 'off'), ('tcp_keepalives_idle', '1'), ('tcp_keepalives_interval', '1'), \
              ('tcp_user_timeout', '6000')) AS v(name, setting) \
              WHERE current_setting(v.name, true) IS NOT NULL; \
              SELECT pg_backend_pid() AS backend_pid; "
@@ -537,7 +555,7 @@ mod tests {
             keepalive_s: 0,
             stranded: Some(7),
         });
-        assert!(fresh.starts_with("ROLLBACK; BEGIN; "));
+        assert!(fresh.starts_with("ROLLBACK; BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE; "));
         assert!(!fresh.contains("pg_terminate_backend"));
         assert!(
             wake_gate(LockId::Big(9))

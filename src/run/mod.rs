@@ -11,6 +11,7 @@ use crate::ledger::record::{self, Begun, End, Recorder};
 use crate::lock::{Held, Holder, Request, Semaphore, Unconfirmed};
 use crate::options::{Fencing, RunOptions};
 use crate::pg::Opener;
+use crate::pg::deadline::GRACE;
 use crate::supervise::child::Running;
 use crate::supervise::deadman::DeadMan;
 use crate::supervise::signals::{Deferred, Router};
@@ -96,8 +97,15 @@ fn run_held(
         Ok(Some(Begun::Skip(outcome))) => return release_then(holder, opts, Ok(outcome), false),
         Err(e) => return release_then(holder, opts, Err(e), false),
     };
-    let (mut running, deadman) = match start(opts, router, &env, deadman) {
+    let (mut running, deadman) = match start(opts, router, &mut holder, &env, deadman) {
         Ok(started) => started,
+        Err(Ok(lost @ Outcome::LostBeforeStart { .. })) => {
+            // Nothing to release: the session is gone. The ledger's end goes over its own
+            // connection.
+            record_end(ledger, &mut holder, End::lost_before_start());
+            holder.abandon();
+            return Ok(lost);
+        }
         Err(not_started) => {
             let code = match &not_started {
                 // Only an interruption gets here, whose code does not depend on -E.
@@ -123,19 +131,59 @@ fn run_held(
         policy,
         &opts.target.label,
     );
-    // A signal asked the job to stop: what follows the command is over a second after it.
-    if let Some(at) = router.stop_requested_at() {
+    // A signal ended the job: what follows the command is over a second after it.
+    let signalled = ended_by_signal(router, &ended, Instant::now());
+    if let Some(at) = signalled {
         crate::pg::deadline::stopped_by_signal_at(at);
     }
-    finish(opts, router, holder, ledger, deadman, ended, acquired_at)
+    let run = Ran {
+        ended,
+        acquired_at,
+        signalled: signalled.is_some(),
+    };
+    finish(opts, router, holder, ledger, deadman, run)
 }
 
-/// Spawns the command unless a terminating signal came first; its dead man's switch, if any,
+/// When the signal that asked the job to stop came, if it ended the command: the command died
+/// of it, or exited within [`GRACE`] of it (by the time pglock reaped it). A command that ran on
+/// for longer survived it (a daemon that reloads on SIGHUP, a job that ignores SIGINT): its end,
+/// however much later, is an ordinary one, and what follows gets its usual time, so that the
+/// ledger records it and the release is confirmed.
+fn ended_by_signal(
+    router: &Router,
+    ended: &supervise::Ended,
+    exited_at: Instant,
+) -> Option<Instant> {
+    use std::os::unix::process::ExitStatusExt;
+    let (sig, at) = router.last_stop()?;
+    let died_of_it = ended.status.signal() == Some(sig as i32);
+    let soon_after = exited_at.saturating_duration_since(at) <= GRACE;
+    if !(died_of_it || soon_after) {
+        step!(
+            "the command outlived {sig} by {}: not cutting what follows short",
+            duration::format(exited_at.saturating_duration_since(at))
+        );
+        return None;
+    }
+    Some(at)
+}
+
+/// How the command's run went, for [`finish`].
+struct Ran {
+    ended: supervise::Ended,
+    acquired_at: Instant,
+    /// A signal ended it (see [`ended_by_signal`]): --min-hold ends at once.
+    signalled: bool,
+}
+
+/// Spawns the command unless a terminating signal came first, or the lock is already known to
+/// be lost (the server ended the session since the grant); its dead man's switch, if any,
 /// learns its process group before it execs. Err holds what pglock then ends with: the
-/// interruption, or the spawn's error (126, 127, 71).
+/// interruption, the lost lock, or the spawn's error (126, 127, 71).
 fn start(
     opts: &RunOptions,
     router: &Router,
+    holder: &mut Holder,
     env: &[(String, String)],
     deadman: Option<DeadMan>,
 ) -> Result<(Running, Option<DeadMan>), Result<Outcome>> {
@@ -150,6 +198,20 @@ fn start(
     });
     let mut deadman = deadman.or_else(|| arm_deadman(opts));
     let line = deadman.as_ref().map(|d| (d.announcer(), d.pid()));
+    // As late as can be: a loss found after the spawn is one while the command ran.
+    if let Some(reason) = supervise::lost_already(holder) {
+        if let Some(deadman) = &mut deadman {
+            deadman.disarm();
+        }
+        step!(
+            "lock \"{}\" lost before the command started: {reason}",
+            opts.target.label
+        );
+        return Err(Ok(Outcome::LostBeforeStart {
+            label: opts.target.label.clone(),
+            reason,
+        }));
+    }
     let not_started = match router.spawn(|| child::spawn(&opts.job, env, fenced, line)) {
         Ok(Some(running)) => return Ok((running, deadman)),
         Ok(None) => {
@@ -204,9 +266,13 @@ fn finish(
     mut holder: Holder,
     ledger: Option<Box<Recorder>>,
     mut deadman: Option<DeadMan>,
-    ended: supervise::Ended,
-    acquired_at: Instant,
+    run: Ran,
 ) -> Result<Outcome> {
+    let Ran {
+        ended,
+        acquired_at,
+        signalled,
+    } = run;
     let label = &opts.target.label;
     if let Some(deadman) = &mut deadman {
         deadman.disarm();
@@ -228,7 +294,11 @@ fn finish(
             Fencing::Ignore => ran,
         });
     }
-    if let Some(min_hold) = opts.min_hold {
+    if let (Some(_), true) = (opts.min_hold, signalled) {
+        // Whoever stopped the job wants the lock back.
+        step!("a signal ended the command; no --min-hold");
+    }
+    if let Some(min_hold) = opts.min_hold.filter(|_| !signalled) {
         // Nothing to hurry for: reap the switch now, not leave it a zombie for the hold.
         if let Some(deadman) = deadman.take() {
             deadman.reap();

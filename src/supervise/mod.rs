@@ -208,8 +208,9 @@ pub fn wait(
     }
 }
 
-/// Keeps watching the lock until `until` (--min-hold) or a terminating signal. Err(reason) if
-/// the lock is lost meanwhile.
+/// Keeps watching the lock until `until` (--min-hold) or a terminating signal during the hold
+/// (one that ended the command ends the hold before it begins: see `run`). Err(reason) if the
+/// lock is lost meanwhile.
 pub fn hold(
     router: &Router,
     guard: &mut dyn Guard,
@@ -218,8 +219,7 @@ pub fn hold(
 ) -> Result<(), LostReason> {
     let mut next_check = after(Instant::now(), check_every);
     loop {
-        // Also a signal that the command got: whoever stops the job wants the lock back.
-        if let Some(sig) = router.stop_requested().or_else(|| router.interrupted()) {
+        if let Some(sig) = router.interrupted() {
             step!("signal {sig} ends the --min-hold early");
             return Ok(());
         }
@@ -242,6 +242,21 @@ pub fn hold(
 fn unconfirmed_too_long(confirmed: &Stamp, lease: Option<Lease>) -> Option<Duration> {
     let unconfirmed = confirmed.elapsed();
     (unconfirmed >= lease?.unconfirmed_after).then_some(unconfirmed)
+}
+
+/// Whether the lock's session is already known to be gone, before the command starts: the
+/// server's goodbye (pg_terminate_backend, a shutdown) waits on the socket. A poll(2) that does
+/// not wait, and no round trip. None: nothing says so.
+pub fn lost_already(guard: &mut dyn Guard) -> Option<LostReason> {
+    let socket = guard.socket()?;
+    // SAFETY: the socket belongs to the lock session, which the guard keeps open throughout;
+    // poll only reads its state.
+    let fd = unsafe { BorrowedFd::borrow_raw(socket) };
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n) if n > 0 => guard.readable().err(),
+        _ => None,
+    }
 }
 
 /// One look at the lock: what the socket says, and the periodic check when it is due. True if

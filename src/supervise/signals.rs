@@ -7,10 +7,12 @@
 //!   server, with a handful of cancel requests at most: a frozen backend ignores them all, and
 //!   then the deadline cuts the connection.
 //! - While the command runs, every forwarded signal goes to the command's process group, so it
-//!   reaches a wrapping shell's children too. One that asks to stop (HUP, INT, QUIT, TERM) is
-//!   remembered with its time: once the command has exited, what follows it (the ledger's
-//!   record, the release) must end a second after it, and --min-hold ends. The lock checks while
-//!   the command runs keep their bound: a daemon that reloads on SIGHUP runs on with its lock.
+//!   reaches a wrapping shell's children too. The latest one that asks to stop (HUP, INT, QUIT,
+//!   TERM) is remembered with its time: if it ended the command (the run decides, see
+//!   `run::ended_by_signal`), what follows (the ledger's record, the release) must end a second
+//!   after it, and --min-hold ends. The lock checks while the command runs keep their bound, and
+//!   a signal the command survived cuts nothing short: a daemon that reloads on SIGHUP runs on
+//!   with its lock, and ends as if it had never been signalled.
 //! - In every phase it writes the signal number to a pipe, so the main loop can poll(2) it next
 //!   to the lock connection's socket.
 //! - A signal that was ignored when pglock started (nohup, a shell's background job) stays
@@ -115,7 +117,7 @@ struct State {
     route: Route,
     /// The first terminating signal that arrived outside the command's lifetime.
     interrupted: Option<Signal>,
-    /// The first signal that asked pglock to stop, in any phase, and when it came.
+    /// The latest signal that asked pglock to stop, in any phase, and when it came.
     stop: Option<(Signal, Instant)>,
     /// Counts lock waits, so a late cancel never touches a later attempt's connection.
     attempt: u64,
@@ -180,15 +182,10 @@ impl Router {
         st.interrupted
     }
 
-    /// The first signal that asked pglock to stop, forwarded to the command or not: what
-    /// follows the command is cut short for it.
-    pub fn stop_requested(&self) -> Option<Signal> {
-        lock(&self.state).stop.map(|(sig, _)| sig)
-    }
-
-    /// When the first signal that asked pglock to stop came.
-    pub fn stop_requested_at(&self) -> Option<Instant> {
-        lock(&self.state).stop.map(|(_, at)| at)
+    /// The latest signal that asked pglock to stop, forwarded to the command or not, and when
+    /// it came: what follows the command is cut short for it if it ended the command.
+    pub fn last_stop(&self) -> Option<(Signal, Instant)> {
+        lock(&self.state).stop
     }
 
     /// Sleeps for `d`, or less if a terminating signal arrives; returns that signal.
@@ -272,7 +269,7 @@ fn route(state: &Arc<Mutex<State>>, sig: i32) {
     let mut st = lock(state);
     if STOP.contains(&sig) {
         let stop = Signal::try_from(sig).unwrap_or(Signal::SIGTERM);
-        st.stop.get_or_insert((stop, Instant::now()));
+        st.stop = Some((stop, Instant::now()));
     }
     match &st.route {
         Route::Child(pgid) if sig != SIGCHLD => {

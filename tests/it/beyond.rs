@@ -148,6 +148,35 @@ fn a_release_wakes_the_head_of_the_queue_without_polling() {
     a.release().assert_success();
 }
 
+/// Issue 23, item 7: a --timeout that runs out while queued behind the head of the queue is a
+/// conflict (75, or -E N) in both scopes; in xact scope it used to exit 1 ("canceling statement
+/// due to lock timeout").
+#[test]
+fn a_timeout_while_queued_behind_the_head_is_a_conflict() {
+    for scope in ["session", "xact"] {
+        let env = TestEnv::new("limitqueued");
+        let args = ["--limit", "2", "--scope", scope];
+        let (a, b) = (env.hold(&args), env.hold(&args));
+        let head = env.start_script(&args, "true");
+        wait_until("the head of the queue", || gate_rows(&env).0 == 1);
+        let late = || {
+            let mut cmd = env.pglock(&args);
+            cmd.args(["--timeout", "1"]);
+            cmd
+        };
+        let out = run(late().args(["--", "true"]));
+        out.assert_code(75)
+            .assert_one_pglock_line()
+            .assert_stderr_contains("timed out after ");
+        run(late().args(["-E", "9", "--", "true"])).assert_code(9);
+        // Nothing was left behind in the queue: the head is still its only holder.
+        assert_eq!(gate_rows(&env), (1, 0), "{scope}");
+        a.release().assert_success();
+        head.finish().assert_success();
+        b.release().assert_success();
+    }
+}
+
 #[test]
 fn a_killed_holders_slot_is_reused() {
     let env = TestEnv::new("limitkill");

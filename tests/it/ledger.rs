@@ -979,6 +979,137 @@ fn init_upgrades_a_table_of_an_earlier_pglock() {
     run(ledger.pglock(&["init"])).assert_stdout_contains("already exists");
 }
 
+/// Issue 23, item 5: a waiter granted the lock after the holder committed its success must see
+/// it, whatever isolation level the database or role makes the default. The lock's transaction
+/// used to take its snapshot with its first statement, before the wait, under repeatable read
+/// and serializable, and the waiter ran the job again.
+#[test]
+fn once_per_in_xact_scope_sees_the_last_success_whatever_the_default_isolation() {
+    let ledger = Ledger::new();
+    for level in ["serializable", "repeatable\\ read"] {
+        let env = TestEnv::new("xactiso");
+        let key = env.key();
+        let options = format!("-c default_transaction_isolation={level}");
+        let contender = || {
+            let mut cmd = ledger.pglock(&["--key", key, "--scope", "xact", "--once-per", "1h"]);
+            cmd.env("PGOPTIONS", &options)
+                .args(["-c", &ran_then_wait(env.dir())]);
+            start(cmd)
+        };
+        let a = contender();
+        wait_until("A running", || ran(&env) == 1);
+        let b = contender();
+        wait_until("B waiting", || env.waiting() == 1);
+        std::fs::write(env.path("go"), "").unwrap();
+        a.finish().assert_success();
+        b.finish()
+            .assert_success()
+            .assert_stderr_contains("already succeeded");
+        assert_eq!(ran(&env), 1, "{level}");
+        assert_eq!(ledger.runs(key), [("succeeded".into(), Some(0))], "{level}");
+    }
+}
+
+/// Issue 23, item 5: sessions that are read-only by default (default_transaction_read_only, as
+/// a database's or role's setting, or in PGOPTIONS) are refused as a standby is, saying why;
+/// with target_session_attrs=any pglock's own transactions are read write, so the run is
+/// recorded (xact scope used to warn that it could not record it, and run the job unrecorded).
+#[test]
+fn sessions_read_only_by_default_are_refused_clearly_or_written_explicitly() {
+    let ledger = Ledger::new();
+    let env = TestEnv::new("rodefault");
+    let key = env.key();
+    let read_only = "-c default_transaction_read_only=on";
+    for scope in ["session", "xact"] {
+        let out = run(ledger
+            .pglock(&["--key", key, "--scope", scope, "--once-per", "1h"])
+            .env("PGOPTIONS", read_only)
+            .args(["-c", &format!("touch {}/ran", env.dir().display())]));
+        out.assert_code(69)
+            .assert_one_pglock_line()
+            .assert_stderr_contains("default_transaction_read_only is on");
+        assert!(!env.exists("ran"));
+    }
+    let any = |scope: &str| {
+        let mut cmd = ledger.pglock(&["--key", key, "--scope", scope, "--record"]);
+        cmd.env("PGOPTIONS", read_only)
+            .env("PGTARGETSESSIONATTRS", "any")
+            .args(["--", "true"]);
+        run(cmd)
+    };
+    any("xact").assert_success().assert_stderr("");
+    any("session").assert_success().assert_stderr("");
+    assert_eq!(
+        ledger.runs(key),
+        vec![("succeeded".to_string(), Some(0)); 2]
+    );
+}
+
+/// Issue 23, item 6: a signal the command survived (a daemon that reloads on SIGHUP) cuts
+/// nothing short when the command ends normally well after it. The ledger's end and the release
+/// used to get 250 ms however long ago the signal came: an end that waited longer (here for a
+/// row lock, as for a slow commit) was cut, the row stayed `running`, and `--once-per` ran the
+/// job again.
+#[test]
+fn a_signal_the_command_survived_does_not_cut_the_ledgers_end_short() {
+    let ledger = Ledger::new();
+    let env = TestEnv::new("hupsurvived");
+    let key = env.key();
+    // It reloads on SIGHUP, and ends 1.5 s later: after pglock's grace of a second.
+    let script = format!(
+        "trap 'touch {d}/hup' HUP; touch {d}/ready; \
+         while [ ! -e {d}/hup ]; do sleep 0.01 & wait; done; sleep 1.5",
+        d = env.dir().display()
+    );
+    let child = start(ledger.pglock(&["--key", key, "--once-per", "1h", "-c", &script]));
+    env.wait_for_file("ready");
+    let backend = env.backend_pid();
+    // The run's row, share-locked: its end waits for this transaction.
+    let mut blocker = sql();
+    let mut tx = blocker.transaction().unwrap();
+    let locked = tx
+        .query(
+            &format!(
+                "SELECT 1 FROM {} WHERE key = $1 AND status = 'running' FOR SHARE",
+                ledger.table
+            ),
+            &[&key],
+        )
+        .unwrap();
+    assert_eq!(locked.len(), 1);
+    child.kill(Signal::SIGHUP);
+    env.wait_for_file("hup");
+    wait_until(
+        "the end to wait a second for the row, or its connection to be cut",
+        || {
+            let row = env
+                .probe()
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE wait_event_type = 'Lock' \
+                 AND query_start < clock_timestamp() - interval '1 second'), count(*) \
+                 FROM pg_stat_activity WHERE pid = $1",
+                    &[&backend],
+                )
+                .unwrap();
+            let (waited, exists): (i64, i64) = (row.get(0), row.get(1));
+            waited == 1 || exists == 0
+        },
+    );
+    tx.commit().unwrap();
+    child.finish().assert_success().assert_stderr("");
+    assert_eq!(ledger.runs(key), [("succeeded".into(), Some(0))]);
+    let never = env.path("never");
+    ledger
+        .run(
+            key,
+            &["--once-per", "1h"],
+            &format!("touch {}", never.display()),
+        )
+        .assert_success()
+        .assert_stderr_contains("already succeeded");
+    assert!(!never.exists());
+}
+
 /// Issue 18, item 13: in session scope, a lock lost while the command runs is recorded `lost`
 /// at once, over a connection of the ledger's own (the lock's is gone), not left `running`.
 #[test]

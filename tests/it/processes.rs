@@ -180,3 +180,43 @@ fn cmdline(pid: i32) -> String {
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
         .unwrap_or_default()
 }
+
+/// Issue 23, item 15: a lock lost after the grant and before the spawn is reported as that, and
+/// the command is not started. strace holds pglock for 3 s in the setpgid(2) that follows the
+/// fork of its dead man's switch, between the grant and the spawn; meanwhile the holder's
+/// backend is terminated. pglock used to start the command anyway and say it was terminating
+/// it because the lock "was lost while the command ran".
+#[test]
+fn a_lock_lost_before_the_command_starts_is_said_so_and_the_command_never_runs() {
+    need("strace", "strace");
+    let env = TestEnv::new("lostbeforestart");
+    let strace = [
+        "-f",
+        "-o",
+        "/dev/null",
+        "-e",
+        "trace=setpgid",
+        "-e",
+        "inject=setpgid:delay_enter=3000000",
+    ];
+    let mut cmd = wrapped("strace", &strace);
+    let script = format!("touch {}/ran", env.dir().display());
+    cmd.args(["--key", env.key(), "-c", &script]);
+    let child = start(cmd);
+    wait_until("pglock to hold the lock", || env.granted() == 1);
+    assert_eq!(env.terminate_holder(), 1);
+    let out = child.finish();
+    // strace may add a line of its own (two delayed setpgid at once): pglock's are one.
+    let ours: Vec<&str> = out
+        .stderr()
+        .lines()
+        .filter(|l| !l.starts_with("strace: "))
+        .collect();
+    assert_eq!(ours.len(), 1, "{out}");
+    out.assert_code(74)
+        .assert_stderr_contains("was lost before the command started")
+        .assert_stderr_contains("; the command was not started")
+        .assert_stderr_lacks("terminating the command")
+        .assert_stderr_lacks("while the command ran");
+    assert!(!env.exists("ran"), "{out}");
+}
