@@ -192,6 +192,10 @@ fn bounded<T>(
 ) -> Result<T, Failed> {
     let cut = Arc::new(Notify::new());
     let step = deadline::begin_with(Some(limit), Cut::Wake(cut.clone()), on_signal);
+    if step.due_at_start() {
+        // A signal came first: not even a TCP handshake for a step that is cut as it begins.
+        return Err(Failed::NoAnswer(limit));
+    }
     let outcome = rt.block_on(async {
         tokio::select! {
             biased;
@@ -283,6 +287,12 @@ async fn dial_socket(dial: &Dial) -> Result<Stream, Failed> {
     }
 }
 
+/// The server cannot tell a standby from a primary whose sessions are read-only by default, so
+/// neither can pglock, and the user is told both.
+const NO_WRITES: &str = "database does not allow writes (the server is a standby, or its \
+     sessions are read-only by default: default_transaction_read_only is on for this database \
+     or role, or in PGOPTIONS; pglock takes its lock only where it can write)";
+
 type Started = (tokio_postgres::Client, Connection, std::os::fd::RawFd);
 
 /// One address: the socket, then TLS, start-up and authentication, then the check that the
@@ -322,7 +332,7 @@ async fn start(dial: &Dial, config: &Config, connector: &Connector) -> Result<St
         if read_only {
             return Err(Failed::Connect(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
-                "database does not allow writes",
+                NO_WRITES,
             )));
         }
     }

@@ -94,6 +94,7 @@ fn lock() -> MutexGuard<'static, State> {
 pub struct Step {
     id: u64,
     ended: bool,
+    due_at_start: bool,
 }
 
 /// Arms a step that must be over within `limit` (None: only a signal bounds it).
@@ -126,10 +127,20 @@ pub fn begin_with(limit: Option<Duration>, cut: Cut, on_signal: OnSignal) -> Ste
     if let Some(at) = at {
         wake_for(&mut st, at);
     }
-    Step { id, ended: false }
+    Step {
+        id,
+        ended: false,
+        due_at_start: at.is_some_and(|at| at <= now),
+    }
 }
 
 impl Step {
+    /// Its deadline had passed as it began (a signal came before it): the work is not worth
+    /// starting.
+    pub fn due_at_start(&self) -> bool {
+        self.due_at_start
+    }
+
     /// The step is over: nothing will be cut for it any more. True if its deadline had passed
     /// and its socket was cut, whatever the library call returned.
     pub fn end(mut self) -> bool {

@@ -2,15 +2,6 @@
 
 use tokio_postgres::error::SqlState;
 
-/// What rust-postgres says when target_session_attrs=read-write (pglock's default) finds
-/// `transaction_read_only` on: the server cannot tell a standby from a primary whose sessions
-/// are read-only by default, so neither can pglock, and the user is told both.
-const NO_WRITES: &str = "database does not allow writes";
-
-const NO_WRITES_WHY: &str = " (the server is a standby, or its sessions are read-only by \
-     default: default_transaction_read_only is on for this database or role, or in PGOPTIONS; \
-     pglock takes its lock only where it can write)";
-
 /// A postgres error as one line: the server's own message when there is one, else the chain of
 /// causes with repeated links left out: native-tls shows OpenSSL's text with the certificate
 /// check's result appended, and its cause shows the same text again without it.
@@ -34,9 +25,6 @@ pub fn describe_error(e: &tokio_postgres::Error) -> String {
             text.push_str(&part);
         }
         source = s.source();
-    }
-    if text.ends_with(NO_WRITES) {
-        text.push_str(NO_WRITES_WHY);
     }
     text.replace('\n', " ")
 }
