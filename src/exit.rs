@@ -158,6 +158,9 @@ pub enum LostReason {
     /// Nothing confirmed the lock for this long, longer than its lease allows (pglock or its
     /// host was frozen).
     Unconfirmed(Duration),
+    /// The dead man's switch died and no other could be armed: a killed pglock would leave the
+    /// command running beside the next holder.
+    Unguarded(String),
 }
 
 impl fmt::Display for LostReason {
@@ -181,6 +184,10 @@ impl fmt::Display for LostReason {
                 "nothing confirmed it for {}, so its lease may have run out (was pglock or this \
                  host frozen?)",
                 crate::duration::format(*for_)
+            ),
+            LostReason::Unguarded(why) => write!(
+                f,
+                "the dead man's switch died and no other could be armed ({why})"
             ),
         }
     }

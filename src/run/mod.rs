@@ -123,11 +123,12 @@ fn run_held(
         kill_after: opts.kill_after,
         lease: opts.lease,
     };
+    let mut deadman = deadman;
     let ended = supervise::wait(
         &mut running,
         router,
         &mut holder,
-        deadman.as_ref(),
+        deadman.as_mut(),
         policy,
         &opts.target.label,
     );
@@ -211,6 +212,14 @@ fn start(
             label: opts.target.label.clone(),
             reason,
         }));
+    }
+    // The switch holds the lock too from now on: killed, pglock leaves it to the switch, which
+    // lets the connection close only once the command's group is gone.
+    if let (Some(deadman), Some(socket)) = (&deadman, holder.socket()) {
+        if let Err(e) = deadman.hold_socket(socket) {
+            // A switch that is gone makes the command's announcement fail: it does not start.
+            step!("cannot hand the lock's socket to the dead man's switch: {e}");
+        }
     }
     let not_started = match router.spawn(|| child::spawn(&opts.job, env, fenced, line)) {
         Ok(Some(running)) => return Ok((running, deadman)),

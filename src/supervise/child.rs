@@ -170,6 +170,11 @@ fn spawn_failure(e: &std::io::Error) -> (Failure, String) {
 
 impl Running {
     /// Sends `sig` to the command's process group.
+    /// The command's pid, which leads its process group.
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
     pub fn signal_group(&self, sig: Signal) {
         let _ = killpg(self.pid, sig);
     }

@@ -28,6 +28,17 @@
 //! 5.9 and refused by some seccomp profiles, so the switch falls back to closing what
 //! /proc/self/fd lists, and gives up (exits) if pglock's end is still open after that.
 //!
+//! The switch also holds the lock. Right before the spawn pglock hands it a copy of the lock
+//! connection's socket (SCM_RIGHTS on the line), so that when pglock dies the server does not
+//! see the connection close, and the lock stays held, until the switch has stopped the command
+//! and its whole process group is gone: only then does the switch exit and the socket close.
+//! pglock's own goodbye (Terminate, or a cut with shutdown(2)) still ends the session whatever
+//! copies exist. If the switch dies too, the lease is the bound of last resort.
+//!
+//! The switch names itself `pglock-switch`, so that `killall pglock` or `pkill -x pglock` does not
+//! take it down with pglock, and pglock watches its end of the line while the command runs: a
+//! switch that dies is replaced at once ([`DeadMan::rearm`]).
+//!
 //! With a lease (see [`crate::lease`]) the switch also covers pglock stopped alone (SIGSTOP, a
 //! debugger) while its command runs on: pglock sends a heartbeat after every confirmed lock
 //! check, and a switch that hears none for the lease's `unconfirmed_after` stops the command's
@@ -55,6 +66,9 @@ const STAND_DOWN: u8 = b'x';
 const HEARTBEAT: u8 = b'h';
 /// The job is stopped at a terminal (Ctrl-Z), and so is pglock: no heartbeats until it goes on.
 const PAUSE: u8 = b'p';
+/// The lock connection's socket comes with this byte (SCM_RIGHTS): hold it until the command's
+/// group is gone.
+const SOCKET: u8 = b's';
 
 pub struct DeadMan {
     /// pglock's end; closed without a stand-down means "pglock is gone".
@@ -62,6 +76,9 @@ pub struct DeadMan {
     pid: Pid,
     /// Collected already: its pid may belong to someone else now.
     reaped: bool,
+    /// What it was armed with, for [`DeadMan::rearm`].
+    kill_after: Duration,
+    silence: Option<Duration>,
 }
 
 impl DeadMan {
@@ -92,6 +109,8 @@ impl DeadMan {
                     line: Some(write_end),
                     pid: child,
                     reaped: false,
+                    kill_after,
+                    silence,
                 })
             }
         }
@@ -117,6 +136,57 @@ impl DeadMan {
         );
         self.reaped |= !alive;
         alive
+    }
+
+    /// Hands the switch a copy of the lock connection's socket, which it keeps open until the
+    /// command's group is gone if pglock dies. Err if the switch is gone.
+    pub fn hold_socket(&self, socket: RawFd) -> nix::Result<()> {
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+        let line = self.line.as_ref().ok_or(nix::errno::Errno::EPIPE)?;
+        let fds = [socket];
+        let iov = [std::io::IoSlice::new(&[SOCKET])];
+        let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        match sendmsg::<()>(line.as_raw_fd(), &iov, &cmsg, flags, None)? {
+            1 => Ok(()),
+            _ => Err(nix::errno::Errno::EPIPE),
+        }
+    }
+
+    /// The switch died while the command runs: fork another with the same settings and tell it
+    /// what the first knew, the command's group and the lock's socket. The dead one is
+    /// collected. Err if no switch could be armed.
+    pub fn rearm(&mut self, group: Pid, socket: Option<RawFd>) -> Result<()> {
+        self.line = None;
+        if !self.reaped {
+            let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = waitpid(self.pid, None);
+            self.reaped = true;
+        }
+        // The old one is disarmed and collected already: dropping it does nothing more.
+        *self = DeadMan::arm(self.kill_after, self.silence)?;
+        let pid = group.as_raw().to_ne_bytes();
+        self.say_all(&[GROUP, pid[0], pid[1], pid[2], pid[3]])
+            .context("cannot tell the new dead man's switch the command's group")?;
+        if let Some(socket) = socket {
+            self.hold_socket(socket)
+                .context("cannot hand the lock's socket to the new dead man's switch")?;
+        }
+        Ok(())
+    }
+
+    /// The descriptor that turns readable (end of file) when the switch dies.
+    pub fn line(&self) -> Option<RawFd> {
+        self.line.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    fn say_all(&self, msg: &[u8]) -> nix::Result<()> {
+        let line = self.line.as_ref().ok_or(nix::errno::Errno::EPIPE)?;
+        let flags = nix::sys::socket::MsgFlags::MSG_NOSIGNAL;
+        match nix::sys::socket::send(line.as_raw_fd(), msg, flags)? {
+            n if n == msg.len() => Ok(()),
+            _ => Err(nix::errno::Errno::EPIPE),
+        }
     }
 
     /// The lock was just confirmed: the switch's countdown starts again.
@@ -202,6 +272,74 @@ unsafe fn read_all(fd: libc::c_int, buf: &mut [u8]) -> bool {
         }
     }
     true
+}
+
+/// Reads one message kind from `line` with recvmsg(2), retrying on EINTR, so that a socket
+/// sent with it (SCM_RIGHTS) is received rather than dropped: it replaces `held` (closing the
+/// one held before). False at end of file or error.
+///
+/// # Safety
+/// `line` must be an open descriptor; `held` is -1 or a descriptor this process owns.
+unsafe fn read_kind(line: libc::c_int, kind: &mut u8, held: &mut libc::c_int) -> bool {
+    // SAFETY: recvmsg(2) into live local buffers (one byte, and a control buffer aligned for
+    // cmsghdr and large enough for one descriptor); the CMSG_* walk stays inside the length the
+    // kernel reported.
+    unsafe {
+        loop {
+            let mut iov = libc::iovec {
+                iov_base: (kind as *mut u8).cast(),
+                iov_len: 1,
+            };
+            let mut control = [0u64; 8];
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&control);
+            match libc::recvmsg(line, &mut msg, 0) {
+                1 => {}
+                -1 if *libc::__errno_location() == libc::EINTR => continue,
+                _ => return false,
+            }
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+                    if *held >= 0 {
+                        libc::close(*held);
+                    }
+                    *held = fd;
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+            return true;
+        }
+    }
+}
+
+/// Waits until no process of group `pgid` is left, checking every 50 ms, for at most `limit`.
+/// True if the group is gone.
+///
+/// # Safety
+/// None beyond the calls: killpg(2) with signal 0 and nanosleep(2).
+unsafe fn group_gone_within(pgid: libc::pid_t, limit: Duration) -> bool {
+    let step = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 50_000_000,
+    };
+    let mut waited = Duration::ZERO;
+    loop {
+        // SAFETY: signal 0 only asks whether the group has a process.
+        if unsafe { libc::killpg(pgid, 0) } != 0 {
+            return true;
+        }
+        if waited >= limit {
+            return false;
+        }
+        // SAFETY: a live local timespec; an early wake-up only checks sooner.
+        unsafe { libc::nanosleep(&step, std::ptr::null_mut()) };
+        waited += Duration::from_millis(50);
+    }
 }
 
 /// Whether `fd` is an open descriptor.
@@ -355,6 +493,8 @@ unsafe fn watch(
     // child; nothing allocates or takes a lock.
     unsafe {
         libc::setpgid(0, 0);
+        // A name of its own: `killall pglock` and `pkill -x pglock` must not take it down too.
+        libc::prctl(libc::PR_SET_NAME, c"pglock-switch".as_ptr(), 0, 0, 0);
         // Keep nothing but the line: above all not pglock's end of it, without which end of
         // file never comes, nor the lock connection, which would keep the lock alive, nor
         // stdout/stderr, which readers wait on.
@@ -386,7 +526,9 @@ unsafe fn watch(
         };
         // End of file: pglock is gone, and so is every copy of its end (the command's closes
         // when it execs). A countdown that runs out: pglock is stopped or stuck.
-        while readable_before(line, deadline_ms) && read_all(line, &mut kind) {
+        // The lock's socket, once pglock hands it over: closed only when the switch exits.
+        let mut socket: libc::c_int = -1;
+        while readable_before(line, deadline_ms) && read_kind(line, &mut kind[0], &mut socket) {
             match kind[0] {
                 STAND_DOWN => libc::_exit(0),
                 GROUP => {
@@ -406,20 +548,14 @@ unsafe fn watch(
             libc::_exit(0); // The command never started: nothing to stop.
         }
         libc::killpg(pgid, libc::SIGTERM);
-        // Wait for the group to empty, checking every 50ms, up to kill_after.
-        let step = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 50_000_000,
-        };
-        let mut waited = Duration::ZERO;
-        while waited < kill_after {
-            if libc::killpg(pgid, 0) != 0 {
-                libc::_exit(0);
-            }
-            libc::nanosleep(&step, std::ptr::null_mut());
-            waited += Duration::from_millis(50);
+        if !group_gone_within(pgid, kill_after) {
+            libc::killpg(pgid, libc::SIGKILL);
+            // SIGKILL takes effect at once, unless a process is stuck in the kernel (D state):
+            // then the lease frees the lock. A group leader that nobody reaps (pglock's own
+            // reaper is gone) stays a zombie: the bound keeps the switch from waiting for it.
+            group_gone_within(pgid, kill_after.max(Duration::from_secs(5)));
         }
-        libc::killpg(pgid, libc::SIGKILL);
+        // Only now does the lock's socket close (with this process), and the server free it.
         libc::_exit(0)
     }
 }

@@ -92,7 +92,7 @@ pub fn wait(
     running: &mut Running,
     router: &Router,
     guard: &mut dyn Guard,
-    switch: Option<&DeadMan>,
+    mut switch: Option<&mut DeadMan>,
     policy: Policy,
     label: &str,
 ) -> Ended {
@@ -100,7 +100,7 @@ pub fn wait(
     let mut next_check = after(Instant::now(), policy.check_every);
     // When the server last confirmed the lock (the grant, just before).
     let mut confirmed = Stamp::now();
-    let confirm = |confirmed: &mut Stamp| {
+    let confirm = |confirmed: &mut Stamp, switch: &Option<&mut DeadMan>| {
         *confirmed = Stamp::now();
         if let Some(switch) = switch {
             switch.heartbeat();
@@ -143,7 +143,7 @@ pub fn wait(
                     None => guard.suspend_lease(policy.check_every),
                     Some(_) => Ok(()),
                 };
-                if let Some(switch) = switch {
+                if let Some(switch) = &switch {
                     switch.pause();
                 }
                 match suspended {
@@ -154,7 +154,7 @@ pub fn wait(
                 // command must not do another thing without it.
                 if lost.is_none() {
                     match guard.resume_lease(policy.check_every) {
-                        Ok(()) => confirm(&mut confirmed),
+                        Ok(()) => confirm(&mut confirmed, &switch),
                         Err(why) => lose(why, running, &mut kill_at, &mut lost),
                     }
                     next_check = after(Instant::now(), policy.check_every);
@@ -176,16 +176,37 @@ pub fn wait(
             .flatten()
             .min();
         let socket = guard.socket().filter(|_| watching);
-        let socket_ready = match wait_for_events(router, socket, deadline) {
+        let line = switch.as_ref().and_then(|s| s.line()).filter(|_| watching);
+        let ready = match wait_for_events(router, socket, line, deadline) {
             Ok(ready) => ready,
             Err(e) => {
                 warn!("cannot watch the lock ({e}); stopping the command");
                 stop(running, &mut kill_at, policy.kill_after);
                 router.pause(Duration::from_millis(50));
-                false
+                Ready::default()
             }
         };
+        let socket_ready = ready.socket;
         router.drain();
+        if ready.switch
+            && let Some(switch) = switch.as_deref_mut()
+        {
+            // Its line closed: the switch died (killed by pattern, the OOM killer). A command
+            // without one would outlive a killed pglock beside the next holder.
+            let dead = switch.pid();
+            match switch.rearm(running.pid(), guard.socket()) {
+                Ok(()) => warn!(
+                    "the dead man's switch (pid {dead}) died; armed another (pid {})",
+                    switch.pid()
+                ),
+                Err(e) => lose(
+                    LostReason::Unguarded(format!("{e:#}")),
+                    running,
+                    &mut kill_at,
+                    &mut lost,
+                ),
+            }
+        }
         if watching {
             // Back from a freeze (a paused VM, SIGSTOP, a suspended host) longer than the lease
             // allows: the server may have given the lock away already, so stop at once rather
@@ -195,7 +216,7 @@ pub fn wait(
                 None => look(guard, socket_ready, &mut next_check, policy.check_every),
             };
             match looked {
-                Ok(true) => confirm(&mut confirmed),
+                Ok(true) => confirm(&mut confirmed, &switch),
                 Ok(false) => {}
                 Err(why) => lose(why, running, &mut kill_at, &mut lost),
             }
@@ -226,11 +247,14 @@ pub fn hold(
         if Instant::now() >= until {
             return Ok(());
         }
-        let socket_ready = wait_for_events(router, guard.socket(), Some(until.min(next_check)))
-            .unwrap_or_else(|_| {
-                std::thread::sleep(Duration::from_millis(50));
-                false
-            });
+        let socket_ready =
+            match wait_for_events(router, guard.socket(), None, Some(until.min(next_check))) {
+                Ok(ready) => ready.socket,
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    false
+                }
+            };
         router.drain();
         look(guard, socket_ready, &mut next_check, check_every)?;
     }
@@ -279,16 +303,27 @@ fn look(
     Ok(false)
 }
 
-/// Blocks until a signal arrives, the socket is readable, or `deadline`. True if the socket is.
+/// Which of the watched descriptors turned readable.
+#[derive(Debug, Default)]
+struct Ready {
+    /// The lock's socket.
+    socket: bool,
+    /// The dead man's line: the switch is gone.
+    switch: bool,
+}
+
+/// Blocks until a signal arrives, the socket or the switch's line is readable, or `deadline`.
 fn wait_for_events(
     router: &Router,
     socket: Option<RawFd>,
+    line: Option<RawFd>,
     deadline: Option<Instant>,
-) -> nix::Result<bool> {
+) -> nix::Result<Ready> {
     let mut fds = vec![PollFd::new(router.wake_fd(), PollFlags::POLLIN)];
-    if let Some(fd) = socket {
+    for fd in [socket, line].into_iter().flatten() {
         // SAFETY: the socket belongs to the lock session, which the guard keeps open for the
-        // whole loop; poll only reads its state.
+        // whole loop, and the line to the switch, which the loop holds; poll only reads their
+        // state.
         fds.push(PollFd::new(
             unsafe { BorrowedFd::borrow_raw(fd) },
             PollFlags::POLLIN,
@@ -309,10 +344,16 @@ fn wait_for_events(
         Ok(_) | Err(nix::errno::Errno::EINTR) => {}
         Err(e) => return Err(e),
     }
-    Ok(fds
-        .get(1)
-        .and_then(|f| f.revents())
-        .is_some_and(|r| !r.is_empty()))
+    let fired = |i: usize| {
+        fds.get(i)
+            .and_then(|f| f.revents())
+            .is_some_and(|r| !r.is_empty())
+    };
+    let line_at = if socket.is_some() { 2 } else { 1 };
+    Ok(Ready {
+        socket: socket.is_some() && fired(1),
+        switch: line.is_some() && fired(line_at),
+    })
 }
 
 #[cfg(test)]

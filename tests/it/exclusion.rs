@@ -1,0 +1,185 @@
+//! Exclusion as strong as flock's (issue 24): the lock outlives everything that can still act
+//! under it. A SIGKILLed pglock's command, which takes seconds to stop, must have ended before
+//! the next holder's command starts; the dead man's switch is not taken down by a kill by name,
+//! and one that dies is replaced. Real processes, real signals; the order is read from
+//! timestamps the commands write themselves.
+
+use crate::util::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::time::Duration;
+
+/// Nanoseconds since the epoch that a command wrote to `name` in the test's directory.
+fn stamp(env: &TestEnv, name: &str) -> u128 {
+    let text = read(&env.path(name));
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} holds no timestamp: {text:?}"))
+}
+
+/// A holder whose command says it runs, then needs 3 s to stop after SIGTERM and writes when it
+/// has (its last instruction).
+fn slow_stopper(env: &TestEnv, args: &[&str], tag: &str) -> Started {
+    let dir = env.dir().display().to_string();
+    let script = until_sigterm(
+        &format!("touch {dir}/{tag}-ready"),
+        &format!("sleep 3; date +%s%N > {dir}/{tag}-end; exit 0"),
+    );
+    let child = start(env.pglock(args).args(["-c", &script]));
+    env.wait_for_file(&format!("{tag}-ready"));
+    child
+}
+
+/// A waiter whose command writes when it starts.
+fn next_holder(env: &TestEnv, args: &[&str]) -> Started {
+    let dir = env.dir().display().to_string();
+    start(
+        env.pglock(args)
+            .args(["-c", &format!("date +%s%N > {dir}/next-start")]),
+    )
+}
+
+/// Sessions of the test's key that wait for a lock, semaphore slots included.
+fn lock_waiters(env: &TestEnv) -> i64 {
+    let pattern = format!("pglock:{}@%", env.key());
+    env.probe()
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND application_name LIKE $1",
+            &[&pattern],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// kill -9 of the pglock of a slow stopper while `next` waits: the next command starts only
+/// after the old one's last instruction.
+fn killed_holder_hands_over_after_its_command(name: &str, args: &[&str], others: usize) {
+    let env = TestEnv::new(name);
+    let old = slow_stopper(&env, args, "old");
+    // With --limit 2, the other slot is taken too, so the waiter needs the killed one's.
+    let mut rest: Vec<Started> = (0..others)
+        .map(|i| slow_stopper(&env, args, &format!("other{i}")))
+        .collect();
+    let mut next = next_holder(&env, args);
+    wait_until("the next holder to queue", || {
+        lock_waiters(&env) >= 1 || env.exists("next-start")
+    });
+    assert!(!env.exists("next-start"), "the next holder did not wait");
+    kill(Pid::from_raw(old.id() as i32), Signal::SIGKILL).unwrap();
+    wait_within("the next holder to run", Duration::from_secs(30), || {
+        next.exited().is_some()
+    });
+    next.finish().assert_success();
+    env.wait_for_file("old-end");
+    let (ended, started) = (stamp(&env, "old-end"), stamp(&env, "next-start"));
+    assert!(
+        started >= ended,
+        "the next command started {} ms before the killed holder's command ended",
+        (ended - started) / 1_000_000
+    );
+    old.finish();
+    for other in rest.drain(..) {
+        other.kill(Signal::SIGTERM);
+        other.finish();
+    }
+}
+
+#[test]
+fn a_sigkilled_holder_keeps_the_lock_until_its_command_has_stopped() {
+    killed_holder_hands_over_after_its_command("killedsession", &[], 0);
+}
+
+#[test]
+fn a_sigkilled_holder_keeps_the_lock_until_its_command_has_stopped_in_xact_scope() {
+    killed_holder_hands_over_after_its_command("killedxact", &["--scope", "xact"], 0);
+}
+
+#[test]
+fn a_sigkilled_holder_keeps_its_slot_until_its_command_has_stopped() {
+    killed_holder_hands_over_after_its_command("killedlimit", &["--limit", "2"], 1);
+}
+
+/// A file under /proc, or nothing if the process is gone.
+fn proc(path: String) -> String {
+    read(std::path::Path::new(&path))
+}
+
+/// The name (comm) of a process.
+fn name_of(pid: i32) -> String {
+    proc(format!("/proc/{pid}/comm")).trim().to_string()
+}
+
+/// The children of a process.
+fn children(pid: i32) -> Vec<i32> {
+    proc(format!("/proc/{pid}/task/{pid}/children"))
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_kill_by_exact_name_leaves_the_switch_to_stop_the_command() {
+    let env = TestEnv::new("killbyname");
+    let old = slow_stopper(&env, &[], "old");
+    let mut next = next_holder(&env, &[]);
+    wait_until("the next holder to queue", || env.waiting() == 1);
+    // What `killall -9 pglock` and `pkill -9 -x pglock` do, for this test's holder only: it
+    // and its children whose name is exactly "pglock" (the switch was one, before).
+    let holder = old.id() as i32;
+    let kids = children(holder);
+    assert!(
+        kids.iter().any(|&c| name_of(c) == "pglock-switch"),
+        "the holder has no child named pglock-switch: {:?}",
+        kids.iter().map(|&c| name_of(c)).collect::<Vec<_>>()
+    );
+    for pid in std::iter::once(holder).chain(kids) {
+        if name_of(pid) == "pglock" {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    // The old command is stopped (by its switch, which outlived the kill) and the next holder
+    // runs after it.
+    wait_within("the next holder to run", Duration::from_secs(30), || {
+        next.exited().is_some()
+    });
+    next.finish().assert_success();
+    env.wait_for_file("old-end");
+    let (ended, started) = (stamp(&env, "old-end"), stamp(&env, "next-start"));
+    assert!(
+        started >= ended,
+        "the next command started {} ms before the killed holder's command ended",
+        (ended - started) / 1_000_000
+    );
+    old.finish();
+}
+
+#[test]
+fn a_switch_that_dies_is_replaced_at_once() {
+    let env = TestEnv::new("switchdies");
+    let old = start(env.pglock(&[
+        "-c",
+        &until_sigterm(&format!("touch {}/ready", env.dir().display()), "exit 0"),
+    ]));
+    env.wait_for_file("ready");
+    let switch_of = |pid: u32| {
+        children(pid as i32)
+            .into_iter()
+            .find(|&c| name_of(c) == "pglock-switch")
+    };
+    let first = switch_of(old.id()).expect("no switch");
+    kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
+    wait_within("another switch", Duration::from_secs(5), || {
+        switch_of(old.id()).is_some_and(|s| s != first)
+    });
+    let second = switch_of(old.id()).unwrap();
+    // The new switch knows the command: pglock killed now, the command is stopped.
+    kill(Pid::from_raw(old.id() as i32), Signal::SIGKILL).unwrap();
+    wait_within("the command to be stopped", Duration::from_secs(10), || {
+        env.waiting() == 0 && env.granted() == 0
+    });
+    let out = old.finish();
+    out.assert_stderr_contains(&format!(
+        "the dead man's switch (pid {first}) died; armed another (pid {second})"
+    ));
+}
