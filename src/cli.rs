@@ -146,6 +146,11 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "ACTION", default_value_t = OnLost::Terminate)]
     pub on_lost: OnLost,
 
+    /// What to do with processes the command leaves running when it exits (`cmd &`, a
+    /// double-forked helper): stop them before the release, wait for them, or release anyway.
+    #[arg(long, value_enum, value_name = "ACTION", default_value_t = Leftovers::Terminate)]
+    pub leftovers: Leftovers,
+
     /// After terminating the command (lost lock), send SIGKILL if it is still running this long.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse)]
     pub kill_after: Duration,
@@ -384,6 +389,16 @@ pub enum Scope {
     Session,
     /// pg_advisory_xact_lock inside a transaction, released by COMMIT or ROLLBACK.
     Xact,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Leftovers {
+    /// SIGTERM them, SIGKILL after --kill-after, warn once; release when they are gone.
+    Terminate,
+    /// Hold the lock until they exit by themselves, as flock(1) does.
+    Wait,
+    /// Release the lock while they run, as `flock -o` (a job that starts a daemon on purpose).
+    Keep,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -11,6 +11,7 @@ use crate::lock::Wait;
 use crate::pg::sql::Scope;
 pub use crate::supervise::Fencing;
 pub use crate::supervise::child::Job;
+use crate::supervise::leftovers;
 use crate::{ledger, report};
 use std::ffi::OsString;
 use std::time::Duration;
@@ -27,6 +28,8 @@ pub struct RunOptions {
     /// `--fencing-token`: read one with the grant and give it to the command.
     pub fencing_token: bool,
     pub fencing: Fencing,
+    /// `--leftovers`.
+    pub leftovers: leftovers::Policy,
     pub job: Job,
     pub min_hold: Option<Duration>,
     /// Some with --record or --once-per.
@@ -68,6 +71,11 @@ impl RunOptions {
             limit: cli.limit,
             fencing_token: cli.fencing_token,
             fencing,
+            leftovers: match cli.leftovers {
+                cli::Leftovers::Terminate => leftovers::Policy::Terminate,
+                cli::Leftovers::Wait => leftovers::Policy::Wait,
+                cli::Leftovers::Keep => leftovers::Policy::Keep,
+            },
             job: job(cli),
             min_hold: cli.min_hold,
             record: record(cli),

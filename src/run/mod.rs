@@ -15,7 +15,7 @@ use crate::pg::deadline::GRACE;
 use crate::supervise::child::Running;
 use crate::supervise::deadman::DeadMan;
 use crate::supervise::signals::{Deferred, Router};
-use crate::supervise::{self, Guard, Policy, child};
+use crate::supervise::{self, Guard, Policy, child, leftovers};
 use crate::{conninfo, duration, step, warn};
 use anyhow::Result;
 use std::os::fd::RawFd;
@@ -132,6 +132,17 @@ fn run_held(
         policy,
         &opts.target.label,
     );
+    // What the command left running acts under the lock too: before the release.
+    leftovers::settle(leftovers::Job {
+        policy: opts.leftovers,
+        group: running.pid(),
+        kill_after: opts.kill_after,
+        check_every: opts.check_interval,
+        router,
+        guard: &mut holder,
+        switch: deadman.as_ref(),
+        lost: ended.lost.is_some(),
+    });
     // A signal ended the job: what follows the command is over a second after it.
     let signalled = ended_by_signal(router, &ended, Instant::now());
     if let Some(at) = signalled {
@@ -220,6 +231,9 @@ fn start(
             // A switch that is gone makes the command's announcement fail: it does not start.
             step!("cannot hand the lock's socket to the dead man's switch: {e}");
         }
+    }
+    if opts.leftovers != leftovers::Policy::Keep {
+        leftovers::adopt_orphans();
     }
     let not_started = match router.spawn(|| child::spawn(&opts.job, env, fenced, line)) {
         Ok(Some(running)) => return Ok((running, deadman)),

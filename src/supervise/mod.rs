@@ -26,6 +26,7 @@
 
 pub mod child;
 pub mod deadman;
+pub mod leftovers;
 pub mod signals;
 pub mod wait_guard;
 

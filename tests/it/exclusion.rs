@@ -183,3 +183,86 @@ fn a_switch_that_dies_is_replaced_at_once() {
         "the dead man's switch (pid {first}) died; armed another (pid {second})"
     ));
 }
+
+/// Whether a process runs (a zombie counts as gone).
+fn alive(pid: i32) -> bool {
+    let stat = proc(format!("/proc/{pid}/stat"));
+    let state = stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
+    state.is_some_and(|s| s != 'Z')
+}
+
+/// The pid a command wrote to `name`.
+fn pid_in(env: &TestEnv, name: &str) -> i32 {
+    env.wait_for_file(name);
+    let text = read(&env.path(name));
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{name}: {text:?}"))
+}
+
+#[test]
+fn a_background_job_left_behind_is_terminated_before_the_release() {
+    let env = TestEnv::new("leftbg");
+    let dir = env.dir().display().to_string();
+    let out = env.run_script(&[], &format!("sleep 30 & echo $! > {dir}/bg; exit 3"));
+    let bg = pid_in(&env, "bg");
+    // The command's status, one warning, and nothing left running once pglock is gone.
+    out.assert_code(3)
+        .assert_stderr_contains("the command left 1 process running; terminating them")
+        .assert_one_pglock_line();
+    assert!(!alive(bg), "the background job outlived pglock");
+}
+
+#[test]
+fn a_double_forked_setsid_helper_is_found_and_terminated() {
+    let env = TestEnv::new("leftsetsid");
+    let dir = env.dir().display().to_string();
+    // The subshell exits at once, so the helper is an orphan in a session of its own; the
+    // command waits until the helper has said who it is.
+    let script = format!(
+        "(setsid sh -c 'echo $$ > {dir}/helper; exec sleep 30' &); \
+         until [ -s {dir}/helper ]; do sleep 0.01; done; exit 0"
+    );
+    let out = env.run_script(&[], &script);
+    let helper = pid_in(&env, "helper");
+    out.assert_success()
+        .assert_stderr_contains("terminating them");
+    assert!(!alive(helper), "the setsid helper outlived pglock");
+}
+
+#[test]
+fn leftovers_wait_holds_the_lock_until_they_exit_by_themselves() {
+    let env = TestEnv::new("leftwait");
+    let dir = env.dir().display().to_string();
+    let first = start(env.pglock(&["--leftovers", "wait"]).args([
+        "-c",
+        &format!("(sleep 2; date +%s%N > {dir}/bg-end) & touch {dir}/ready; exit 0"),
+    ]));
+    env.wait_for_file("ready");
+    let mut next = next_holder(&env, &[]);
+    wait_within("the next holder to run", Duration::from_secs(30), || {
+        next.exited().is_some()
+    });
+    next.finish().assert_success();
+    first
+        .finish()
+        .assert_success()
+        .assert_stderr_lacks("pglock:");
+    // Not signalled: it finished its own work, and the next command came after it.
+    assert!(stamp(&env, "next-start") >= stamp(&env, "bg-end"));
+}
+
+#[test]
+fn leftovers_keep_releases_while_they_run() {
+    let env = TestEnv::new("leftkeep");
+    let dir = env.dir().display().to_string();
+    let out = env.run_script(
+        &["--leftovers", "keep"],
+        &format!("(sleep 2; touch {dir}/bg-end) > /dev/null 2>&1 & exit 0"),
+    );
+    out.assert_success().assert_stderr_lacks("pglock:");
+    // Released while the helper runs: the next holder does not wait for it.
+    run(env.pglock(&["--nowait", "--", "true"])).assert_success();
+    assert!(!env.exists("bg-end"));
+    env.wait_for_file("bg-end");
+}
