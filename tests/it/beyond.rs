@@ -1,5 +1,6 @@
 //! Beyond flock: --limit (a semaphore), --key-hash (other libraries' lock ids), --min-hold.
 
+use crate::util::bouncer::Bouncer;
 use crate::util::*;
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
@@ -60,54 +61,89 @@ fn contend(contenders: usize, limit: usize, scope: &str) {
     assert_eq!(most, limit, "the limit was never reached");
 }
 
+/// Issue 23, item 10: an administrator's pg_cancel_backend of a `--limit` waiter ends its wait
+/// with the conflict status, as the README's fault table says, whether it waits at the head of
+/// the queue (blocked on a slot) or behind it (on the gate). The semaphore used to take any
+/// cancel for its own wake-up and wait on.
 #[test]
-fn stray_wake_ups_never_fail_an_xact_scope_head_of_the_queue() {
-    stray_wake_ups("xact");
+fn an_administrators_cancel_ends_a_session_scope_limit_wait() {
+    administrators_cancel("session", &[]);
 }
 
 #[test]
-fn stray_wake_ups_never_fail_a_session_scope_head_of_the_queue() {
-    stray_wake_ups("session");
+fn an_administrators_cancel_ends_an_xact_scope_limit_wait() {
+    administrators_cancel("xact", &[]);
 }
 
-/// A release wakes the head of the queue with pg_cancel_backend, after reading that it waits;
-/// by the time the cancel lands the head can be in any of its statements (CI once saw one hit
-/// an xact-scope head between its savepoint's statements: "savepoint does not exist"). Here a
-/// stream of cancels at irregular intervals stands in for many releases: whatever it hits, the
-/// head keeps its place and takes the slot that frees up.
-fn stray_wake_ups(scope: &str) {
-    let env = TestEnv::new("limitstray");
-    let args = ["--limit", "2", "--scope", scope];
+#[test]
+fn an_administrators_cancel_ends_a_limit_wait_through_a_transaction_pooling_pgbouncer() {
+    let bouncer = Bouncer::start("transaction");
+    administrators_cancel("xact", &["-d", &bouncer.conninfo()]);
+}
+
+/// How many sessions wait for one of the first `n` slots.
+fn slot_waiters(env: &TestEnv, n: usize) -> i64 {
+    (0..n)
+        .map(|i| env.rows(Lock::slot(env.key(), i), false))
+        .sum()
+}
+
+/// `via`: how to reach the server (a pooler), else the test server itself.
+fn administrators_cancel(scope: &str, via: &[&str]) {
+    let env = TestEnv::new("limitcancel");
+    let args = [&["--limit", "2", "--scope", scope][..], via].concat();
     let (a, b) = (env.hold(&args), env.hold(&args));
-    let mut waiter = env.start_script(
-        &[&args[..], &["--check-interval", "1s"]].concat(),
-        &format!("echo $PGLOCK_SLOT > {}/slot", env.dir().display()),
-    );
-    wait_until("the waiter at the head of the queue", || {
-        gate_rows(&env).0 == 1
+    // An hour between re-checks: the head's wait is one statement throughout.
+    let waiting = [&args[..], &["--check-interval", "1h"]].concat();
+    let ran = format!("touch {}/ran", env.dir().display());
+    let mut head = env.start_script(&waiting, &ran);
+    wait_until("the head of the queue blocked on a slot", || {
+        gate_rows(&env).0 == 1 && slot_waiters(&env, 2) == 1
     });
-    let head = lock_pids(&mut env.probe(), Lock::gate(env.key()), true)[0];
-    let mut canceller = sql();
-    let start = Instant::now();
-    let mut cancels = 0;
-    while start.elapsed() < Duration::from_secs(3) {
-        canceller
-            .execute("SELECT pg_cancel_backend($1)", &[&head])
-            .unwrap();
-        cancels += 1;
-        // 0 to 7.9 ms apart, so that cancels fall on every part of the head's round.
-        let jitter = start.elapsed().subsec_nanos() % 8_000_000;
-        std::thread::sleep(Duration::from_nanos(jitter.into()));
-    }
-    assert!(
-        waiter.exited().is_none(),
-        "the waiter gave up after {cancels} cancels: {}",
-        waiter.stderr_so_far()
+    let mut queued = env.start_script(&waiting, &ran);
+    wait_until("a waiter behind the head", || gate_rows(&env).1 == 1);
+    let gate = Lock::gate(env.key());
+    let cancel = |pid: i32| {
+        let cancelled: bool = sql()
+            .query_one("SELECT pg_cancel_backend($1)", &[&pid])
+            .unwrap()
+            .get(0);
+        assert!(cancelled, "backend {pid} was not signalled");
+    };
+    let bound = Duration::from_secs(10);
+    let expected = format!(
+        "pglock: the wait for lock \"{}\" was cancelled on the server",
+        env.key()
     );
-    assert_eq!(gate_rows(&env).0, 1, "the waiter kept its place");
+    for (who, waiter) in [("behind the head", &mut queued), ("at the head", &mut head)] {
+        let granted = who == "at the head";
+        cancel(lock_pids(&mut env.probe(), gate, granted)[0]);
+        let cancelled = Instant::now();
+        while waiter.exited().is_none() {
+            assert!(
+                cancelled.elapsed() < bound,
+                "the waiter {who} still waits {bound:?} after its cancel: {}",
+                waiter.stderr_so_far()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    for waiter in [queued, head] {
+        waiter
+            .finish()
+            .assert_code(75)
+            .assert_stderr_contains(&expected);
+    }
+    assert!(!env.exists("ran"), "a cancelled waiter ran its command");
+    assert_eq!(gate_rows(&env), (0, 0), "nobody is left in the queue");
+    // The holders are unharmed, and a freed slot is taken as before.
     let freed = a.slot();
     a.release().assert_success();
-    waiter.finish().assert_success();
+    env.run_script(
+        &args,
+        &format!("echo $PGLOCK_SLOT > {}/slot", env.dir().display()),
+    )
+    .assert_success();
     assert_eq!(read(&env.path("slot")).trim(), freed.to_string());
     b.release().assert_success();
 }
