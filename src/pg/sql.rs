@@ -39,6 +39,10 @@ const MAX_NAMED: usize = 900;
 /// The column that answers [`holders`].
 pub const HOLDERS_COLUMN: &str = "holders";
 
+/// The name of the savepoint an xact-scope holder keeps its lock checks in (see
+/// `lock::Holder`).
+pub const CHECK_SAVEPOINT: &str = "pglock_check";
+
 /// Session or transaction lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -252,11 +256,41 @@ pub fn end_transaction(commit: bool) -> &'static str {
 
 /// Whether this backend holds `id` as granted (a count). The tag says how long it has.
 pub fn holds(id: LockId, held_for_ms: Option<u128>) -> String {
-    let tag = held_for_ms.map_or(String::new(), |ms| format!("{HELD_TAG}{ms} ms */ "));
+    let tag = held_for_ms.map_or(String::new(), held_tag);
     format!(
         "{tag}SELECT count(*) AS n FROM pg_locks l WHERE {} AND l.pid = pg_backend_pid() AND l.granted",
         matches(&[id])
     )
+}
+
+/// [`HELD_TAG`] for a lock held `ms` milliseconds: what a check's text must begin with.
+pub fn held_tag(ms: u128) -> String {
+    format!("{HELD_TAG}{ms} ms */ ")
+}
+
+/// Where an xact-scope lock check stands to its savepoint, [`CHECK_SAVEPOINT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Savepoint {
+    /// Not made yet, or something to keep was done in it: make one (nested, then).
+    Make,
+    /// Inside it.
+    Inside,
+    /// A cancel aborted it: roll back to it, which keeps it.
+    RollBack,
+}
+
+/// An xact-scope lock check: `first` and the check, inside the savepoint [`CHECK_SAVEPOINT`],
+/// so that a cancel landing on them (an administrator's pg_cancel_backend, a semaphore's late
+/// wake-up) aborts only the savepoint and not the transaction, whose end would free the lock.
+/// The savepoint is kept, not released, so that the next check starts inside it. One round
+/// trip, as a plain check.
+pub fn check_in_savepoint(tag: &str, savepoint: Savepoint, first: &str, check: &str) -> String {
+    let enter = match savepoint {
+        Savepoint::Make => format!("SAVEPOINT {CHECK_SAVEPOINT}; "),
+        Savepoint::Inside => String::new(),
+        Savepoint::RollBack => format!("ROLLBACK TO SAVEPOINT {CHECK_SAVEPOINT}; "),
+    };
+    format!("{tag}{enter}{first}{check}")
 }
 
 fn id_array(ids: &[LockId]) -> String {
@@ -641,6 +675,16 @@ mod tests {
         assert!(wake.contains("starts_with(a.query, '/* pglock: semaphore wait')"));
         assert!(wake.contains("position(' ' || pg_backend_pid() || ' ' IN "));
         assert!(wake.contains("starts_with(a.query, '/* pglock: semaphore wait */')"));
+        let check = |savepoint| check_in_savepoint("/* t */ ", savepoint, "SET x; ", "SELECT 1");
+        assert_eq!(
+            check(Savepoint::Make),
+            "/* t */ SAVEPOINT pglock_check; SET x; SELECT 1"
+        );
+        assert_eq!(check(Savepoint::Inside), "/* t */ SET x; SELECT 1");
+        assert_eq!(
+            check(Savepoint::RollBack),
+            "/* t */ ROLLBACK TO SAVEPOINT pglock_check; SET x; SELECT 1"
+        );
         assert!(count_held(&slots).contains(&matches(&slots)));
     }
 

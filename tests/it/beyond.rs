@@ -148,6 +148,137 @@ fn administrators_cancel(scope: &str, via: &[&str]) {
     b.release().assert_success();
 }
 
+/// Issue 23, item 11: a cancel that lands on a holder's lock check (an administrator's
+/// pg_cancel_backend, or a semaphore wake-up arriving after its waiter became a holder) neither
+/// frees the slot while the command runs (xact scope: it aborted the lock's transaction) nor
+/// passes for a lost lock (session scope: the command was stopped, exit 74). Two holders of
+/// `--limit 2` check every 200 ms under a stream of cancels while a third waits at the head of
+/// the queue: the waiter must not get in, and every command ends with its own status.
+#[test]
+fn stray_cancels_never_cost_a_session_scope_holder_its_slot() {
+    stray_cancels_on_holders("session", &[]);
+}
+
+#[test]
+fn stray_cancels_never_cost_an_xact_scope_holder_its_slot() {
+    stray_cancels_on_holders("xact", &[]);
+}
+
+#[test]
+fn stray_cancels_never_cost_a_holder_its_slot_through_a_transaction_pooling_pgbouncer() {
+    let bouncer = Bouncer::start("transaction");
+    stray_cancels_on_holders("xact", &["-d", &bouncer.conninfo()]);
+}
+
+/// `via`: how to reach the server (a pooler), else the test server itself.
+fn stray_cancels_on_holders(scope: &str, via: &[&str]) {
+    let env = TestEnv::new("limitcheckcancel");
+    let args = [
+        &[
+            "--limit",
+            "2",
+            "--scope",
+            scope,
+            "--check-interval",
+            "200ms",
+        ][..],
+        via,
+    ]
+    .concat();
+    let (log, stop) = (env.path("log"), env.path("stop"));
+    let script = format!(
+        "echo \"enter $(date +%s%N) $PGLOCK_SLOT\" >> {0}; \
+         while [ ! -e {1} ]; do sleep 0.05; done; \
+         echo \"leave $(date +%s%N) $PGLOCK_SLOT\" >> {0}; exit 3",
+        log.display(),
+        stop.display()
+    );
+    let entered = || {
+        read(&log)
+            .lines()
+            .filter(|l| l.starts_with("enter"))
+            .count()
+    };
+    let mut holders = vec![
+        env.start_script(&args, &script),
+        env.start_script(&args, &script),
+    ];
+    wait_until("both holders' commands", || entered() == 2);
+    let pids: Vec<i32> = (0..2)
+        .flat_map(|i| lock_pids(&mut env.probe(), Lock::slot(env.key(), i), true))
+        .collect();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    // After their first check (pg_stat_activity shows its tag): an xact-scope holder makes the
+    // savepoint its checks run in at the first one, and a cancel in the microseconds before that
+    // still ends the transaction (see lock::Holder).
+    wait_until("both holders' first lock check", || {
+        let checked: i64 = env
+            .probe()
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1) \
+                 AND query LIKE '/* pglock: held for %'",
+                &[&pids],
+            )
+            .unwrap()
+            .get(0);
+        checked == 2
+    });
+    let mut waiter = env.start_script(&args, &script);
+    wait_until("the third at the head of the queue", || {
+        gate_rows(&env).0 == 1 && slot_waiters(&env, 2) == 1
+    });
+    let mut canceller = sql();
+    let start = Instant::now();
+    let mut landed = 0;
+    while start.elapsed() < Duration::from_secs(4) {
+        for pid in &pids {
+            let signalled: bool = canceller
+                .query_one("SELECT pg_cancel_backend($1)", &[pid])
+                .unwrap()
+                .get(0);
+            assert!(signalled, "holder backend {pid} is gone");
+            landed += 1;
+        }
+        // Up to half a millisecond apart (and a round trip): a check takes a fraction of a
+        // millisecond, so many are hit, on any of their parts (it took 20 to 40% of the runs
+        // with cancels up to 8 ms apart to see the old code fail).
+        let jitter = start.elapsed().subsec_nanos() % 500_000;
+        std::thread::sleep(Duration::from_nanos(jitter.into()));
+    }
+    for (who, pglock) in holders.iter_mut().chain([&mut waiter]).enumerate() {
+        assert!(
+            pglock.exited().is_none(),
+            "pglock {who} ended during {landed} cancels: {}",
+            pglock.stderr_so_far()
+        );
+    }
+    assert_eq!(
+        entered(),
+        2,
+        "the waiter got a slot while both commands ran"
+    );
+    std::fs::write(&stop, "").unwrap();
+    holders.push(waiter);
+    for pglock in holders {
+        pglock.finish().assert_code(3).assert_stderr_lacks("lost");
+    }
+    let mut events: Vec<(u128, bool)> = read(&log)
+        .lines()
+        .map(|l| {
+            let f: Vec<_> = l.split(' ').collect();
+            (f[1].parse().unwrap(), f[0] == "enter")
+        })
+        .collect();
+    assert_eq!(events.len(), 6, "{}", read(&log));
+    // Leaves before enters at the same instant.
+    events.sort();
+    let mut running = 0;
+    for (_, enter) in events {
+        running += if enter { 1 } else { -1 };
+        assert!(running <= 2, "three commands at once:\n{}", read(&log));
+    }
+}
+
 #[test]
 fn nowait_is_busy_only_when_every_slot_is_taken() {
     let env = TestEnv::new("limitnowait");
