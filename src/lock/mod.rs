@@ -210,6 +210,18 @@ pub(crate) fn outcome_of(e: tokio_postgres::Error) -> Result<Acquired, tokio_pos
 }
 
 /// A session that holds a lock.
+///
+/// Its checks must survive a cancel (an administrator's pg_cancel_backend, or a semaphore's
+/// wake-up that arrives after its waiter became a holder): a cancel proves nothing about the
+/// lock, so a cancelled check is asked again. In session scope the lock outlives any error. In
+/// xact scope an error would abort the transaction and free the lock while the command runs,
+/// so the first check makes a savepoint and every check runs inside it
+/// ([`sql::check_in_savepoint`]): a cancel aborts only the savepoint, and the check asked again
+/// rolls back to it. (A savepoint made and released by each check would leave the moment
+/// before it, at every check; one kept leaves only the first check's, microseconds once per
+/// run: a cancel there aborts the transaction, and the check asked again finds that out, a
+/// lost lock, truthfully.) Pausing is safe: a cancel that arrives between statements is dropped
+/// by the server.
 pub struct Holder {
     session: Session,
     held: Held,
@@ -217,7 +229,17 @@ pub struct Holder {
     granted: Instant,
     /// The session's lease (0: none), restored after a suspension.
     lease_ms: u128,
+    /// Whether the lease is on (not suspended for a stopped job).
+    lease_on: bool,
+    /// Xact scope: the checks' savepoint exists, and nothing that must be kept has been done in
+    /// it since (the ledger's row, written through [`Holder::session`], is kept by making a new
+    /// savepoint, nested, at the next check).
+    in_savepoint: bool,
 }
+
+/// How many times a lock check is asked again after cancels, within its time limit: enough
+/// for a stream of cancels (half of the checks were hit in tests), not an endless loop.
+const CANCELLED_CHECKS: u32 = 64;
 
 /// The release could not be confirmed; the server frees the lock when the session ends.
 #[derive(Debug)]
@@ -230,6 +252,8 @@ impl Holder {
             held,
             granted: Instant::now(),
             lease_ms,
+            lease_on: true,
+            in_savepoint: false,
         }
     }
 
@@ -244,6 +268,8 @@ impl Holder {
     /// The lock's own connection, for statements that belong with the lock: the run ledger's,
     /// in session scope.
     pub fn session(&mut self) -> &mut Session {
+        // What it writes must not be rolled back by a cancelled check.
+        self.in_savepoint = false;
         &mut self.session
     }
 
@@ -264,26 +290,73 @@ impl Holder {
         match (self.lease_ms, on) {
             (0, false) => Ok(()),
             (0, true) => self.check(limit),
-            (lease_ms, on) => {
-                let lease_ms = if on { lease_ms } else { 0 };
-                self.ask(sql::lease(self.held.scope, lease_ms), limit)
+            (_, on) => {
+                self.lease_on = on;
+                self.ask(self.lease(), limit)
             }
         }
     }
 
+    /// The statement that sets the lease as it should be now.
+    fn lease(&self) -> String {
+        let lease_ms = if self.lease_on { self.lease_ms } else { 0 };
+        sql::lease(self.held.scope, lease_ms)
+    }
+
+    /// Runs `first` (statements ending in "; ", or nothing) and the check in one round trip,
+    /// answered within `limit`, and asks again after a cancel (see [`Holder`]).
     fn ask(&mut self, first: String, limit: Duration) -> Result<(), LostReason> {
-        let sql = format!(
-            "{first}{}",
-            sql::holds(self.held.id, Some(self.granted.elapsed().as_millis()))
-        );
-        match self.session.query_within(&sql, limit) {
-            Err(Failed::NoAnswer(limit)) => Err(LostReason::NoAnswer(limit)),
-            Err(Failed::Error(e)) => Err(LostReason::CheckFailed(error::describe_error(&e))),
-            Err(other @ Failed::Connect(_)) => Err(LostReason::CheckFailed(other.to_string())),
-            Ok(messages) if final_column(&messages, "n").as_deref() == Some("0") => {
-                Err(LostReason::NotHeld)
+        let until = crate::duration::after(Instant::now(), limit);
+        let check = sql::holds(self.held.id, None);
+        let mut cancels = 0;
+        loop {
+            // The tag leads, where reports look for it.
+            let tag = sql::held_tag(self.granted.elapsed().as_millis());
+            let sql = match (self.held.scope, cancels > 0) {
+                (Scope::Session, _) => format!("{tag}{first}{check}"),
+                (Scope::Xact, false) => {
+                    let savepoint = match self.in_savepoint {
+                        true => sql::Savepoint::Inside,
+                        false => sql::Savepoint::Make,
+                    };
+                    sql::check_in_savepoint(&tag, savepoint, &first, &check)
+                }
+                // Rolling back to the savepoint undoes the lease's settings made in it too.
+                (Scope::Xact, true) => {
+                    let lease = if self.lease_ms > 0 {
+                        self.lease()
+                    } else {
+                        String::new()
+                    };
+                    sql::check_in_savepoint(&tag, sql::Savepoint::RollBack, &lease, &check)
+                }
+            };
+            let left = until.saturating_duration_since(Instant::now());
+            match self
+                .session
+                .query_within(&sql, left.max(Duration::from_millis(1)))
+            {
+                Err(Failed::Error(e))
+                    if error::is_cancel(&e) && cancels < CANCELLED_CHECKS && !left.is_zero() =>
+                {
+                    crate::step!("the lock check was cancelled on the server; asking again");
+                    cancels += 1;
+                }
+                Err(Failed::NoAnswer(_)) => return Err(LostReason::NoAnswer(limit)),
+                Err(Failed::Error(e)) => {
+                    return Err(LostReason::CheckFailed(error::describe_error(&e)));
+                }
+                Err(other @ Failed::Connect(_)) => {
+                    return Err(LostReason::CheckFailed(other.to_string()));
+                }
+                Ok(messages) if final_column(&messages, "n").as_deref() == Some("0") => {
+                    return Err(LostReason::NotHeld);
+                }
+                Ok(_) => {
+                    self.in_savepoint = self.held.scope == Scope::Xact;
+                    return Ok(());
+                }
             }
-            Ok(_) => Ok(()),
         }
     }
 

@@ -13,6 +13,12 @@
 //! - A holder releasing its slot also cancels the head's statement (`pg_cancel_backend` on the
 //!   gate's holder, in the same round trip as the unlock), so the head tries all slots again at
 //!   once and takes the freed one. Nothing polls.
+//! - An administrator's pg_cancel_backend looks the same to the head (57014), and must end its
+//!   wait (exit 75), so the head names in its wait statement's text the holders it waits on,
+//!   and blocks only while exactly they hold the slots; a release wakes the head only if it is
+//!   named there. A cancel after which every named holder still holds its slot is therefore no
+//!   wake-up but someone else's cancel. (A waiter behind the head, on the gate, is never woken:
+//!   any cancel there is someone else's.)
 //! - A holder that dies frees its slot without cancelling anybody. If that is slot k the head
 //!   gets it at once; otherwise the head's wait ends after --check-interval (lock_timeout) and
 //!   it tries all slots again. That re-check, one query per interval by the head alone, is the
@@ -23,7 +29,10 @@
 //! - A wake-up can land on any statement of the head, not only its wait: the release read the
 //!   head as waiting a moment before its cancel arrived. So every statement the head runs can be
 //!   repeated after a cancel (no savepoints: a cancel between a savepoint's statements leaves
-//!   nothing to roll back to).
+//!   nothing to roll back to). One delayed past the head's next wait (the releasing backend
+//!   descheduled between reading pg_stat_activity and signalling, while its freed slot was taken
+//!   by a newcomer) lands on a wait that no longer names that holder, and reads as an
+//!   administrator's cancel: never seen, and the only way a wake-up can end a wait.
 //!
 //! Limits: every user of a key must pass the same N; a user with a larger N takes slots that a
 //! smaller N never sees, so the smaller limit is not enforced. The head warns when it sees slots
@@ -35,6 +44,7 @@ use crate::key::{self, LockId};
 use crate::pg::Session;
 use crate::pg::error::{is_cancel, is_lock_timeout};
 use crate::pg::session::{final_column, final_value};
+use crate::pg::sql::HOLDERS_COLUMN;
 use crate::pg::sql::{self, Scope};
 use crate::{step, warn};
 use std::time::{Duration, Instant};
@@ -110,13 +120,14 @@ pub fn acquire(
             Wait::For(t) => Some(crate::duration::after(Instant::now(), t)),
             _ => None,
         },
+        named: None,
     };
     loop {
         match taker.attempt() {
             Err(e) if req.scope == Scope::Xact && is_cancel(&e) && !interrupted() => {
-                // A wake-up meant for the head's wait landed on another statement (the gate
-                // wait, or leaving the gate with a slot) and aborted the transaction: give back
-                // the gate and any slot, and start over. Repeatable, like every statement here.
+                // A wake-up meant for the head's wait landed on another statement (leaving the
+                // gate with a slot) and aborted the transaction: give back the gate and any
+                // slot, and start over. Repeatable, like every statement here.
                 step!("semaphore wait disturbed; starting over");
                 taker.query_again(sql::RESTART_TRANSACTION)?;
             }
@@ -134,6 +145,9 @@ struct Taker<'a> {
     /// Runs before the first wait (see [`super::acquire`]).
     waiting: &'a mut dyn FnMut(Option<i32>),
     deadline: Option<Instant>,
+    /// The slot holders the head's wait names (see [`sql::head_wait`]); None before it read
+    /// them.
+    named: Option<String>,
 }
 
 impl Taker<'_> {
@@ -194,22 +208,20 @@ impl Taker<'_> {
         let timeout = sql::lock_timeout_ms(left(self.deadline));
         let gate = sql::gate(self.req.scope, timeout, self.sem.gate);
         let holds_gate = sql::holds(self.sem.gate, None);
-        loop {
-            match self.session.query(&gate) {
-                Ok(_) => return Ok(None),
-                // In session scope a wake-up can only have come with the grant: see whether it
-                // did.
-                Err(e) if !local && is_cancel(&e) && !(self.interrupted)() => {
-                    let held = self.query_again(&holds_gate)?;
-                    if final_value(&held).as_deref() != Some("0") {
-                        return Ok(None);
-                    }
+        match self.session.query(&gate) {
+            Ok(_) => Ok(None),
+            // Releases wake only the head, so a cancel here is someone else's: the wait ends,
+            // unless in session scope the cancel raced the grant (the session then has the
+            // gate, and goes on as the head).
+            Err(e) if !local && is_cancel(&e) && !(self.interrupted)() => {
+                let held = self.query_again(&holds_gate)?;
+                match final_value(&held).as_deref() != Some("0") {
+                    true => Ok(None),
+                    false => Ok(Some(Acquired::Cancelled)),
                 }
-                // In xact scope a stray wake-up aborted the transaction: [`acquire`] starts
-                // over. Its --timeout running out (lock_timeout) is a conflict, as anywhere.
-                Err(e) if local && is_cancel(&e) => return Err(e),
-                Err(e) => return outcome_of(e).map(Some),
             }
+            // Its --timeout running out (lock_timeout) is a conflict, as anywhere.
+            Err(e) => outcome_of(e).map(Some),
         }
     }
 
@@ -228,22 +240,34 @@ impl Taker<'_> {
             let k = round % sem.slots.len();
             round += 1;
             let timeout = sql::lock_timeout_ms(Some(wait));
-            let statement = sql::head_wait(scope, timeout, &sem.slots, k, token);
+            let named = self.named.take();
+            let statement = sql::head_wait(scope, timeout, &sem.slots, k, token, named.as_deref());
             let (slot, messages) = match self.session.query(&statement) {
+                // No slot: the holders were not (or no longer) those named; name them now.
                 Ok(messages) => (slot_in(&messages), messages),
                 Err(e) if is_cancel(&e) || is_lock_timeout(&e) => {
                     if (self.interrupted)() {
                         return Ok(Acquired::Cancelled);
                     }
-                    // Woken by a release, or time to re-check. The wait may have been granted
-                    // just before it ended: a transaction's grant goes with the transaction, a
-                    // session lock is then held.
-                    if scope == Scope::Xact {
-                        self.fresh_transaction()?;
-                        continue;
+                    // Woken by a release, cancelled by someone else, or time to re-check. The
+                    // wait may have been granted just before it ended: a transaction's grant goes
+                    // with the transaction, a session lock is then held.
+                    let (slot, messages) = match scope {
+                        Scope::Xact => (None, self.fresh_transaction()?),
+                        Scope::Session => {
+                            let messages = self.query_again(&sql::held_slots(&sem.slots, token))?;
+                            (sem.slot_of(&messages), messages)
+                        }
+                    };
+                    let now = final_column(&messages, HOLDERS_COLUMN);
+                    if slot.is_none()
+                        && is_cancel(&e)
+                        && !released(named.as_deref(), now.as_deref())
+                    {
+                        step!("the semaphore wait was cancelled, and no holder it named left");
+                        return Ok(Acquired::Cancelled);
                     }
-                    let messages = self.query_again(&sql::held_slots(&sem.slots, token))?;
-                    (sem.slot_of(&messages), messages)
+                    (slot, messages)
                 }
                 Err(e) => return Err(e),
             };
@@ -251,14 +275,14 @@ impl Taker<'_> {
                 self.leave_gate()?;
                 return Ok(sem.held(scope, slot, &messages));
             }
+            self.named = final_column(&messages, HOLDERS_COLUMN);
         }
     }
 
     /// Xact scope: a new transaction in place of one a failed statement aborted, keeping the
-    /// gate (see [`sql::fresh_transaction`]).
-    fn fresh_transaction(&mut self) -> Result<(), tokio_postgres::Error> {
-        self.query_again(&sql::fresh_transaction(self.req.settings))
-            .map(drop)
+    /// gate (see [`sql::fresh_transaction`]); its answer names the slots' holders.
+    fn fresh_transaction(&mut self) -> Result<Vec<SimpleQueryMessage>, tokio_postgres::Error> {
+        self.query_again(&sql::fresh_transaction(self.req.settings, &self.sem.slots))
     }
 
     fn leave_gate(&mut self) -> Result<(), tokio_postgres::Error> {
@@ -272,6 +296,17 @@ impl Taker<'_> {
             other => other.map(drop),
         }
     }
+}
+
+/// Whether a holder that the head's wait named (`named`, pids separated by spaces) no longer
+/// holds a slot (`now`): then a cancel of that wait may be its release's wake-up. A wait that
+/// named nobody, or holders that could not be read, cannot tell: a wake-up, to be safe.
+fn released(named: Option<&str>, now: Option<&str>) -> bool {
+    let (Some(named), Some(now)) = (named, now) else {
+        return true;
+    };
+    let now: Vec<&str> = now.split(' ').collect();
+    named.split(' ').any(|pid| !now.contains(&pid))
 }
 
 /// Time left before `deadline`: None without one, Some(ZERO) once it has passed.

@@ -20,8 +20,28 @@ pub const CLIENT_CHECK_MS: u32 = 500;
 pub const HELD_TAG: &str = "/* pglock: held for ";
 
 /// Marks the semaphore head's wait statement, so that a release cancels that statement and
-/// nothing else.
-pub const WAIT_MARK: &str = "/* pglock: semaphore wait */";
+/// nothing else. What follows it names the slot holders whose release may wake it: see
+/// [`head_wait`].
+pub const WAIT_MARK: &str = "/* pglock: semaphore wait";
+
+/// The whole mark of older pglocks' heads, which named no holders and which any release woke:
+/// still woken, so that two versions in one fleet keep handing slots over at once.
+const WAIT_MARK_OLD: &str = "/* pglock: semaphore wait */";
+
+/// The mark of a head whose list of holders would not fit in pg_stat_activity's query text
+/// (`track_activity_query_size`, 1024 bytes by default): every release wakes it.
+const WAIT_MARK_ANY: &str = "/* pglock: semaphore wait for any */";
+
+/// The longest list of holders a head names in its mark (pids of up to 7 digits and a space:
+/// about 110 holders); with more it is woken by every release ([`WAIT_MARK_ANY`]).
+const MAX_NAMED: usize = 900;
+
+/// The column that answers [`holders`].
+pub const HOLDERS_COLUMN: &str = "holders";
+
+/// The name of the savepoint an xact-scope holder keeps its lock checks in (see
+/// `lock::Holder`).
+pub const CHECK_SAVEPOINT: &str = "pglock_check";
 
 /// Session or transaction lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,11 +256,41 @@ pub fn end_transaction(commit: bool) -> &'static str {
 
 /// Whether this backend holds `id` as granted (a count). The tag says how long it has.
 pub fn holds(id: LockId, held_for_ms: Option<u128>) -> String {
-    let tag = held_for_ms.map_or(String::new(), |ms| format!("{HELD_TAG}{ms} ms */ "));
+    let tag = held_for_ms.map_or(String::new(), held_tag);
     format!(
         "{tag}SELECT count(*) AS n FROM pg_locks l WHERE {} AND l.pid = pg_backend_pid() AND l.granted",
         matches(&[id])
     )
+}
+
+/// [`HELD_TAG`] for a lock held `ms` milliseconds: what a check's text must begin with.
+pub fn held_tag(ms: u128) -> String {
+    format!("{HELD_TAG}{ms} ms */ ")
+}
+
+/// Where an xact-scope lock check stands to its savepoint, [`CHECK_SAVEPOINT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Savepoint {
+    /// Not made yet, or something to keep was done in it: make one (nested, then).
+    Make,
+    /// Inside it.
+    Inside,
+    /// A cancel aborted it: roll back to it, which keeps it.
+    RollBack,
+}
+
+/// An xact-scope lock check: `first` and the check, inside the savepoint [`CHECK_SAVEPOINT`],
+/// so that a cancel landing on them (an administrator's pg_cancel_backend, a semaphore's late
+/// wake-up) aborts only the savepoint and not the transaction, whose end would free the lock.
+/// The savepoint is kept, not released, so that the next check starts inside it. One round
+/// trip, as a plain check.
+pub fn check_in_savepoint(tag: &str, savepoint: Savepoint, first: &str, check: &str) -> String {
+    let enter = match savepoint {
+        Savepoint::Make => format!("SAVEPOINT {CHECK_SAVEPOINT}; "),
+        Savepoint::Inside => String::new(),
+        Savepoint::RollBack => format!("ROLLBACK TO SAVEPOINT {CHECK_SAVEPOINT}; "),
+    };
+    format!("{tag}{enter}{first}{check}")
 }
 
 fn id_array(ids: &[LockId]) -> String {
@@ -263,28 +313,44 @@ pub fn try_slots(scope: Scope, slots: &[LockId]) -> String {
 }
 
 /// The slot locks (`classid`, `objid`) this session holds, after a session-scope wait that may
-/// have raced a grant, with a fencing token if `token`. (In xact scope the wait's error aborted
-/// the transaction, and [`fresh_transaction`] gives back whatever it was granted.)
+/// have raced a grant, with a fencing token if `token`; then the [`holders`]. (In xact scope the
+/// wait's error aborted the transaction, and [`fresh_transaction`] gives back whatever it was
+/// granted.)
 pub fn held_slots(slots: &[LockId], token: bool) -> String {
     let held = format!(
         "SELECT l.classid::text AS classid, l.objid::text AS objid FROM pg_locks l \
          WHERE {} AND l.granted AND l.pid = pg_backend_pid() LIMIT 1",
         matches(slots)
     );
-    if token { with_token(&held) } else { held }
+    let held = if token { with_token(&held) } else { held };
+    format!("{held}; SELECT {} AS {HOLDERS_COLUMN}", holders(slots))
+}
+
+/// The other sessions that hold these slots: their pids, in text order, separated by spaces
+/// (empty when there are none), as a scalar subquery.
+pub fn holders(slots: &[LockId]) -> String {
+    format!(
+        "(SELECT COALESCE(string_agg(DISTINCT l.pid::text, ' ' ORDER BY l.pid::text), '') \
+         FROM pg_locks l WHERE {} AND l.granted AND l.pid <> pg_backend_pid())",
+        matches(slots)
+    )
 }
 
 /// An xact-scope head of the queue whose statement failed (its wait was woken, timed out or
 /// hit by a stray wake-up) starts a new transaction with the same settings and keeps the gate,
-/// a session lock. The ROLLBACK gives back a grant that raced the wake-up. Unlike a savepoint,
-/// this statement can be repeated whatever a cancel interrupted: ROLLBACK ends an aborted
-/// transaction, or only warns when there is none.
-pub fn fresh_transaction(settings: Settings) -> String {
+/// a session lock; then reads the [`holders`] of `slots`. The ROLLBACK gives back a grant that
+/// raced the wake-up. Unlike a savepoint, this statement can be repeated whatever a cancel
+/// interrupted: ROLLBACK ends an aborted transaction, or only warns when there is none.
+pub fn fresh_transaction(settings: Settings, slots: &[LockId]) -> String {
     let settings = Settings {
         stranded: None,
         ..settings
     };
-    format!("ROLLBACK; {}", prelude(Scope::Xact, 0, settings))
+    format!(
+        "ROLLBACK; {}SELECT {} AS {HOLDERS_COLUMN}",
+        prelude(Scope::Xact, 0, settings),
+        holders(slots)
+    )
 }
 
 /// Queues at the semaphore's gate, waiting at most `lock_timeout_ms`.
@@ -299,26 +365,50 @@ pub fn gate(scope: Scope, lock_timeout_ms: u128, gate: LockId) -> String {
 /// The head's wait: try every slot and, if none is free, block on slot `k`, in one statement, so
 /// that no release can fall between the try and the wait; with the slot's fencing token if
 /// `token`.
+///
+/// `named` is what the head last read of the slots' [`holders`] (None: nothing yet). Its mark
+/// names them, and only a holder it names wakes it ([`wake_gate`]); the statement blocks only
+/// while they are still exactly the holders, and otherwise answers slot -1 with the holders
+/// now, to be named in the next wait. So a cancel that ends this wait comes from a holder that
+/// had released its slot before sending it, or from someone else (an administrator) if every
+/// named holder still holds one.
 pub fn head_wait(
     scope: Scope,
     lock_timeout_ms: u128,
     slots: &[LockId],
     k: usize,
     token: bool,
+    named: Option<&str>,
 ) -> String {
     let block = Call {
         try_only: false,
         scope,
         shared: false,
     };
+    let holders = holders(slots);
+    let (mark, otherwise) = match named {
+        // No holders named yet: nothing wakes this statement, so it must not block.
+        None => (format!("{WAIT_MARK} for - */"), "-1".to_string()),
+        Some(named) => (
+            match named.len() > MAX_NAMED {
+                true => WAIT_MARK_ANY.to_string(),
+                false => format!("{WAIT_MARK} for {named} */"),
+            },
+            format!(
+                "(SELECT CASE WHEN {holders} = {} THEN (SELECT {k} FROM (SELECT {}({})) AS w) \
+                 ELSE -1 END)",
+                literal(named),
+                block.function(),
+                slots[k].sql_args()
+            ),
+        ),
+    };
     let wait = format!(
-        "SELECT COALESCE(({}), (SELECT {k} FROM (SELECT {}({})) AS w)) AS slot",
+        "SELECT COALESCE(({}), {otherwise}) AS slot, {holders} AS {HOLDERS_COLUMN}",
         try_slots(scope, slots),
-        block.function(),
-        slots[k].sql_args()
     );
     format!(
-        "{WAIT_MARK} SELECT set_config('lock_timeout', '{lock_timeout_ms}', {}); {}",
+        "{mark} SELECT set_config('lock_timeout', '{lock_timeout_ms}', {}); {}",
         scope.local(),
         if token { with_token(&wait) } else { wait }
     )
@@ -333,12 +423,16 @@ pub fn leave_gate(gate: LockId) -> String {
 pub const RESTART_TRANSACTION: &str = "ROLLBACK; SELECT pg_advisory_unlock_all()";
 
 /// Appended to a slot's release: cancel the gate holder's wait statement so it looks again.
-/// Only that statement: a cancel landing on any other would abort more than a wait.
+/// Only that statement: a cancel landing on any other would abort more than a wait. And only if
+/// its mark names this session among the holders it waits on (see [`head_wait`]), so that the
+/// head can tell this wake-up from an administrator's cancel.
 pub fn wake_gate(gate: LockId) -> String {
     format!(
         "; SELECT pg_cancel_backend(l.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
          WHERE {} AND l.granted AND l.pid <> pg_backend_pid() AND a.state = 'active' \
-         AND starts_with(a.query, '{WAIT_MARK}') AND pg_has_role(a.usesysid, 'MEMBER')",
+         AND starts_with(a.query, '{WAIT_MARK}') AND pg_has_role(a.usesysid, 'MEMBER') \
+         AND (position(' ' || pg_backend_pid() || ' ' IN split_part(a.query, '*/', 1) || ' ') > 0 \
+         OR starts_with(a.query, '{WAIT_MARK_ANY}') OR starts_with(a.query, '{WAIT_MARK_OLD}'))",
         matches(&[gate])
     )
 }
@@ -545,21 +639,51 @@ mod tests {
             gate(Scope::Xact, 0, LockId::Big(9)),
             "SELECT set_config('lock_timeout', '0', true); SELECT pg_advisory_lock(9)"
         );
-        let wait = head_wait(Scope::Xact, 250, &slots, 1, false);
-        assert!(wait.starts_with("/* pglock: semaphore wait */ SELECT set_config("));
-        assert!(wait.ends_with("(SELECT 1 FROM (SELECT pg_advisory_xact_lock(2)) AS w)) AS slot"));
+        // Nothing named yet: a try that never blocks, and the holders to name.
+        let first = head_wait(Scope::Xact, 250, &slots, 1, false, None);
+        assert!(first.starts_with("/* pglock: semaphore wait for - */ SELECT set_config("));
+        assert!(first.contains(", -1) AS slot, (SELECT COALESCE(string_agg("));
+        assert!(!first.contains("pg_advisory_xact_lock("));
+        let wait = head_wait(Scope::Xact, 250, &slots, 1, false, Some("12 345"));
+        assert!(wait.starts_with("/* pglock: semaphore wait for 12 345 */ SELECT set_config("));
+        assert!(wait.contains(&format!(
+            "(SELECT CASE WHEN {} = $pglock$12 345$pglock$ THEN (SELECT 1 FROM \
+             (SELECT pg_advisory_xact_lock(2)) AS w) ELSE -1 END)) AS slot, ",
+            holders(&slots)
+        )));
+        assert!(wait.ends_with(" AS holders"));
+        let many = vec!["1234567"; 200].join(" ");
+        assert!(
+            head_wait(Scope::Session, 0, &slots, 0, false, Some(&many))
+                .starts_with("/* pglock: semaphore wait for any */ SELECT")
+        );
         assert_eq!(leave_gate(LockId::Big(9)), "SELECT pg_advisory_unlock(9)");
         assert!(held_slots(&slots, false).starts_with("SELECT l.classid"));
-        let fresh = fresh_transaction(Settings {
-            lease_ms: 0,
-            keepalive_s: 0,
-            stranded: Some(7),
-        });
+        assert!(held_slots(&slots, false).ends_with(" AS holders"));
+        let fresh = fresh_transaction(
+            Settings {
+                lease_ms: 0,
+                keepalive_s: 0,
+                stranded: Some(7),
+            },
+            &slots,
+        );
         assert!(fresh.starts_with("ROLLBACK; BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE; "));
+        assert!(fresh.ends_with(" AS holders"));
         assert!(!fresh.contains("pg_terminate_backend"));
-        assert!(
-            wake_gate(LockId::Big(9))
-                .contains("starts_with(a.query, '/* pglock: semaphore wait */')")
+        let wake = wake_gate(LockId::Big(9));
+        assert!(wake.contains("starts_with(a.query, '/* pglock: semaphore wait')"));
+        assert!(wake.contains("position(' ' || pg_backend_pid() || ' ' IN "));
+        assert!(wake.contains("starts_with(a.query, '/* pglock: semaphore wait */')"));
+        let check = |savepoint| check_in_savepoint("/* t */ ", savepoint, "SET x; ", "SELECT 1");
+        assert_eq!(
+            check(Savepoint::Make),
+            "/* t */ SAVEPOINT pglock_check; SET x; SELECT 1"
+        );
+        assert_eq!(check(Savepoint::Inside), "/* t */ SET x; SELECT 1");
+        assert_eq!(
+            check(Savepoint::RollBack),
+            "/* t */ ROLLBACK TO SAVEPOINT pglock_check; SET x; SELECT 1"
         );
         assert!(count_held(&slots).contains(&matches(&slots)));
     }
@@ -591,10 +715,12 @@ mod tests {
         );
         let slots = [LockId::Big(1), LockId::Big(2)];
         assert!(
-            head_wait(Scope::Session, 5, &slots, 0, true).ends_with(&format!(
-                "{TOKEN_PARTS} AS token FROM (SELECT COALESCE(({}), (SELECT 0 FROM \
-             (SELECT pg_advisory_lock(1)) AS w)) AS slot OFFSET 0) AS s",
-                try_slots(Scope::Session, &slots)
+            head_wait(Scope::Session, 5, &slots, 0, true, Some("7")).ends_with(&format!(
+                "{TOKEN_PARTS} AS token FROM (SELECT COALESCE(({}), (SELECT CASE WHEN {h} = \
+                 $pglock$7$pglock$ THEN (SELECT 0 FROM (SELECT pg_advisory_lock(1)) AS w) ELSE \
+                 -1 END)) AS slot, {h} AS holders OFFSET 0) AS s",
+                try_slots(Scope::Session, &slots),
+                h = holders(&slots)
             ))
         );
         assert!(held_slots(&slots, true).contains("LIMIT 1 OFFSET 0) AS s"));
