@@ -215,6 +215,9 @@ pub struct Holder {
     held: Held,
     /// When the lock was granted; see [`sql::HELD_TAG`].
     granted: Instant,
+    /// When the server last said the lock was held: the grant's answer, then each check's
+    /// question (its answer says the lock was held at least until the question arrived).
+    confirmed: Stamp,
     /// The session's lease (0: none), restored after a suspension.
     lease_ms: u128,
 }
@@ -224,13 +227,20 @@ pub struct Holder {
 pub struct Unconfirmed(pub String);
 
 impl Holder {
-    pub fn new(session: Session, held: Held, lease_ms: u128) -> Holder {
+    /// `confirmed`: when the grant's answer arrived.
+    pub fn new(session: Session, held: Held, lease_ms: u128, confirmed: Stamp) -> Holder {
         Holder {
             session,
             held,
             granted: Instant::now(),
+            confirmed,
             lease_ms,
         }
+    }
+
+    /// When the server last said the lock was held.
+    pub fn confirmed(&self) -> Stamp {
+        self.confirmed
     }
 
     pub fn held(&self) -> Held {
@@ -276,6 +286,7 @@ impl Holder {
             "{first}{}",
             sql::holds(self.held.id, Some(self.granted.elapsed().as_millis()))
         );
+        let asked = Stamp::now();
         match self.session.query_within(&sql, limit) {
             Err(Failed::NoAnswer(limit)) => Err(LostReason::NoAnswer(limit)),
             Err(Failed::Error(e)) => Err(LostReason::CheckFailed(error::describe_error(&e))),
@@ -283,7 +294,10 @@ impl Holder {
             Ok(messages) if final_column(&messages, "n").as_deref() == Some("0") => {
                 Err(LostReason::NotHeld)
             }
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.confirmed = asked;
+                Ok(())
+            }
         }
     }
 
