@@ -9,6 +9,9 @@
 //! What it cannot see: a hypervisor that stops every clock of its guest, BOOTTIME included, and
 //! resumes it as if no time had passed. Only the lease on the server, and fencing tokens in the
 //! storage, cover that (README, "Leases").
+//!
+//! A [`Deadline`] is the same clock read by the command between fork and exec, where a stall (a
+//! slow fork, a stopped pglock) would otherwise start it after the lock was given away.
 
 use nix::time::{ClockId, clock_gettime};
 use std::time::{Duration, Instant};
@@ -41,6 +44,23 @@ impl Stamp {
         }
     }
 
+    /// `within` after this stamp, as a deadline that can be read between fork and exec.
+    pub fn deadline(&self, within: Duration) -> Deadline {
+        let left = within.saturating_sub(self.elapsed());
+        // The clock that is read now is the one read later: BOOTTIME, unless it is refused.
+        let (clock, now) = match boottime() {
+            Some(now) => (ClockId::CLOCK_BOOTTIME, now),
+            None => (
+                ClockId::CLOCK_MONOTONIC,
+                read(ClockId::CLOCK_MONOTONIC).unwrap_or_default(),
+            ),
+        };
+        Deadline {
+            clock,
+            at: now.saturating_add(left),
+        }
+    }
+
     /// A stamp taken now, as the host will read it after sleeping for `slept`: BOOTTIME moved
     /// on, CLOCK_MONOTONIC did not. For tests, which cannot suspend their host; `slept` must be
     /// shorter than the host's uptime.
@@ -56,8 +76,28 @@ impl Stamp {
     }
 }
 
+/// A moment on [`Stamp`]'s clock by which something must have happened.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    clock: ClockId,
+    at: Duration,
+}
+
+impl Deadline {
+    /// Whether it has passed. One clock_gettime(2), which is async-signal-safe and allocates
+    /// nothing: fit for a child between fork and exec. A clock that cannot be read says it has
+    /// passed: the caller then asks the server rather than trust a guess.
+    pub fn passed(&self) -> bool {
+        read(self.clock).is_none_or(|now| now >= self.at)
+    }
+}
+
 fn boottime() -> Option<Duration> {
-    let t = clock_gettime(ClockId::CLOCK_BOOTTIME).ok()?;
+    read(ClockId::CLOCK_BOOTTIME)
+}
+
+fn read(clock: ClockId) -> Option<Duration> {
+    let t = clock_gettime(clock).ok()?;
     Some(Duration::new(
         u64::try_from(t.tv_sec()).ok()?,
         u32::try_from(t.tv_nsec()).ok()?,
@@ -69,8 +109,7 @@ mod tests {
     use super::*;
 
     fn read(clock: ClockId) -> Duration {
-        let t = clock_gettime(clock).unwrap();
-        Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32)
+        super::read(clock).unwrap()
     }
 
     #[test]
@@ -96,6 +135,17 @@ mod tests {
         let stamp = Stamp::before_a_suspend_of(Duration::from_secs(30));
         assert!(stamp.mono.elapsed() < Duration::from_secs(10));
         assert!(stamp.elapsed() >= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_deadline_counts_from_the_stamp() {
+        let now = Stamp::now();
+        assert!(!now.deadline(Duration::from_secs(60)).passed());
+        assert!(now.deadline(Duration::ZERO).passed());
+        // Slept through it: already past, though CLOCK_MONOTONIC barely moved.
+        let slept = Stamp::before_a_suspend_of(Duration::from_secs(30));
+        assert!(slept.deadline(Duration::from_secs(10)).passed());
+        assert!(!slept.deadline(Duration::from_secs(90)).passed());
     }
 
     #[test]

@@ -227,6 +227,9 @@ pub struct Holder {
     held: Held,
     /// When the lock was granted; see [`sql::HELD_TAG`].
     granted: Instant,
+    /// When the server last said the lock was held: the grant's answer, then each check's
+    /// question (its answer says the lock was held at least until the question arrived).
+    confirmed: Stamp,
     /// The session's lease (0: none), restored after a suspension.
     lease_ms: u128,
     /// Whether the lease is on (not suspended for a stopped job).
@@ -246,15 +249,22 @@ const CANCELLED_CHECKS: u32 = 64;
 pub struct Unconfirmed(pub String);
 
 impl Holder {
-    pub fn new(session: Session, held: Held, lease_ms: u128) -> Holder {
+    /// `confirmed`: when the grant's answer arrived.
+    pub fn new(session: Session, held: Held, lease_ms: u128, confirmed: Stamp) -> Holder {
         Holder {
             session,
             held,
             granted: Instant::now(),
+            confirmed,
             lease_ms,
             lease_on: true,
             in_savepoint: false,
         }
+    }
+
+    /// When the server last said the lock was held.
+    pub fn confirmed(&self) -> Stamp {
+        self.confirmed
     }
 
     pub fn held(&self) -> Held {
@@ -332,6 +342,7 @@ impl Holder {
                 }
             };
             let left = until.saturating_duration_since(Instant::now());
+            let asked = Stamp::now();
             match self
                 .session
                 .query_within(&sql, left.max(Duration::from_millis(1)))
@@ -354,6 +365,7 @@ impl Holder {
                 }
                 Ok(_) => {
                     self.in_savepoint = self.held.scope == Scope::Xact;
+                    self.confirmed = asked;
                     return Ok(());
                 }
             }

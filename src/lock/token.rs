@@ -15,6 +15,10 @@
 //!   checkpoint after a promotion) grows with every promotion, so a promoted standby beats the
 //!   old primary although its checkpoint LSN and ids may be lower, having missed their end.
 //!
+//! The timeline orders primaries only if every promotion picks one above all before it: a backup
+//! restored by crash recovery alone keeps its timeline, and a standby that never saw a
+//! promotion's history file picks the same number again (README, "Fencing tokens").
+//!
 //! The command gets it as one fixed-width decimal, 10 + 20 + 20 digits: equal width makes the
 //! string order and the numeric order the same, and the parts stay readable.
 

@@ -124,6 +124,7 @@ fn run_held(
         lease: opts.lease,
     };
     let mut deadman = deadman;
+    let confirmed = holder.confirmed();
     let ended = supervise::wait(
         &mut running,
         router,
@@ -131,6 +132,7 @@ fn run_held(
         deadman.as_mut(),
         policy,
         &opts.target.label,
+        confirmed,
     );
     // What the command left running acts under the lock too: before the release.
     leftovers::settle(leftovers::Job {
@@ -210,32 +212,48 @@ fn start(
     });
     let mut deadman = deadman.or_else(|| arm_deadman(opts));
     let line = deadman.as_ref().map(|d| (d.announcer(), d.pid()));
-    // As late as can be: a loss found after the spawn is one while the command ran.
-    if let Some(reason) = supervise::lost_already(holder) {
-        if let Some(deadman) = &mut deadman {
-            deadman.disarm();
+    let mut late_once = false;
+    let spawned = loop {
+        // As late as can be: a loss found after the spawn is one while the command ran.
+        if let Some(reason) = lost_before_start(holder, opts.check_interval) {
+            if let Some(deadman) = &mut deadman {
+                deadman.disarm();
+            }
+            step!(
+                "lock \"{}\" lost before the command started: {reason}",
+                opts.target.label
+            );
+            return Err(Ok(Outcome::LostBeforeStart {
+                label: opts.target.label.clone(),
+                reason,
+            }));
         }
-        step!(
-            "lock \"{}\" lost before the command started: {reason}",
-            opts.target.label
-        );
-        return Err(Ok(Outcome::LostBeforeStart {
-            label: opts.target.label.clone(),
-            reason,
-        }));
-    }
-    // The switch holds the lock too from now on: killed, pglock leaves it to the switch, which
-    // lets the connection close only once the command's group is gone.
-    if let (Some(deadman), Some(socket)) = (&deadman, holder.socket()) {
-        if let Err(e) = deadman.hold_socket(socket) {
-            // A switch that is gone makes the command's announcement fail: it does not start.
-            step!("cannot hand the lock's socket to the dead man's switch: {e}");
+        // The switch holds the lock too from now on: killed, pglock leaves it to the switch,
+        // which lets the connection close only once the command's group is gone.
+        if let (Some(deadman), Some(socket)) = (&deadman, holder.socket()) {
+            if let Err(e) = deadman.hold_socket(socket) {
+                // A switch that is gone makes the command's announcement fail: it does not
+                // start.
+                step!("cannot hand the lock's socket to the dead man's switch: {e}");
+            }
         }
-    }
-    if opts.leftovers != leftovers::Policy::Keep {
-        leftovers::adopt_orphans();
-    }
-    let not_started = match router.spawn(|| child::spawn(&opts.job, env, fenced, line)) {
+        if opts.leftovers != leftovers::Policy::Keep {
+            leftovers::adopt_orphans();
+        }
+        // The command execs within the interval of the last confirmation, or not at all: a
+        // stall in the fork or before the exec is the child's to see (child::spawn).
+        let start_by = holder.confirmed().deadline(opts.check_interval);
+        match router.spawn(|| child::spawn(&opts.job, env, fenced, line, Some(start_by))) {
+            // Once: this fork was slow; check the lock and fork again. Twice: it is the host,
+            // and a system error (71).
+            Err(e) if child::is_late(&e) && !late_once => {
+                late_once = true;
+                step!("the command would have started too long after the lock was last confirmed");
+            }
+            spawned => break spawned,
+        }
+    };
+    let not_started = match spawned {
         Ok(Some(running)) => return Ok((running, deadman)),
         Ok(None) => {
             let sig = router
@@ -250,6 +268,30 @@ fn start(
         deadman.disarm();
     }
     Err(not_started)
+}
+
+/// Whether the lock is known to be lost before the command starts: the server's goodbye on the
+/// socket (no round trip), or, when a check is due (nothing confirmed the lock for
+/// `check_interval`: a stall between the grant and the spawn), the check's answer, within
+/// `check_interval`. A plain run gets here a few milliseconds after its grant and asks nothing.
+///
+/// Why the interval, not the lease's `unconfirmed_after` (after which the freeze check gives a
+/// running command up without asking): the lease's order counts on a check sent within an
+/// interval of the last confirmation, answered within another, then `--kill-after`. A command
+/// started later than one interval after the confirmation has already used up the first.
+fn lost_before_start(holder: &mut Holder, check_interval: Duration) -> Option<LostReason> {
+    if let Some(reason) = supervise::lost_already(holder) {
+        return Some(reason);
+    }
+    let unconfirmed = holder.confirmed().elapsed();
+    if unconfirmed < check_interval {
+        return None;
+    }
+    step!(
+        "nothing confirmed the lock for {}; checking it before the command starts",
+        duration::format(unconfirmed)
+    );
+    holder.check(check_interval).err()
 }
 
 /// The lease's server settings: the idle timeouts, and keepalive probes every --check-interval

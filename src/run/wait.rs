@@ -2,6 +2,7 @@
 //! may pass (see [`super::retry`]), within the wait the user asked for.
 
 use super::retry::{Retry, Stage, Verdict, Window};
+use crate::clock::Stamp;
 use crate::exit::Outcome;
 use crate::lock::{self, Acquired, Holder, Request, Wait};
 use crate::options::RunOptions;
@@ -154,6 +155,8 @@ impl Waiter<'_> {
         let asked = Instant::now();
         let interrupted = || self.router.interrupted().is_some();
         let acquired = lock::acquire(&mut session, &request, &interrupted, &mut waiting);
+        // Before anything else: the grant's answer is the lock's first confirmation.
+        let answered = Stamp::now();
         drop(during_wait);
         self.router.idle();
         if let Some(sig) = self.router.interrupted() {
@@ -169,7 +172,7 @@ impl Waiter<'_> {
                 );
                 let lease_ms = request.settings.lease_ms;
                 return Ok(Attempt::Done(Waited::Held(Box::new(Holder::new(
-                    session, held, lease_ms,
+                    session, held, lease_ms, answered,
                 )))));
             }
             Ok(Acquired::Busy) if self.request.wait == Wait::Try => Acquired::Busy,

@@ -5,6 +5,7 @@
 //! command's orphaned descendants, and reaps them as tini does: otherwise they pile up as
 //! zombies for the container's life.
 
+use crate::clock::Deadline;
 use crate::exit::{Failure, fail};
 use crate::step;
 use crate::supervise::deadman::announce;
@@ -88,11 +89,17 @@ fn without_sigttou<T>(f: impl FnOnce() -> T) -> T {
 /// With `fenced` the command gets SIGTERM if pglock dies (SIGKILL, OOM killer): the server
 /// frees the lock with pglock's connection, so the command must not go on unlocked. Its group
 /// is announced to the dead man's switch on `deadman`, when there is one, before exec.
+///
+/// `start_by`: the command execs only before this, its last step before exec; after it, the
+/// spawn fails with [`Late`]. pglock cannot look at the lock while it waits for a fork, or
+/// while the child is between fork and exec, so only the child can see that a stall there
+/// outlasted the lock's last confirmation.
 pub fn spawn(
     job: &Job,
     env: &[(String, String)],
     fenced: bool,
     deadman: Option<(RawFd, Pid)>,
+    start_by: Option<Deadline>,
 ) -> Result<(Running, Pid)> {
     let take_terminal = owns_terminal();
     let parent = getpid();
@@ -104,8 +111,8 @@ pub fn spawn(
     }
     cmd.args(&job.args).envs(env.iter().map(|(k, v)| (k, v)));
     // SAFETY: the closure runs between fork and exec and makes only async-signal-safe system
-    // calls; errors are built from raw errno values (io::Error::from(Errno)), which do not
-    // allocate.
+    // calls (clock_gettime(2) for the deadline among them); errors are built from raw errno
+    // values (io::Error::from(Errno)), which do not allocate.
     unsafe {
         cmd.pre_exec(move || {
             setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
@@ -122,11 +129,21 @@ pub fn spawn(
                     return Err(nix::errno::Errno::ESRCH.into());
                 }
             }
+            // No step above returns ETIME, so the parent can tell this one apart.
+            if start_by.is_some_and(|d| d.passed()) {
+                return Err(nix::errno::Errno::ETIME.into());
+            }
             Ok(())
         });
     }
     let child = cmd.spawn().map_err(|e| {
         let name = job.program.to_string_lossy();
+        if start_by.is_some() && e.raw_os_error() == Some(nix::libc::ETIME) {
+            return anyhow::Error::new(Failure::System).context(Late(format!(
+                "cannot run '{name}': it would have started too long after the lock was last \
+                 confirmed (a stalled fork or exec?)"
+            )));
+        }
         let (failure, why) = spawn_failure(&e);
         fail(failure, format!("cannot run '{name}': {why}"))
     })?;
@@ -143,6 +160,22 @@ pub fn spawn(
         },
         pid,
     ))
+}
+
+/// The command was not started: the deadline given to [`spawn`] passed before its exec. A
+/// system error (71) if nothing better is made of it.
+#[derive(Debug)]
+pub struct Late(String);
+
+impl std::fmt::Display for Late {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether a failed [`spawn`] is one that came too late.
+pub fn is_late(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Late>().is_some()
 }
 
 /// What a failed spawn means, as a shell would say it: 127 for a command that is not there, 126

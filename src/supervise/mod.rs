@@ -88,7 +88,9 @@ pub struct Ended {
 }
 
 /// Waits for the command while watching the lock: the socket at once, the server's pg_locks
-/// every `check_every`. Returns only once the command has been reaped.
+/// every `check_every` from `confirmed`, when the server last said the lock was held (before the
+/// spawn: the time from there to the command's start counts). Returns only once the command
+/// has been reaped.
 pub fn wait(
     running: &mut Running,
     router: &Router,
@@ -96,11 +98,13 @@ pub fn wait(
     mut switch: Option<&mut DeadMan>,
     policy: Policy,
     label: &str,
+    mut confirmed: Stamp,
 ) -> Ended {
     let mut lost: Option<LostReason> = None;
-    let mut next_check = after(Instant::now(), policy.check_every);
-    // When the server last confirmed the lock (the grant, just before).
-    let mut confirmed = Stamp::now();
+    let mut next_check = after(
+        Instant::now(),
+        policy.check_every.saturating_sub(confirmed.elapsed()),
+    );
     let confirm = |confirmed: &mut Stamp, switch: &Option<&mut DeadMan>| {
         *confirmed = Stamp::now();
         if let Some(switch) = switch {
@@ -413,6 +417,7 @@ mod tests {
             &[],
             false,
             None,
+            None,
         )
         .unwrap();
         let mut guard = LosesAtOnce { checks: 0 };
@@ -424,6 +429,7 @@ mod tests {
             None,
             policy(Duration::from_millis(300)),
             "t",
+            Stamp::now(),
         );
         assert_eq!(ended.lost, Some(LostReason::NotHeld));
         assert_eq!(ended.status.signal(), Some(Signal::SIGKILL as i32));
@@ -435,7 +441,7 @@ mod tests {
     #[test]
     fn lost_lock_terminates_a_command_that_obeys() {
         let router = Router::start().unwrap();
-        let (mut running, _) = child::spawn(&sh("sleep 30"), &[], false, None).unwrap();
+        let (mut running, _) = child::spawn(&sh("sleep 30"), &[], false, None, None).unwrap();
         let mut guard = LosesAtOnce { checks: 0 };
         let ended = wait(
             &mut running,
@@ -444,6 +450,7 @@ mod tests {
             None,
             policy(Duration::from_secs(30)),
             "t",
+            Stamp::now(),
         );
         assert_eq!(ended.status.signal(), Some(Signal::SIGTERM as i32));
     }
@@ -467,11 +474,20 @@ mod tests {
     #[test]
     fn ignore_lets_the_command_finish() {
         let router = Router::start().unwrap();
-        let (mut running, _) = child::spawn(&sh("sleep 0.2; exit 3"), &[], false, None).unwrap();
+        let (mut running, _) =
+            child::spawn(&sh("sleep 0.2; exit 3"), &[], false, None, None).unwrap();
         let mut guard = LosesAtOnce { checks: 0 };
         let mut ignore = policy(Duration::from_millis(10));
         ignore.fencing = Fencing::Ignore;
-        let ended = wait(&mut running, &router, &mut guard, None, ignore, "t");
+        let ended = wait(
+            &mut running,
+            &router,
+            &mut guard,
+            None,
+            ignore,
+            "t",
+            Stamp::now(),
+        );
         assert_eq!(ended.status.code(), Some(3));
         assert_eq!(ended.lost, Some(LostReason::NotHeld));
     }

@@ -220,3 +220,91 @@ fn a_lock_lost_before_the_command_starts_is_said_so_and_the_command_never_runs()
         .assert_stderr_lacks("while the command ran");
     assert!(!env.exists("ran"), "{out}");
 }
+
+/// Issue 23, defect 4: a stall between the grant and the command's exec longer than the lease
+/// must not start the command beside the next holder. The first pglock queues behind a holder
+/// (its dead man's switch is armed during that wait), and a second queues behind it. When the
+/// holder lets go, strace holds the first one's command for 4 s in the setpgid(2) it makes after
+/// the fork, before its exec and its word to the switch (pglock, waiting for that exec, cannot
+/// look at the lock meanwhile). The lease of 1.5 s ends the silent session on the server, and
+/// the second pglock gets the lock and runs. pglock used to start its command 4 s after the
+/// grant anyway, beside the second holder (then stopped it at once, the server's goodbye being
+/// on the socket by then; with a silent network, not before its next check).
+#[test]
+fn a_stall_before_the_exec_longer_than_the_lease_never_starts_the_command() {
+    need("strace", "strace");
+    let env = TestEnv::new("stallexec");
+    let dir = env.dir().display().to_string();
+    let holder = env.hold(&[]);
+    let strace = [
+        "-f",
+        "-o",
+        "/dev/null",
+        "-e",
+        "trace=setpgid",
+        "-e",
+        "inject=setpgid:delay_enter=4000000",
+    ];
+    let mut cmd = wrapped("strace", &strace);
+    cmd.args(["--key", env.key()])
+        .args([
+            "--check-interval",
+            "100ms",
+            "--kill-after",
+            "100ms",
+            "--lease",
+            "1500ms",
+        ])
+        .args(["-c", &format!("touch {dir}/first")]);
+    let first = start(cmd);
+    wait_until("the first pglock to queue", || env.waiting() == 1);
+    let second = env.start_script(&[], &format!("touch {dir}/second"));
+    wait_until("the second pglock to queue", || env.waiting() == 2);
+    holder.release().assert_success();
+    second.finish().assert_success();
+    let out = first.finish();
+    // strace may add lines of its own (two delayed setpgid at once): pglock's are one.
+    let ours: Vec<&str> = out
+        .stderr()
+        .lines()
+        .filter(|l| !l.starts_with("strace: "))
+        .collect();
+    assert_eq!(ours.len(), 1, "{out}");
+    out.assert_code(74)
+        .assert_stderr_contains("was lost before the command started")
+        .assert_stderr_contains("; the command was not started")
+        // The command's exec alone is too late, even one stopped before it does a thing.
+        .assert_stderr_lacks("terminating the command");
+    assert!(env.exists("second"), "{out}");
+    assert!(!env.exists("first"), "{out}");
+}
+
+/// The other side of the test above: a stall between the grant and the spawn that the lease
+/// survives costs one check, and the command runs. strace holds pglock for 2 s in its third
+/// socketpair(2), its dead man's switch's, armed after a grant that did not wait (the first
+/// two are made at start-up, the fourth by the spawn). A plain run asks nothing between its
+/// grant and its command.
+#[test]
+fn a_stall_before_the_spawn_within_the_lease_is_checked_and_the_command_runs() {
+    need("strace", "strace");
+    let env = TestEnv::new("stallspawn");
+    let checked = "checking it before the command starts";
+    let plain = env.run_script(&["-v"], "true");
+    plain.assert_success().assert_stderr_lacks(checked);
+    let strace = [
+        "-f",
+        "-o",
+        "/dev/null",
+        "-e",
+        "trace=socketpair",
+        "-e",
+        "inject=socketpair:delay_enter=2000000:when=3",
+    ];
+    let mut cmd = wrapped("strace", &strace);
+    let dir = env.dir().display().to_string();
+    cmd.args(["--key", env.key(), "-v", "--check-interval", "1s"])
+        .args(["-c", &format!("touch {dir}/ran")]);
+    let out = run(cmd);
+    out.assert_success().assert_stderr_contains(checked);
+    assert!(env.exists("ran"), "{out}");
+}
