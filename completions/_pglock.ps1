@@ -42,6 +42,7 @@ Register-ArgumentCompleter -Native -CommandName 'pglock' -ScriptBlock {
             [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
             [CompletionResult]::new('--check-interval', '--check-interval', [CompletionResultType]::ParameterName, 'How often to ask the server whether the lock is still held while the command runs')
             [CompletionResult]::new('--on-lost', '--on-lost', [CompletionResultType]::ParameterName, 'What to do when the lock is lost while the command runs')
+            [CompletionResult]::new('--leftovers', '--leftovers', [CompletionResultType]::ParameterName, 'What to do with processes the command leaves running when it exits (`cmd &`, a double-forked helper): stop them before the release, wait for them, or release anyway')
             [CompletionResult]::new('--kill-after', '--kill-after', [CompletionResultType]::ParameterName, 'After terminating the command (lost lock), send SIGKILL if it is still running this long')
             [CompletionResult]::new('--lease', '--lease', [CompletionResultType]::ParameterName, 'How long the server keeps the lock of a holder that went silent (a lost host, a pulled cable) [default: 2 x --check-interval + --kill-after + 2s; 0: none]')
             [CompletionResult]::new('--connect-timeout', '--connect-timeout', [CompletionResultType]::ParameterName, 'Bound on each connection attempt [default: 10s, or connect_timeout / PGCONNECT_TIMEOUT]')

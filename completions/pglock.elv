@@ -39,6 +39,7 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
             cand --check-interval 'How often to ask the server whether the lock is still held while the command runs'
             cand --on-lost 'What to do when the lock is lost while the command runs'
+            cand --leftovers 'What to do with processes the command leaves running when it exits (`cmd &`, a double-forked helper): stop them before the release, wait for them, or release anyway'
             cand --kill-after 'After terminating the command (lost lock), send SIGKILL if it is still running this long'
             cand --lease 'How long the server keeps the lock of a holder that went silent (a lost host, a pulled cable) [default: 2 x --check-interval + --kill-after + 2s; 0: none]'
             cand --connect-timeout 'Bound on each connection attempt [default: 10s, or connect_timeout / PGCONNECT_TIMEOUT]'

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_pglock_global_optspecs
-    string join \n k/key= lock-id= c/command= n/nowait w/timeout= E/conflict-exit-code= s/shared limit= key-hash= min-hold= scope= fencing-token record record-command once-per= max-attempts= done-exit-code= ledger= d/database-url= check-interval= on-lost= kill-after= lease= connect-timeout= retry-connect= v/verbose q/quiet h/help V/version
+    string join \n k/key= lock-id= c/command= n/nowait w/timeout= E/conflict-exit-code= s/shared limit= key-hash= min-hold= scope= fencing-token record record-command once-per= max-attempts= done-exit-code= ledger= d/database-url= check-interval= on-lost= leftovers= kill-after= lease= connect-timeout= retry-connect= v/verbose q/quiet h/help V/version
 end
 
 function __fish_pglock_needs_command
@@ -44,6 +44,9 @@ complete -c pglock -n "__fish_pglock_needs_command" -s d -l database-url -d 'Pos
 complete -c pglock -n "__fish_pglock_needs_command" -l check-interval -d 'How often to ask the server whether the lock is still held while the command runs' -r
 complete -c pglock -n "__fish_pglock_needs_command" -l on-lost -d 'What to do when the lock is lost while the command runs' -r -f -a "terminate\t'Log, SIGTERM the command\'s process group, SIGKILL after --kill-after, exit 74'
 ignore\t'Log a warning and let the command finish; exit with its status'"
+complete -c pglock -n "__fish_pglock_needs_command" -l leftovers -d 'What to do with processes the command leaves running when it exits (`cmd &`, a double-forked helper): stop them before the release, wait for them, or release anyway' -r -f -a "terminate\t'SIGTERM them, SIGKILL after --kill-after, warn once; release when they are gone'
+wait\t'Hold the lock until they exit by themselves, as flock(1) does'
+keep\t'Release the lock while they run, as `flock -o` (a job that starts a daemon on purpose)'"
 complete -c pglock -n "__fish_pglock_needs_command" -l kill-after -d 'After terminating the command (lost lock), send SIGKILL if it is still running this long' -r
 complete -c pglock -n "__fish_pglock_needs_command" -l lease -d 'How long the server keeps the lock of a holder that went silent (a lost host, a pulled cable) [default: 2 x --check-interval + --kill-after + 2s; 0: none]' -r
 complete -c pglock -n "__fish_pglock_needs_command" -l connect-timeout -d 'Bound on each connection attempt [default: 10s, or connect_timeout / PGCONNECT_TIMEOUT]' -r
