@@ -54,7 +54,7 @@ complete -c pglock -n "__fish_pglock_needs_command" -l retry-connect -d 'Keep re
 complete -c pglock -n "__fish_pglock_needs_command" -s n -l nowait -d 'Do not wait: if the lock is busy, exit with the conflict status at once'
 complete -c pglock -n "__fish_pglock_needs_command" -s s -l shared -d 'Take a shared lock: shared holders coexist, an exclusive holder excludes them all'
 complete -c pglock -n "__fish_pglock_needs_command" -l fencing-token -d 'Give the command PGLOCK_FENCING_TOKEN: a number that grows from each holder of the lock (of each slot, with --limit) to the next, also across crashes and failovers of the server, so that storage can reject the writes of a holder that lost the lock'
-complete -c pglock -n "__fish_pglock_needs_command" -l record -d 'Record the run in the ledger table: a row before the command starts, its end before the lock is released. The command gets PGLOCK_RUN_ID and PGLOCK_LAST_SUCCESS'
+complete -c pglock -n "__fish_pglock_needs_command" -l record -d 'Record the run in the ledger table: a row before the command starts, its end before the lock is released. The command gets PGLOCK_RUN_ID and PGLOCK_LAST_SUCCESS. A run that finds an earlier one still running (the server ended its holder\'s session) first waits until that command must have stopped: the lock-delay'
 complete -c pglock -n "__fish_pglock_needs_command" -l record-command -d 'Store the command line in the ledger\'s command column too (it may carry secrets)'
 complete -c pglock -n "__fish_pglock_needs_command" -s v -l verbose -d 'Log each step to stderr with a timestamp'
 complete -c pglock -n "__fish_pglock_needs_command" -s q -l quiet -d 'Print nothing when the lock is busy'

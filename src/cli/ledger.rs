@@ -27,7 +27,9 @@ pub struct LedgerTable {
 #[command(group(ArgGroup::new("recording").multiple(true).args(["record", "once_per"])))]
 pub struct RecordArgs {
     /// Record the run in the ledger table: a row before the command starts, its end before the
-    /// lock is released. The command gets PGLOCK_RUN_ID and PGLOCK_LAST_SUCCESS.
+    /// lock is released. The command gets PGLOCK_RUN_ID and PGLOCK_LAST_SUCCESS. A run that
+    /// finds an earlier one still running (the server ended its holder's session) first waits
+    /// until that command must have stopped: the lock-delay.
     #[arg(long, help_heading = HEADING)]
     pub record: bool,
 

@@ -3,7 +3,8 @@
 //! "did it succeed, where, how long did it take?" (`history`, `check`, `metrics`).
 //!
 //! Layers: [`record`] is what a lock-and-run calls (`run/` calls it; nothing here knows the
-//! run path or the command's loop); the subcommands ([`init`], [`history`], [`check`],
+//! run path or the command's loop), and [`delay`] how long it waits after a holder whose
+//! session the server ended; the subcommands ([`init`], [`history`], [`check`],
 //! [`metrics`], [`prune`]) stand alone; [`sql`] holds every statement and [`table`] the one name
 //! spliced into them. All times are the server's.
 //!
@@ -11,6 +12,7 @@
 //! 78 (EX_CONFIG) before its command starts.
 
 pub mod check;
+pub mod delay;
 pub mod history;
 pub mod init;
 pub mod metrics;

@@ -16,6 +16,7 @@
 //! A lock lost while the command ran took its connection (or its claim) with it: its end goes
 //! over a fresh connection, `pglock-ledger@host:pid`, bounded like every ledger statement.
 
+use super::delay::Vanished;
 use super::sql;
 use super::table::Table;
 use crate::appname::{AppName, Observer};
@@ -68,6 +69,9 @@ pub struct Context<'a> {
     pub holding: Holding,
     pub quiet: bool,
     pub check_interval: Duration,
+    /// --kill-after, recorded for the next holder's lock-delay; None with --on-lost ignore, whose
+    /// command is not stopped at a loss.
+    pub kill_after: Option<Duration>,
     /// For a connection of the ledger's own, once the lock's is gone.
     pub connect_timeout: Duration,
 }
@@ -86,6 +90,8 @@ pub struct Recorder {
     /// A connection of the ledger's own, for when the lock's is gone.
     spare: Opener,
     limit: Duration,
+    /// Earlier runs of the lock found still running: the lock-delay before the command.
+    vanished: Vanished,
 }
 
 /// The run's row, as the lock and the host know it.
@@ -98,6 +104,9 @@ struct Row {
     command: Option<String>,
     /// Whether holding the lock proves that no other pglock runs under it (not when shared).
     exclusive: bool,
+    /// How soon the command is stopped after a loss, for the next holder's lock-delay.
+    kill_after_ms: Option<i64>,
+    check_interval_ms: i64,
 }
 
 enum Kind {
@@ -186,12 +195,14 @@ pub fn begin(cx: &Context, opener: &Opener, lock: &mut Session) -> Result<Begun>
         pid: std::process::id() as i32,
         command: r.command.clone(),
         exclusive: !cx.holding.shared,
+        kill_after_ms: cx.kill_after.map(millis),
+        check_interval_ms: millis(cx.check_interval),
     };
     let window = r.once_per.map(|d| d.as_secs_f64());
     let max_attempts = r.max_attempts.min(i32::MAX as u32) as i32;
     let answer = match cx.holding.scope {
         Scope::Session => {
-            let params: [&(dyn ToSql + Sync); 9] = [
+            let params: [&(dyn ToSql + Sync); 11] = [
                 &row.lock_id,
                 &window,
                 &max_attempts,
@@ -201,11 +212,19 @@ pub fn begin(cx: &Context, opener: &Opener, lock: &mut Session) -> Result<Begun>
                 &row.pid,
                 &row.command,
                 &row.exclusive,
+                &row.kill_after_ms,
+                &row.check_interval_ms,
             ];
             ask(&r.table, lock, &sql::begin(&r.table), &params, limit)?
         }
         Scope::Xact => {
-            let params: [&(dyn ToSql + Sync); 3] = [&row.lock_id, &window, &max_attempts];
+            let params: [&(dyn ToSql + Sync); 5] = [
+                &row.lock_id,
+                &window,
+                &max_attempts,
+                &row.slot,
+                &row.exclusive,
+            ];
             ask(&r.table, lock, &sql::decide(&r.table), &params, limit)?
         }
     };
@@ -216,13 +235,14 @@ pub fn begin(cx: &Context, opener: &Opener, lock: &mut Session) -> Result<Begun>
         _ => {}
     }
     let last: Option<String> = answer.try_get("last_success")?;
+    let vanished = Vanished::from_row(&answer)?;
     let (kind, run_id) = match cx.holding.scope {
         Scope::Session => {
-            let abandoned: i64 = answer.try_get("abandoned")?;
-            if abandoned > 0 {
+            if vanished.runs > 0 {
                 step!(
-                    "marked {abandoned} earlier run(s) of \"{}\" abandoned: their pglock died \
-                     holding the lock",
+                    "marked {} earlier run(s) of \"{}\" abandoned: their holder's session \
+                     ended while they ran",
+                    vanished.runs,
                     cx.target.label
                 );
             }
@@ -247,8 +267,14 @@ pub fn begin(cx: &Context, opener: &Opener, lock: &mut Session) -> Result<Begun>
         kind,
         spare: spare(opener, cx.connect_timeout.min(limit)),
         limit,
+        vanished,
     };
     Ok(Begun::Run(Box::new(recorder), env))
+}
+
+/// A duration as the ledger stores it: whole milliseconds.
+fn millis(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
 }
 
 /// The ledger's own connection, `pglock-ledger@host:pid`: it holds no lock, so its name does
@@ -319,6 +345,11 @@ fn exhausted(cx: &Context, row: &tokio_postgres::Row) -> Result<Outcome> {
 }
 
 impl Recorder {
+    /// Earlier runs of the lock found still running, for the lock-delay before the command.
+    pub fn vanished(&self) -> Vanished {
+        self.vanished
+    }
+
     /// After the command, before the release: the run's end. `lock` is the lock's connection.
     /// A failure only warns: in session scope the row stays `running` and the next holder marks
     /// it abandoned; in xact scope there is no row.
@@ -408,7 +439,7 @@ impl Recorder {
                 let r = &self.row;
                 // Only the holder may call other runs of the lock dead.
                 let abandon = holding && r.exclusive;
-                let params: [&(dyn ToSql + Sync); 10] = [
+                let params: [&(dyn ToSql + Sync); 12] = [
                     &r.lock_id,
                     &r.key,
                     &r.slot,
@@ -419,6 +450,8 @@ impl Recorder {
                     started,
                     &end.status,
                     &code,
+                    &r.kill_after_ms,
+                    &r.check_interval_ms,
                 ];
                 let statement = sql::record(&self.table);
                 session.query_typed_within(&statement.text, &params, statement.types, self.limit)?

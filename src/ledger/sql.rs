@@ -64,9 +64,12 @@ pub fn init(table: &Table, init_lock: LockId, roles: &[String]) -> String {
              status      text        NOT NULL CHECK (status IN ({statuses})),\n    \
              exit_code   integer,\n    \
              command     text,\n    \
+             kill_after_ms     bigint,\n    \
+             check_interval_ms bigint,\n    \
              CHECK ((status = 'running') = (finished_at IS NULL))\n\
          );\n\
          {upgrade}\
+         {stop_columns}\
          -- history and check by key, prune's newer-row test\n\
          CREATE INDEX IF NOT EXISTS {key_started} ON {t} (key, started_at);\n\
          CREATE INDEX IF NOT EXISTS {succeeded} ON {t} (key, started_at) WHERE status = 'succeeded';\n\
@@ -80,6 +83,7 @@ pub fn init(table: &Table, init_lock: LockId, roles: &[String]) -> String {
         lock = init_lock.sql_args(),
         statuses = statuses.join(", "),
         upgrade = upgrade(table),
+        stop_columns = stop_columns(table),
         key_started = table.index("key_started"),
         succeeded = table.index("succeeded"),
         lock_started = table.index("lock_started"),
@@ -119,6 +123,26 @@ fn upgrade(table: &Table) -> String {
          END $upgrade$;\n",
         plain = sha("convert_to(key, 'UTF8')"),
         gate = sha("convert_to(key, 'UTF8') || '\\x00'::bytea || convert_to('gate', 'UTF8')"),
+    )
+}
+
+/// The upgrade of a table made before runs recorded how soon their command is stopped after a
+/// loss (`kill_after_ms`, `check_interval_ms`, for the next holder's lock-delay). Adding a
+/// nullable column without a default only changes the catalog, but it takes an ACCESS EXCLUSIVE
+/// lock, which waits for running xact-scope jobs: so only while the column is missing, as
+/// [`upgrade`]. Rows from before keep NULL: their runs' settings are unknown.
+fn stop_columns(table: &Table) -> String {
+    let t = table.quoted();
+    let literal = t.replace('\'', "''");
+    format!(
+        "-- Runs record how soon their command is stopped after a loss (the next holder's lock-delay).\n\
+         DO $upgrade$ BEGIN\n  \
+           IF (SELECT count(*) FROM pg_attribute WHERE attrelid = '{literal}'::regclass\n      \
+               AND attname IN ('kill_after_ms', 'check_interval_ms') AND NOT attisdropped) < 2 THEN\n    \
+             ALTER TABLE {t} ADD COLUMN IF NOT EXISTS kill_after_ms bigint,\n      \
+                             ADD COLUMN IF NOT EXISTS check_interval_ms bigint;\n  \
+           END IF;\n\
+         END $upgrade$;\n"
     )
 }
 
@@ -167,6 +191,16 @@ fn decided() -> String {
     )
 }
 
+/// The columns that tell the next holder about the runs it found `running` (aliased
+/// `abandoned`): how many, and `stop_within_ms`, the longest time after its loss that one of
+/// their commands may still have run (2 x its --check-interval to notice a loss the server's
+/// goodbye did not announce, then its --kill-after to stop), NULL when none recorded a bound
+/// (an earlier pglock, `--on-lost ignore`). See [`super::delay`].
+fn vanished() -> &'static str {
+    "(SELECT count(*) FROM abandoned) AS abandoned, \
+     (SELECT max(2 * check_interval_ms + kill_after_ms) FROM abandoned) AS stop_within_ms"
+}
+
 /// The one statement before the command, in session scope (on the lock's own connection, in
 /// autocommit): marks the lock's (and slot's) `running` rows `abandoned` when `$9` (holding the
 /// lock exclusively proves their pglock is gone), decides as [`decision`], and inserts the
@@ -174,28 +208,31 @@ fn decided() -> String {
 ///
 /// `$1` lock id, `$2` window, `$3` --max-attempts (see [`decision`]), `$4` key, `$5` slot (NULL
 /// without --limit), `$6` host, `$7` pid, `$8` command (NULL unless --record-command), `$9`
-/// whether to mark running rows abandoned.
+/// whether to mark running rows abandoned, `$10` --kill-after in ms (NULL with --on-lost
+/// ignore), `$11` --check-interval in ms.
 ///
 /// One row: `verdict` (`run`, `skip` or `exhausted`), `last_success` (RFC 3339), `last_host`,
-/// `last_age` (seconds), `failures`, `run_id`, `abandoned`.
+/// `last_age` (seconds), `failures`, `run_id`, and the abandoned runs as [`vanished`].
 pub fn begin(table: &Table) -> Statement {
     let t = table.quoted();
     let text = format!(
         "WITH abandoned AS (\
              UPDATE {t} SET status = 'abandoned', finished_at = clock_timestamp() \
              WHERE $9 AND lock_id = $1 AND slot IS NOT DISTINCT FROM $5 AND status = 'running' \
-             RETURNING id), \
+             RETURNING id, kill_after_ms, check_interval_ms), \
          {decision}, \
          run AS (\
-             INSERT INTO {t} (key, lock_id, slot, host, pid, backend_pid, db_user, started_at, status, command) \
-             SELECT $4, $1, $5, $6, $7, pg_backend_pid(), session_user, clock_timestamp(), 'running', $8 \
+             INSERT INTO {t} (key, lock_id, slot, host, pid, backend_pid, db_user, started_at, status, command, \
+                              kill_after_ms, check_interval_ms) \
+             SELECT $4, $1, $5, $6, $7, pg_backend_pid(), session_user, clock_timestamp(), 'running', $8, \
+                    $10, $11 \
              FROM verdict WHERE verdict = 'run' \
              RETURNING id) \
-         SELECT {decided}, (SELECT id FROM run) AS run_id, \
-                (SELECT count(*) FROM abandoned) AS abandoned \
+         SELECT {decided}, (SELECT id FROM run) AS run_id, {vanished} \
          FROM verdict v LEFT JOIN last l ON true",
         decision = decision(&t),
         decided = decided(),
+        vanished = vanished(),
     );
     Statement {
         text,
@@ -209,6 +246,8 @@ pub fn begin(table: &Table) -> Statement {
             Type::INT4,
             Type::TEXT,
             Type::BOOL,
+            Type::INT8,
+            Type::INT8,
         ],
     }
 }
@@ -216,20 +255,26 @@ pub fn begin(table: &Table) -> Statement {
 /// The one statement before the command in xact scope, inside the lock's transaction: it only
 /// reads, so the transaction gets no xid (which would hold back vacuum for the whole run) and
 /// locks nothing but the table's ACCESS SHARE. The run's row is written when it ends
-/// ([`record`]). `$1` to `$3` as [`decision`]. One row: as [`begin`]'s without `run_id` and
-/// `abandoned`, plus `now` (RFC 3339), the run's start.
+/// ([`record`]), which also marks the `running` rows it finds here abandoned. `$1` to `$3` as
+/// [`decision`], `$4` slot, `$5` whether this holder may call running rows dead. One row: as
+/// [`begin`]'s without `run_id`, plus `now` (RFC 3339), the run's start.
 pub fn decide(table: &Table) -> Statement {
+    let t = table.quoted();
     let text = format!(
-        "WITH {decision} \
-         SELECT {decided}, {now} AS now \
+        "WITH abandoned AS (\
+             SELECT kill_after_ms, check_interval_ms FROM {t} \
+             WHERE $5 AND lock_id = $1 AND slot IS NOT DISTINCT FROM $4 AND status = 'running'), \
+         {decision} \
+         SELECT {decided}, {vanished}, {now} AS now \
          FROM verdict v LEFT JOIN last l ON true",
-        decision = decision(&table.quoted()),
+        decision = decision(&t),
         decided = decided(),
+        vanished = vanished(),
         now = rfc3339("clock_timestamp()"),
     );
     Statement {
         text,
-        types: &[Type::TEXT, Type::FLOAT8, Type::INT4],
+        types: &[Type::TEXT, Type::FLOAT8, Type::INT4, Type::INT4, Type::BOOL],
     }
 }
 
@@ -240,7 +285,8 @@ pub fn decide(table: &Table) -> Statement {
 ///
 /// `$1` lock id, `$2` key, `$3` slot, `$4` host, `$5` pid, `$6` command, `$7` whether to mark
 /// running rows abandoned, `$8` the start (RFC 3339, from [`decide`]), `$9` status, `$10` exit
-/// code. Returns `id` and `status`.
+/// code, `$11` --kill-after and `$12` --check-interval in ms (as [`begin`]'s). Returns `id` and
+/// `status`.
 pub fn record(table: &Table) -> Statement {
     let t = table.quoted();
     let text = format!(
@@ -249,9 +295,9 @@ pub fn record(table: &Table) -> Statement {
              WHERE $7 AND lock_id = $1 AND slot IS NOT DISTINCT FROM $3 AND status = 'running' \
              RETURNING id) \
          INSERT INTO {t} (key, lock_id, slot, host, pid, backend_pid, db_user, started_at, \
-                          finished_at, status, exit_code, command) \
+                          finished_at, status, exit_code, command, kill_after_ms, check_interval_ms) \
          SELECT $2, $1, $3, $4, $5, pg_backend_pid(), session_user, $8::timestamptz, \
-                clock_timestamp(), $9, $10, $6 \
+                clock_timestamp(), $9, $10, $6, $11, $12 \
          FROM (SELECT count(*) FROM abandoned) AS a \
          RETURNING id, status"
     );
@@ -268,6 +314,8 @@ pub fn record(table: &Table) -> Statement {
             Type::TEXT,
             Type::TEXT,
             Type::INT4,
+            Type::INT8,
+            Type::INT8,
         ],
     }
 }
@@ -458,6 +506,10 @@ mod tests {
             "CREATE INDEX IF NOT EXISTS \"runs_lock_started\" ON \"ops\".\"runs\" (lock_id, started_at);",
             "    lock_id     text        NOT NULL,",
             "    ALTER TABLE \"ops\".\"runs\" ADD COLUMN lock_id text;",
+            "    kill_after_ms     bigint,",
+            "    check_interval_ms bigint,",
+            "      AND attname IN ('kill_after_ms', 'check_interval_ms') AND NOT attisdropped) < 2 THEN",
+            "    ALTER TABLE \"ops\".\"runs\" ADD COLUMN IF NOT EXISTS kill_after_ms bigint,",
             "CREATE INDEX IF NOT EXISTS \"runs_started\" ON \"ops\".\"runs\" (started_at);",
             "GRANT USAGE ON SCHEMA \"ops\" TO \"runner\";",
             "GRANT SELECT, INSERT, UPDATE (status, finished_at, exit_code) ON \"ops\".\"runs\" \
@@ -472,11 +524,11 @@ mod tests {
     #[test]
     fn begin_snapshot() {
         let s = begin(&table());
-        assert_eq!(s.types.len(), 9);
+        assert_eq!(s.types.len(), 11);
         assert!(s.text.starts_with(
             "WITH abandoned AS (UPDATE \"ops\".\"runs\" SET status = 'abandoned', finished_at = \
              clock_timestamp() WHERE $9 AND lock_id = $1 AND slot IS NOT DISTINCT FROM $5 AND \
-             status = 'running' RETURNING id), "
+             status = 'running' RETURNING id, kill_after_ms, check_interval_ms), "
         ));
         assert!(s.text.contains(
             "WHEN (SELECT started_at FROM last) > clock_timestamp() - $2 * interval '1 second' \
@@ -484,7 +536,12 @@ mod tests {
         ));
         assert!(s.text.contains(
             "SELECT $4, $1, $5, $6, $7, pg_backend_pid(), session_user, clock_timestamp(), \
-             'running', $8 FROM verdict WHERE verdict = 'run' RETURNING id"
+             'running', $8, $10, $11 FROM verdict WHERE verdict = 'run' RETURNING id"
+        ));
+        // The lock-delay's bound: of the runs this holder found running, and no clock in it.
+        assert!(s.text.contains(
+            "(SELECT count(*) FROM abandoned) AS abandoned, (SELECT max(2 * check_interval_ms + \
+             kill_after_ms) FROM abandoned) AS stop_within_ms"
         ));
         assert!(s.text.contains(
             "to_char(l.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS \
@@ -502,22 +559,24 @@ mod tests {
     #[test]
     fn xact_scope_reads_first_and_writes_the_whole_run_at_the_end() {
         let d = decide(&table());
-        assert_eq!(d.types.len(), 3);
-        assert!(
-            d.text
-                .starts_with("WITH last AS (SELECT started_at, host FROM")
-        );
+        assert_eq!(d.types.len(), 5);
+        assert!(d.text.starts_with(
+            "WITH abandoned AS (SELECT kill_after_ms, check_interval_ms FROM \"ops\".\"runs\" \
+             WHERE $5 AND lock_id = $1 AND slot IS NOT DISTINCT FROM $4 AND status = 'running'), \
+             last AS (SELECT started_at, host FROM"
+        ));
+        assert!(d.text.contains("AS stop_within_ms"));
         for write in ["UPDATE", "INSERT", "DELETE"] {
             assert!(!d.text.contains(write), "{write}: {}", d.text);
         }
         let r = record(&table());
-        assert_eq!(r.types.len(), 10);
+        assert_eq!(r.types.len(), 12);
         assert!(r.text.contains(
             "WHERE $7 AND lock_id = $1 AND slot IS NOT DISTINCT FROM $3 AND status = 'running'"
         ));
         assert!(r.text.contains(
             "SELECT $2, $1, $3, $4, $5, pg_backend_pid(), session_user, $8::timestamptz, \
-             clock_timestamp(), $9, $10, $6"
+             clock_timestamp(), $9, $10, $6, $11, $12"
         ));
     }
 

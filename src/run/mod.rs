@@ -97,6 +97,20 @@ fn run_held(
         Ok(Some(Begun::Skip(outcome))) => return release_then(holder, opts, Ok(outcome), false),
         Err(e) => return release_then(holder, opts, Err(e), false),
     };
+    if let Some(recorder) = &ledger
+        && let Err(reason) = lock_delay(opts, router, &mut holder, recorder.vanished())
+    {
+        step!(
+            "lock \"{}\" lost before the command started: {reason}",
+            opts.target.label
+        );
+        record_end(ledger, &mut holder, End::lost_before_start());
+        holder.abandon();
+        return Ok(Outcome::LostBeforeStart {
+            label: opts.target.label.clone(),
+            reason,
+        });
+    }
     let (mut running, deadman) = match start(opts, router, &mut holder, &env, deadman) {
         Ok(started) => started,
         Err(Ok(lost @ Outcome::LostBeforeStart { .. })) => {
@@ -414,6 +428,31 @@ fn release_then(
     outcome
 }
 
+/// The lock-delay (see [`crate::ledger::delay`]): an earlier run of the lock whose holder's
+/// session the server ended may still be stopping its command, so this one waits, holding and
+/// checking the lock, until that command must have stopped. A terminating signal ends the wait,
+/// and the command is then not started ([`start`] finds the signal). Err: the lock was lost
+/// meanwhile.
+fn lock_delay(
+    opts: &RunOptions,
+    router: &Router,
+    holder: &mut Holder,
+    vanished: crate::ledger::delay::Vanished,
+) -> Result<(), LostReason> {
+    if let Some(line) = vanished.describe(&opts.target.label) {
+        step!("{line}");
+    }
+    let Some(wait) = vanished.wait() else {
+        return Ok(());
+    };
+    let until = duration::after(Instant::now(), wait);
+    supervise::hold(router, holder, until, opts.check_interval, "the lock-delay")?;
+    if router.interrupted().is_none() {
+        step!("lock-delay over; starting the command");
+    }
+    Ok(())
+}
+
 /// --min-hold: keep the lock, watched like a running command, until `until`.
 fn min_hold_for(
     router: &Router,
@@ -429,7 +468,7 @@ fn min_hold_for(
         "holding the lock {} more (--min-hold)",
         duration::format(left)
     );
-    supervise::hold(router, holder, until, opts.check_interval)
+    supervise::hold(router, holder, until, opts.check_interval, "the --min-hold")
 }
 
 /// Ends the lock, within `limit`. A release that cannot be confirmed (a server that stopped
@@ -468,6 +507,10 @@ fn begin_ledger(opts: &RunOptions, opener: &Opener, holder: &mut Holder) -> Resu
         },
         quiet: opts.quiet,
         check_interval: opts.check_interval,
+        kill_after: match opts.fencing {
+            Fencing::Terminate { kill_after } => Some(kill_after),
+            Fencing::Ignore => None,
+        },
         connect_timeout: opts.connect_timeout.unwrap_or(LEDGER_CONNECT_TIMEOUT),
     };
     record::begin(&cx, opener, holder.session()).map(Some)

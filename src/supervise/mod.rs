@@ -234,19 +234,20 @@ pub fn wait(
     }
 }
 
-/// Keeps watching the lock until `until` (--min-hold) or a terminating signal during the hold
-/// (one that ended the command ends the hold before it begins: see `run`). Err(reason) if the
-/// lock is lost meanwhile.
+/// Keeps watching the lock until `until` or a terminating signal during the hold: `what` it is,
+/// --min-hold after the command (one that ended the command ends the hold before it begins: see
+/// `run`) or the lock-delay before it. Err(reason) if the lock is lost meanwhile.
 pub fn hold(
     router: &Router,
     guard: &mut dyn Guard,
     until: Instant,
     check_every: Duration,
+    what: &str,
 ) -> Result<(), LostReason> {
     let mut next_check = after(Instant::now(), check_every);
     loop {
         if let Some(sig) = router.interrupted() {
-            step!("signal {sig} ends the --min-hold early");
+            step!("signal {sig} ends {what} early");
             return Ok(());
         }
         if Instant::now() >= until {

@@ -257,10 +257,11 @@ fn a_sigkilled_pglock_leaves_a_running_row_that_the_next_holder_abandons() {
     let ledger = Ledger::new();
     let env = TestEnv::new("killed");
     let key = env.key();
+    // Short settings: the next holder takes the lock-delay they make (4 s).
     let child = start(
         ledger
-            .pglock(&["--key", key, "--record"])
-            .args(["-c", &ran_then_wait(env.dir())]),
+            .pglock(&["--key", key, "--record", "--check-interval", "500ms"])
+            .args(["--kill-after", "1s", "-c", &ran_then_wait(env.dir())]),
     );
     wait_until("the command running", || ran(&env) == 1);
     assert_eq!(ledger.runs(key), [("running".into(), None)]);
@@ -1154,4 +1155,177 @@ fn long_table_names_in_one_schema_each_get_their_indexes() {
         let _ = client.batch_execute(&format!("DROP TABLE IF EXISTS public.{name}"));
         assert_eq!(indexes, 6, "{name}: the primary key and five indexes");
     }
+}
+
+/// Nanoseconds since the epoch, as a command wrote them with `date +%s%N`.
+fn nanos(path: &Path) -> u128 {
+    let text = read(path);
+    text.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {text:?}: {e}", path.display()))
+}
+
+/// Issue 24, item 4: the server ends the holder's session and frees its lock at once, while the
+/// old command still handles its SIGTERM. With the ledger, the next holder finds the old run
+/// still `running` and waits (the lock-delay) until that command must have stopped: 2 x its
+/// --check-interval + its --kill-after + 2 s. Without it, B started about 3 s before A's command
+/// ended.
+#[test]
+fn after_a_server_side_loss_the_next_holder_waits_for_the_old_command_to_stop() {
+    let ledger = Ledger::new();
+    let env = TestEnv::new("ldelay");
+    let key = env.key();
+    let (a_started, a_last, b_first) = (env.path("a"), env.path("a_last"), env.path("b_first"));
+    // A needs 3 s to stop after SIGTERM; its last instruction writes the time.
+    let a_script = until_sigterm(
+        &format!("touch {}", a_started.display()),
+        &format!("sleep 3; date +%s%N > {}; exit 143", a_last.display()),
+    );
+    let a = start(
+        ledger
+            .pglock(&["--key", key, "--record", "--check-interval", "500ms"])
+            .args(["--kill-after", "6s", "-c", &a_script]),
+    );
+    wait_until("A's command running", || a_started.exists());
+    let b = start(
+        ledger
+            .pglock(&["--key", key, "--record", "-v"])
+            .args(["-c", &format!("date +%s%N > {}", b_first.display())]),
+    );
+    wait_until("B waiting", || env.waiting() == 1);
+    assert_eq!(env.terminate_holder(), 1, "no backend holds the lock");
+    let b = b.finish();
+    a.finish().assert_code(74);
+    let (a_end, b_start) = (nanos(&a_last), nanos(&b_first));
+    assert!(
+        b_start > a_end,
+        "B's command started {} ms before A's command's last instruction\n{b}",
+        (a_end - b_start) / 1_000_000
+    );
+    b.assert_success();
+    b.assert_stderr_contains("lock-delay: an earlier run of");
+    b.assert_stderr_contains("waiting 9s");
+    b.assert_stderr_contains("lock-delay over; starting the command");
+    // B found A's run still running and marked it abandoned; A's late `lost` found it so.
+    assert_eq!(
+        ledger.runs(key),
+        [("abandoned".into(), None), ("succeeded".into(), Some(0))]
+    );
+}
+
+/// The lock-delay is only for an unclean end: after a clean run the next holder starts at once
+/// (no line about it in -v), and the runs record their settings for the next holder.
+#[test]
+fn after_a_clean_run_the_next_holder_takes_no_lock_delay() {
+    let ledger = Ledger::new();
+    let env = TestEnv::new("nodelay");
+    let key = env.key();
+    let a = start(
+        ledger
+            .pglock(&["--key", key, "--record", "--kill-after", "7s"])
+            .args(["-c", &ran_then_wait(env.dir())]),
+    );
+    wait_until("A's command running", || ran(&env) == 1);
+    let b = start(
+        ledger
+            .pglock(&["--key", key, "--record", "-v", "--on-lost", "ignore"])
+            .args(["-c", "true"]),
+    );
+    wait_until("B waiting", || env.waiting() == 1);
+    std::fs::write(env.path("go"), "").unwrap();
+    a.finish().assert_success();
+    let b = b.finish();
+    b.assert_success();
+    b.assert_stderr_contains("recorded run");
+    b.assert_stderr_lacks("lock-delay");
+    b.assert_stderr_lacks("abandoned");
+    let settings: Vec<(Option<i64>, Option<i64>)> = sql()
+        .query(
+            &format!(
+                "SELECT kill_after_ms, check_interval_ms FROM {} ORDER BY id",
+                ledger.table
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    // --on-lost ignore lets the command run on after a loss: nothing bounds it.
+    assert_eq!(settings, [(Some(7000), Some(5000)), (None, Some(5000))]);
+}
+
+/// A terminating signal ends the lock-delay: the command does not start, and pglock exits at
+/// once with 128+N.
+#[test]
+fn a_signal_ends_the_lock_delay_and_the_command_never_starts() {
+    let ledger = Ledger::new();
+    let env = TestEnv::new("delaysig");
+    let key = env.key();
+    let mut client = sql();
+    // A run whose holder vanished, recorded with a long --kill-after.
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {} (key, lock_id, host, pid, backend_pid, db_user, started_at, \
+                 status, kill_after_ms, check_interval_ms) VALUES ($1, $2, 'web-9', 1, 1, 'app', \
+                 now(), 'running', 600000, 1000)",
+                ledger.table
+            ),
+            &[&key, &key_id(key).to_string()],
+        )
+        .unwrap();
+    let never = env.path("never");
+    let b = start(
+        ledger
+            .pglock(&["--key", key, "--record", "-v"])
+            .args(["-c", &format!("touch {}", never.display())]),
+    );
+    wait_until("B in its lock-delay", || {
+        b.stderr_so_far().contains("lock-delay: ")
+    });
+    let signalled = std::time::Instant::now();
+    b.kill(Signal::SIGTERM);
+    let b = b.finish();
+    assert!(
+        signalled.elapsed() < std::time::Duration::from_secs(3),
+        "{b}"
+    );
+    b.assert_code(143);
+    assert!(!never.exists());
+    assert_eq!(
+        ledger.runs(key),
+        [("abandoned".into(), None), ("failed".into(), Some(143))]
+    );
+}
+
+/// A table of the previous pglock has no kill_after_ms: a run says to run `pglock init`, which
+/// adds the columns in place, and the lock-delay then works.
+#[test]
+fn init_adds_the_lock_delay_columns_in_place() {
+    let ledger = Ledger::new();
+    let env = TestEnv::new("delaycols");
+    let key = env.key();
+    let t = &ledger.table;
+    let mut client = sql();
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE {t} DROP COLUMN kill_after_ms, DROP COLUMN check_interval_ms"
+        ))
+        .unwrap();
+    ledger.insert(&mut client, key, "succeeded", "1 hour");
+    let refused = ledger.run(key, &["--record"], "true");
+    refused.assert_code(78);
+    refused.assert_stderr_contains("pglock init");
+    run(ledger.pglock(&["init"])).assert_stdout_contains("already exists");
+    ledger.run(key, &["--record"], "true").assert_success();
+    let recorded: Vec<Option<i64>> = client
+        .query(&format!("SELECT kill_after_ms FROM {t} ORDER BY id"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(recorded, [None, Some(10_000)]);
+    // Idempotent: once the columns exist, init changes nothing.
+    run(ledger.pglock(&["init"])).assert_success();
 }
