@@ -417,14 +417,29 @@ fn soak_random_silences_stops_kills_and_restarts_never_overlap_two_commands() {
     eprintln!("soak: {secs} s, seed {seed}");
     let log = env.path("sections");
     let log_path = log.clone();
-    // A command that holds the lock for `secs`, logging its pglock's pid.
-    let script = move |secs: f64| {
+    // A command that holds the lock for `secs`, logging its pglock's pid. Some need up to 1.5 s
+    // to stop after SIGTERM (a graceful shutdown), and some leave a background process behind
+    // that keeps working under the lock (logged as the negative pid: a section of its own).
+    let script = move |secs: f64, stop: f64, leftover: f64| {
+        let log = log.display();
+        let bg = if leftover > 0.0 {
+            format!(
+                "(trap 'log leave -$PPID; exit 0' TERM; log enter -$PPID; \
+                 sleep {leftover:.1} & wait; log leave -$PPID) & "
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "log() {{ echo \"$1 $PPID $(date +%s%N)\" >> {}; }}; \
-             trap 'log leave; exit 0' TERM; sleep {secs:.1} & log enter; wait; log leave",
-            log.display()
+            "log() {{ echo \"$1 ${{2:-$PPID}} $(date +%s%N)\" >> {log}; }}; \
+             trap 'sleep {stop:.1}; log leave; exit 0' TERM; {bg}sleep {secs:.1} & s=$!; \
+             log enter; wait $s; log leave"
         )
     };
+    // The runs record themselves, so that after a server-side loss (a restart) the next holder
+    // finds the old run unfinished and waits out its stop (the lock-delay).
+    let ledger = format!("public.nemesis_soak_{}", std::process::id());
+    run(pglock().args(["--ledger", &ledger, "init"])).assert_success();
     let done = Arc::new(AtomicBool::new(false));
     let live = Arc::new(Mutex::new(Vec::<i32>::new()));
     // Every pglock run: (pid, started, ended, exit code).
@@ -433,16 +448,27 @@ fn soak_random_silences_stops_kills_and_restarts_never_overlap_two_commands() {
         .map(|i| {
             let (done, live, runs) = (done.clone(), live.clone(), runs.clone());
             let (key, script) = (env.key().to_string(), script.clone());
+            let ledger = ledger.clone();
             let mut rng = Rng(seed.wrapping_add(i + 1));
             std::thread::spawn(move || {
                 while !done.load(Ordering::SeqCst) {
-                    let script = script(rng.below(30) as f64 / 10.0);
+                    let stop = if rng.below(2) == 0 {
+                        rng.below(16) as f64 / 10.0
+                    } else {
+                        0.0
+                    };
+                    let leftover = if rng.below(4) == 0 {
+                        rng.below(20) as f64 / 10.0
+                    } else {
+                        0.0
+                    };
+                    let script = script(rng.below(30) as f64 / 10.0, stop, leftover);
                     let started = unix_ns();
                     let child = start(
                         pglock()
-                            .args(["--key", &key])
+                            .args(["--key", &key, "--ledger", &ledger, "--record"])
                             .args(FAST)
-                            .args(["--timeout", "10s", "-q", "-c", &script])
+                            .args(["--timeout", "20s", "-q", "-c", &script])
                             .env("PGHOST", "127.0.0.1"),
                     );
                     let pid = child.id() as i32;
@@ -558,7 +584,11 @@ fn soak_random_silences_stops_kills_and_restarts_never_overlap_two_commands() {
         }
     }
     for (pid, from) in open {
-        let end = runs.iter().find(|r| r.0 == pid).map_or(u128::MAX, |r| r.2);
+        // A leftover's section (negative pid) ends, at the latest, when its pglock exited too.
+        let end = runs
+            .iter()
+            .find(|r| r.0 == pid.abs())
+            .map_or(u128::MAX, |r| r.2);
         sections.push((pid, from, end));
     }
     sections.sort_by_key(|s| s.1);
@@ -567,13 +597,17 @@ fn soak_random_silences_stops_kills_and_restarts_never_overlap_two_commands() {
     let excused = |pid: i32, from: u128, to: u128| {
         freezes
             .iter()
-            .any(|f| f.pglock == pid && from >= f.from && to <= f.to + 2_000_000_000)
+            .any(|f| f.pglock == pid.abs() && from >= f.from && to <= f.to + 2_000_000_000)
     };
     let mut overlaps = Vec::new();
     for (i, &(pa, _, ta)) in sections.iter().enumerate() {
         for &(pb, fb, tb) in &sections[i + 1..] {
             if fb >= ta {
                 break;
+            }
+            // A command and its own leftover share the lock.
+            if pa.abs() == pb.abs() {
+                continue;
             }
             let (from, to) = (fb, ta.min(tb));
             if !excused(pa, from, to) && !excused(pb, from, to) {
