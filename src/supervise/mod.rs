@@ -10,14 +10,15 @@
 //! A plain run (`pglock --key k -- cmd`, stderr not a terminal) has these threads and
 //! processes: pglock's main thread, the `signals` router, and the `deadline` thread that cuts
 //! the connection of any step that outlives its deadline (started with the first connect; see
-//! [`crate::pg::deadline`]); rust-postgres's runtime runs on the main thread. Processes: pglock,
-//! the command, and the dead man's switch, forked before the command (during the wait when the
-//! lock was taken) into a process group of its own, and collected before pglock exits. A lock
-//! that is free is taken at once and nothing else starts. A lock that is taken adds, for the wait
-//! only, a `wait-guard` thread (and after 200 ms its guard process), and with the terminal status
-//! line or -v an `observer` thread with a second connection. Cancel requests (after a signal
-//! while waiting) run on a short-lived `cancel` thread. pglock joins none of its threads on the
-//! way out: waking a thread to wait for it costs milliseconds on a virtual machine's idle CPUs.
+//! [`crate::pg::deadline`]); the connection's current-thread runtime runs on the main thread.
+//! Processes: pglock, the command, and the dead man's switch (`pglock-switch`), forked before
+//! the command (during the wait when the lock was taken) into a process group of its own, and
+//! collected before pglock exits. A lock that is free is taken at once and nothing else starts.
+//! A lock that is taken adds, for the wait only, a `wait-guard` thread (and after 200 ms its
+//! guard process), and with the terminal status line or -v an `observer` thread with a second
+//! connection. A connect to a host name looks it up on a short-lived `resolve` thread, abandoned
+//! if the resolver hangs. pglock joins none of its threads on the way out: waking a thread to
+//! wait for it costs milliseconds on a virtual machine's idle CPUs.
 //!
 //! With a lease, the loop also sends the switch a heartbeat after every confirmed check, and
 //! takes the lock for lost at once when nothing confirmed it for longer than the lease allows
