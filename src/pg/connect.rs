@@ -16,7 +16,7 @@ use crate::conninfo::keepalive::Keepalive;
 use crate::step;
 use crate::tls::Connector;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,12 +53,12 @@ impl std::fmt::Display for Addr {
     }
 }
 
-/// One open socket, either kind.
-#[derive(Debug)]
-pub enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
+/// What tokio-postgres reads and writes: a TCP or a Unix socket.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug + 'static> Io for T {}
+
+/// One open socket, either kind, with its descriptor (for poll(2) and the deadline's cut).
+type Stream = (Box<dyn Io>, RawFd);
 
 /// A current-thread runtime: the session's statements run on the thread that asks for them,
 /// as with the synchronous client, and nothing is left running between them.
@@ -110,14 +110,9 @@ pub fn open(
             (Some(ip), _) => vec![Addr::Tcp(SocketAddr::new(ip, port))],
             (None, Some(Host::Unix(dir))) => vec![Addr::Unix(dir.join(format!(".s.PGSQL.{port}")))],
             (None, Some(Host::Tcp(name))) => {
-                match bounded(
-                    &rt,
-                    bound.next(),
-                    bound.on_signal,
-                    resolve(&name, port, config),
-                ) {
-                    Ok(Ok(addrs)) => addrs,
-                    Ok(Err(e)) | Err(e) => {
+                match bounded(&rt, &bound, resolve(&name, port, config)) {
+                    Ok(addrs) => addrs,
+                    Err(e) => {
                         last = Some(e);
                         continue;
                     }
@@ -132,13 +127,8 @@ pub fn open(
                 keepalive,
             };
             step!("trying {}", dial.addr);
-            match bounded(
-                &rt,
-                bound.next(),
-                bound.on_signal,
-                start(&dial, config, connector),
-            ) {
-                Ok(Ok((client, connection, fd))) => {
+            match bounded(&rt, &bound, start(&dial, config, connector)) {
+                Ok((client, connection, fd)) => {
                     return Ok(Link::new(
                         rt,
                         client,
@@ -148,7 +138,7 @@ pub fn open(
                         connector.clone(),
                     ));
                 }
-                Ok(Err(e)) | Err(e) => last = Some(e),
+                Err(e) => last = Some(e),
             }
         }
     }
@@ -170,28 +160,30 @@ pub fn cancel(
 ) -> Result<(), Failed> {
     let rt = runtime().map_err(Failed::Connect)?;
     let request = async {
-        let stream = dial_socket(dial).await?;
+        let (stream, _) = dial_socket(dial).await?;
         match connector.for_host(&dial.hostname) {
             None => token.cancel_query_raw(stream, NoTls).await,
             Some(tls) => token.cancel_query_raw(stream, tls).await,
         }
         .map_err(Failed::Error)
     };
-    match bounded(&rt, limit, OnSignal::Grace, request) {
-        Ok(result) => result,
-        Err(e) => Err(e),
-    }
+    let bound = Bound {
+        step: limit,
+        until: None,
+        on_signal: OnSignal::Grace,
+    };
+    bounded(&rt, &bound, request)
 }
 
-/// Runs `work` as one deadline step: Err(NoAnswer) if the step was cut first.
+/// Runs `work` as one deadline step within `bound`: Err(NoAnswer) if the step was cut first.
 fn bounded<T>(
     rt: &Runtime,
-    limit: Duration,
-    on_signal: OnSignal,
-    work: impl Future<Output = T>,
+    bound: &Bound,
+    work: impl Future<Output = Result<T, Failed>>,
 ) -> Result<T, Failed> {
+    let limit = bound.next();
     let cut = Arc::new(Notify::new());
-    let step = deadline::begin_with(Some(limit), Cut::Wake(cut.clone()), on_signal);
+    let step = deadline::begin_with(Some(limit), Cut::Wake(cut.clone()), bound.on_signal);
     if step.due_at_start() {
         // A signal came first: not even a TCP handshake for a step that is cut as it begins.
         return Err(Failed::NoAnswer(limit));
@@ -205,7 +197,7 @@ fn bounded<T>(
     });
     let expired = step.end();
     match outcome {
-        Some(value) if !expired => Ok(value),
+        Some(value) if !expired => value,
         _ => Err(Failed::NoAnswer(limit)),
     }
 }
@@ -279,11 +271,14 @@ async fn dial_socket(dial: &Dial) -> Result<Stream, Failed> {
             dial.keepalive
                 .set_on(stream.as_fd())
                 .map_err(Failed::Connect)?;
-            Ok(Stream::Tcp(stream))
+            let fd = stream.as_raw_fd();
+            Ok((Box::new(stream), fd))
         }
-        Addr::Unix(path) => Ok(Stream::Unix(
-            UnixStream::connect(path).await.map_err(Failed::Connect)?,
-        )),
+        Addr::Unix(path) => {
+            let stream = UnixStream::connect(path).await.map_err(Failed::Connect)?;
+            let fd = stream.as_raw_fd();
+            Ok((Box::new(stream), fd))
+        }
     }
 }
 
@@ -293,17 +288,13 @@ const NO_WRITES: &str = "database does not allow writes (the server is a standby
      sessions are read-only by default: default_transaction_read_only is on for this database \
      or role, or in PGOPTIONS; pglock takes its lock only where it can write)";
 
-type Started = (tokio_postgres::Client, Connection, std::os::fd::RawFd);
+type Started = (tokio_postgres::Client, Connection, RawFd);
 
 /// One address: the socket, then TLS, start-up and authentication, then the check that the
 /// server takes writes (target_session_attrs=read-write, which the driver only checks for the
 /// hosts it connects itself).
 async fn start(dial: &Dial, config: &Config, connector: &Connector) -> Result<Started, Failed> {
-    let stream = dial_socket(dial).await?;
-    let fd = match &stream {
-        Stream::Tcp(s) => s.as_raw_fd(),
-        Stream::Unix(s) => s.as_raw_fd(),
-    };
+    let (stream, fd) = dial_socket(dial).await?;
     let (client, mut connection): (_, Connection) = match connector.for_host(&dial.hostname) {
         None => {
             let (client, connection) = config
@@ -337,50 +328,4 @@ async fn start(dial: &Dial, config: &Config, connector: &Connector) -> Result<St
         }
     }
     Ok((client, connection, fd))
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Stream::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            Stream::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
-            Stream::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            Stream::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-        }
-    }
 }
