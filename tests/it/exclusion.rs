@@ -266,3 +266,37 @@ fn leftovers_keep_releases_while_they_run() {
     assert!(!env.exists("bg-end"));
     env.wait_for_file("bg-end");
 }
+
+#[test]
+fn a_replaced_switch_still_stops_the_command_of_a_stopped_pglock() {
+    let env = TestEnv::new("switchthenstop");
+    let dir = env.dir().display().to_string();
+    let fast = ["--check-interval", "200ms", "--kill-after", "500ms"];
+    let old = start(env.pglock(&fast).args([
+        "-c",
+        &until_sigterm(
+            &format!("touch {dir}/ready"),
+            &format!("touch {dir}/stopped; exit 0"),
+        ),
+    ]));
+    env.wait_for_file("ready");
+    let switch_of = |pid: u32| {
+        children(pid as i32)
+            .into_iter()
+            .find(|&c| name_of(c) == "pglock-switch")
+    };
+    let first = switch_of(old.id()).expect("no switch");
+    kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
+    wait_within("another switch", Duration::from_secs(5), || {
+        switch_of(old.id()).is_some_and(|s| s != first)
+    });
+    // pglock stopped alone: only the new switch's countdown can stop the command now, before
+    // the lease lets the next holder in.
+    kill(Pid::from_raw(old.id() as i32), Signal::SIGSTOP).unwrap();
+    wait_within("the command to be stopped", Duration::from_secs(10), || {
+        env.exists("stopped")
+    });
+    kill(Pid::from_raw(old.id() as i32), Signal::SIGCONT).unwrap();
+    let out = old.finish();
+    out.assert_code(74);
+}
