@@ -72,6 +72,8 @@ pub enum Observer {
     List,
     /// The run ledger's commands, and the ledger's own connection of an xact-scope run.
     Ledger,
+    /// `pglock doctor`.
+    Doctor,
 }
 
 impl Observer {
@@ -81,6 +83,7 @@ impl Observer {
             Observer::Status => "pglock-status",
             Observer::List => "pglock-list",
             Observer::Ledger => "pglock-ledger",
+            Observer::Doctor => "pglock-doctor",
         }
     }
 }

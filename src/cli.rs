@@ -7,7 +7,9 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
 use std::time::Duration;
 
+mod doctor;
 mod ledger;
+pub use doctor::DoctorArgs;
 pub use ledger::{LedgerSub, RecordArgs, check_combinations};
 
 const EXAMPLES: &str = "\
@@ -47,7 +49,8 @@ pglock [OPTIONS] (--key KEY | --lock-id ID) -- COMMAND [ARGS]...
        pglock history (--key KEY | --lock-id ID | --all) [--since DURATION] [--last N] [--json]
        pglock check (--key KEY | --lock-id ID) --critical DURATION [--warning DURATION]
        pglock metrics [--output FILE]
-       pglock prune --older-than DURATION [--dry-run]";
+       pglock prune --older-than DURATION [--dry-run]
+       pglock doctor [--key KEY] [--scope SCOPE] [--record] [--fleet N] [--json]";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -200,6 +203,10 @@ pub enum Commands {
     Report(Sub),
     #[command(flatten)]
     Ledger(LedgerSub),
+    /// Check that this host's setup is safe for the runs you describe: the connection, a
+    /// pooler in the path, the lease, connection limits, the ledger, the clock. Takes no lock
+    /// and writes nothing; exit 0 if all is well, 1 for a warning, 2 for a failure.
+    Doctor(DoctorArgs),
 }
 
 /// Looking at locks instead of taking one.

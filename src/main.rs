@@ -23,6 +23,7 @@ mod cli;
 mod clock;
 mod conninfo;
 mod docs;
+mod doctor;
 mod duration;
 mod exit;
 mod key;
@@ -86,6 +87,7 @@ fn main() -> ExitCode {
             failed_or(match options::Subcommand::from_cli(sub) {
                 options::Subcommand::Report(request) => report::command(&request),
                 options::Subcommand::Ledger(request) => ledger::command(&request),
+                options::Subcommand::Doctor(request) => doctor::command(&request),
             })
         }
         None => {

@@ -12,7 +12,7 @@ use crate::pg::sql::Scope;
 pub use crate::supervise::Fencing;
 pub use crate::supervise::child::Job;
 use crate::supervise::leftovers;
-use crate::{ledger, report};
+use crate::{doctor, ledger, report};
 use std::ffi::OsString;
 use std::time::Duration;
 
@@ -99,6 +99,7 @@ impl RunOptions {
 pub enum Subcommand {
     Report(report::Request),
     Ledger(ledger::Request),
+    Doctor(doctor::Request),
 }
 
 impl Subcommand {
@@ -106,7 +107,30 @@ impl Subcommand {
         match sub {
             cli::Commands::Report(sub) => Subcommand::Report(report_request(sub)),
             cli::Commands::Ledger(sub) => Subcommand::Ledger(ledger_request(sub)),
+            cli::Commands::Doctor(a) => Subcommand::Doctor(doctor_request(a)),
         }
+    }
+}
+
+/// The doctor judges the runs its flags describe, with the run's own arithmetic.
+fn doctor_request(a: &cli::DoctorArgs) -> doctor::Request {
+    let label = match (&a.key, a.lock_id) {
+        (Some(key), _) => Some(key.clone()),
+        (None, Some(id)) => Some(id.to_string()),
+        (None, None) => None,
+    };
+    doctor::Request {
+        label,
+        scope: match a.scope {
+            cli::Scope::Session => Scope::Session,
+            cli::Scope::Xact => Scope::Xact,
+        },
+        ledger: (a.record || a.once_per.is_some()).then(|| a.ledger.clone()),
+        limit: a.limit,
+        lease: doctor::Request::lease_of(a.check_interval, a.kill_after, a.lease),
+        fleet: a.fleet,
+        json: a.json,
+        database_url: a.server.database_url.clone(),
     }
 }
 

@@ -23,6 +23,26 @@ pub struct Statement {
     pub types: &'static [Type],
 }
 
+/// The table's columns, as [`init`] makes them: what `pglock doctor` expects of a table that
+/// is up to date.
+pub const COLUMNS: [&str; 15] = [
+    "id",
+    "key",
+    "lock_id",
+    "slot",
+    "host",
+    "pid",
+    "backend_pid",
+    "db_user",
+    "started_at",
+    "finished_at",
+    "status",
+    "exit_code",
+    "command",
+    "kill_after_ms",
+    "check_interval_ms",
+];
+
 /// The run statuses, as the CHECK constraint lists them.
 pub const STATUSES: [&str; 5] = ["running", "succeeded", "failed", "lost", "abandoned"];
 
@@ -480,6 +500,18 @@ pub fn prune_count(table: &Table) -> Statement {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_column_the_doctor_expects_is_made_by_init() {
+        let table = super::Table::parse("public.t").unwrap();
+        let script = super::init(&table, crate::key::LockId::Big(1), &[]);
+        for column in super::COLUMNS {
+            assert!(
+                script.contains(&format!("\n    {column} ")),
+                "{column} is not made by init"
+            );
+        }
+    }
+
     use super::*;
 
     fn table() -> Table {

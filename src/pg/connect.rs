@@ -38,6 +38,26 @@ pub struct Dial {
     keepalive: Keepalive,
 }
 
+impl Dial {
+    /// The address connected to, as `host (address)` or a socket path.
+    pub fn describe(&self) -> String {
+        match &self.addr {
+            Addr::Tcp(a) if self.hostname != a.ip().to_string() => {
+                format!("{} ({a})", self.hostname)
+            }
+            addr => addr.to_string(),
+        }
+    }
+
+    /// A Unix socket or a loopback address: nothing crosses a network.
+    pub fn is_local(&self) -> bool {
+        match &self.addr {
+            Addr::Tcp(a) => a.ip().is_loopback(),
+            Addr::Unix(_) => true,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Addr {
     Tcp(SocketAddr),

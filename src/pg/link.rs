@@ -140,6 +140,11 @@ impl Link {
         self.socket
     }
 
+    /// Where the connection went.
+    pub fn dial(&self) -> &Dial {
+        &self.dial
+    }
+
     /// What a cancel request for this session needs.
     pub fn cancel_parts(&self) -> (CancelToken, Dial, Connector) {
         (

@@ -69,6 +69,11 @@ impl Session {
         self.backend_pid
     }
 
+    /// Where the connection went (which host of a list answered, over which address).
+    pub fn peer(&self) -> &super::connect::Dial {
+        self.link.dial()
+    }
+
     /// The connection's socket, for poll(2) while the command runs.
     pub fn socket(&self) -> Option<RawFd> {
         Some(self.link.socket())
