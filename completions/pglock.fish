@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_pglock_global_optspecs
-    string join \n k/key= lock-id= c/command= n/nowait w/timeout= E/conflict-exit-code= s/shared limit= key-hash= min-hold= scope= fencing-token record record-command once-per= max-attempts= done-exit-code= ledger= d/database-url= check-interval= on-lost= leftovers= kill-after= lease= connect-timeout= retry-connect= v/verbose q/quiet h/help V/version
+    string join \n k/key= lock-id= c/command= n/nowait w/timeout= E/conflict-exit-code= s/shared limit= key-hash= max-runtime= retries= retry-delay= splay= min-hold= scope= fencing-token record record-command once-per= max-attempts= done-exit-code= ledger= d/database-url= check-interval= on-lost= leftovers= kill-after= lease= connect-timeout= retry-connect= v/verbose q/quiet h/help V/version
 end
 
 function __fish_pglock_needs_command
@@ -33,6 +33,10 @@ complete -c pglock -n "__fish_pglock_needs_command" -l limit -d 'At most N holde
 complete -c pglock -n "__fish_pglock_needs_command" -l key-hash -d 'How --key becomes a lock id: pglock\'s own SHA-256 formula, or the one sqlx or Python\'s postgres-lock uses, to share a lock with an application built on them' -r -f -a "sha256\t'First 8 bytes of SHA-256(key), big-endian, signed'
 sqlx\t'sqlx\'s PgAdvisoryLock::new: HKDF-SHA256 (no salt), 8 bytes, little-endian, signed'
 postgres-lock\t'Python postgres-lock: SHA-1 of the key as a decimal integer, its first 18 digits'"
+complete -c pglock -n "__fish_pglock_needs_command" -l max-runtime -d 'Stop the command when it has run this long, counted from its first start, retries and their delays included: SIGTERM to its process group, SIGKILL after --kill-after; pglock exits 124 once it has exited, and only then releases the lock' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l retries -d 'When the command exits non-zero by itself, run it again, still holding the lock, up to N more times (0 to 100). The command gets PGLOCK_ATTEMPT (1, 2, ...); pglock exits with the last attempt\'s status' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l retry-delay -d 'The pause before the first retry; it doubles for each next one, with up to 20% random jitter either way. The lock stays held and checked meanwhile' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l splay -d 'Before connecting, wait a random time between 0 and DURATION, so that a fleet started by the same clock does not reach the server in the same millisecond' -r
 complete -c pglock -n "__fish_pglock_needs_command" -l min-hold -d 'Keep the lock at least this long after it was acquired, even if the command ends sooner, so hosts whose clocks differ a little do not run the same job twice' -r
 complete -c pglock -n "__fish_pglock_needs_command" -l scope -d 'Lock scope: a session-level lock, or a transaction-level lock inside BEGIN ... COMMIT' -r -f -a "session\t'pg_advisory_lock, released with pg_advisory_unlock'
 xact\t'pg_advisory_xact_lock inside a transaction, released by COMMIT or ROLLBACK'"

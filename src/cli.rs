@@ -114,6 +114,29 @@ pub struct Cli {
           conflicts_with = "lock_id")]
     pub key_hash: key::KeyHash,
 
+    /// Stop the command when it has run this long, counted from its first start, retries and
+    /// their delays included: SIGTERM to its process group, SIGKILL after --kill-after; pglock
+    /// exits 124 once it has exited, and only then releases the lock.
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive)]
+    pub max_runtime: Option<Duration>,
+
+    /// When the command exits non-zero by itself, run it again, still holding the lock, up to N
+    /// more times (0 to 100). The command gets PGLOCK_ATTEMPT (1, 2, ...); pglock exits with
+    /// the last attempt's status.
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub retries: u8,
+
+    /// The pause before the first retry; it doubles for each next one, with up to 20% random
+    /// jitter either way. The lock stays held and checked meanwhile.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse)]
+    pub retry_delay: Duration,
+
+    /// Before connecting, wait a random time between 0 and DURATION, so that a fleet started
+    /// by the same clock does not reach the server in the same millisecond.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub splay: Option<Duration>,
+
     /// Keep the lock at least this long after it was acquired, even if the command ends sooner,
     /// so hosts whose clocks differ a little do not run the same job twice.
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
@@ -420,6 +443,15 @@ fn parse_check_interval(text: &str) -> Result<Duration, String> {
     let d = duration::parse(text)?;
     if d < Duration::from_millis(100) {
         return Err(format!("'{text}' is below the minimum of 100ms"));
+    }
+    Ok(d)
+}
+
+/// A limit that must be above zero: `--max-runtime 0` would stop every command at once.
+fn parse_positive(text: &str) -> Result<Duration, String> {
+    let d = duration::parse(text)?;
+    if d.is_zero() {
+        return Err(format!("'{text}' is zero: give a duration above 0"));
     }
     Ok(d)
 }

@@ -19,6 +19,8 @@ pub const CONFIG: u8 = 78;
 /// pglock could not start the command for a reason of the system's (EX_OSERR): fork(2) failed,
 /// or a step between fork and exec did.
 pub const OSERR: u8 = 71;
+/// --max-runtime stopped the command (timeout(1)'s status).
+pub const TIMED_OUT: u8 = 124;
 /// Usage error, as clap exits.
 pub const USAGE: u8 = 2;
 /// The command exists but cannot be executed (shell convention).
@@ -110,6 +112,9 @@ pub enum Outcome {
     /// --once-per: the job already succeeded within the window, so the command did not run.
     /// Exits `code` (--done-exit-code); the message is None with --quiet.
     Done { code: u8, message: Option<String> },
+    /// --max-runtime ran out: the command was stopped (or, between retries, not run again).
+    /// The line saying so was logged when it happened.
+    TimedOut,
     /// --max-attempts: the job failed too often within the window, so the command did not run.
     Exhausted(String),
 }
@@ -121,6 +126,7 @@ impl Outcome {
             Outcome::Interrupted(sig) => signal_code(*sig as i32),
             Outcome::NotObtained(_) | Outcome::Exhausted(_) => conflict_code,
             Outcome::Lost { .. } | Outcome::LostBeforeStart { .. } => LOCK_LOST,
+            Outcome::TimedOut => TIMED_OUT,
             Outcome::Done { code, .. } => *code,
         }
     }
@@ -137,7 +143,7 @@ impl Outcome {
                 "lock \"{label}\" was lost before the command started ({reason}); the command \
                  was not started"
             )),
-            Outcome::Ran(_) | Outcome::Interrupted(_) => None,
+            Outcome::Ran(_) | Outcome::Interrupted(_) | Outcome::TimedOut => None,
         }
     }
 }
@@ -222,7 +228,9 @@ Exit status:
                      so the command did not run
   69                 could not connect to or authenticate with PostgreSQL
   74                 the lock was lost while the command ran, or before it
-                     started (then the command was not started)
+                     started (then the command was not started), or during
+                     a --retries delay
+  124                --max-runtime ran out: the command was stopped
   78                 the ledger table (--record, --once-per) is missing or
                      not writable: see pglock init
   2                  usage error
@@ -282,6 +290,7 @@ mod tests {
         }
         assert!(TABLE.contains(&format!("\n  {CONFIG} ")));
         assert!(TABLE.contains(&format!("\n  {OSERR} ")));
+        assert!(TABLE.contains(&format!("\n  {TIMED_OUT} ")));
     }
 
     #[test]

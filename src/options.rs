@@ -32,6 +32,13 @@ pub struct RunOptions {
     pub leftovers: leftovers::Policy,
     pub job: Job,
     pub min_hold: Option<Duration>,
+    /// `--max-runtime`: the command's run, from its first start, retries included.
+    pub max_runtime: Option<Duration>,
+    /// `--retries` and `--retry-delay`.
+    pub retries: u32,
+    pub retry_delay: Duration,
+    /// `--splay`: the longest random pause before connecting.
+    pub splay: Option<Duration>,
     /// Some with --record or --once-per.
     pub record: Option<Record>,
     pub check_interval: Duration,
@@ -78,6 +85,10 @@ impl RunOptions {
             },
             job: job(cli),
             min_hold: cli.min_hold,
+            max_runtime: cli.max_runtime,
+            retries: cli.retries.into(),
+            retry_delay: cli.retry_delay,
+            splay: cli.splay,
             record: record(cli),
             check_interval: cli.check_interval,
             connect_timeout: cli.connect_timeout,

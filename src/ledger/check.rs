@@ -152,6 +152,11 @@ pub fn verdict(label: &str, facts: &Facts, limits: Thresholds) -> (u8, String) {
     if let Some((status, exit_code, host, age)) = &facts.last {
         if status != "succeeded" {
             let exit_code = exit_code.map_or(String::new(), |c| format!(", exit {c}"));
+            // A run stopped by --max-runtime: say so in words, not only by its status.
+            let status = match status.as_str() {
+                "timeout" => "timed out (--max-runtime)",
+                other => other,
+            };
             let ago = display_secs(*age);
             text.push_str(&format!(
                 "; last run {status}{exit_code} {ago} ago on {host}"
@@ -262,6 +267,22 @@ mod tests {
         let (code, text) = verdict("k", &Facts::default(), limits());
         assert_eq!(code, 2);
         assert_eq!(text, "\"k\" has never succeeded (no runs recorded)");
+    }
+
+    #[test]
+    fn a_run_that_timed_out_is_a_failure_and_says_so() {
+        let facts = Facts {
+            success: None,
+            last: Some(("timeout".into(), Some(124), "web-5".into(), 60.0)),
+            running: None,
+        };
+        let (code, text) = verdict("k", &facts, limits());
+        assert_eq!(code, 2);
+        assert_eq!(
+            text,
+            "\"k\" has never succeeded; last run timed out (--max-runtime), exit 124 1m ago on \
+             web-5"
+        );
     }
 
     #[test]

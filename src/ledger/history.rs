@@ -28,6 +28,12 @@ pub struct Run {
     pub status: String,
     pub exit_code: Option<i32>,
     pub command: Option<String>,
+    /// How long the run waited for the lock, in ms (NULL for runs of an earlier pglock).
+    pub waited_ms: Option<i64>,
+    /// How many times the command started (`--retries`); NULL while running.
+    pub attempts: Option<i32>,
+    /// The tail of the command's output, when it was captured.
+    pub output_tail: Option<String>,
 }
 
 pub fn command(args: &HistoryArgs) -> Result<u8> {
@@ -73,6 +79,9 @@ fn parse(row: &Row) -> Result<Run, tokio_postgres::Error> {
         status: row.try_get("status")?,
         exit_code: row.try_get("exit_code")?,
         command: row.try_get("command")?,
+        waited_ms: row.try_get("waited_ms")?,
+        attempts: row.try_get("attempts")?,
+        output_tail: row.try_get("output_tail")?,
     })
 }
 
@@ -92,6 +101,9 @@ pub fn to_json(run: &Run) -> Value {
         "status": run.status,
         "exit_code": run.exit_code,
         "command": run.command,
+        "wait_seconds": run.waited_ms.map(|ms| ms as f64 / 1000.0),
+        "attempts": run.attempts,
+        "output_tail": run.output_tail,
     })
 }
 
@@ -101,9 +113,11 @@ fn text(runs: &[Run], with_key: bool) -> String {
         [
             "KEY",
             "STARTED (UTC)",
+            "WAIT",
             "DURATION",
             "STATUS",
             "EXIT",
+            "TRIES",
             "HOST",
             "PID",
             "USER",
@@ -117,9 +131,12 @@ fn text(runs: &[Run], with_key: bool) -> String {
             display_time(&run.started_at)
                 .trim_end_matches(" UTC")
                 .to_string(),
+            run.waited_ms
+                .map_or("-".into(), |ms| display_secs(ms as f64 / 1000.0)),
             display_secs(run.duration),
             run.status.clone(),
             run.exit_code.map_or("-".into(), |c| c.to_string()),
+            run.attempts.map_or("-".into(), |n| n.to_string()),
             run.host.clone(),
             run.pid.to_string(),
             run.db_user.clone(),
@@ -173,6 +190,9 @@ mod tests {
             status: "succeeded".into(),
             exit_code: Some(0),
             command: None,
+            waited_ms: Some(1500),
+            attempts: Some(1),
+            output_tail: None,
         }
     }
 
@@ -181,12 +201,13 @@ mod tests {
         let mut running = run();
         running.status = "running".into();
         running.exit_code = None;
+        running.attempts = None;
         running.host = "web-5".into();
         assert_eq!(
             text(&[running, run()], false),
-            "STARTED (UTC)        DURATION  STATUS     EXIT  HOST   PID    USER\n\
-             2026-11-26 03:00:01  2m12s     running    -     web-5  48121  app\n\
-             2026-11-26 03:00:01  2m12s     succeeded  0     web-3  48121  app\n"
+            "STARTED (UTC)        WAIT  DURATION  STATUS     EXIT  TRIES  HOST   PID    USER\n\
+             2026-11-26 03:00:01  1.5s  2m12s     running    -     -      web-5  48121  app\n\
+             2026-11-26 03:00:01  1.5s  2m12s     succeeded  0     1      web-3  48121  app\n"
         );
         assert!(text(&[run()], true).starts_with("KEY             STARTED (UTC)"));
     }
@@ -208,10 +229,14 @@ mod tests {
             "status",
             "exit_code",
             "command",
+            "wait_seconds",
+            "attempts",
+            "output_tail",
         ] {
             assert!(v.get(field).is_some(), "{field}");
         }
         assert_eq!(v["duration_seconds"], 132.25);
         assert_eq!(v["exit_code"], 0);
+        assert_eq!(v["wait_seconds"], 1.5);
     }
 }

@@ -24,12 +24,14 @@ pub struct KeyStats {
     pub finished: Option<f64>,
     pub exit_code: Option<i32>,
     pub running: i64,
+    /// The newest run's wait for the lock, in ms.
+    pub waited_ms: Option<i64>,
 }
 
 /// The metric families: name, help, and the value of a key (None: no sample for that key).
 type Family = (&'static str, &'static str, fn(&KeyStats) -> Option<f64>);
 
-const FAMILIES: [Family; 6] = [
+const FAMILIES: [Family; 7] = [
     (
         "pglock_last_success_timestamp_seconds",
         "Start of the key's newest succeeded run, Unix time; 0 if it never succeeded.",
@@ -54,6 +56,11 @@ const FAMILIES: [Family; 6] = [
         "pglock_last_run_exit_code",
         "pglock's exit status for the key's newest finished run.",
         |k| k.exit_code.map(f64::from),
+    ),
+    (
+        "pglock_last_wait_seconds",
+        "How long the key's newest run waited for its lock, connecting included.",
+        |k| k.waited_ms.map(|ms| ms as f64 / 1000.0),
     ),
     (
         "pglock_running",
@@ -86,6 +93,7 @@ fn parse(row: &Row) -> Result<KeyStats, tokio_postgres::Error> {
         finished: row.try_get("finished")?,
         exit_code: row.try_get("exit_code")?,
         running: row.try_get("running")?,
+        waited_ms: row.try_get("waited_ms")?,
     })
 }
 
@@ -199,6 +207,7 @@ mod tests {
                 finished: Some(1_764_126_133.5),
                 exit_code: Some(0),
                 running: 0,
+                waited_ms: Some(2500),
             },
             KeyStats {
                 key: "never".into(),
@@ -207,6 +216,7 @@ mod tests {
                 finished: None,
                 exit_code: None,
                 running: 1,
+                waited_ms: None,
             },
         ];
         let text = exposition(&keys);
@@ -222,7 +232,9 @@ mod tests {
         );
         assert!(text.contains("pglock_running{key=\"never\"} 1\n"));
         assert!(!text.contains("pglock_last_run_exit_code{key=\"never\"}"));
-        assert_eq!(text.matches("# TYPE").count(), 6);
+        assert!(text.contains("pglock_last_wait_seconds{key=\"a\\\"b\\\\c\\nd\"} 2.500\n"));
+        assert!(!text.contains("pglock_last_wait_seconds{key=\"never\"}"));
+        assert_eq!(text.matches("# TYPE").count(), 7);
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub struct Context<'a> {
     pub kill_after: Option<Duration>,
     /// For a connection of the ledger's own, once the lock's is gone.
     pub connect_timeout: Duration,
+    /// How long the run waited for the lock, from the first connect to the grant.
+    pub waited: Duration,
 }
 
 /// How the run begins: the command runs (with these variables), or it does not.
@@ -107,6 +109,8 @@ struct Row {
     /// How soon the command is stopped after a loss, for the next holder's lock-delay.
     kill_after_ms: Option<i64>,
     check_interval_ms: i64,
+    /// How long the run waited for the lock, connecting included.
+    waited_ms: i64,
 }
 
 enum Kind {
@@ -128,53 +132,60 @@ pub enum Written {
 }
 
 /// How the run ended, as the ledger records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct End {
     pub status: &'static str,
     /// pglock's own exit status.
     pub exit_code: u8,
+    /// How many times the command was started (`--retries`); 0 if it never was.
+    pub attempts: u32,
+    /// The tail of the command's output, when it was captured; None otherwise.
+    pub output_tail: Option<String>,
 }
 
 impl End {
-    /// The command never started (a signal, or it could not be executed); pglock exits `code`.
-    pub fn not_started(code: u8) -> End {
+    fn new(status: &'static str, exit_code: u8, attempts: u32) -> End {
         End {
-            status: "failed",
-            exit_code: code,
+            status,
+            exit_code,
+            attempts,
+            output_tail: None,
         }
     }
 
-    /// The lock was found lost after the grant, before the command started (pglock exits 74):
-    /// recorded as a lost run, over the ledger's own connection.
-    pub fn lost_before_start() -> End {
-        End {
-            status: "lost",
-            exit_code: exit::LOCK_LOST,
-        }
+    /// The command never started (a signal, or it could not be executed); pglock exits `code`.
+    /// `attempts`: the ones before, when a retry could not start.
+    pub fn not_started(code: u8, attempts: u32) -> End {
+        End::new("failed", code, attempts)
+    }
+
+    /// The lock was found lost after the grant, before the command started, or during a delay
+    /// between retries (pglock exits 74): recorded as a lost run, over the ledger's own
+    /// connection.
+    pub fn lost_before_start(attempts: u32) -> End {
+        End::new("lost", exit::LOCK_LOST, attempts)
+    }
+
+    /// --max-runtime ran out (pglock exits 124), while an attempt ran or between two.
+    pub fn timed_out(attempts: u32) -> End {
+        End::new("timeout", exit::TIMED_OUT, attempts)
+    }
+
+    /// The run ended by a signal between two attempts (pglock exits `code`, 128+N).
+    pub fn interrupted(code: u8, attempts: u32) -> End {
+        End::new("failed", code, attempts)
     }
 
     /// The command ran and ended with `status`; `lost` if the lock was lost meanwhile, and
     /// `stopped` if the command was stopped for that (pglock then exits 74; with `--on-lost
     /// ignore` it passes the command's status on).
-    pub fn ran(status: ExitStatus, lost: bool, stopped: bool) -> End {
+    pub fn ran(status: ExitStatus, lost: bool, stopped: bool, attempts: u32) -> End {
         let code = child_code(status);
         match (lost, stopped) {
-            (true, true) => End {
-                status: "lost",
-                exit_code: exit::LOCK_LOST,
-            },
-            (true, false) => End {
-                status: "lost",
-                exit_code: code,
-            },
-            (false, _) if status.success() => End {
-                status: "succeeded",
-                exit_code: code,
-            },
-            (false, _) => End {
-                status: "failed",
-                exit_code: code,
-            },
+            (true, true) => End::new("lost", exit::LOCK_LOST, attempts),
+            (true, false) => End::new("lost", code, attempts),
+            (false, _) if status.success() => End::new("succeeded", code, attempts),
+            (false, _) => End::new("failed", code, attempts),
         }
     }
 }
@@ -197,12 +208,13 @@ pub fn begin(cx: &Context, opener: &Opener, lock: &mut Session) -> Result<Begun>
         exclusive: !cx.holding.shared,
         kill_after_ms: cx.kill_after.map(millis),
         check_interval_ms: millis(cx.check_interval),
+        waited_ms: millis(cx.waited),
     };
     let window = r.once_per.map(|d| d.as_secs_f64());
     let max_attempts = r.max_attempts.min(i32::MAX as u32) as i32;
     let answer = match cx.holding.scope {
         Scope::Session => {
-            let params: [&(dyn ToSql + Sync); 11] = [
+            let params: [&(dyn ToSql + Sync); 12] = [
                 &row.lock_id,
                 &window,
                 &max_attempts,
@@ -214,6 +226,7 @@ pub fn begin(cx: &Context, opener: &Opener, lock: &mut Session) -> Result<Begun>
                 &row.exclusive,
                 &row.kill_after_ms,
                 &row.check_interval_ms,
+                &row.waited_ms,
             ];
             ask(&r.table, lock, &sql::begin(&r.table), &params, limit)?
         }
@@ -358,9 +371,9 @@ impl Recorder {
         let outcome = if lost {
             // The lock's connection is gone, or no longer holds the lock (and, in xact scope,
             // its transaction is not committed): a connection of the ledger's own.
-            self.on_spare(end)
+            self.on_spare(&end)
         } else {
-            match self.send(lock, end, true) {
+            match self.send(lock, &end, true) {
                 // The connection broke at the end: the lock went with it, but the command ran
                 // under it; say how it ended from a connection of the ledger's own.
                 Err(Failed::Error(e)) if is_transient(&e) => {
@@ -368,7 +381,7 @@ impl Recorder {
                         "ledger: {}; writing the end over a new connection",
                         describe_error(&e)
                     );
-                    self.on_spare(end)
+                    self.on_spare(&end)
                 }
                 Ok(status) if matches!(self.kind, Kind::Xact { .. }) => {
                     self.report(&Ok(status));
@@ -382,7 +395,7 @@ impl Recorder {
     }
 
     /// The end over a fresh connection, bounded by the connect timeout and the statement limit.
-    fn on_spare(&self, end: End) -> Result<Option<String>, Failed> {
+    fn on_spare(&self, end: &End) -> Result<Option<String>, Failed> {
         let mut session = self.spare.open()?;
         let outcome = self.send(&mut session, end, false);
         session.close();
@@ -418,10 +431,11 @@ impl Recorder {
     fn send(
         &self,
         session: &mut Session,
-        end: End,
+        end: &End,
         holding: bool,
     ) -> Result<Option<String>, Failed> {
         let code = i32::from(end.exit_code);
+        let attempts = end.attempts.min(i32::MAX as u32) as i32;
         let rows = match &self.kind {
             Kind::Session { run_id, finish } => {
                 // Off the lock's connection the lock cannot be checked, and is known lost.
@@ -432,14 +446,15 @@ impl Recorder {
                     unguarded = sql::finish(&self.table, None);
                     &unguarded
                 };
-                let params: [&(dyn ToSql + Sync); 3] = [run_id, &end.status, &code];
+                let params: [&(dyn ToSql + Sync); 5] =
+                    [run_id, &end.status, &code, &attempts, &end.output_tail];
                 session.query_typed_within(&statement.text, &params, statement.types, self.limit)?
             }
             Kind::Xact { started } => {
                 let r = &self.row;
                 // Only the holder may call other runs of the lock dead.
                 let abandon = holding && r.exclusive;
-                let params: [&(dyn ToSql + Sync); 12] = [
+                let params: [&(dyn ToSql + Sync); 15] = [
                     &r.lock_id,
                     &r.key,
                     &r.slot,
@@ -452,6 +467,9 @@ impl Recorder {
                     &code,
                     &r.kill_after_ms,
                     &r.check_interval_ms,
+                    &r.waited_ms,
+                    &attempts,
+                    &end.output_tail,
                 ];
                 let statement = sql::record(&self.table);
                 session.query_typed_within(&statement.text, &params, statement.types, self.limit)?
@@ -472,29 +490,15 @@ mod tests {
         let ok = ExitStatus::from_raw(0);
         let three = ExitStatus::from_raw(3 << 8);
         let killed = ExitStatus::from_raw(9);
-        assert_eq!(End::ran(ok, false, term).status, "succeeded");
-        assert_eq!(
-            End::ran(three, false, term),
-            End {
-                status: "failed",
-                exit_code: 3
-            }
-        );
-        assert_eq!(End::ran(killed, false, term).exit_code, 137);
-        assert_eq!(
-            End::ran(ok, true, term),
-            End {
-                status: "lost",
-                exit_code: 74
-            }
-        );
-        assert_eq!(
-            End::ran(three, true, false),
-            End {
-                status: "lost",
-                exit_code: 3
-            }
-        );
-        assert_eq!(End::not_started(127).status, "failed");
+        let ends = |e: End| (e.status, e.exit_code);
+        assert_eq!(End::ran(ok, false, term, 1).status, "succeeded");
+        assert_eq!(ends(End::ran(three, false, term, 1)), ("failed", 3));
+        assert_eq!(End::ran(killed, false, term, 1).exit_code, 137);
+        assert_eq!(ends(End::ran(ok, true, term, 1)), ("lost", 74));
+        assert_eq!(ends(End::ran(three, true, false, 1)), ("lost", 3));
+        assert_eq!(End::not_started(127, 0).status, "failed");
+        assert_eq!(ends(End::timed_out(2)), ("timeout", 124));
+        assert_eq!(End::ran(three, false, term, 3).attempts, 3);
+        assert_eq!(End::ran(ok, false, term, 1).output_tail, None);
     }
 }

@@ -44,7 +44,14 @@ pub const COLUMNS: [&str; 15] = [
 ];
 
 /// The run statuses, as the CHECK constraint lists them.
-pub const STATUSES: [&str; 5] = ["running", "succeeded", "failed", "lost", "abandoned"];
+pub const STATUSES: [&str; 6] = [
+    "running",
+    "succeeded",
+    "failed",
+    "lost",
+    "abandoned",
+    "timeout",
+];
 
 /// A timestamptz column as RFC 3339 UTC text with microseconds: `2026-11-26T03:00:01.250000Z`.
 fn rfc3339(column: &str) -> String {
@@ -86,10 +93,14 @@ pub fn init(table: &Table, init_lock: LockId, roles: &[String]) -> String {
              command     text,\n    \
              kill_after_ms     bigint,\n    \
              check_interval_ms bigint,\n    \
+             waited_ms   bigint,\n    \
+             attempts    integer,\n    \
+             output_tail text,\n    \
              CHECK ((status = 'running') = (finished_at IS NULL))\n\
          );\n\
          {upgrade}\
          {stop_columns}\
+         {run_columns}\
          -- history and check by key, prune's newer-row test\n\
          CREATE INDEX IF NOT EXISTS {key_started} ON {t} (key, started_at);\n\
          CREATE INDEX IF NOT EXISTS {succeeded} ON {t} (key, started_at) WHERE status = 'succeeded';\n\
@@ -104,6 +115,7 @@ pub fn init(table: &Table, init_lock: LockId, roles: &[String]) -> String {
         statuses = statuses.join(", "),
         upgrade = upgrade(table),
         stop_columns = stop_columns(table),
+        run_columns = run_columns(table),
         key_started = table.index("key_started"),
         succeeded = table.index("succeeded"),
         lock_started = table.index("lock_started"),
@@ -166,12 +178,50 @@ fn stop_columns(table: &Table) -> String {
     )
 }
 
+/// The upgrade of a table made before runs recorded their wait for the lock (`waited_ms`), their
+/// attempts (`--retries`) and their output's tail, and before a run could time out
+/// (`--max-runtime`). In the same transaction the status check is replaced by one that allows
+/// `timeout`, and roles that may end runs may set the new end columns too: the run path's
+/// statements name the new columns, so a table without them fails the run (78, "run pglock
+/// init") before any run could write a status the old check refuses. Only while a column is
+/// missing, as [`stop_columns`].
+fn run_columns(table: &Table) -> String {
+    let t = table.quoted();
+    let literal = t.replace('\'', "''");
+    let statuses: Vec<String> = STATUSES.iter().map(|s| format!("'{s}'")).collect();
+    format!(
+        "-- Runs record their wait, attempts and output, and may time out (--max-runtime).\n\
+         DO $upgrade$ DECLARE c record; BEGIN\n  \
+           IF (SELECT count(*) FROM pg_attribute WHERE attrelid = '{literal}'::regclass\n      \
+               AND attname IN ('waited_ms', 'attempts', 'output_tail') AND NOT attisdropped) < 3 THEN\n    \
+             FOR c IN SELECT conname FROM pg_constraint WHERE conrelid = '{literal}'::regclass\n        \
+                 AND contype = 'c' AND pg_get_constraintdef(oid) LIKE '%''abandoned''%' LOOP\n      \
+               EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', '{literal}'::regclass, c.conname);\n    \
+             END LOOP;\n    \
+             ALTER TABLE {t} ADD CONSTRAINT {check} CHECK (status IN ({statuses})),\n      \
+                             ADD COLUMN IF NOT EXISTS waited_ms bigint,\n      \
+                             ADD COLUMN IF NOT EXISTS attempts integer,\n      \
+                             ADD COLUMN IF NOT EXISTS output_tail text;\n    \
+             FOR c IN SELECT DISTINCT a.grantee FROM pg_attribute, aclexplode(attacl) AS a\n        \
+                 WHERE attrelid = '{literal}'::regclass AND attname = 'exit_code'\n        \
+                 AND a.privilege_type = 'UPDATE' LOOP\n      \
+               EXECUTE format('GRANT UPDATE (attempts, output_tail) ON %s TO %s', '{literal}'::regclass,\n        \
+                 CASE WHEN c.grantee = 0 THEN 'PUBLIC' ELSE c.grantee::regrole::text END);\n    \
+             END LOOP;\n  \
+           END IF;\n\
+         END $upgrade$;\n",
+        check = table.index("status_check"),
+        statuses = statuses.join(", "),
+    )
+}
+
 /// What a runner needs: read, insert, and update of the columns a run's end sets (no delete,
 /// and no rewriting of who ran what when).
 fn grant(table: &Table, role: &str) -> String {
     format!(
         "GRANT USAGE ON SCHEMA {schema} TO {role};\n\
-         GRANT SELECT, INSERT, UPDATE (status, finished_at, exit_code) ON {t} TO {role};\n",
+         GRANT SELECT, INSERT, UPDATE (status, finished_at, exit_code, attempts, output_tail) \
+         ON {t} TO {role};\n",
         schema = table.quoted_schema(),
         t = table.quoted(),
     )
@@ -229,7 +279,7 @@ fn vanished() -> &'static str {
 /// `$1` lock id, `$2` window, `$3` --max-attempts (see [`decision`]), `$4` key, `$5` slot (NULL
 /// without --limit), `$6` host, `$7` pid, `$8` command (NULL unless --record-command), `$9`
 /// whether to mark running rows abandoned, `$10` --kill-after in ms (NULL with --on-lost
-/// ignore), `$11` --check-interval in ms.
+/// ignore), `$11` --check-interval in ms, `$12` how long the run waited for the lock, in ms.
 ///
 /// One row: `verdict` (`run`, `skip` or `exhausted`), `last_success` (RFC 3339), `last_host`,
 /// `last_age` (seconds), `failures`, `run_id`, and the abandoned runs as [`vanished`].
@@ -243,9 +293,9 @@ pub fn begin(table: &Table) -> Statement {
          {decision}, \
          run AS (\
              INSERT INTO {t} (key, lock_id, slot, host, pid, backend_pid, db_user, started_at, status, command, \
-                              kill_after_ms, check_interval_ms) \
+                              kill_after_ms, check_interval_ms, waited_ms) \
              SELECT $4, $1, $5, $6, $7, pg_backend_pid(), session_user, clock_timestamp(), 'running', $8, \
-                    $10, $11 \
+                    $10, $11, $12 \
              FROM verdict WHERE verdict = 'run' \
              RETURNING id) \
          SELECT {decided}, (SELECT id FROM run) AS run_id, {vanished} \
@@ -266,6 +316,7 @@ pub fn begin(table: &Table) -> Statement {
             Type::INT4,
             Type::TEXT,
             Type::BOOL,
+            Type::INT8,
             Type::INT8,
             Type::INT8,
         ],
@@ -305,7 +356,8 @@ pub fn decide(table: &Table) -> Statement {
 ///
 /// `$1` lock id, `$2` key, `$3` slot, `$4` host, `$5` pid, `$6` command, `$7` whether to mark
 /// running rows abandoned, `$8` the start (RFC 3339, from [`decide`]), `$9` status, `$10` exit
-/// code, `$11` --kill-after and `$12` --check-interval in ms (as [`begin`]'s). Returns `id` and
+/// code, `$11` --kill-after and `$12` --check-interval in ms (as [`begin`]'s), `$13` the wait
+/// in ms, `$14` attempts, `$15` the output's tail (NULL unless captured). Returns `id` and
 /// `status`.
 pub fn record(table: &Table) -> Statement {
     let t = table.quoted();
@@ -315,9 +367,10 @@ pub fn record(table: &Table) -> Statement {
              WHERE $7 AND lock_id = $1 AND slot IS NOT DISTINCT FROM $3 AND status = 'running' \
              RETURNING id) \
          INSERT INTO {t} (key, lock_id, slot, host, pid, backend_pid, db_user, started_at, \
-                          finished_at, status, exit_code, command, kill_after_ms, check_interval_ms) \
+                          finished_at, status, exit_code, command, kill_after_ms, check_interval_ms, \
+                          waited_ms, attempts, output_tail) \
          SELECT $2, $1, $3, $4, $5, pg_backend_pid(), session_user, $8::timestamptz, \
-                clock_timestamp(), $9, $10, $6, $11, $12 \
+                clock_timestamp(), $9, $10, $6, $11, $12, $13, $14, $15 \
          FROM (SELECT count(*) FROM abandoned) AS a \
          RETURNING id, status"
     );
@@ -336,12 +389,16 @@ pub fn record(table: &Table) -> Statement {
             Type::INT4,
             Type::INT8,
             Type::INT8,
+            Type::INT8,
+            Type::INT4,
+            Type::TEXT,
         ],
     }
 }
 
 /// The one statement after the command in session scope: the run's end. `$1` run id, `$2`
-/// status, `$3` exit code. With `guard` (on the lock's own connection) the row says `lost`
+/// status, `$3` exit code, `$4` attempts, `$5` the output's tail (NULL unless captured). With
+/// `guard` (on the lock's own connection) the row says `lost`
 /// with exit code 74 if this session no longer holds that lock, which is what the release that
 /// follows will find; a loss already known (`$2` = `lost`) keeps its exit code, which
 /// `--on-lost ignore` takes from the command. Returns the status written, or no row if the run
@@ -357,7 +414,8 @@ pub fn finish(table: &Table, guard: Option<LockId>) -> Statement {
     let text = format!(
         "UPDATE {t} SET finished_at = clock_timestamp(), \
              status = CASE WHEN h.held THEN $2 ELSE 'lost' END, \
-             exit_code = CASE WHEN h.held OR $2 = 'lost' THEN $3 ELSE {lost} END \
+             exit_code = CASE WHEN h.held OR $2 = 'lost' THEN $3 ELSE {lost} END, \
+             attempts = $4, output_tail = $5 \
          FROM (SELECT {held} AS held) AS h \
          WHERE id = $1 AND status = 'running' \
          RETURNING status",
@@ -366,7 +424,7 @@ pub fn finish(table: &Table, guard: Option<LockId>) -> Statement {
     );
     Statement {
         text,
-        types: &[Type::INT8, Type::TEXT, Type::INT4],
+        types: &[Type::INT8, Type::TEXT, Type::INT4, Type::INT4, Type::TEXT],
     }
 }
 
@@ -378,7 +436,7 @@ pub fn history(table: &Table) -> Statement {
                 {started} AS started_at, {finished} AS finished_at, \
                 extract(epoch FROM coalesce(finished_at, clock_timestamp()) - started_at)::float8 \
                     AS duration, \
-                status, exit_code, command \
+                status, exit_code, command, waited_ms, attempts, output_tail \
          FROM {t} \
          WHERE ($1::text IS NULL OR key = $1) \
            AND ($2::float8 IS NULL OR started_at > clock_timestamp() - $2 * interval '1 second') \
@@ -435,7 +493,9 @@ pub fn metrics(table: &Table) -> Statement {
          SELECT k.key, \
                 (SELECT {success} FROM {t} WHERE key = k.key AND status = 'succeeded') AS last_success, \
                 f.started, f.finished, f.exit_code, \
-                (SELECT count(*) FROM {t} WHERE key = k.key AND status = 'running') AS running \
+                (SELECT count(*) FROM {t} WHERE key = k.key AND status = 'running') AS running, \
+                (SELECT waited_ms FROM {t} WHERE key = k.key AND waited_ms IS NOT NULL \
+                 ORDER BY started_at DESC, id DESC LIMIT 1) AS waited_ms \
          FROM keys k \
          LEFT JOIN LATERAL (\
              SELECT {started} AS started, {finished} AS finished, exit_code FROM {t} \
@@ -528,7 +588,7 @@ mod tests {
             "SELECT to_regclass('\"ops\".\"runs\"') IS NOT NULL AS existed;",
             "CREATE TABLE IF NOT EXISTS \"ops\".\"runs\" (",
             "    status      text        NOT NULL CHECK (status IN ('running', 'succeeded', \
-             'failed', 'lost', 'abandoned')),",
+             'failed', 'lost', 'abandoned', 'timeout')),",
             "    CHECK ((status = 'running') = (finished_at IS NULL))",
             "CREATE INDEX IF NOT EXISTS \"runs_key_started\" ON \"ops\".\"runs\" (key, started_at);",
             "CREATE INDEX IF NOT EXISTS \"runs_succeeded\" ON \"ops\".\"runs\" (key, started_at) \
@@ -544,8 +604,14 @@ mod tests {
             "    ALTER TABLE \"ops\".\"runs\" ADD COLUMN IF NOT EXISTS kill_after_ms bigint,",
             "CREATE INDEX IF NOT EXISTS \"runs_started\" ON \"ops\".\"runs\" (started_at);",
             "GRANT USAGE ON SCHEMA \"ops\" TO \"runner\";",
-            "GRANT SELECT, INSERT, UPDATE (status, finished_at, exit_code) ON \"ops\".\"runs\" \
-             TO \"runner\";",
+            "GRANT SELECT, INSERT, UPDATE (status, finished_at, exit_code, attempts, output_tail) \
+             ON \"ops\".\"runs\" TO \"runner\";",
+            "    waited_ms   bigint,",
+            "    attempts    integer,",
+            "    output_tail text,",
+            "      AND attname IN ('waited_ms', 'attempts', 'output_tail') AND NOT attisdropped) < 3 THEN",
+            "    ALTER TABLE \"ops\".\"runs\" ADD CONSTRAINT \"runs_status_check\" CHECK (status IN \
+             ('running', 'succeeded', 'failed', 'lost', 'abandoned', 'timeout')),",
         ] {
             assert!(script.lines().any(|l| l == line), "{line}\n{script}");
         }
@@ -556,7 +622,7 @@ mod tests {
     #[test]
     fn begin_snapshot() {
         let s = begin(&table());
-        assert_eq!(s.types.len(), 11);
+        assert_eq!(s.types.len(), 12);
         assert!(s.text.starts_with(
             "WITH abandoned AS (UPDATE \"ops\".\"runs\" SET status = 'abandoned', finished_at = \
              clock_timestamp() WHERE $9 AND lock_id = $1 AND slot IS NOT DISTINCT FROM $5 AND \
@@ -568,7 +634,7 @@ mod tests {
         ));
         assert!(s.text.contains(
             "SELECT $4, $1, $5, $6, $7, pg_backend_pid(), session_user, clock_timestamp(), \
-             'running', $8, $10, $11 FROM verdict WHERE verdict = 'run' RETURNING id"
+             'running', $8, $10, $11, $12 FROM verdict WHERE verdict = 'run' RETURNING id"
         ));
         // The lock-delay's bound: of the runs this holder found running, and no clock in it.
         assert!(s.text.contains(
@@ -602,13 +668,13 @@ mod tests {
             assert!(!d.text.contains(write), "{write}: {}", d.text);
         }
         let r = record(&table());
-        assert_eq!(r.types.len(), 12);
+        assert_eq!(r.types.len(), 15);
         assert!(r.text.contains(
             "WHERE $7 AND lock_id = $1 AND slot IS NOT DISTINCT FROM $3 AND status = 'running'"
         ));
         assert!(r.text.contains(
             "SELECT $2, $1, $3, $4, $5, pg_backend_pid(), session_user, $8::timestamptz, \
-             clock_timestamp(), $9, $10, $6, $11, $12"
+             clock_timestamp(), $9, $10, $6, $11, $12, $13, $14, $15"
         ));
     }
 
@@ -619,7 +685,7 @@ mod tests {
             plain.text,
             "UPDATE \"ops\".\"runs\" SET finished_at = clock_timestamp(), status = CASE WHEN \
              h.held THEN $2 ELSE 'lost' END, exit_code = CASE WHEN h.held OR $2 = 'lost' THEN \
-             $3 ELSE 74 END FROM (SELECT true AS held) AS h WHERE id = $1 AND status = 'running' \
+             $3 ELSE 74 END, attempts = $4, output_tail = $5 FROM (SELECT true AS held) AS h WHERE id = $1 AND status = 'running' \
              RETURNING status"
         );
         let guarded = finish(&table(), Some(LockId::Big(42)));

@@ -2,6 +2,7 @@
 //! and release it. Reading order: [`run`] → [`wait::wait_for_lock`] → [`run_held`] →
 //! [`crate::supervise::wait`].
 
+mod attempts;
 mod retry;
 mod wait;
 
@@ -15,7 +16,7 @@ use crate::pg::deadline::GRACE;
 use crate::supervise::child::Running;
 use crate::supervise::deadman::DeadMan;
 use crate::supervise::signals::{Deferred, Router};
-use crate::supervise::{self, Guard, Policy, child, leftovers};
+use crate::supervise::{self, Guard, child, leftovers};
 use crate::{conninfo, duration, step, warn};
 use anyhow::Result;
 use std::os::fd::RawFd;
@@ -47,6 +48,9 @@ pub fn run(opts: &RunOptions) -> Result<Outcome> {
     // pglock has a single thread (tls::trust_store), and the router starts one.
     let router = Router::start()?;
     drop(deferred);
+    if let Some(sig) = splay(opts, &router) {
+        return Ok(Outcome::Interrupted(sig));
+    }
     let request = Request {
         id: opts.target.id,
         shared: opts.shared,
@@ -66,8 +70,9 @@ pub fn run(opts: &RunOptions) -> Result<Outcome> {
             deadman = arm_deadman(opts);
         }
     };
+    let asked = Instant::now();
     match wait::wait_for_lock(opts, &opener, &router, &request, &mut prepare)? {
-        Waited::Held(holder) => run_held(opts, &router, &opener, *holder, deadman),
+        Waited::Held(holder) => run_held(opts, &router, &opener, *holder, deadman, asked),
         Waited::Gave(outcome) => Ok(outcome),
     }
 }
@@ -80,15 +85,17 @@ fn run_held(
     opener: &Opener,
     mut holder: Holder,
     deadman: Option<DeadMan>,
+    asked: Instant,
 ) -> Result<Outcome> {
     let acquired_at = Instant::now();
+    let waited = acquired_at.saturating_duration_since(asked);
     if opts.fencing_token && holder.held().token.is_none() {
         let e = anyhow::anyhow!("the server's answer to the lock call held no fencing token");
         return release_then(holder, opts, Err(e), false);
     }
     let mut env = child_env(opts, &holder.held());
     // --record, --once-per: the ledger decides whether the command runs, and records it.
-    let ledger = match begin_ledger(opts, opener, &mut holder) {
+    let ledger = match begin_ledger(opts, opener, &mut holder, waited) {
         Ok(None) => None,
         Ok(Some(Begun::Run(recorder, vars))) => {
             env.extend(vars);
@@ -104,19 +111,19 @@ fn run_held(
             "lock \"{}\" lost before the command started: {reason}",
             opts.target.label
         );
-        record_end(ledger, &mut holder, End::lost_before_start());
+        record_end(ledger, &mut holder, End::lost_before_start(0));
         holder.abandon();
         return Ok(Outcome::LostBeforeStart {
             label: opts.target.label.clone(),
             reason,
         });
     }
-    let (mut running, deadman) = match start(opts, router, &mut holder, &env, deadman) {
+    let (running, deadman) = match start(opts, router, &mut holder, &env, deadman) {
         Ok(started) => started,
         Err(Ok(lost @ Outcome::LostBeforeStart { .. })) => {
             // Nothing to release: the session is gone. The ledger's end goes over its own
             // connection.
-            record_end(ledger, &mut holder, End::lost_before_start());
+            record_end(ledger, &mut holder, End::lost_before_start(0));
             holder.abandon();
             return Ok(lost);
         }
@@ -126,50 +133,35 @@ fn run_held(
                 Ok(outcome) => outcome.code(crate::exit::CONFLICT_DEFAULT),
                 Err(e) => crate::exit::code_for(e),
             };
-            let commit_record = record_end(ledger, &mut holder, End::not_started(code));
+            let commit_record = record_end(ledger, &mut holder, End::not_started(code, 0));
             return release_then(holder, opts, not_started, commit_record);
         }
     };
-    // From here on the command exists: nothing returns before supervise::wait has reaped it.
-    let policy = Policy {
-        check_every: opts.check_interval,
-        fencing: opts.fencing,
-        kill_after: opts.kill_after,
-        lease: opts.lease,
-    };
-    let mut deadman = deadman;
-    let confirmed = holder.confirmed();
-    let ended = supervise::wait(
-        &mut running,
-        router,
-        &mut holder,
-        deadman.as_mut(),
-        policy,
-        &opts.target.label,
-        confirmed,
-    );
-    // What the command left running acts under the lock too: before the release.
-    leftovers::settle(leftovers::Job {
-        policy: opts.leftovers,
-        group: running.pid(),
-        kill_after: opts.kill_after,
-        check_every: opts.check_interval,
-        router,
-        guard: &mut holder,
-        switch: deadman.as_ref(),
-        lost: ended.lost.is_some(),
-    });
-    // A signal ended the job: what follows the command is over a second after it.
-    let signalled = ended_by_signal(router, &ended, Instant::now());
-    if let Some(at) = signalled {
-        crate::pg::deadline::stopped_by_signal_at(at);
-    }
-    let run = Ran {
-        ended,
+    let first = attempts::First {
+        running,
+        deadman,
+        holder,
+        ledger,
+        env,
         acquired_at,
-        signalled: signalled.is_some(),
     };
-    finish(opts, router, holder, ledger, deadman, run)
+    attempts::run(opts, router, first)
+}
+
+/// --splay: a random pause before connecting, so that a fleet's cron does not reach the server
+/// in one millisecond. A terminating signal ends it (and pglock) at once; nothing was opened.
+fn splay(opts: &RunOptions, router: &Router) -> Option<nix::sys::signal::Signal> {
+    let most = opts.splay.filter(|d| !d.is_zero())?;
+    let nanos = most.as_nanos().min(u64::MAX.into()) as u64;
+    let pause = Duration::from_nanos(retry::Rng::seeded().below(nanos));
+    step!(
+        "waiting {} before connecting (--splay {})",
+        duration::format(pause),
+        duration::format(most)
+    );
+    let sig = router.pause(pause)?;
+    step!("signal {sig} during --splay; not connecting");
+    Some(sig)
 }
 
 /// When the signal that asked the job to stop came, if it ended the command: the command died
@@ -202,6 +194,8 @@ struct Ran {
     acquired_at: Instant,
     /// A signal ended it (see [`ended_by_signal`]): --min-hold ends at once.
     signalled: bool,
+    /// How many times the command started (`--retries`).
+    attempts: u32,
 }
 
 /// Spawns the command unless a terminating signal came first, or the lock is already known to
@@ -351,6 +345,7 @@ fn finish(
         ended,
         acquired_at,
         signalled,
+        attempts,
     } = run;
     let label = &opts.target.label;
     if let Some(deadman) = &mut deadman {
@@ -359,9 +354,18 @@ fn finish(
     step!("command exited: {}", ended.status);
     // Before the release (and any --min-hold), so that the next holder sees it.
     let stopped = matches!(opts.fencing, Fencing::Terminate { .. });
-    let end = End::ran(ended.status, ended.lost.is_some(), stopped);
+    let timed_out = ended.timed_out && ended.lost.is_none();
+    let end = if timed_out {
+        End::timed_out(attempts)
+    } else {
+        End::ran(ended.status, ended.lost.is_some(), stopped, attempts)
+    };
     let commit_record = record_end(ledger, &mut holder, end);
-    let ran = Outcome::Ran(ended.status);
+    let ran = if timed_out {
+        Outcome::TimedOut
+    } else {
+        Outcome::Ran(ended.status)
+    };
     if let Some(reason) = ended.lost {
         // The session is gone or no longer holds the lock: there is nothing to release.
         holder.abandon();
@@ -489,7 +493,12 @@ fn release(holder: Holder, success: bool, limit: Duration, label: &str) -> Resul
 const LEDGER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The ledger's statement after the grant, with --record or --once-per.
-fn begin_ledger(opts: &RunOptions, opener: &Opener, holder: &mut Holder) -> Result<Option<Begun>> {
+fn begin_ledger(
+    opts: &RunOptions,
+    opener: &Opener,
+    holder: &mut Holder,
+    waited: Duration,
+) -> Result<Option<Begun>> {
     let Some(record) = &opts.record else {
         return Ok(None);
     };
@@ -512,6 +521,7 @@ fn begin_ledger(opts: &RunOptions, opener: &Opener, holder: &mut Holder) -> Resu
             Fencing::Ignore => None,
         },
         connect_timeout: opts.connect_timeout.unwrap_or(LEDGER_CONNECT_TIMEOUT),
+        waited,
     };
     record::begin(&cx, opener, holder.session()).map(Some)
 }
@@ -530,6 +540,7 @@ fn child_env(opts: &RunOptions, held: &Held) -> Vec<(String, String)> {
         ("PGLOCK_KEY".into(), opts.target.label.clone()),
         ("PGLOCK_LOCK_ID".into(), held.id.sql_args()),
         ("PGLOCK_SCOPE".into(), held.scope.name().into()),
+        (attempts::VARIABLE.into(), "1".into()),
     ];
     if let Some((slot, _)) = held.slot {
         env.push(("PGLOCK_SLOT".into(), slot.to_string()));

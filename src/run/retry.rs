@@ -77,9 +77,19 @@ impl Backoff {
 }
 
 /// SplitMix64: a few lines instead of a dependency; spreading retries needs no better.
-struct Rng(u64);
+pub(super) struct Rng(u64);
 
 impl Rng {
+    /// Seeded as [`Backoff::new`] is, so that hosts started by the same clock differ.
+    pub(super) fn seeded() -> Rng {
+        Rng(seed())
+    }
+
+    /// Uniform in [0, 1).
+    pub(super) fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
@@ -89,7 +99,7 @@ impl Rng {
     }
 
     /// Uniform in [0, n) (n > 0), by multiply-and-shift.
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
     }
 }

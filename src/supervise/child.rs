@@ -35,6 +35,7 @@ const FOR_THE_COMMAND: &[&str] = &[
     "PGLOCK_RUN_ID",
     "PGLOCK_LAST_SUCCESS",
     "PGLOCK_FENCING_TOKEN",
+    "PGLOCK_ATTEMPT",
 ];
 
 /// The command, running.

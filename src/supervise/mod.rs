@@ -78,6 +78,16 @@ pub struct Policy {
     pub kill_after: Duration,
     /// The lease on the lock's session, if any.
     pub lease: Option<Lease>,
+    /// --max-runtime: when the command is stopped, whatever the lock does.
+    pub runtime: Option<Runtime>,
+}
+
+/// --max-runtime, as the loop applies it: the limit (for the message) and the instant it ends,
+/// counted from the command's first start (a retry does not start it again).
+#[derive(Debug, Clone, Copy)]
+pub struct Runtime {
+    pub limit: Duration,
+    pub until: Instant,
 }
 
 /// How the command's run ended.
@@ -86,6 +96,8 @@ pub struct Ended {
     pub status: ExitStatus,
     /// Why the lock was lost while it ran, if it was.
     pub lost: Option<LostReason>,
+    /// --max-runtime ran out and the command was stopped for it.
+    pub timed_out: bool,
 }
 
 /// Waits for the command while watching the lock: the socket at once, the server's pg_locks
@@ -102,6 +114,7 @@ pub fn wait(
     mut confirmed: Stamp,
 ) -> Ended {
     let mut lost: Option<LostReason> = None;
+    let mut timed_out = false;
     let mut next_check = after(
         Instant::now(),
         policy.check_every.saturating_sub(confirmed.elapsed()),
@@ -140,7 +153,11 @@ pub fn wait(
         match running.poll() {
             Ok(Polled::Exited(status)) => {
                 router.child_gone();
-                return Ended { status, lost };
+                return Ended {
+                    status,
+                    lost,
+                    timed_out,
+                };
             }
             Ok(Polled::Stopped(sig)) if running.at_terminal() => {
                 // The lease must not end while the job is stopped, however long: suspend it,
@@ -177,10 +194,16 @@ pub fn wait(
             }
         }
         let watching = lost.is_none();
-        let deadline = [watching.then_some(next_check), kill_at]
-            .into_iter()
-            .flatten()
-            .min();
+        // Once the command is being stopped, for whatever reason, the limit has nothing to add.
+        let runtime = policy.runtime.filter(|_| kill_at.is_none());
+        let deadline = [
+            watching.then_some(next_check),
+            kill_at,
+            runtime.map(|r| r.until),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let socket = guard.socket().filter(|_| watching);
         let line = switch.as_ref().and_then(|s| s.line()).filter(|_| watching);
         let ready = match wait_for_events(router, socket, line, deadline) {
@@ -226,6 +249,16 @@ pub fn wait(
                 Ok(false) => {}
                 Err(why) => lose(why, running, &mut kill_at, &mut lost),
             }
+        }
+        if let Some(runtime) = runtime
+            && Instant::now() >= runtime.until
+        {
+            warn!(
+                "\"{label}\" ran longer than --max-runtime {}; terminating the command",
+                crate::duration::format(runtime.limit)
+            );
+            timed_out = true;
+            stop(running, &mut kill_at, policy.kill_after);
         }
         if kill_at.is_some_and(|at| Instant::now() >= at) {
             step!("the command outlived --kill-after; sending SIGKILL");
@@ -407,6 +440,7 @@ mod tests {
             fencing: Fencing::Terminate { kill_after },
             kill_after,
             lease: None,
+            runtime: None,
         }
     }
 

@@ -14,20 +14,21 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// One test's ledger table, created with `pglock init` and dropped at the end.
-struct Ledger {
-    table: String,
+/// One test's ledger table, created with `pglock init` and dropped at the end (also for the job
+/// runner's tests).
+pub struct Ledger {
+    pub table: String,
 }
 
 impl Ledger {
-    fn new() -> Ledger {
+    pub fn new() -> Ledger {
         let ledger = Ledger::unmade();
         run(ledger.pglock(&["init"])).assert_success();
         ledger
     }
 
     /// A name no other test uses; nothing created.
-    fn unmade() -> Ledger {
+    pub fn unmade() -> Ledger {
         static N: AtomicUsize = AtomicUsize::new(0);
         Ledger {
             table: format!(
@@ -39,19 +40,19 @@ impl Ledger {
     }
 
     /// pglock with `--ledger` first (it applies to every form).
-    fn pglock(&self, args: &[&str]) -> Command {
+    pub fn pglock(&self, args: &[&str]) -> Command {
         let mut cmd = pglock();
         cmd.env("PGLOCK_LEDGER", &self.table).args(args);
         cmd
     }
 
     /// A lock-and-run of `script` under `key` with `args`.
-    fn run(&self, key: &str, args: &[&str], script: &str) -> Run {
+    pub fn run(&self, key: &str, args: &[&str], script: &str) -> Run {
         run(self.pglock(&["--key", key]).args(args).args(["-c", script]))
     }
 
     /// The key's runs, oldest first: (status, exit_code).
-    fn runs(&self, key: &str) -> Vec<(String, Option<i32>)> {
+    pub fn runs(&self, key: &str) -> Vec<(String, Option<i32>)> {
         sql()
             .query(
                 &format!(
@@ -1158,7 +1159,7 @@ fn long_table_names_in_one_schema_each_get_their_indexes() {
 }
 
 /// Nanoseconds since the epoch, as a command wrote them with `date +%s%N`.
-fn nanos(path: &Path) -> u128 {
+pub fn nanos(path: &Path) -> u128 {
     let text = read(path);
     text.trim()
         .parse()

@@ -13,6 +13,7 @@ mod exclusion;
 mod fencing;
 mod fleet;
 mod hardening;
+mod jobrunner;
 mod layers;
 mod ledger;
 mod limits;
