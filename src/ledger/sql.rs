@@ -25,7 +25,7 @@ pub struct Statement {
 
 /// The table's columns, as [`init`] makes them: what `pglock doctor` expects of a table that
 /// is up to date.
-pub const COLUMNS: [&str; 15] = [
+pub const COLUMNS: [&str; 18] = [
     "id",
     "key",
     "lock_id",
@@ -41,6 +41,9 @@ pub const COLUMNS: [&str; 15] = [
     "command",
     "kill_after_ms",
     "check_interval_ms",
+    "waited_ms",
+    "attempts",
+    "output_tail",
 ];
 
 /// The run statuses, as the CHECK constraint lists them.
@@ -569,6 +572,18 @@ mod tests {
                 script.contains(&format!("\n    {column} ")),
                 "{column} is not made by init"
             );
+        }
+        // And the other way: a column added to the table is one the doctor expects.
+        let body = script.split("CREATE TABLE IF NOT EXISTS").nth(1).unwrap();
+        let body = &body[..body.find("\n);").unwrap()];
+        for line in body.lines().skip(1) {
+            let word = line.split_whitespace().next().unwrap_or("");
+            if word.chars().all(|c| c.is_ascii_lowercase() || c == '_') && word != "check" {
+                assert!(
+                    super::COLUMNS.contains(&word),
+                    "{word} is missing from COLUMNS"
+                );
+            }
         }
     }
 

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A login role with a CONNECTION LIMIT, dropped (with its sessions) at the end of the test.
-struct Role {
+pub(crate) struct Role {
     name: String,
 }
 
 impl Role {
-    fn create(limit: u32) -> Role {
+    pub(crate) fn create(limit: u32) -> Role {
         let name = unique_key("role").replace('-', "_");
         sql()
             .batch_execute(&format!(
@@ -28,7 +28,7 @@ impl Role {
     }
 
     /// pglock as this role, over TCP to `port` on 127.0.0.1 (the server, or a proxy).
-    fn pglock(&self, port: u16) -> Command {
+    pub(crate) fn pglock(&self, port: u16) -> Command {
         let mut cmd = pglock();
         cmd.env("PGHOST", "127.0.0.1")
             .env("PGPORT", port.to_string())

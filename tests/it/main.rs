@@ -9,6 +9,7 @@ mod connect;
 mod core;
 mod deadlines;
 mod docs;
+mod doctor;
 mod exclusion;
 mod fencing;
 mod fleet;
