@@ -74,6 +74,7 @@ Register-ArgumentCompleter -Native -CommandName 'pglock' -ScriptBlock {
             [CompletionResult]::new('check', 'check', [CompletionResultType]::ParameterValue, 'A monitoring plugin (Nagios, Icinga, Sensu): is a key''s last success recent enough?')
             [CompletionResult]::new('metrics', 'metrics', [CompletionResultType]::ParameterValue, 'Print the Prometheus text format for every key in the ledger')
             [CompletionResult]::new('prune', 'prune', [CompletionResultType]::ParameterValue, 'Delete old runs in batches, keeping each key''s and each lock''s newest run and newest success')
+            [CompletionResult]::new('doctor', 'doctor', [CompletionResultType]::ParameterValue, 'Check that this host''s setup is safe for the runs you describe: the connection, a pooler in the path, the lease, connection limits, the ledger, the clock. Takes no lock and writes nothing; exit 0 if all is well, 1 for a warning, 2 for a failure')
             break
         }
         'pglock;status' {
@@ -176,6 +177,29 @@ Register-ArgumentCompleter -Native -CommandName 'pglock' -ScriptBlock {
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log each step to stderr with a timestamp')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'pglock;doctor' {
+            [CompletionResult]::new('-k', '-k', [CompletionResultType]::ParameterName, 'The lock the runs will take, as given to pglock --key (optional: named in the report)')
+            [CompletionResult]::new('--key', '--key', [CompletionResultType]::ParameterName, 'The lock the runs will take, as given to pglock --key (optional: named in the report)')
+            [CompletionResult]::new('--lock-id', '--lock-id', [CompletionResultType]::ParameterName, 'A raw lock id instead of a key')
+            [CompletionResult]::new('--key-hash', '--key-hash', [CompletionResultType]::ParameterName, 'How KEY becomes a lock id, as in the main command')
+            [CompletionResult]::new('--scope', '--scope', [CompletionResultType]::ParameterName, 'The scope the runs will use: a session lock through a transaction pooler is unsafe')
+            [CompletionResult]::new('--once-per', '--once-per', [CompletionResultType]::ParameterName, 'The runs use --once-per (implies --record): check the ledger table')
+            [CompletionResult]::new('--ledger', '--ledger', [CompletionResultType]::ParameterName, 'The ledger table to check')
+            [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'The runs'' --limit (a semaphore takes one connection per holder and waiter)')
+            [CompletionResult]::new('--check-interval', '--check-interval', [CompletionResultType]::ParameterName, 'The runs'' --check-interval, for the lease they produce')
+            [CompletionResult]::new('--kill-after', '--kill-after', [CompletionResultType]::ParameterName, 'The runs'' --kill-after, for the lease they produce')
+            [CompletionResult]::new('--lease', '--lease', [CompletionResultType]::ParameterName, 'The runs'' --lease (0: none)')
+            [CompletionResult]::new('--fleet', '--fleet', [CompletionResultType]::ParameterName, 'How many hosts will run pglock against this server at once, to judge the connection limits')
+            [CompletionResult]::new('-d', '-d', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
+            [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql')
+            [CompletionResult]::new('--record', '--record', [CompletionResultType]::ParameterName, 'The runs record themselves: check the ledger table')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print one JSON object instead of lines')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log each step to stderr with a timestamp')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log each step to stderr with a timestamp')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             break
         }
     })

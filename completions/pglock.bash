@@ -19,6 +19,9 @@ _pglock() {
             pglock,check)
                 cmd="pglock__subcmd__check"
                 ;;
+            pglock,doctor)
+                cmd="pglock__subcmd__doctor"
+                ;;
             pglock,history)
                 cmd="pglock__subcmd__history"
                 ;;
@@ -47,7 +50,7 @@ _pglock() {
 
     case "${cmd}" in
         pglock)
-            opts="-k -c -n -w -E -s -d -v -q -h -V --key --lock-id --command --nowait --timeout --conflict-exit-code --shared --limit --key-hash --max-runtime --retries --retry-delay --splay --min-hold --scope --fencing-token --record --record-command --once-per --max-attempts --done-exit-code --ledger --database-url --check-interval --on-lost --leftovers --kill-after --lease --connect-timeout --retry-connect --verbose --quiet --help --version status list key init history check metrics prune"
+            opts="-k -c -n -w -E -s -d -v -q -h -V --key --lock-id --command --nowait --timeout --conflict-exit-code --shared --limit --key-hash --max-runtime --retries --retry-delay --splay --min-hold --scope --fencing-token --record --record-command --once-per --max-attempts --done-exit-code --ledger --database-url --check-interval --on-lost --leftovers --kill-after --lease --connect-timeout --retry-connect --verbose --quiet --help --version status list key init history check metrics prune doctor"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -208,6 +211,76 @@ _pglock() {
                     return 0
                     ;;
                 --ledger)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -d)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pglock__subcmd__doctor)
+            opts="-k -d -v -h --key --lock-id --key-hash --scope --record --once-per --ledger --limit --check-interval --kill-after --lease --fleet --json --database-url --verbose --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -k)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-hash)
+                    COMPREPLY=($(compgen -W "sha256 sqlx postgres-lock" -- "${cur}"))
+                    return 0
+                    ;;
+                --scope)
+                    COMPREPLY=($(compgen -W "session xact" -- "${cur}"))
+                    return 0
+                    ;;
+                --once-per)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ledger)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --check-interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kill-after)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lease)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --fleet)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

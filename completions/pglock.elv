@@ -71,6 +71,7 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand check 'A monitoring plugin (Nagios, Icinga, Sensu): is a key''s last success recent enough?'
             cand metrics 'Print the Prometheus text format for every key in the ledger'
             cand prune 'Delete old runs in batches, keeping each key''s and each lock''s newest run and newest success'
+            cand doctor 'Check that this host''s setup is safe for the runs you describe: the connection, a pooler in the path, the lease, connection limits, the ledger, the clock. Takes no lock and writes nothing; exit 0 if all is well, 1 for a warning, 2 for a failure'
         }
         &'pglock;status'= {
             cand -k 'Name of the lock, as given to pglock --key'
@@ -165,6 +166,28 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand --verbose 'Log each step to stderr with a timestamp'
             cand -h 'Print help'
             cand --help 'Print help'
+        }
+        &'pglock;doctor'= {
+            cand -k 'The lock the runs will take, as given to pglock --key (optional: named in the report)'
+            cand --key 'The lock the runs will take, as given to pglock --key (optional: named in the report)'
+            cand --lock-id 'A raw lock id instead of a key'
+            cand --key-hash 'How KEY becomes a lock id, as in the main command'
+            cand --scope 'The scope the runs will use: a session lock through a transaction pooler is unsafe'
+            cand --once-per 'The runs use --once-per (implies --record): check the ledger table'
+            cand --ledger 'The ledger table to check'
+            cand --limit 'The runs'' --limit (a semaphore takes one connection per holder and waiter)'
+            cand --check-interval 'The runs'' --check-interval, for the lease they produce'
+            cand --kill-after 'The runs'' --kill-after, for the lease they produce'
+            cand --lease 'The runs'' --lease (0: none)'
+            cand --fleet 'How many hosts will run pglock against this server at once, to judge the connection limits'
+            cand -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
+            cand --database-url 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql'
+            cand --record 'The runs record themselves: check the ledger table'
+            cand --json 'Print one JSON object instead of lines'
+            cand -v 'Log each step to stderr with a timestamp'
+            cand --verbose 'Log each step to stderr with a timestamp'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
         }
     ]
     $completions[$command]

@@ -72,6 +72,7 @@ complete -c pglock -n "__fish_pglock_needs_command" -a "history" -d 'Show record
 complete -c pglock -n "__fish_pglock_needs_command" -a "check" -d 'A monitoring plugin (Nagios, Icinga, Sensu): is a key\'s last success recent enough?'
 complete -c pglock -n "__fish_pglock_needs_command" -a "metrics" -d 'Print the Prometheus text format for every key in the ledger'
 complete -c pglock -n "__fish_pglock_needs_command" -a "prune" -d 'Delete old runs in batches, keeping each key\'s and each lock\'s newest run and newest success'
+complete -c pglock -n "__fish_pglock_needs_command" -a "doctor" -d 'Check that this host\'s setup is safe for the runs you describe: the connection, a pooler in the path, the lease, connection limits, the ledger, the clock. Takes no lock and writes nothing; exit 0 if all is well, 1 for a warning, 2 for a failure'
 complete -c pglock -n "__fish_pglock_using_subcommand status" -s k -l key -d 'Name of the lock, as given to pglock --key' -r
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l lock-id -d 'A raw lock id: one signed 64-bit integer, or A,B (two signed 32-bit)' -r
 complete -c pglock -n "__fish_pglock_using_subcommand status" -l key-hash -d 'How KEY becomes a lock id, as in the main command' -r -f -a "sha256\t'First 8 bytes of SHA-256(key), big-endian, signed'
@@ -128,3 +129,22 @@ complete -c pglock -n "__fish_pglock_using_subcommand prune" -s d -l database-ur
 complete -c pglock -n "__fish_pglock_using_subcommand prune" -l dry-run -d 'Only count what would be deleted'
 complete -c pglock -n "__fish_pglock_using_subcommand prune" -s v -l verbose -d 'Log each step to stderr with a timestamp'
 complete -c pglock -n "__fish_pglock_using_subcommand prune" -s h -l help -d 'Print help'
+complete -c pglock -n "__fish_pglock_using_subcommand doctor" -s k -l key -d 'The lock the runs will take, as given to pglock --key (optional: named in the report)' -r
+complete -c pglock -n "__fish_pglock_using_subcommand doctor" -l lock-id -d 'A raw lock id instead of a key' -r
+complete -c pglock -n "__fish_pglock_using_subcommand doctor" -l key-hash -d 'How KEY becomes a lock id, as in the main command' -r -f -a "sha256\t'First 8 bytes of SHA-256(key), big-endian, signed'
+sqlx\t'sqlx\'s PgAdvisoryLock::new: HKDF-SHA256 (no salt), 8 bytes, little-endian, signed'
+postgres-lock\t'Python postgres-lock: SHA-1 of the key as a decimal integer, its first 18 digits'"
+complete -c pglock -n "__fish_pglock_using_subcommand doctor" -l scope -d 'The scope the runs will use: a session lock through a transaction pooler is unsafe' -r -f -a "session\t'pg_advisory_lock, released with pg_advisory_unlock'
+xact\t'pg_advisory_xact_lock inside a transaction, released by COMMIT or ROLLBACK'"
+complete -c pglock -n "__fish_pglock_using_subcommand doctor" -l once-per -d 'The runs use --once-per (implies --record): check the ledger table' -r
+complete -c pglock -n "__fish_pglock_using_subcommand doctor" -l ledger -d 'The ledger table to check' -r
+complete -c pglock -n "__fish_pglock_using_subcommand doctor" -l limit -d 'The runs\' --limit (a semaphore takes one connection per holder and waiter)' -r
+complete -c pglock -n "__fish_pglock_using_subcommand doctor" -l check-interval -d 'The runs\' --check-interval, for the lease they produce' -r
+complete -c pglock -n "__fish_pglock_using_subcommand doctor" -l kill-after -d 'The runs\' --kill-after, for the lease they produce' -r
+complete -c pglock -n "__fish_pglock_using_subcommand doctor" -l lease -d 'The runs\' --lease (0: none)' -r
+complete -c pglock -n "__fish_pglock_using_subcommand doctor" -l fleet -d 'How many hosts will run pglock against this server at once, to judge the connection limits' -r
+complete -c pglock -n "__fish_pglock_using_subcommand doctor" -s d -l database-url -d 'PostgreSQL connection string (URL or key=value); otherwise the PG* variables, as psql' -r
+complete -c pglock -n "__fish_pglock_using_subcommand doctor" -l record -d 'The runs record themselves: check the ledger table'
+complete -c pglock -n "__fish_pglock_using_subcommand doctor" -l json -d 'Print one JSON object instead of lines'
+complete -c pglock -n "__fish_pglock_using_subcommand doctor" -s v -l verbose -d 'Log each step to stderr with a timestamp'
+complete -c pglock -n "__fish_pglock_using_subcommand doctor" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -128,3 +128,157 @@ fn readme_names_the_ledger_connection_as_pglock_does() {
         assert!(mention.starts_with("pglock-ledger@"), "{mention:?}");
     }
 }
+
+/// The Markdown files of the documentation: README.md and doc/*.md.
+fn markdown_files() -> Vec<std::path::PathBuf> {
+    let mut files = vec![repo().join("README.md")];
+    if let Ok(dir) = std::fs::read_dir(repo().join("doc")) {
+        let mut docs: Vec<_> = dir
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "md"))
+            .collect();
+        docs.sort();
+        files.extend(docs);
+    }
+    files
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation but `-` and `_` dropped, spaces to
+/// `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The anchors of a Markdown file's headings (outside code blocks), numbered as GitHub numbers
+/// repeats.
+fn anchors(text: &str) -> Vec<String> {
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    let mut out = Vec::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced || !line.starts_with('#') {
+            continue;
+        }
+        let base = anchor(line.trim_start_matches('#'));
+        let n = seen.entry(base.clone()).or_default();
+        out.push(if *n == 0 {
+            base.clone()
+        } else {
+            format!("{base}-{n}")
+        });
+        *n += 1;
+    }
+    out
+}
+
+/// The relative link targets in a Markdown file: `](target)`, outside code blocks and spans.
+fn links(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        // Drop code spans, where `](` is not a link.
+        let plain: String = line.split('`').step_by(2).collect::<Vec<_>>().join("");
+        let mut rest = plain.as_str();
+        while let Some(at) = rest.find("](") {
+            rest = &rest[at + 2..];
+            let Some(end) = rest.find(')') else { break };
+            let target = &rest[..end];
+            if !target.contains("://") && !target.starts_with("mailto:") {
+                out.push(target.to_string());
+            }
+            rest = &rest[end..];
+        }
+    }
+    out
+}
+
+#[test]
+fn every_relative_link_in_the_docs_resolves_to_a_file_and_heading() {
+    let mut broken = Vec::new();
+    for file in markdown_files() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for target in links(&text) {
+            let (path, fragment) = match target.split_once('#') {
+                Some((p, f)) => (p, Some(f)),
+                None => (target.as_str(), None),
+            };
+            let dest = if path.is_empty() {
+                file.clone()
+            } else {
+                file.parent().unwrap().join(path)
+            };
+            if !dest.exists() {
+                broken.push(format!("{}: {target} (no such file)", file.display()));
+                continue;
+            }
+            if let Some(fragment) = fragment {
+                let dest_text = std::fs::read_to_string(&dest).unwrap_or_default();
+                if !anchors(&dest_text).iter().any(|a| a == fragment) {
+                    broken.push(format!("{}: {target} (no such heading)", file.display()));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+#[test]
+fn every_long_option_is_in_the_man_page_and_in_the_readme_or_a_guide() {
+    let help = |args: &[&str]| run(pglock().args(args)).stdout();
+    let mut options = std::collections::BTreeSet::new();
+    let subcommands = [
+        "status", "list", "key", "init", "history", "check", "metrics", "prune", "doctor",
+    ];
+    let mut pages = vec![help(&["--help"])];
+    for sub in subcommands {
+        pages.push(help(&[sub, "--help"]));
+    }
+    for page in &pages {
+        for word in page.split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == '=') {
+            if let Some(name) = word.strip_prefix("--")
+                && name.len() > 1
+                && name.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+                && !matches!(name, "help" | "version")
+            {
+                options.insert(format!("--{name}"));
+            }
+        }
+    }
+    assert!(options.len() > 30, "{options:?}");
+    let man = std::fs::read_to_string(repo().join("man/pglock.1"))
+        .unwrap()
+        .replace("\\-", "-");
+    let docs: String = markdown_files()
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    let missing: Vec<_> = options
+        .iter()
+        .filter(|o| !man.contains(o.as_str()) || !docs.contains(&format!("{o}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "options missing from the man page or the docs: {missing:?}"
+    );
+}
