@@ -16,7 +16,7 @@ use crate::supervise::child::Running;
 use crate::supervise::deadman::DeadMan;
 use crate::supervise::signals::{Deferred, Router};
 use crate::supervise::{self, Guard, Policy, child, leftovers};
-use crate::{conninfo, duration, step, warn};
+use crate::{capture, conninfo, duration, ping, step, warn};
 use anyhow::Result;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
@@ -67,8 +67,50 @@ pub fn run(opts: &RunOptions) -> Result<Outcome> {
         }
     };
     match wait::wait_for_lock(opts, &opener, &router, &request, &mut prepare)? {
-        Waited::Held(holder) => run_held(opts, &router, &opener, *holder, deadman),
+        Waited::Held(holder) => {
+            let mut report = Report::default();
+            let result = run_held(opts, &router, &opener, *holder, deadman, &mut report);
+            report.end(opts, &router, &result);
+            result
+        }
         Waited::Gave(outcome) => Ok(outcome),
+    }
+}
+
+/// What the run tells beyond its exit status: the monitor (--ping) and the captured output
+/// (--capture, --quiet-on-success). Filled in by [`run_held`]; all empty in a plain run.
+#[derive(Default)]
+struct Report {
+    /// The start ping went out: the end must follow.
+    ping: Option<ping::Run>,
+    captured: Option<capture::Captured>,
+    /// A signal ended the command (see [`ended_by_signal`]).
+    signalled: bool,
+}
+
+impl Report {
+    /// After the release, once pglock's exit status is known: --quiet-on-success's output if
+    /// the run failed, then the monitor's end.
+    fn end(self, opts: &RunOptions, router: &Router, result: &Result<Outcome>) {
+        let code = match result {
+            Ok(outcome) => outcome.code(opts.conflict_exit_code),
+            Err(e) => crate::exit::code_for(e),
+        };
+        if let Some(captured) = &self.captured
+            && code != 0
+        {
+            captured.replay();
+        }
+        let Some(run) = self.ping else {
+            return;
+        };
+        let budget = if self.signalled || router.interrupted().is_some() {
+            opts.ping_timeout.min(ping::AFTER_SIGNAL)
+        } else {
+            opts.ping_timeout
+        };
+        let body = self.captured.map(|c| c.tail.bytes()).unwrap_or_default();
+        run.end(code, &body, budget);
     }
 }
 
@@ -80,12 +122,21 @@ fn run_held(
     opener: &Opener,
     mut holder: Holder,
     deadman: Option<DeadMan>,
+    report: &mut Report,
 ) -> Result<Outcome> {
     let acquired_at = Instant::now();
     if opts.fencing_token && holder.held().token.is_none() {
         let e = anyhow::anyhow!("the server's answer to the lock call held no fencing token");
         return release_then(holder, opts, Err(e), false);
     }
+    // Made before the ledger's say, so that a failure here leaves nothing to record.
+    let pipes = match opts.capture {
+        capture::Mode::Off => None,
+        mode => match capture::Pipes::new(mode) {
+            Ok(pipes) => Some(pipes),
+            Err(e) => return release_then(holder, opts, Err(e), false),
+        },
+    };
     let mut env = child_env(opts, &holder.held());
     // --record, --once-per: the ledger decides whether the command runs, and records it.
     let ledger = match begin_ledger(opts, opener, &mut holder) {
@@ -111,7 +162,8 @@ fn run_held(
             reason,
         });
     }
-    let (mut running, deadman) = match start(opts, router, &mut holder, &env, deadman) {
+    let output = pipes.as_ref().map(|p| &p.child);
+    let (mut running, deadman) = match start(opts, router, &mut holder, &env, deadman, output) {
         Ok(started) => started,
         Err(Ok(lost @ Outcome::LostBeforeStart { .. })) => {
             // Nothing to release: the session is gone. The ledger's end goes over its own
@@ -131,6 +183,16 @@ fn run_held(
         }
     };
     // From here on the command exists: nothing returns before supervise::wait has reaped it.
+    // The monitor hears of it only now, on a thread of its own: it never delays the command.
+    if let Some(target) = &opts.ping {
+        report.ping = Some(ping::start(target, opts.ping_timeout));
+    }
+    let pump = pipes.and_then(|pipes| {
+        pipes
+            .pump()
+            .map_err(|e| warn!("{e:#}: the command's output is lost"))
+            .ok()
+    });
     let policy = Policy {
         check_every: opts.check_interval,
         fencing: opts.fencing,
@@ -159,8 +221,11 @@ fn run_held(
         switch: deadman.as_ref(),
         lost: ended.lost.is_some(),
     });
+    // Before the ledger's record, which may keep the tail.
+    report.captured = pump.map(capture::Pump::finish);
     // A signal ended the job: what follows the command is over a second after it.
     let signalled = ended_by_signal(router, &ended, Instant::now());
+    report.signalled = signalled.is_some();
     if let Some(at) = signalled {
         crate::pg::deadline::stopped_by_signal_at(at);
     }
@@ -214,6 +279,7 @@ fn start(
     holder: &mut Holder,
     env: &[(String, String)],
     deadman: Option<DeadMan>,
+    output: Option<&[std::os::fd::OwnedFd; 2]>,
 ) -> Result<(Running, Option<DeadMan>), Result<Outcome>> {
     let fenced = matches!(opts.fencing, Fencing::Terminate { .. });
     // Armed during a wait (and still alive: something may have killed it meanwhile), or now.
@@ -257,7 +323,7 @@ fn start(
         // The command execs within the interval of the last confirmation, or not at all: a
         // stall in the fork or before the exec is the child's to see (child::spawn).
         let start_by = holder.confirmed().deadline(opts.check_interval);
-        match router.spawn(|| child::spawn(&opts.job, env, fenced, line, Some(start_by))) {
+        match router.spawn(|| child::spawn(&opts.job, env, fenced, line, Some(start_by), output)) {
             // Once: this fork was slow; check the lock and fork again. Twice: it is the host,
             // and a system error (71).
             Err(e) if child::is_late(&e) && !late_once => {

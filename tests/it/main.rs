@@ -16,6 +16,7 @@ mod hardening;
 mod layers;
 mod ledger;
 mod limits;
+mod monitor;
 mod nemesis;
 mod output;
 mod processes;
