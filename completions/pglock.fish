@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_pglock_global_optspecs
-    string join \n k/key= lock-id= c/command= n/nowait w/timeout= E/conflict-exit-code= s/shared limit= key-hash= max-runtime= retries= retry-delay= splay= min-hold= scope= fencing-token record record-command once-per= max-attempts= done-exit-code= ledger= d/database-url= check-interval= on-lost= leftovers= kill-after= lease= connect-timeout= retry-connect= v/verbose q/quiet h/help V/version
+    string join \n k/key= lock-id= c/command= n/nowait w/timeout= E/conflict-exit-code= s/shared limit= key-hash= max-runtime= retries= retry-delay= splay= min-hold= scope= fencing-token record record-command once-per= max-attempts= done-exit-code= ledger= d/database-url= check-interval= on-lost= leftovers= kill-after= lease= connect-timeout= retry-connect= ping= ping-timeout= capture quiet-on-success v/verbose q/quiet h/help V/version
 end
 
 function __fish_pglock_needs_command
@@ -55,11 +55,15 @@ complete -c pglock -n "__fish_pglock_needs_command" -l kill-after -d 'After term
 complete -c pglock -n "__fish_pglock_needs_command" -l lease -d 'How long the server keeps the lock of a holder that went silent (a lost host, a pulled cable) [default: 2 x --check-interval + --kill-after + 2s; 0: none]' -r
 complete -c pglock -n "__fish_pglock_needs_command" -l connect-timeout -d 'Bound on each connection attempt [default: 10s, or connect_timeout / PGCONNECT_TIMEOUT]' -r
 complete -c pglock -n "__fish_pglock_needs_command" -l retry-connect -d 'Keep retrying the first connection, with backoff, for up to this long before giving up' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l ping -d 'Report the run to a monitor that speaks healthchecks.io\'s ping protocol: URL/start when the command starts, URL/STATUS with pglock\'s exit status when the run ends' -r
+complete -c pglock -n "__fish_pglock_needs_command" -l ping-timeout -d 'How long the end ping may take in all, retries included (1s after a terminating signal)' -r
 complete -c pglock -n "__fish_pglock_needs_command" -s n -l nowait -d 'Do not wait: if the lock is busy, exit with the conflict status at once'
 complete -c pglock -n "__fish_pglock_needs_command" -s s -l shared -d 'Take a shared lock: shared holders coexist, an exclusive holder excludes them all'
 complete -c pglock -n "__fish_pglock_needs_command" -l fencing-token -d 'Give the command PGLOCK_FENCING_TOKEN: a number that grows from each holder of the lock (of each slot, with --limit) to the next, also across crashes and failovers of the server, so that storage can reject the writes of a holder that lost the lock'
 complete -c pglock -n "__fish_pglock_needs_command" -l record -d 'Record the run in the ledger table: a row before the command starts, its end before the lock is released. The command gets PGLOCK_RUN_ID and PGLOCK_LAST_SUCCESS. A run that finds an earlier one still running (the server ended its holder\'s session) first waits until that command must have stopped: the lock-delay'
 complete -c pglock -n "__fish_pglock_needs_command" -l record-command -d 'Store the command line in the ledger\'s command column too (it may carry secrets)'
+complete -c pglock -n "__fish_pglock_needs_command" -l capture -d 'Pass the command\'s stdout and stderr through pglock, keeping their last 10 KiB for the --ping report. The command\'s output is then a pipe, not a terminal'
+complete -c pglock -n "__fish_pglock_needs_command" -l quiet-on-success -d 'Print the command\'s output only if the run fails (any non-zero exit status of pglock), as chronic does: for cron, which mails whatever a job prints. Implies --capture; the output waits in an unlinked temporary file'
 complete -c pglock -n "__fish_pglock_needs_command" -s v -l verbose -d 'Log each step to stderr with a timestamp'
 complete -c pglock -n "__fish_pglock_needs_command" -s q -l quiet -d 'Print nothing when the lock is busy'
 complete -c pglock -n "__fish_pglock_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -201,6 +201,36 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "0", value_parser = duration::parse)]
     pub retry_connect: Duration,
 
+    /// Report the run to a monitor that speaks healthchecks.io's ping protocol: URL/start when
+    /// the command starts, URL/STATUS with pglock's exit status when the run ends.
+    ///
+    /// Only a host that ran the command reports: not one that skipped (--once-per), found the
+    /// lock busy or never got it. With --capture the end's body is the output's last 10 KiB.
+    /// The URL is a credential: pglock never prints it (messages name its host), and the
+    /// variable keeps it out of ps. A monitor never changes the exit status.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PGLOCK_PING_URL",
+        hide_env_values = true
+    )]
+    pub ping: Option<String>,
+
+    /// How long the end ping may take in all, retries included (1s after a terminating signal).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_ping_timeout)]
+    pub ping_timeout: Duration,
+
+    /// Pass the command's stdout and stderr through pglock, keeping their last 10 KiB for the
+    /// --ping report. The command's output is then a pipe, not a terminal.
+    #[arg(long)]
+    pub capture: bool,
+
+    /// Print the command's output only if the run fails (any non-zero exit status of pglock),
+    /// as chronic does: for cron, which mails whatever a job prints. Implies --capture; the
+    /// output waits in an unlinked temporary file.
+    #[arg(long)]
+    pub quiet_on_success: bool,
+
     /// Log each step to stderr with a timestamp.
     // Global, so that every subcommand takes it too (see hoist).
     #[arg(short, long, global = true)]
@@ -465,6 +495,29 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
         ));
     }
     Ok(d)
+}
+
+/// --ping-timeout 0 would never report an end.
+fn parse_ping_timeout(text: &str) -> Result<Duration, String> {
+    let d = duration::parse(text)?;
+    if d.is_zero() {
+        return Err("the ping timeout must be longer than 0".into());
+    }
+    Ok(d)
+}
+
+/// A --ping URL must be an http(s) URL. Checked here rather than by a value parser: clap's own
+/// error would quote the value, and the URL is a credential.
+pub fn check_ping(cli: &Cli) -> Result<(), clap::Error> {
+    let Some(url) = &cli.ping else {
+        return Ok(());
+    };
+    crate::ping::Target::parse(url)
+        .map(|_| ())
+        .map_err(|message| {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            cmd.error(clap::error::ErrorKind::ValueValidation, message)
+        })
 }
 
 /// `-c STRING`: an empty script would run nothing under the lock, which is never meant.

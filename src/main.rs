@@ -14,11 +14,12 @@
 //! 5. [`supervise`]: the command's loop, with the [`supervise::Fencing`] and job it is given;
 //! 6. [`lock`], [`report`] and [`ledger`];
 //! 7. [`pg`];
-//! 8. [`conninfo`] and [`tls`];
-//! 9. [`appname`], [`key`], [`exit`], [`log`], [`duration`], [`lease`], [`clock`] and
-//!    [`output`].
+//! 8. [`conninfo`], [`tls`] and [`ping`];
+//! 9. [`appname`], [`key`], [`exit`], [`log`], [`duration`], [`lease`], [`clock`], [`output`]
+//!    and [`capture`].
 
 mod appname;
+mod capture;
 mod cli;
 mod clock;
 mod conninfo;
@@ -34,6 +35,7 @@ mod log;
 mod options;
 mod output;
 mod pg;
+mod ping;
 mod report;
 mod run;
 mod supervise;
@@ -68,7 +70,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage(e, &args),
     };
-    if let Err(e) = cli::check_combinations(&cli).and_then(|()| cli::check_lease(&cli)) {
+    if let Err(e) = cli::check_combinations(&cli)
+        .and_then(|()| cli::check_lease(&cli))
+        .and_then(|()| cli::check_ping(&cli))
+    {
         return usage(e, &args);
     }
     log::set_verbose(cli.verbose);

@@ -12,7 +12,7 @@ use crate::pg::sql::Scope;
 pub use crate::supervise::Fencing;
 pub use crate::supervise::child::Job;
 use crate::supervise::leftovers;
-use crate::{doctor, ledger, report};
+use crate::{capture, doctor, ledger, ping, report};
 use std::ffi::OsString;
 use std::time::Duration;
 
@@ -51,6 +51,13 @@ pub struct RunOptions {
     pub kill_after: Duration,
     /// The lease on the lock's session; None with `--lease 0`.
     pub lease: Option<Lease>,
+    /// `-E`: what a run that did not get the lock exits with (the monitor's end reports it).
+    pub conflict_exit_code: u8,
+    /// `--ping` (checked by `cli::check_ping`), and `--ping-timeout`.
+    pub ping: Option<ping::Target>,
+    pub ping_timeout: Duration,
+    /// `--capture`, `--quiet-on-success`.
+    pub capture: capture::Mode,
 }
 
 impl RunOptions {
@@ -100,6 +107,17 @@ impl RunOptions {
             lease: match cli.lease {
                 Some(Duration::ZERO) => None,
                 length => Some(lease::new(cli.check_interval, cli.kill_after, length)),
+            },
+            conflict_exit_code: cli.conflict_exit_code,
+            ping: cli
+                .ping
+                .as_deref()
+                .and_then(|url| ping::Target::parse(url).ok()),
+            ping_timeout: cli.ping_timeout,
+            capture: match (cli.quiet_on_success, cli.capture) {
+                (true, _) => capture::Mode::Quiet,
+                (false, true) => capture::Mode::Pass,
+                (false, false) => capture::Mode::Off,
             },
         }
     }

@@ -9,7 +9,8 @@
 //! attempt is collected and [`super::start`] arms a fresh one for the next.
 
 use super::retry::Rng;
-use super::{Ran, ended_by_signal, finish, record_end, release_then, start};
+use super::{Ran, Report, ended_by_signal, finish, record_end, release_then, start};
+use crate::capture::Pump;
 use crate::exit::{LostReason, Outcome};
 use crate::ledger::record::{End, Recorder};
 use crate::lock::Holder;
@@ -21,6 +22,7 @@ use crate::supervise::{self, Ended, Policy, Runtime, leftovers};
 use crate::{duration, step, warn};
 use anyhow::Result;
 use nix::sys::signal::Signal;
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 /// The variable that tells the command which attempt it is.
@@ -36,6 +38,9 @@ pub(super) struct First {
     pub holder: Holder,
     pub ledger: Option<Box<Recorder>>,
     pub env: Vec<(String, String)>,
+    /// `--capture`: the output's carrier, and the command's ends of its pipes, which every
+    /// attempt gets.
+    pub capture: Option<(Pump, [OwnedFd; 2])>,
     pub acquired_at: Instant,
 }
 
@@ -47,15 +52,25 @@ enum Between {
 }
 
 /// Supervises the first attempt and any retries; then the ledger's end and the release.
-pub(super) fn run(opts: &RunOptions, router: &Router, first: First) -> Result<Outcome> {
+pub(super) fn run(
+    opts: &RunOptions,
+    router: &Router,
+    first: First,
+    report: &mut Report,
+) -> Result<Outcome> {
     let First {
         mut running,
         mut deadman,
         mut holder,
         ledger,
         mut env,
+        capture,
         acquired_at,
     } = first;
+    let (pump, output) = match capture {
+        Some((pump, ends)) => (Some(pump), Some(ends)),
+        None => (None, None),
+    };
     let runtime = opts.max_runtime.map(|limit| Runtime {
         limit,
         until: duration::after(Instant::now(), limit),
@@ -101,11 +116,18 @@ pub(super) fn run(opts: &RunOptions, router: &Router, first: First) -> Result<Ou
             crate::pg::deadline::stopped_by_signal_at(at);
         }
         if attempt > opts.retries || !worth_another(&ended, router) {
+            // The last attempt is over: without pglock's copies of the command's ends, the
+            // output ends when its last writer is gone. Before the ledger's record, which
+            // keeps the tail.
+            drop(output);
+            report.captured = pump.map(Pump::finish);
+            report.signalled = signalled.is_some();
             let run = Ran {
                 ended,
                 acquired_at,
                 signalled: signalled.is_some(),
                 attempts: attempt,
+                tail: report.captured.as_ref().map(|c| c.tail.text()),
             };
             return finish(opts, router, holder, ledger, deadman, run);
         }
@@ -124,7 +146,7 @@ pub(super) fn run(opts: &RunOptions, router: &Router, first: First) -> Result<Ou
         }
         attempt += 1;
         set(&mut env, attempt);
-        match start(opts, router, &mut holder, &env, None) {
+        match start(opts, router, &mut holder, &env, None, output.as_ref()) {
             Ok((next, switch)) => {
                 running = next;
                 deadman = switch;

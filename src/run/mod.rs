@@ -17,7 +17,7 @@ use crate::supervise::child::Running;
 use crate::supervise::deadman::DeadMan;
 use crate::supervise::signals::{Deferred, Router};
 use crate::supervise::{self, Guard, child, leftovers};
-use crate::{conninfo, duration, step, warn};
+use crate::{capture, conninfo, duration, ping, step, warn};
 use anyhow::Result;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
@@ -72,8 +72,50 @@ pub fn run(opts: &RunOptions) -> Result<Outcome> {
     };
     let asked = Instant::now();
     match wait::wait_for_lock(opts, &opener, &router, &request, &mut prepare)? {
-        Waited::Held(holder) => run_held(opts, &router, &opener, *holder, deadman, asked),
+        Waited::Held(holder) => {
+            let mut report = Report::default();
+            let result = run_held(opts, &router, &opener, *holder, deadman, asked, &mut report);
+            report.end(opts, &router, &result);
+            result
+        }
         Waited::Gave(outcome) => Ok(outcome),
+    }
+}
+
+/// What the run tells beyond its exit status: the monitor (--ping) and the captured output
+/// (--capture, --quiet-on-success). Filled in by [`run_held`]; all empty in a plain run.
+#[derive(Default)]
+pub(super) struct Report {
+    /// The start ping went out: the end must follow.
+    ping: Option<ping::Run>,
+    pub(super) captured: Option<capture::Captured>,
+    /// A signal ended the command (see [`ended_by_signal`]).
+    pub(super) signalled: bool,
+}
+
+impl Report {
+    /// After the release, once pglock's exit status is known: --quiet-on-success's output if
+    /// the run failed, then the monitor's end.
+    fn end(self, opts: &RunOptions, router: &Router, result: &Result<Outcome>) {
+        let code = match result {
+            Ok(outcome) => outcome.code(opts.conflict_exit_code),
+            Err(e) => crate::exit::code_for(e),
+        };
+        if let Some(captured) = &self.captured
+            && code != 0
+        {
+            captured.replay();
+        }
+        let Some(run) = self.ping else {
+            return;
+        };
+        let budget = if self.signalled || router.interrupted().is_some() {
+            opts.ping_timeout.min(ping::AFTER_SIGNAL)
+        } else {
+            opts.ping_timeout
+        };
+        let body = self.captured.map(|c| c.tail.bytes()).unwrap_or_default();
+        run.end(code, &body, budget);
     }
 }
 
@@ -86,6 +128,7 @@ fn run_held(
     mut holder: Holder,
     deadman: Option<DeadMan>,
     asked: Instant,
+    report: &mut Report,
 ) -> Result<Outcome> {
     let acquired_at = Instant::now();
     let waited = acquired_at.saturating_duration_since(asked);
@@ -93,6 +136,14 @@ fn run_held(
         let e = anyhow::anyhow!("the server's answer to the lock call held no fencing token");
         return release_then(holder, opts, Err(e), false);
     }
+    // Made before the ledger's say, so that a failure here leaves nothing to record.
+    let pipes = match opts.capture {
+        capture::Mode::Off => None,
+        mode => match capture::Pipes::new(mode) {
+            Ok(pipes) => Some(pipes),
+            Err(e) => return release_then(holder, opts, Err(e), false),
+        },
+    };
     let mut env = child_env(opts, &holder.held());
     // --record, --once-per: the ledger decides whether the command runs, and records it.
     let ledger = match begin_ledger(opts, opener, &mut holder, waited) {
@@ -118,7 +169,8 @@ fn run_held(
             reason,
         });
     }
-    let (running, deadman) = match start(opts, router, &mut holder, &env, deadman) {
+    let output = pipes.as_ref().map(|p| &p.child);
+    let (running, deadman) = match start(opts, router, &mut holder, &env, deadman, output) {
         Ok(started) => started,
         Err(Ok(lost @ Outcome::LostBeforeStart { .. })) => {
             // Nothing to release: the session is gone. The ledger's end goes over its own
@@ -137,15 +189,28 @@ fn run_held(
             return release_then(holder, opts, not_started, commit_record);
         }
     };
+    // The monitor hears of it only now, on a thread of its own: it never delays the command.
+    if let Some(target) = &opts.ping {
+        report.ping = Some(ping::start(target, opts.ping_timeout));
+    }
+    // The output is carried for every attempt: pglock keeps the command's ends of the pipes
+    // until the last one has exited.
+    let capture = pipes.and_then(|pipes| {
+        pipes
+            .pump()
+            .map_err(|e| warn!("{e:#}: the command's output is lost"))
+            .ok()
+    });
     let first = attempts::First {
         running,
         deadman,
         holder,
         ledger,
         env,
+        capture,
         acquired_at,
     };
-    attempts::run(opts, router, first)
+    attempts::run(opts, router, first, report)
 }
 
 /// --splay: a random pause before connecting, so that a fleet's cron does not reach the server
@@ -196,6 +261,8 @@ struct Ran {
     signalled: bool,
     /// How many times the command started (`--retries`).
     attempts: u32,
+    /// The captured output's last 10 KiB (`--capture`), for the ledger.
+    tail: Option<String>,
 }
 
 /// Spawns the command unless a terminating signal came first, or the lock is already known to
@@ -208,6 +275,7 @@ fn start(
     holder: &mut Holder,
     env: &[(String, String)],
     deadman: Option<DeadMan>,
+    output: Option<&[std::os::fd::OwnedFd; 2]>,
 ) -> Result<(Running, Option<DeadMan>), Result<Outcome>> {
     let fenced = matches!(opts.fencing, Fencing::Terminate { .. });
     // Armed during a wait (and still alive: something may have killed it meanwhile), or now.
@@ -251,7 +319,7 @@ fn start(
         // The command execs within the interval of the last confirmation, or not at all: a
         // stall in the fork or before the exec is the child's to see (child::spawn).
         let start_by = holder.confirmed().deadline(opts.check_interval);
-        match router.spawn(|| child::spawn(&opts.job, env, fenced, line, Some(start_by))) {
+        match router.spawn(|| child::spawn(&opts.job, env, fenced, line, Some(start_by), output)) {
             // Once: this fork was slow; check the lock and fork again. Twice: it is the host,
             // and a system error (71).
             Err(e) if child::is_late(&e) && !late_once => {
@@ -346,6 +414,7 @@ fn finish(
         acquired_at,
         signalled,
         attempts,
+        tail,
     } = run;
     let label = &opts.target.label;
     if let Some(deadman) = &mut deadman {
@@ -355,11 +424,12 @@ fn finish(
     // Before the release (and any --min-hold), so that the next holder sees it.
     let stopped = matches!(opts.fencing, Fencing::Terminate { .. });
     let timed_out = ended.timed_out && ended.lost.is_none();
-    let end = if timed_out {
+    let mut end = if timed_out {
         End::timed_out(attempts)
     } else {
         End::ran(ended.status, ended.lost.is_some(), stopped, attempts)
     };
+    end.output_tail = tail;
     let commit_record = record_end(ledger, &mut holder, end);
     let ran = if timed_out {
         Outcome::TimedOut

@@ -9,15 +9,15 @@ use crate::clock::Deadline;
 use crate::exit::{Failure, fail};
 use crate::step;
 use crate::supervise::deadman::announce;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, killpg, pthread_sigmask};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::{Pid, getpgrp, getpid, getppid, isatty, setpgid, tcgetpgrp, tcsetpgrp};
 use std::ffi::OsString;
 use std::io::ErrorKind;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, ExitStatus};
+use std::process::{Command, ExitStatus, Stdio};
 
 /// The command to run: any bytes, as the OS passes them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +91,9 @@ fn without_sigttou<T>(f: impl FnOnce() -> T) -> T {
 /// frees the lock with pglock's connection, so the command must not go on unlocked. Its group
 /// is announced to the dead man's switch on `deadman`, when there is one, before exec.
 ///
+/// `output`: with --capture, the pipes the command writes its stdout and stderr into, instead of
+/// pglock's own.
+///
 /// `start_by`: the command execs only before this, its last step before exec; after it, the
 /// spawn fails with [`Late`]. pglock cannot look at the lock while it waits for a fork, or
 /// while the child is between fork and exec, so only the child can see that a stall there
@@ -101,6 +104,7 @@ pub fn spawn(
     fenced: bool,
     deadman: Option<(RawFd, Pid)>,
     start_by: Option<Deadline>,
+    output: Option<&[OwnedFd; 2]>,
 ) -> Result<(Running, Pid)> {
     let take_terminal = owns_terminal();
     let parent = getpid();
@@ -111,6 +115,12 @@ pub fn spawn(
         cmd.env_remove(name);
     }
     cmd.args(&job.args).envs(env.iter().map(|(k, v)| (k, v)));
+    if let Some([out, err]) = output {
+        // Copies: a spawn that came too late is tried again with the same pipes.
+        let copy = |fd: &OwnedFd| fd.try_clone().context("cannot pass the output pipes on");
+        cmd.stdout(Stdio::from(copy(out)?))
+            .stderr(Stdio::from(copy(err)?));
+    }
     // SAFETY: the closure runs between fork and exec and makes only async-signal-safe system
     // calls (clock_gettime(2) for the deadline among them); errors are built from raw errno
     // values (io::Error::from(Errno)), which do not allocate.

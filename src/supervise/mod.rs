@@ -454,6 +454,7 @@ mod tests {
             false,
             None,
             None,
+            None,
         )
         .unwrap();
         let mut guard = LosesAtOnce { checks: 0 };
@@ -477,7 +478,7 @@ mod tests {
     #[test]
     fn lost_lock_terminates_a_command_that_obeys() {
         let router = Router::start().unwrap();
-        let (mut running, _) = child::spawn(&sh("sleep 30"), &[], false, None, None).unwrap();
+        let (mut running, _) = child::spawn(&sh("sleep 30"), &[], false, None, None, None).unwrap();
         let mut guard = LosesAtOnce { checks: 0 };
         let ended = wait(
             &mut running,
@@ -511,7 +512,7 @@ mod tests {
     fn ignore_lets_the_command_finish() {
         let router = Router::start().unwrap();
         let (mut running, _) =
-            child::spawn(&sh("sleep 0.2; exit 3"), &[], false, None, None).unwrap();
+            child::spawn(&sh("sleep 0.2; exit 3"), &[], false, None, None, None).unwrap();
         let mut guard = LosesAtOnce { checks: 0 };
         let mut ignore = policy(Duration::from_millis(10));
         ignore.fencing = Fencing::Ignore;

@@ -275,7 +275,7 @@ fn every_long_option_is_in_the_man_page_and_in_the_readme_or_a_guide() {
         .collect();
     let missing: Vec<_> = options
         .iter()
-        .filter(|o| !man.contains(o.as_str()) || !docs.contains(&format!("{o}")))
+        .filter(|o| !man.contains(o.as_str()) || !docs.contains(o.as_str()))
         .collect();
     assert!(
         missing.is_empty(),

@@ -18,9 +18,9 @@ const LAYERS: &[&[&str]] = &[
     &["supervise"],
     &["lock", "report", "ledger"],
     &["pg"],
-    &["conninfo", "tls"],
+    &["conninfo", "tls", "ping"],
     &[
-        "appname", "key", "exit", "log", "duration", "output", "lease", "clock",
+        "appname", "key", "exit", "log", "duration", "output", "lease", "clock", "capture",
     ],
 ];
 

@@ -18,6 +18,7 @@ mod jobrunner;
 mod layers;
 mod ledger;
 mod limits;
+mod monitor;
 mod nemesis;
 mod output;
 mod processes;
