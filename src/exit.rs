@@ -180,7 +180,8 @@ impl fmt::Display for LostReason {
             ),
             LostReason::CheckFailed(why) => write!(f, "the lock check failed: {why}"),
             LostReason::NotHeld => f.write_str(
-                "this session no longer holds it (a transaction-pooling PgBouncer? use --scope xact)",
+                "this session no longer holds it (a transaction-pooling PgBouncer? use --scope xact; \
+                 'pglock doctor' tells)",
             ),
             LostReason::NotHeldAtRelease => {
                 f.write_str("the lock was no longer held when the command ended")

@@ -192,7 +192,7 @@ pub const REJECTED_WITHIN: std::time::Duration = std::time::Duration::from_milli
 /// The message for a pooler that closes connections holding an open transaction.
 pub const REJECTS_TRANSACTIONS: &str = "the connection is closed whenever a transaction stays \
      open (PgBouncer in statement pooling?): --scope xact needs session or transaction pooling, \
-     or connect to the server directly";
+     or connect to the server directly ('pglock doctor' tells which pooling is in the path)";
 
 /// Whether the server, or a pooler in front of it, closes a connection as soon as it holds an
 /// open transaction, as PgBouncer's statement pooling does. A fresh connection must answer a
