@@ -9,10 +9,10 @@
 //! 1. [`docs`] (`generate-docs`), and this file, which only dispatches;
 //! 2. [`run`]: takes the options;
 //! 3. [`options`]: built from clap's parse, so that nothing below it knows clap, and turns the
-//!    subcommands into the requests [`report`] and [`ledger`] take;
+//!    subcommands into the requests [`report`], [`ledger`] and [`doctor`] take;
 //! 4. [`cli`]: the clap definition (it parses `--ledger` with [`ledger::table`]);
 //! 5. [`supervise`]: the command's loop, with the [`supervise::Fencing`] and job it is given;
-//! 6. [`lock`], [`report`] and [`ledger`];
+//! 6. [`lock`], [`report`], [`ledger`] and [`doctor`];
 //! 7. [`pg`];
 //! 8. [`conninfo`], [`tls`] and [`ping`];
 //! 9. [`appname`], [`key`], [`exit`], [`log`], [`duration`], [`lease`], [`clock`], [`output`]

@@ -177,12 +177,17 @@ fn census(group: Pid, keep: Option<Pid>) -> Vec<Pid> {
     found
 }
 
-/// pglock's children, the re-parented orphans among them, but its dead man's switch and a wait
-/// guard (a `pglock __wait-guard` process that may still be exiting).
+/// pglock's children, the re-parented orphans among them, but its dead man's switch and its wait
+/// guards (one may still be exiting).
 fn children(keep: Option<Pid>) -> Vec<Pid> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return Vec::new();
     };
+    // Its wait guards, launched while it waited: one may still be on its way out.
+    let guards: Vec<Pid> = super::wait_guard::launched()
+        .into_iter()
+        .filter_map(|p| i32::try_from(p).ok().map(Pid::from_raw))
+        .collect();
     let mut found = Vec::new();
     for task in tasks.flatten() {
         let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
@@ -191,7 +196,7 @@ fn children(keep: Option<Pid>) -> Vec<Pid> {
             .filter_map(|p| p.parse::<i32>().ok())
         {
             let pid = Pid::from_raw(pid);
-            if Some(pid) == keep || is_wait_guard(pid) || found.contains(&pid) {
+            if Some(pid) == keep || guards.contains(&pid) || found.contains(&pid) {
                 continue;
             }
             // An exited child (a zombie) is no leftover: it is reaped next.
@@ -201,14 +206,6 @@ fn children(keep: Option<Pid>) -> Vec<Pid> {
         }
     }
     found
-}
-
-fn is_wait_guard(pid: Pid) -> bool {
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    cmdline
-        .split(|&b| b == 0)
-        .nth(1)
-        .is_some_and(|arg| arg == super::wait_guard::ARG.as_bytes())
 }
 
 /// The process's state and group, from /proc/PID/stat (after the parenthesised name).

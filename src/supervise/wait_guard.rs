@@ -98,6 +98,14 @@ impl Drop for WaitGuard {
     }
 }
 
+/// Every guard this process started: its children, but not the command's, so not leftovers.
+static LAUNCHED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// The pids of the guards this process started (some may have exited).
+pub fn launched() -> Vec<u32> {
+    LAUNCHED.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -125,6 +133,10 @@ fn launch(app_name: &str, backend: i32, database_url: Option<&str>) -> Option<Ch
     match cmd.spawn() {
         Ok(child) => {
             step!("wait guard started as pid {}", child.id());
+            LAUNCHED
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(child.id());
             Some(child)
         }
         Err(e) => {

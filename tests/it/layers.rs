@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["options"],
     &["cli"],
     &["supervise"],
-    &["lock", "report", "ledger"],
+    &["lock", "report", "ledger", "doctor"],
     &["pg"],
     &["conninfo", "tls", "ping"],
     &[
