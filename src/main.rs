@@ -67,7 +67,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage(e, &args),
     };
-    if let Err(e) = cli::check_combinations(&cli).and_then(|()| cli::check_lease(&cli)) {
+    if let Err(e) = cli::check_combinations(&cli)
+        .and_then(|()| cli::check_lease(&cli))
+        .and_then(|()| cli::check_deploy(&cli))
+    {
         return usage(e, &args);
     }
     log::set_verbose(cli.verbose);

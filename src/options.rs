@@ -7,7 +7,7 @@ use crate::key::KeyHash;
 pub use crate::key::Target;
 use crate::lease::{self, Lease};
 pub use crate::ledger::record::Record;
-use crate::lock::Wait;
+use crate::lock::{Deploy, Wait};
 use crate::pg::sql::Scope;
 pub use crate::supervise::Fencing;
 pub use crate::supervise::child::Job;
@@ -44,6 +44,10 @@ pub struct RunOptions {
     pub kill_after: Duration,
     /// The lease on the lock's session; None with `--lease 0`.
     pub lease: Option<Lease>,
+    /// `--supersede`, `--replace`.
+    pub deploy: Deploy,
+    /// `-E`: what the ledger records as pglock's status of a replaced run.
+    pub conflict_code: u8,
 }
 
 impl RunOptions {
@@ -90,6 +94,12 @@ impl RunOptions {
                 Some(Duration::ZERO) => None,
                 length => Some(lease::new(cli.check_interval, cli.kill_after, length)),
             },
+            deploy: match (cli.supersede, cli.replace) {
+                (_, true) => Deploy::Replace,
+                (true, false) => Deploy::Supersede,
+                (false, false) => Deploy::Plain,
+            },
+            conflict_code: cli.conflict_exit_code,
         }
     }
 }

@@ -153,6 +153,15 @@ impl End {
         }
     }
 
+    /// `--replace`: a newer run asked for the command to stop, and it was stopped; pglock exits
+    /// `code`, its conflict status.
+    pub fn replaced(code: u8) -> End {
+        End {
+            status: "replaced",
+            exit_code: code,
+        }
+    }
+
     /// The command ran and ended with `status`; `lost` if the lock was lost meanwhile, and
     /// `stopped` if the command was stopped for that (pglock then exits 74; with `--on-lost
     /// ignore` it passes the command's status on).

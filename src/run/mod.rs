@@ -56,6 +56,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome> {
             .then(|| Semaphore::new(&opts.target.base, opts.limit.into(), opts.check_interval)),
         settings: lease_settings(opts),
         token: opts.fencing_token,
+        deploy: opts.deploy,
     };
     // A lock that is taken: arm the dead man's switch during the wait, so that the fork is not
     // between the grant and the command (the hand-off). Without a lock it is simply dropped: it
@@ -359,9 +360,16 @@ fn finish(
     step!("command exited: {}", ended.status);
     // Before the release (and any --min-hold), so that the next holder sees it.
     let stopped = matches!(opts.fencing, Fencing::Terminate { .. });
-    let end = End::ran(ended.status, ended.lost.is_some(), stopped);
+    let end = match (&ended.replaced, &ended.lost) {
+        (Some(_), None) => End::replaced(opts.conflict_code),
+        _ => End::ran(ended.status, ended.lost.is_some(), stopped),
+    };
     let commit_record = record_end(ledger, &mut holder, end);
-    let ran = Outcome::Ran(ended.status);
+    let ran = match (&ended.replaced, &ended.lost) {
+        // The line was said when the command was stopped.
+        (Some(_), None) => Outcome::NotObtained(None),
+        _ => Outcome::Ran(ended.status),
+    };
     if let Some(reason) = ended.lost {
         // The session is gone or no longer holds the lock: there is nothing to release.
         holder.abandon();
@@ -377,7 +385,9 @@ fn finish(
         // Whoever stopped the job wants the lock back.
         step!("a signal ended the command; no --min-hold");
     }
-    if let Some(min_hold) = opts.min_hold.filter(|_| !signalled) {
+    // A replaced run hands the lock on as soon as its command is gone.
+    let replaced = matches!(ran, Outcome::NotObtained(_));
+    if let Some(min_hold) = opts.min_hold.filter(|_| !signalled && !replaced) {
         // Nothing to hurry for: reap the switch now, not leave it a zombie for the hold.
         if let Some(deadman) = deadman.take() {
             deadman.reap();
@@ -559,5 +569,9 @@ impl Guard for Holder {
 
     fn resume_lease(&mut self, limit: Duration) -> Result<(), LostReason> {
         Holder::set_lease(self, true, limit)
+    }
+
+    fn replace_request(&self) -> Option<String> {
+        Holder::replace_request(self).map(str::to_string)
     }
 }
