@@ -50,7 +50,7 @@ _pglock() {
 
     case "${cmd}" in
         pglock)
-            opts="-k -c -n -w -E -s -d -v -q -h -V --key --lock-id --command --nowait --timeout --conflict-exit-code --shared --limit --key-hash --max-runtime --retries --retry-delay --splay --min-hold --scope --fencing-token --record --record-command --once-per --max-attempts --done-exit-code --ledger --database-url --check-interval --on-lost --leftovers --kill-after --lease --connect-timeout --retry-connect --ping --ping-timeout --capture --quiet-on-success --verbose --quiet --help --version status list key init history check metrics prune doctor"
+            opts="-k -c -n -w -E -s -d -v -q -h -V --key --lock-id --command --nowait --timeout --conflict-exit-code --shared --supersede --replace --limit --key-hash --max-runtime --retries --retry-delay --splay --min-hold --scope --fencing-token --record --record-command --once-per --max-attempts --done-exit-code --ledger --database-url --check-interval --on-lost --leftovers --kill-after --lease --connect-timeout --retry-connect --ping --ping-timeout --capture --quiet-on-success --verbose --quiet --help --version status list key init history check metrics prune doctor"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -54,6 +54,8 @@ set edit:completion:arg-completer[pglock] = {|@words|
             cand --nowait 'Do not wait: if the lock is busy, exit with the conflict status at once'
             cand -s 'Take a shared lock: shared holders coexist, an exclusive holder excludes them all'
             cand --shared 'Take a shared lock: shared holders coexist, an exclusive holder excludes them all'
+            cand --supersede 'Only the newest waits: a newer --supersede (or --replace) run of the lock makes this one stop waiting and exit with the conflict status, and this one does the same to older ones. Newer means it began waiting later, by the server''s clock'
+            cand --replace 'The newest wins outright (implies --supersede): also stop the running command of a holder that was itself started with --replace (SIGTERM, SIGKILL after its --kill-after); this run starts once that command has exited'
             cand --fencing-token 'Give the command PGLOCK_FENCING_TOKEN: a number that grows from each holder of the lock (of each slot, with --limit) to the next, also across crashes and failovers of the server, so that storage can reject the writes of a holder that lost the lock'
             cand --record 'Record the run in the ledger table: a row before the command starts, its end before the lock is released. The command gets PGLOCK_RUN_ID and PGLOCK_LAST_SUCCESS. A run that finds an earlier one still running (the server ended its holder''s session) first waits until that command must have stopped: the lock-delay'
             cand --record-command 'Store the command line in the ledger''s command column too (it may carry secrets)'

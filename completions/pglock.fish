@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_pglock_global_optspecs
-    string join \n k/key= lock-id= c/command= n/nowait w/timeout= E/conflict-exit-code= s/shared limit= key-hash= max-runtime= retries= retry-delay= splay= min-hold= scope= fencing-token record record-command once-per= max-attempts= done-exit-code= ledger= d/database-url= check-interval= on-lost= leftovers= kill-after= lease= connect-timeout= retry-connect= ping= ping-timeout= capture quiet-on-success v/verbose q/quiet h/help V/version
+    string join \n k/key= lock-id= c/command= n/nowait w/timeout= E/conflict-exit-code= s/shared supersede replace limit= key-hash= max-runtime= retries= retry-delay= splay= min-hold= scope= fencing-token record record-command once-per= max-attempts= done-exit-code= ledger= d/database-url= check-interval= on-lost= leftovers= kill-after= lease= connect-timeout= retry-connect= ping= ping-timeout= capture quiet-on-success v/verbose q/quiet h/help V/version
 end
 
 function __fish_pglock_needs_command
@@ -59,6 +59,8 @@ complete -c pglock -n "__fish_pglock_needs_command" -l ping -d 'Report the run t
 complete -c pglock -n "__fish_pglock_needs_command" -l ping-timeout -d 'How long the end ping may take in all, retries included (1s after a terminating signal)' -r
 complete -c pglock -n "__fish_pglock_needs_command" -s n -l nowait -d 'Do not wait: if the lock is busy, exit with the conflict status at once'
 complete -c pglock -n "__fish_pglock_needs_command" -s s -l shared -d 'Take a shared lock: shared holders coexist, an exclusive holder excludes them all'
+complete -c pglock -n "__fish_pglock_needs_command" -l supersede -d 'Only the newest waits: a newer --supersede (or --replace) run of the lock makes this one stop waiting and exit with the conflict status, and this one does the same to older ones. Newer means it began waiting later, by the server\'s clock'
+complete -c pglock -n "__fish_pglock_needs_command" -l replace -d 'The newest wins outright (implies --supersede): also stop the running command of a holder that was itself started with --replace (SIGTERM, SIGKILL after its --kill-after); this run starts once that command has exited'
 complete -c pglock -n "__fish_pglock_needs_command" -l fencing-token -d 'Give the command PGLOCK_FENCING_TOKEN: a number that grows from each holder of the lock (of each slot, with --limit) to the next, also across crashes and failovers of the server, so that storage can reject the writes of a holder that lost the lock'
 complete -c pglock -n "__fish_pglock_needs_command" -l record -d 'Record the run in the ledger table: a row before the command starts, its end before the lock is released. The command gets PGLOCK_RUN_ID and PGLOCK_LAST_SUCCESS. A run that finds an earlier one still running (the server ended its holder\'s session) first waits until that command must have stopped: the lock-delay'
 complete -c pglock -n "__fish_pglock_needs_command" -l record-command -d 'Store the command line in the ledger\'s command column too (it may carry secrets)'

@@ -102,6 +102,18 @@ pub struct Cli {
     #[arg(short, long)]
     pub shared: bool,
 
+    /// Only the newest waits: a newer --supersede (or --replace) run of the lock makes this one
+    /// stop waiting and exit with the conflict status, and this one does the same to older ones.
+    /// Newer means it began waiting later, by the server's clock.
+    #[arg(long, conflicts_with_all = ["nowait", "shared"])]
+    pub supersede: bool,
+
+    /// The newest wins outright (implies --supersede): also stop the running command of a holder
+    /// that was itself started with --replace (SIGTERM, SIGKILL after its --kill-after); this run
+    /// starts once that command has exited.
+    #[arg(long, conflicts_with_all = ["nowait", "shared"])]
+    pub replace: bool,
+
     /// At most N holders at once (a counting semaphore of N slots); every user of a key must
     /// pass the same N. The command gets its slot in PGLOCK_SLOT.
     #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "shared",
@@ -534,6 +546,29 @@ fn non_empty_command() -> impl TypedValueParser<Value = OsString> {
 /// A `--lease` must end after a cut-off pglock has stopped its command (see [`crate::lease`]),
 /// and the server must be able to store it: a lease, given or derived, longer than
 /// [`crate::lease::MAX`] would fail every run's first statement.
+/// `--supersede` and `--replace` need one newest waiter and one holder: not with `--limit`
+/// above 1 (clap refuses `--nowait` and `--shared` itself), nor `--timeout 0`, which is
+/// `--nowait`.
+pub fn check_deploy(cli: &Cli) -> Result<(), clap::Error> {
+    let flag = match (cli.supersede, cli.replace) {
+        (_, true) => "--replace",
+        (true, false) => "--supersede",
+        (false, false) => return Ok(()),
+    };
+    let why = if cli.limit > 1 {
+        "--limit above 1: a semaphore has no single newest waiter"
+    } else if cli.timeout == Some(Duration::ZERO) {
+        "--timeout 0, which does not wait"
+    } else {
+        return Ok(());
+    };
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    Err(cmd.error(
+        clap::error::ErrorKind::ArgumentConflict,
+        format!("{flag} cannot be used with {why}"),
+    ))
+}
+
 pub fn check_lease(cli: &Cli) -> Result<(), clap::Error> {
     let error = |message: String| {
         let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -73,6 +73,7 @@ fn main() -> ExitCode {
     if let Err(e) = cli::check_combinations(&cli)
         .and_then(|()| cli::check_lease(&cli))
         .and_then(|()| cli::check_ping(&cli))
+        .and_then(|()| cli::check_deploy(&cli))
     {
         return usage(e, &args);
     }

@@ -7,7 +7,7 @@ use crate::key::KeyHash;
 pub use crate::key::Target;
 use crate::lease::{self, Lease};
 pub use crate::ledger::record::Record;
-use crate::lock::Wait;
+use crate::lock::{Deploy, Wait};
 use crate::pg::sql::Scope;
 pub use crate::supervise::Fencing;
 pub use crate::supervise::child::Job;
@@ -58,6 +58,8 @@ pub struct RunOptions {
     pub ping_timeout: Duration,
     /// `--capture`, `--quiet-on-success`.
     pub capture: capture::Mode,
+    /// `--supersede`, `--replace`.
+    pub deploy: Deploy,
 }
 
 impl RunOptions {
@@ -118,6 +120,11 @@ impl RunOptions {
                 (true, _) => capture::Mode::Quiet,
                 (false, true) => capture::Mode::Pass,
                 (false, false) => capture::Mode::Off,
+            },
+            deploy: match (cli.supersede, cli.replace) {
+                (_, true) => Deploy::Replace,
+                (true, false) => Deploy::Supersede,
+                (false, false) => Deploy::Plain,
             },
         }
     }

@@ -176,6 +176,12 @@ impl End {
         End::new("failed", code, attempts)
     }
 
+    /// `--replace`: a newer run asked for the command to stop, and it was stopped; pglock exits
+    /// `code`, its conflict status.
+    pub fn replaced(code: u8, attempts: u32) -> End {
+        End::new("replaced", code, attempts)
+    }
+
     /// The command ran and ended with `status`; `lost` if the lock was lost meanwhile, and
     /// `stopped` if the command was stopped for that (pglock then exits 74; with `--on-lost
     /// ignore` it passes the command's status on).

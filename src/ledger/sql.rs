@@ -47,13 +47,14 @@ pub const COLUMNS: [&str; 18] = [
 ];
 
 /// The run statuses, as the CHECK constraint lists them.
-pub const STATUSES: [&str; 6] = [
+pub const STATUSES: [&str; 7] = [
     "running",
     "succeeded",
     "failed",
     "lost",
     "abandoned",
     "timeout",
+    "replaced",
 ];
 
 /// A timestamptz column as RFC 3339 UTC text with microseconds: `2026-11-26T03:00:01.250000Z`.
@@ -104,6 +105,7 @@ pub fn init(table: &Table, init_lock: LockId, roles: &[String]) -> String {
          {upgrade}\
          {stop_columns}\
          {run_columns}\
+         {statuses_upgrade}\
          -- history and check by key, prune's newer-row test\n\
          CREATE INDEX IF NOT EXISTS {key_started} ON {t} (key, started_at);\n\
          CREATE INDEX IF NOT EXISTS {succeeded} ON {t} (key, started_at) WHERE status = 'succeeded';\n\
@@ -119,6 +121,7 @@ pub fn init(table: &Table, init_lock: LockId, roles: &[String]) -> String {
         upgrade = upgrade(table),
         stop_columns = stop_columns(table),
         run_columns = run_columns(table),
+        statuses_upgrade = status_check(table),
         key_started = table.index("key_started"),
         succeeded = table.index("succeeded"),
         lock_started = table.index("lock_started"),
@@ -215,6 +218,36 @@ fn run_columns(table: &Table) -> String {
          END $upgrade$;\n",
         check = table.index("status_check"),
         statuses = statuses.join(", "),
+    )
+}
+
+/// The upgrade of a table made before `--replace`, whose status check does not allow
+/// `replaced`: the check is replaced by one that lists every status. Only while `replaced` is
+/// missing from it (the ALTER takes an ACCESS EXCLUSIVE lock, as in [`upgrade`]), and NOT VALID:
+/// every existing row already passes the narrower check, so the table is not scanned under that
+/// lock. Serialized with other inits by the init lock.
+fn status_check(table: &Table) -> String {
+    let t = table.quoted();
+    let literal = t.replace('\'', "''");
+    let list: Vec<String> = STATUSES.iter().map(|s| format!("''{s}''")).collect();
+    format!(
+        "-- A status check that lacks a status (a run stopped by --replace is 'replaced').\n\
+         DO $upgrade$ DECLARE c name; BEGIN\n  \
+           SELECT conname INTO c FROM pg_constraint WHERE conrelid = '{literal}'::regclass\n      \
+             AND contype = 'c' AND pg_get_constraintdef(oid) LIKE '%''abandoned''%'\n      \
+             AND ({lacking});\n  \
+           IF c IS NOT NULL THEN\n    \
+             EXECUTE format('ALTER TABLE {t_fmt} DROP CONSTRAINT %I, ADD CONSTRAINT %I \
+CHECK (status IN ({list})) NOT VALID', c, c);\n  \
+           END IF;\n\
+         END $upgrade$;\n",
+        t_fmt = literal,
+        list = list.join(", "),
+        lacking = STATUSES
+            .iter()
+            .map(|s| format!("pg_get_constraintdef(oid) NOT LIKE '%''{s}''%'"))
+            .collect::<Vec<_>>()
+            .join(" OR "),
     )
 }
 
@@ -603,7 +636,7 @@ mod tests {
             "SELECT to_regclass('\"ops\".\"runs\"') IS NOT NULL AS existed;",
             "CREATE TABLE IF NOT EXISTS \"ops\".\"runs\" (",
             "    status      text        NOT NULL CHECK (status IN ('running', 'succeeded', \
-             'failed', 'lost', 'abandoned', 'timeout')),",
+             'failed', 'lost', 'abandoned', 'timeout', 'replaced')),",
             "    CHECK ((status = 'running') = (finished_at IS NULL))",
             "CREATE INDEX IF NOT EXISTS \"runs_key_started\" ON \"ops\".\"runs\" (key, started_at);",
             "CREATE INDEX IF NOT EXISTS \"runs_succeeded\" ON \"ops\".\"runs\" (key, started_at) \

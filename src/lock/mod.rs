@@ -3,6 +3,7 @@
 //! Statement text comes from [`crate::pg::sql`]; this layer decides what to send and what the
 //! answers mean.
 
+pub mod deploy;
 pub mod semaphore;
 pub mod token;
 
@@ -12,6 +13,7 @@ use crate::key::LockId;
 use crate::pg::session::{Failed, final_column, final_value};
 use crate::pg::sql::{self, Call, Scope};
 use crate::pg::{Session, error};
+pub use deploy::Deploy;
 pub use semaphore::Semaphore;
 use std::time::{Duration, Instant};
 pub use token::Token;
@@ -63,6 +65,8 @@ pub struct Request {
     pub settings: sql::Settings,
     /// `--fencing-token`: read one with the grant.
     pub token: bool,
+    /// `--supersede`, `--replace`.
+    pub deploy: Deploy,
 }
 
 /// The lock a session holds.
@@ -78,7 +82,7 @@ pub struct Held {
 }
 
 /// How an acquisition attempt ended, short of an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acquired {
     Held(Held),
     Busy,
@@ -88,6 +92,9 @@ pub enum Acquired {
     /// The grant came so late that the server may have ended the session since (its lease ran
     /// out while the connection was silent), and asking again found no lock: try again.
     Stale,
+    /// `--supersede`: a newer run of the lock (its application_name) made this one step aside,
+    /// while it waited or right at its grant (the lock then goes with the connection).
+    Superseded(String),
 }
 
 /// A grant whose answer took longer than this to arrive, beyond what the server itself waited,
@@ -131,7 +138,9 @@ pub fn acquire(
         true => sql::acquire_with_token(call, timeout, req.settings, req.id),
         false => sql::acquire(call, timeout, req.settings, req.id),
     };
-    match session.query(&first) {
+    // --supersede, --replace: the marker and the cancel of older waiters lead the round trip.
+    let first = format!("{}{first}", deploy::arrive(req.deploy, req.scope, req.id));
+    let arrived = match session.query(&first) {
         Ok(messages) => {
             session.learn_backend_pid(&messages);
             if final_value(&messages).as_deref() == Some("t") {
@@ -140,9 +149,11 @@ pub fn acquire(
             if req.wait == Wait::Try {
                 return Ok(Acquired::Busy);
             }
+            out_of_reach(&messages, req.id);
+            final_column(&messages, deploy::ARRIVED)
         }
         Err(e) => return outcome_of(e),
-    }
+    };
     waiting(session.backend_pid());
     let call = Call {
         try_only: false,
@@ -150,13 +161,72 @@ pub fn acquire(
     };
     // On the clock that counts a suspend of the host: a grant that waited out one is late.
     let asked = Stamp::now();
-    match session.query(&sql::wait(call, req.id, req.token)) {
+    let wait = format!(
+        "{}{}",
+        deploy::marker(req.deploy, req.id),
+        sql::wait(call, req.id, req.token)
+    );
+    let granted = match session.query(&wait) {
         Ok(messages) => match late(&messages, asked) {
-            Some(delay) => confirm_late(session, req, delay, held(&messages)),
-            None => Ok(held(&messages)),
+            Some(delay) => confirm_late(session, req, delay, held(&messages))?,
+            None => held(&messages),
         },
-        Err(e) => outcome_of(e),
+        Err(e) => {
+            let outcome = outcome_of(e)?;
+            return match (&outcome, &arrived) {
+                (Acquired::Cancelled, Some(at)) => {
+                    Ok(superseded(session, req, at, false).map_or(outcome, Acquired::Superseded))
+                }
+                _ => Ok(outcome),
+            };
+        }
+    };
+    // Two runs that arrived in the same instant both queued: the newer one keeps its place.
+    match (&granted, &arrived) {
+        (Acquired::Held(_), Some(at)) => {
+            Ok(superseded(session, req, at, true).map_or(granted, Acquired::Superseded))
+        }
+        _ => Ok(granted),
     }
+}
+
+/// Whether a marked run of the lock arrived after this one (`arrived`): the newer run's
+/// application_name. `granted`: asked right after the grant, about a newer run queued behind;
+/// otherwise after a cancel, about any newer run (one that cancelled this wait). No answer
+/// within a second counts as none: the cancel is then reported as it always was.
+fn superseded(
+    session: &mut Session,
+    req: &Request,
+    arrived: &str,
+    granted: bool,
+) -> Option<String> {
+    // A cancelled statement aborted the lock's transaction.
+    let rollback = match (req.scope, granted) {
+        (Scope::Xact, false) => "ROLLBACK; ",
+        _ => "",
+    };
+    let sql = format!("{rollback}{}", deploy::newer(req.id, arrived, granted));
+    match session.query_within(&sql, LATE_GRANT) {
+        Ok(messages) => final_column(&messages, "newer").filter(|n| !n.is_empty()),
+        Err(e) => {
+            crate::step!("cannot ask whether a newer run superseded this one: {e}");
+            None
+        }
+    }
+}
+
+/// Warns, once per run, about older marked waiters that this run may not cancel: they go on
+/// waiting, and so does this run.
+fn out_of_reach(messages: &[SimpleQueryMessage], id: LockId) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let n = final_column(messages, deploy::OUT_OF_REACH).unwrap_or_default();
+    if matches!(n.as_str(), "" | "0") || WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    crate::warn!(
+        "warning: {n} older waiter(s) of lock {id} run as another role, which pg_cancel_backend \
+         may not signal (grant pg_signal_backend, or use one role); waiting behind them"
+    );
 }
 
 /// How much longer than the server's own wait the grant's answer took to arrive, when that is
@@ -238,6 +308,10 @@ pub struct Holder {
     /// it since (the ledger's row, written through [`Holder::session`], is kept by making a new
     /// savepoint, nested, at the next check).
     in_savepoint: bool,
+    /// `--supersede`, `--replace`: what the checks carry.
+    deploy: Deploy,
+    /// `--replace`: the newer run that asked this one to stop, once one did.
+    replaced_by: Option<String>,
 }
 
 /// How many times a lock check is asked again after cancels, within its time limit: enough
@@ -259,7 +333,21 @@ impl Holder {
             lease_ms,
             lease_on: true,
             in_savepoint: false,
+            deploy: Deploy::Plain,
+            replaced_by: None,
         }
+    }
+
+    /// A holder started with `--supersede` or `--replace`.
+    pub fn with_deploy(mut self, deploy: Deploy) -> Holder {
+        self.deploy = deploy;
+        self
+    }
+
+    /// `--replace`: the newer run (its application_name) that asked this holder to stop, by a
+    /// notification or found by a check.
+    pub fn replace_request(&self) -> Option<&str> {
+        self.replaced_by.as_deref()
     }
 
     /// When the server last said the lock was held.
@@ -285,7 +373,25 @@ impl Holder {
 
     /// Handles whatever the server sent unasked: a closed session means a lost lock.
     pub fn readable(&mut self) -> Result<(), LostReason> {
-        self.session.readable().map_err(LostReason::Connection)
+        let result = self.session.readable().map_err(LostReason::Connection);
+        self.heard();
+        result
+    }
+
+    /// `--replace`: a notification on the lock's channel from another session is a newer
+    /// `--replace` run's request (this session LISTENed in its first round trip, so every
+    /// notification is from a run that arrived later). Others are dropped.
+    fn heard(&mut self) {
+        let notes = self.session.take_notifications();
+        if self.deploy != Deploy::Replace || self.replaced_by.is_some() {
+            return;
+        }
+        let channel = deploy::channel(self.held.id);
+        let own = self.session.backend_pid();
+        self.replaced_by = notes
+            .into_iter()
+            .find(|n| n.channel == channel && Some(n.process_id) != own)
+            .map(|n| n.payload);
     }
 
     /// Asks the server whether this backend still holds the lock as granted, within `limit`.
@@ -317,7 +423,7 @@ impl Holder {
     /// answered within `limit`, and asks again after a cancel (see [`Holder`]).
     fn ask(&mut self, first: String, limit: Duration) -> Result<(), LostReason> {
         let until = crate::duration::after(Instant::now(), limit);
-        let check = sql::holds(self.held.id, None);
+        let check = deploy::check(self.deploy, self.held.id, &sql::holds(self.held.id, None));
         let mut cancels = 0;
         loop {
             // The tag leads, where reports look for it.
@@ -363,9 +469,13 @@ impl Holder {
                 Ok(messages) if final_column(&messages, "n").as_deref() == Some("0") => {
                     return Err(LostReason::NotHeld);
                 }
-                Ok(_) => {
+                Ok(messages) => {
                     self.in_savepoint = self.held.scope == Scope::Xact;
                     self.confirmed = asked;
+                    if self.replaced_by.is_none() {
+                        self.replaced_by = final_column(&messages, deploy::REPLACER);
+                    }
+                    self.heard();
                     return Ok(());
                 }
             }

@@ -334,7 +334,7 @@ async fn start(dial: &Dial, config: &Config, connector: &Connector) -> Result<St
     if config.get_target_session_attrs() == TargetSessionAttrs::ReadWrite {
         let mut ended = false;
         let show = client.simple_query("SHOW transaction_read_only");
-        let answer = drive(&mut connection, &mut ended, show)
+        let answer = drive(&mut connection, &mut ended, &mut Vec::new(), show)
             .await
             .map_err(Failed::Error)?;
         let read_only = answer

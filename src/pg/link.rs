@@ -31,19 +31,39 @@ where
     }
 }
 
+/// A notification the session received (it LISTENs only with `--replace`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub process_id: i32,
+    pub channel: String,
+    pub payload: String,
+}
+
+/// Keeps a notification; drops notices.
+fn keep(notes: &mut Vec<Note>, message: AsyncMessage) {
+    if let AsyncMessage::Notification(n) = message {
+        notes.push(Note {
+            process_id: n.process_id(),
+            channel: n.channel().to_string(),
+            payload: n.payload().to_string(),
+        });
+    }
+}
+
 /// Polls `work` with the connection beside it, until `work` is done. Messages nobody asked
-/// for (notices, notifications) are dropped; a connection error ends the call with it, and a
-/// closed connection (`ended`) leaves `work` to fail as the client sees it.
+/// for are dropped, but notifications are kept in `notes`; a connection error ends the call
+/// with it, and a closed connection (`ended`) leaves `work` to fail as the client sees it.
 pub async fn drive<T>(
     connection: &mut Connection,
     ended: &mut bool,
+    notes: &mut Vec<Note>,
     work: impl Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
     let mut work = std::pin::pin!(work);
     std::future::poll_fn(|cx| {
         while !*ended {
             match connection.poll_message(cx) {
-                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Ready(Some(Ok(message))) => keep(notes, message),
                 Poll::Ready(Some(Err(e))) => {
                     *ended = true;
                     return Poll::Ready(Err(e));
@@ -66,6 +86,8 @@ pub struct Link {
     connector: Connector,
     /// The connection has ended (the server closed it, or it failed).
     ended: bool,
+    /// Notifications received and not yet taken.
+    notes: Vec<Note>,
 }
 
 impl Link {
@@ -85,14 +107,19 @@ impl Link {
             dial,
             connector,
             ended: false,
+            notes: Vec::new(),
         }
     }
 
     /// One round trip over the simple protocol.
     pub fn simple_query(&mut self, sql: &str) -> Result<Vec<SimpleQueryMessage>, Error> {
         let work = self.client.simple_query(sql);
-        self.runtime
-            .block_on(drive(&mut self.connection, &mut self.ended, work))
+        self.runtime.block_on(drive(
+            &mut self.connection,
+            &mut self.ended,
+            &mut self.notes,
+            work,
+        ))
     }
 
     /// One round trip over the extended protocol, parameters with their declared types.
@@ -102,8 +129,12 @@ impl Link {
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<Row>, Error> {
         let work = self.client.query_typed(sql, params);
-        self.runtime
-            .block_on(drive(&mut self.connection, &mut self.ended, work))
+        self.runtime.block_on(drive(
+            &mut self.connection,
+            &mut self.ended,
+            &mut self.notes,
+            work,
+        ))
     }
 
     /// Reads whatever the server has sent unasked, without waiting for more: Err if the
@@ -111,13 +142,14 @@ impl Link {
     pub fn settle(&mut self) -> Result<bool, Error> {
         let connection = &mut self.connection;
         let ended = &mut self.ended;
+        let notes = &mut self.notes;
         self.runtime.block_on(async {
             // One turn of the reactor, so that what the socket holds is seen now.
             tokio::task::yield_now().await;
             std::future::poll_fn(|cx| {
                 while !*ended {
                     match connection.poll_message(cx) {
-                        Poll::Ready(Some(Ok(_))) => {}
+                        Poll::Ready(Some(Ok(message))) => keep(notes, message),
                         Poll::Ready(Some(Err(e))) => {
                             *ended = true;
                             return Poll::Ready(Err(e));
@@ -130,6 +162,11 @@ impl Link {
             })
             .await
         })
+    }
+
+    /// The notifications received so far, taken.
+    pub fn take_notes(&mut self) -> Vec<Note> {
+        std::mem::take(&mut self.notes)
     }
 
     pub fn is_closed(&self) -> bool {

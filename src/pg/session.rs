@@ -160,6 +160,11 @@ impl Session {
         }
     }
 
+    /// The notifications received so far (a session LISTENs only with `--replace`).
+    pub fn take_notifications(&mut self) -> Vec<super::link::Note> {
+        self.link.take_notes()
+    }
+
     /// Says goodbye. Terminate is fire-and-forget; a dead connection just closes.
     pub fn close(self) {
         self.link.close();

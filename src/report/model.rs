@@ -54,6 +54,9 @@ pub struct Row {
     pub visible: bool,
     /// The role we are connected as.
     pub current_user: String,
+    /// `supersede` or `replace`: what a pglock run started with `--supersede` or `--replace`
+    /// accepts from newer runs, as its last statement's marker says.
+    pub accepts: Option<String>,
 }
 
 /// A lock as pglock knows it: a key's (or a raw id's) lock, or part of its `--limit` semaphore.
@@ -160,6 +163,7 @@ pub fn parse_row<'a, E>(
         position: number("queue_position")?,
         visible: flag("visible")?,
         current_user: text("viewer")?.unwrap_or_default(),
+        accepts: text("accepts")?,
     }))
 }
 
@@ -229,6 +233,7 @@ pub mod tests {
             position: None,
             visible: true,
             current_user: "postgres".into(),
+            accepts: None,
         }
     }
 

@@ -130,6 +130,14 @@ pub fn part_text(part: Part) -> String {
 /// The STATE column. A semaphore's queue is a lock too: its holder is next in line for a slot,
 /// and its waiters come after it.
 fn state_text(row: &Row, rows: &[Row]) -> String {
+    let state = queue_state(row, rows);
+    match &row.accepts {
+        Some(word) => format!("{state}, {word}"),
+        None => state,
+    }
+}
+
+fn queue_state(row: &Row, rows: &[Row]) -> String {
     let queue = row.part() == Some(Part::Queue);
     match (row.granted, row.position) {
         (true, _) if queue => "next in line".into(),
@@ -264,6 +272,7 @@ pub fn row_json(r: &Row) -> Value {
         "waiting_since": r.waiting_since,
         "queue_position": r.position,
         "details_visible": r.visible,
+        "accepts": r.accepts,
     })
 }
 

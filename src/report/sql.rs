@@ -16,7 +16,7 @@ pub enum Locks<'a> {
 /// The output columns of [`rows`], by name: model.rs reads rows by these names, and unit tests
 /// check both sides against this list.
 #[cfg(test)]
-pub const COLUMNS: [&str; 17] = [
+pub const COLUMNS: [&str; 18] = [
     "classid",
     "objid",
     "objsubid",
@@ -34,6 +34,7 @@ pub const COLUMNS: [&str; 17] = [
     "queue_position",
     "visible",
     "viewer",
+    "accepts",
 ];
 
 /// `pg::sql::HELD_TAG` and the milliseconds after it, as a POSIX regular expression (a unit test
@@ -42,6 +43,10 @@ const HELD_RE: &str = r"^/\* pglock: held for ([0-9]{1,15}) ms ";
 
 /// The tag of pglock before 0.1.1: the grant time in the holder's own clock.
 const GRANTED_RE: &str = r"^/\* pglock: granted ([0-9]{1,15}) ";
+
+/// The marker of a run started with `--supersede` or `--replace` (`crate::lock::deploy`), in
+/// its wait statement or, after the held tag, in its checks: the word it carries.
+const ACCEPTS_RE: &str = r"/\* pglock (supersede|replace) [-0-9,]+ \*/";
 
 /// The query behind every report: one row per holder or waiter of the chosen locks, with what
 /// pg_stat_activity says about its session. `after_rollback` ends an aborted transaction first
@@ -75,7 +80,8 @@ pub fn rows(locks: Locks, after_rollback: bool) -> String {
                   CASE WHEN l.granted THEN NULL \
                        ELSE coalesce((to_jsonb(l) ->> 'waitstart')::timestamptz, a.query_start) \
                   END AS waiting_at, \
-                  a.backend_start IS NOT NULL AS visible \
+                  a.backend_start IS NOT NULL AS visible, \
+                  substring(a.query from '{ACCEPTS_RE}') AS accepts \
            FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
            WHERE {filter} AND l.pid IS DISTINCT FROM pg_backend_pid()) \
          SELECT classid, objid, objsubid, mode, granted, pid, application_name, usename, \
@@ -84,7 +90,7 @@ pub fn rows(locks: Locks, after_rollback: bool) -> String {
                   AS age_secs, \
                 CASE WHEN NOT granted THEN row_number() OVER (PARTITION BY classid, objid, objsubid, granted \
                      ORDER BY waiting_at NULLS LAST, pid) END AS queue_position, \
-                visible, current_user AS viewer \
+                accepts, visible, current_user AS viewer \
          FROM r \
          ORDER BY classid, objid, objsubid, granted DESC, waiting_at NULLS LAST, held_at, pid",
         iso("started_at", "backend_start"),
@@ -125,8 +131,9 @@ mod tests {
              '^/\\* pglock: granted ([0-9]{{1,15}}) ')::bigint / 1000.0) WHEN a.state LIKE \
              'idle%' THEN a.state_change ELSE a.backend_start END AS held_at, CASE WHEN \
              l.granted THEN NULL ELSE coalesce((to_jsonb(l) ->> 'waitstart')::timestamptz, \
-             a.query_start) END AS waiting_at, a.backend_start IS NOT NULL AS visible FROM \
-             pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE {filter} AND l.pid \
+             a.query_start) END AS waiting_at, a.backend_start IS NOT NULL AS visible, \
+             substring(a.query from '/\\* pglock (supersede|replace) [-0-9,]+ \\*/') AS accepts \
+             FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE {filter} AND l.pid \
              IS DISTINCT FROM pg_backend_pid()) SELECT classid, objid, objsubid, mode, granted, \
              pid, application_name, usename, client_addr, state, to_char(started_at AT TIME \
              ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS backend_start, to_char(held_at \
@@ -135,7 +142,7 @@ mod tests {
              waiting_since, floor(extract(epoch FROM clock_timestamp() - coalesce(held_at, \
              waiting_at)))::bigint AS age_secs, CASE WHEN NOT granted THEN row_number() OVER \
              (PARTITION BY classid, objid, objsubid, granted ORDER BY waiting_at NULLS LAST, \
-             pid) END AS queue_position, visible, current_user AS viewer FROM r ORDER BY \
+             pid) END AS queue_position, accepts, visible, current_user AS viewer FROM r ORDER BY \
              classid, objid, objsubid, granted DESC, waiting_at NULLS LAST, held_at, pid"
         )
     }

@@ -60,6 +60,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome> {
             .then(|| Semaphore::new(&opts.target.base, opts.limit.into(), opts.check_interval)),
         settings: lease_settings(opts),
         token: opts.fencing_token,
+        deploy: opts.deploy,
     };
     // A lock that is taken: arm the dead man's switch during the wait, so that the fork is not
     // between the grant and the command (the hand-off). Without a lock it is simply dropped: it
@@ -424,14 +425,20 @@ fn finish(
     // Before the release (and any --min-hold), so that the next holder sees it.
     let stopped = matches!(opts.fencing, Fencing::Terminate { .. });
     let timed_out = ended.timed_out && ended.lost.is_none();
-    let mut end = if timed_out {
+    let replaced = ended.replaced.is_some() && ended.lost.is_none();
+    let mut end = if replaced {
+        End::replaced(opts.conflict_exit_code, attempts)
+    } else if timed_out {
         End::timed_out(attempts)
     } else {
         End::ran(ended.status, ended.lost.is_some(), stopped, attempts)
     };
     end.output_tail = tail;
     let commit_record = record_end(ledger, &mut holder, end);
-    let ran = if timed_out {
+    let ran = if replaced {
+        // The line was said when the command was stopped.
+        Outcome::NotObtained(None)
+    } else if timed_out {
         Outcome::TimedOut
     } else {
         Outcome::Ran(ended.status)
@@ -451,7 +458,9 @@ fn finish(
         // Whoever stopped the job wants the lock back.
         step!("a signal ended the command; no --min-hold");
     }
-    if let Some(min_hold) = opts.min_hold.filter(|_| !signalled) {
+    // A replaced run hands the lock on as soon as its command is gone.
+    let replaced = matches!(ran, Outcome::NotObtained(_));
+    if let Some(min_hold) = opts.min_hold.filter(|_| !signalled && !replaced) {
         // Nothing to hurry for: reap the switch now, not leave it a zombie for the hold.
         if let Some(deadman) = deadman.take() {
             deadman.reap();
@@ -640,5 +649,9 @@ impl Guard for Holder {
 
     fn resume_lease(&mut self, limit: Duration) -> Result<(), LostReason> {
         Holder::set_lease(self, true, limit)
+    }
+
+    fn replace_request(&self) -> Option<String> {
+        Holder::replace_request(self).map(str::to_string)
     }
 }

@@ -171,13 +171,24 @@ impl Waiter<'_> {
                     duration::format(self.started.elapsed())
                 );
                 let lease_ms = request.settings.lease_ms;
-                return Ok(Attempt::Done(Waited::Held(Box::new(Holder::new(
-                    session, held, lease_ms, answered,
-                )))));
+                let holder = Holder::new(session, held, lease_ms, answered);
+                let holder = holder.with_deploy(request.deploy);
+                return Ok(Attempt::Done(Waited::Held(Box::new(holder))));
             }
             Ok(Acquired::Busy) if self.request.wait == Wait::Try => Acquired::Busy,
             Ok(Acquired::Busy | Acquired::TimedOut) => Acquired::TimedOut,
             Ok(Acquired::Cancelled) => Acquired::Cancelled,
+            Ok(Acquired::Superseded(by)) => {
+                step!("superseded by {by}; giving up the wait");
+                // News, not contention: said even with --quiet. Closing the connection gives
+                // back a lock granted in the same instant.
+                return Ok(Attempt::Done(Waited::Gave(Outcome::NotObtained(Some(
+                    format!(
+                        "\"{label}\" superseded by a newer run on {}; not running it",
+                        crate::lock::deploy::who(&by)
+                    ),
+                )))));
+            }
             Ok(Acquired::Stale) => {
                 step!("the late grant did not hold; connecting again");
                 let backend = session.backend_pid();

@@ -67,6 +67,11 @@ pub trait Guard {
     fn suspend_lease(&mut self, limit: Duration) -> Result<(), LostReason>;
     /// The job goes on: restore the lease, if any, and check the lock, in one round trip.
     fn resume_lease(&mut self, limit: Duration) -> Result<(), LostReason>;
+    /// `--replace`: the newer run (its application_name) that asked this holder to stop, once
+    /// the socket or a check brought that request.
+    fn replace_request(&self) -> Option<String> {
+        None
+    }
 }
 
 /// How the loop watches and what it does about a loss.
@@ -98,6 +103,8 @@ pub struct Ended {
     pub lost: Option<LostReason>,
     /// --max-runtime ran out and the command was stopped for it.
     pub timed_out: bool,
+    /// `--replace`: the newer run that asked for the command to stop, if one did.
+    pub replaced: Option<String>,
 }
 
 /// Waits for the command while watching the lock: the socket at once, the server's pg_locks
@@ -115,6 +122,7 @@ pub fn wait(
 ) -> Ended {
     let mut lost: Option<LostReason> = None;
     let mut timed_out = false;
+    let mut replaced: Option<String> = None;
     let mut next_check = after(
         Instant::now(),
         policy.check_every.saturating_sub(confirmed.elapsed()),
@@ -157,6 +165,7 @@ pub fn wait(
                     status,
                     lost,
                     timed_out,
+                    replaced,
                 };
             }
             Ok(Polled::Stopped(sig)) if running.at_terminal() => {
@@ -248,6 +257,19 @@ pub fn wait(
                 Ok(true) => confirm(&mut confirmed, &switch),
                 Ok(false) => {}
                 Err(why) => lose(why, running, &mut kill_at, &mut lost),
+            }
+            // A newer --replace run asked: stop the command and keep the lock (and watching
+            // it) until the command has exited, so that the next one never runs beside it.
+            if replaced.is_none()
+                && lost.is_none()
+                && let Some(by) = guard.replace_request()
+            {
+                warn!(
+                    "\"{label}\" replaced by a newer run on {}; stopped the command",
+                    crate::lock::deploy::who(&by)
+                );
+                stop(running, &mut kill_at, policy.kill_after);
+                replaced = Some(by);
             }
         }
         if let Some(runtime) = runtime

@@ -8,6 +8,7 @@ mod cmdline;
 mod connect;
 mod core;
 mod deadlines;
+mod deploys;
 mod docs;
 mod doctor;
 mod exclusion;
