@@ -659,7 +659,7 @@ mod tests {
             "    output_tail text,",
             "      AND attname IN ('waited_ms', 'attempts', 'output_tail') AND NOT attisdropped) < 3 THEN",
             "    ALTER TABLE \"ops\".\"runs\" ADD CONSTRAINT \"runs_status_check\" CHECK (status IN \
-             ('running', 'succeeded', 'failed', 'lost', 'abandoned', 'timeout')),",
+             ('running', 'succeeded', 'failed', 'lost', 'abandoned', 'timeout', 'replaced')),",
         ] {
             assert!(script.lines().any(|l| l == line), "{line}\n{script}");
         }
