@@ -250,9 +250,9 @@ mod tests {
         }
     }
 
-    /// The README's section on connecting, which is written by hand.
+    /// The guide's section on connecting (doc/connecting.md), which is written by hand.
     fn readme_connecting() -> &'static str {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../doc/connecting.md");
         let start = readme.find("## Connecting").expect("a Connecting section");
         let end = readme[start..]
             .find("\n## ")

@@ -108,12 +108,15 @@ fn bash_loads_the_completion_and_completes_subcommands() {
     assert_eq!(lines[2], "--scope", "{text}");
 }
 
-/// Issue 18, item 14: the README names the ledger's connections as pglock names them,
+/// Issue 18, item 14: the docs name the ledger's connections as pglock names them,
 /// `pglock-ledger@HOST:PID` (an observer: no key, so it never reads as a lock holder's
 /// `pglock:KEY@HOST:PID`), and lists the name with the others.
 #[test]
 fn readme_names_the_ledger_connection_as_pglock_does() {
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let readme: String = markdown_files()
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
     let mentions: Vec<&str> = readme
         .match_indices("pglock-ledger")
         .map(|(at, _)| &readme[at..(at + 20).min(readme.len())])
