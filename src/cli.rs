@@ -105,13 +105,13 @@ pub struct Cli {
     /// Only the newest waits: a newer --supersede (or --replace) run of the lock makes this one
     /// stop waiting and exit with the conflict status, and this one does the same to older ones.
     /// Newer means it began waiting later, by the server's clock.
-    #[arg(long, conflicts_with_all = ["nowait", "shared"])]
+    #[arg(long, conflicts_with_all = ["nowait", "shared"], help_heading = "Deploys")]
     pub supersede: bool,
 
     /// The newest wins outright (implies --supersede): also stop the running command of a holder
     /// that was itself started with --replace (SIGTERM, SIGKILL after its --kill-after); this run
     /// starts once that command has exited.
-    #[arg(long, conflicts_with_all = ["nowait", "shared"])]
+    #[arg(long, conflicts_with_all = ["nowait", "shared"], help_heading = "Deploys")]
     pub replace: bool,
 
     /// At most N holders at once (a counting semaphore of N slots); every user of a key must
@@ -129,24 +129,24 @@ pub struct Cli {
     /// Stop the command when it has run this long, counted from its first start, retries and
     /// their delays included: SIGTERM to its process group, SIGKILL after --kill-after; pglock
     /// exits 124 once it has exited, and only then releases the lock.
-    #[arg(long, value_name = "DURATION", value_parser = parse_positive)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive, help_heading = "Job runner")]
     pub max_runtime: Option<Duration>,
 
     /// When the command exits non-zero by itself, run it again, still holding the lock, up to N
     /// more times (0 to 100). The command gets PGLOCK_ATTEMPT (1, 2, ...); pglock exits with
     /// the last attempt's status.
     #[arg(long, value_name = "N", default_value_t = 0,
-          value_parser = clap::value_parser!(u8).range(0..=100))]
+          value_parser = clap::value_parser!(u8).range(0..=100), help_heading = "Job runner")]
     pub retries: u8,
 
     /// The pause before the first retry; it doubles for each next one, with up to 20% random
     /// jitter either way. The lock stays held and checked meanwhile.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse, help_heading = "Job runner")]
     pub retry_delay: Duration,
 
     /// Before connecting, wait a random time between 0 and DURATION, so that a fleet started
     /// by the same clock does not reach the server in the same millisecond.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse, help_heading = "Job runner")]
     pub splay: Option<Duration>,
 
     /// Keep the lock at least this long after it was acquired, even if the command ends sooner,
@@ -177,20 +177,20 @@ pub struct Cli {
     ///
     /// A check that gets no answer within the interval counts as a lost lock; TCP keepalives and
     /// tcp_user_timeout are derived from it too. Minimum 100ms.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_check_interval)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_check_interval, help_heading = "When the lock is lost")]
     pub check_interval: Duration,
 
     /// What to do when the lock is lost while the command runs.
-    #[arg(long, value_enum, value_name = "ACTION", default_value_t = OnLost::Terminate)]
+    #[arg(long, value_enum, value_name = "ACTION", default_value_t = OnLost::Terminate, help_heading = "When the lock is lost")]
     pub on_lost: OnLost,
 
     /// What to do with processes the command leaves running when it exits (`cmd &`, a
     /// double-forked helper): stop them before the release, wait for them, or release anyway.
-    #[arg(long, value_enum, value_name = "ACTION", default_value_t = Leftovers::Terminate)]
+    #[arg(long, value_enum, value_name = "ACTION", default_value_t = Leftovers::Terminate, help_heading = "When the lock is lost")]
     pub leftovers: Leftovers,
 
     /// After terminating the command (lost lock), send SIGKILL if it is still running this long.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse, help_heading = "When the lock is lost")]
     pub kill_after: Duration,
 
     /// How long the server keeps the lock of a holder that went silent (a lost host, a pulled
@@ -202,15 +202,15 @@ pub struct Cli {
     /// stop its command, so that the next holder never runs alongside it. At most
     /// 24d20h31m23.647s: the server counts it in milliseconds in 32 bits. A default lease longer
     /// than that (a --check-interval or --kill-after of days) is refused too: give --lease 0.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse, help_heading = "When the lock is lost")]
     pub lease: Option<Duration>,
 
     /// Bound on each connection attempt [default: 10s, or connect_timeout / PGCONNECT_TIMEOUT].
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse, help_heading = "Connecting")]
     pub connect_timeout: Option<Duration>,
 
     /// Keep retrying the first connection, with backoff, for up to this long before giving up.
-    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = duration::parse)]
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = duration::parse, help_heading = "Connecting")]
     pub retry_connect: Duration,
 
     /// Report the run to a monitor that speaks healthchecks.io's ping protocol: URL/start when
@@ -224,23 +224,24 @@ pub struct Cli {
         long,
         value_name = "URL",
         env = "PGLOCK_PING_URL",
-        hide_env_values = true
+        hide_env_values = true,
+        help_heading = "Job runner"
     )]
     pub ping: Option<String>,
 
     /// How long the end ping may take in all, retries included (1s after a terminating signal).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_ping_timeout)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_ping_timeout, help_heading = "Job runner")]
     pub ping_timeout: Duration,
 
     /// Pass the command's stdout and stderr through pglock, keeping their last 10 KiB for the
     /// --ping report. The command's output is then a pipe, not a terminal.
-    #[arg(long)]
+    #[arg(long, help_heading = "Job runner")]
     pub capture: bool,
 
     /// Print the command's output only if the run fails (any non-zero exit status of pglock),
     /// as chronic does: for cron, which mails whatever a job prints. Implies --capture; the
     /// output waits in an unlinked temporary file.
-    #[arg(long)]
+    #[arg(long, help_heading = "Job runner")]
     pub quiet_on_success: bool,
 
     /// Log each step to stderr with a timestamp.
