@@ -288,9 +288,15 @@ fn start(
         None
     });
     let mut deadman = deadman.or_else(|| arm_deadman(opts));
-    let line = deadman.as_ref().map(|d| (d.announcer(), d.pid()));
     let mut late_once = false;
     let spawned = loop {
+        // A late child announced itself and gave up: its switch may have counted down and gone
+        // away since (no heartbeats while pglock forks again). The next child needs a live one.
+        if late_once && deadman.as_mut().is_some_and(|d| !d.alive()) {
+            step!("the dead man's switch is gone; arming another");
+            deadman = arm_deadman(opts);
+        }
+        let line = deadman.as_ref().map(|d| (d.announcer(), d.pid()));
         // As late as can be: a loss found after the spawn is one while the command ran.
         if let Some(reason) = lost_before_start(holder, opts.check_interval) {
             if let Some(deadman) = &mut deadman {

@@ -246,7 +246,9 @@ fn a_stall_before_the_exec_longer_than_the_lease_never_starts_the_command() {
         "inject=setpgid:delay_enter=4000000",
     ];
     let mut cmd = wrapped("strace", &strace);
-    cmd.args(["--key", env.key()])
+    // xact scope: idle_in_transaction_session_timeout enforces the lease on every version (in
+    // session scope PostgreSQL 12 and 13 have only TCP keepalives, which a live host answers).
+    cmd.args(["--key", env.key(), "--scope", "xact"])
         .args([
             "--check-interval",
             "100ms",
