@@ -60,21 +60,33 @@ pub async fn drive<T>(
     work: impl Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
     let mut work = std::pin::pin!(work);
-    std::future::poll_fn(|cx| {
-        while !*ended {
-            match connection.poll_message(cx) {
-                Poll::Ready(Some(Ok(message))) => keep(notes, message),
-                Poll::Ready(Some(Err(e))) => {
-                    *ended = true;
-                    return Poll::Ready(Err(e));
-                }
-                Poll::Ready(None) => *ended = true,
-                Poll::Pending => break,
-            }
-        }
-        work.as_mut().poll(cx)
+    std::future::poll_fn(|cx| match read_ready(connection, ended, notes, cx) {
+        Err(e) => Poll::Ready(Err(e)),
+        Ok(()) => work.as_mut().poll(cx),
     })
     .await
+}
+
+/// Reads every message the connection has ready, keeping notifications; Err (and `ended`) on
+/// a connection error, `ended` when it has closed.
+fn read_ready(
+    connection: &mut Connection,
+    ended: &mut bool,
+    notes: &mut Vec<Note>,
+    cx: &mut Context<'_>,
+) -> Result<(), Error> {
+    while !*ended {
+        match connection.poll_message(cx) {
+            Poll::Ready(Some(Ok(message))) => keep(notes, message),
+            Poll::Ready(Some(Err(e))) => {
+                *ended = true;
+                return Err(e);
+            }
+            Poll::Ready(None) => *ended = true,
+            Poll::Pending => break,
+        }
+    }
+    Ok(())
 }
 
 pub struct Link {
@@ -147,18 +159,7 @@ impl Link {
             // One turn of the reactor, so that what the socket holds is seen now.
             tokio::task::yield_now().await;
             std::future::poll_fn(|cx| {
-                while !*ended {
-                    match connection.poll_message(cx) {
-                        Poll::Ready(Some(Ok(message))) => keep(notes, message),
-                        Poll::Ready(Some(Err(e))) => {
-                            *ended = true;
-                            return Poll::Ready(Err(e));
-                        }
-                        Poll::Ready(None) => *ended = true,
-                        Poll::Pending => break,
-                    }
-                }
-                Poll::Ready(Ok(!*ended))
+                Poll::Ready(read_ready(connection, ended, notes, cx).map(|()| !*ended))
             })
             .await
         })

@@ -151,19 +151,8 @@ pub(super) fn run(
                 running = next;
                 deadman = switch;
             }
-            Err(Ok(lost @ Outcome::LostBeforeStart { .. })) => {
-                record_end(ledger, &mut holder, End::lost_before_start(attempt - 1));
-                holder.abandon();
-                return Ok(lost);
-            }
             Err(not_started) => {
-                let code = match &not_started {
-                    Ok(outcome) => outcome.code(crate::exit::CONFLICT_DEFAULT),
-                    Err(e) => crate::exit::code_for(e),
-                };
-                let end = End::not_started(code, attempt - 1);
-                let commit = record_end(ledger, &mut holder, end);
-                return release_then(holder, opts, not_started, commit);
+                return super::not_started_end(opts, holder, ledger, not_started, attempt - 1);
             }
         }
     }

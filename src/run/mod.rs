@@ -173,22 +173,7 @@ fn run_held(
     let output = pipes.as_ref().map(|p| &p.child);
     let (running, deadman) = match start(opts, router, &mut holder, &env, deadman, output) {
         Ok(started) => started,
-        Err(Ok(lost @ Outcome::LostBeforeStart { .. })) => {
-            // Nothing to release: the session is gone. The ledger's end goes over its own
-            // connection.
-            record_end(ledger, &mut holder, End::lost_before_start(0));
-            holder.abandon();
-            return Ok(lost);
-        }
-        Err(not_started) => {
-            let code = match &not_started {
-                // Only an interruption gets here, whose code does not depend on -E.
-                Ok(outcome) => outcome.code(crate::exit::CONFLICT_DEFAULT),
-                Err(e) => crate::exit::code_for(e),
-            };
-            let commit_record = record_end(ledger, &mut holder, End::not_started(code, 0));
-            return release_then(holder, opts, not_started, commit_record);
-        }
+        Err(not_started) => return not_started_end(opts, holder, ledger, not_started, 0),
     };
     // The monitor hears of it only now, on a thread of its own: it never delays the command.
     if let Some(target) = &opts.ping {
@@ -228,6 +213,30 @@ fn splay(opts: &RunOptions, router: &Router) -> Option<nix::sys::signal::Signal>
     let sig = router.pause(pause)?;
     step!("signal {sig} during --splay; not connecting");
     Some(sig)
+}
+
+/// A command that did not start (after `attempts` that did): the ledger's end, then the release.
+/// A lock found lost has nothing to release: the session is gone, and the ledger's end goes over
+/// its own connection.
+pub(super) fn not_started_end(
+    opts: &RunOptions,
+    mut holder: Holder,
+    ledger: Option<Box<Recorder>>,
+    not_started: Result<Outcome>,
+    attempts: u32,
+) -> Result<Outcome> {
+    if let Ok(lost @ Outcome::LostBeforeStart { .. }) = not_started {
+        record_end(ledger, &mut holder, End::lost_before_start(attempts));
+        holder.abandon();
+        return Ok(lost);
+    }
+    let code = match &not_started {
+        // Only an interruption gets here, whose code does not depend on -E.
+        Ok(outcome) => outcome.code(crate::exit::CONFLICT_DEFAULT),
+        Err(e) => crate::exit::code_for(e),
+    };
+    let commit = record_end(ledger, &mut holder, End::not_started(code, attempts));
+    release_then(holder, opts, not_started, commit)
 }
 
 /// When the signal that asked the job to stop came, if it ended the command: the command died

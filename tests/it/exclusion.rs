@@ -162,11 +162,6 @@ fn a_switch_that_dies_is_replaced_at_once() {
         &until_sigterm(&format!("touch {}/ready", env.dir().display()), "exit 0"),
     ]));
     env.wait_for_file("ready");
-    let switch_of = |pid: u32| {
-        children(pid as i32)
-            .into_iter()
-            .find(|&c| name_of(c) == "pglock-switch")
-    };
     let first = switch_of(old.id()).expect("no switch");
     kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
     wait_within("another switch", Duration::from_secs(5), || {
@@ -182,6 +177,13 @@ fn a_switch_that_dies_is_replaced_at_once() {
     out.assert_stderr_contains(&format!(
         "the dead man's switch (pid {first}) died; armed another (pid {second})"
     ));
+}
+
+/// The dead man's switch of the pglock with this pid.
+fn switch_of(pid: u32) -> Option<i32> {
+    children(pid as i32)
+        .into_iter()
+        .find(|&c| name_of(c) == "pglock-switch")
 }
 
 /// Whether a process runs (a zombie counts as gone).
@@ -280,11 +282,6 @@ fn a_replaced_switch_still_stops_the_command_of_a_stopped_pglock() {
         ),
     ]));
     env.wait_for_file("ready");
-    let switch_of = |pid: u32| {
-        children(pid as i32)
-            .into_iter()
-            .find(|&c| name_of(c) == "pglock-switch")
-    };
     let first = switch_of(old.id()).expect("no switch");
     kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
     wait_within("another switch", Duration::from_secs(5), || {
