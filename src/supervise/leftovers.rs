@@ -180,32 +180,24 @@ fn census(group: Pid, keep: Option<Pid>) -> Vec<Pid> {
 /// pglock's children, the re-parented orphans among them, but its dead man's switch and its wait
 /// guards (one may still be exiting).
 fn children(keep: Option<Pid>) -> Vec<Pid> {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+    // An orphan is re-parented to the subreaper's first live thread, the main one, which also
+    // forked the command and the switch: one file, not the whole task list. The wait guards
+    // are forked by a thread of their own, so they are not listed here at all.
+    let me = std::process::id();
+    let Ok(list) = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) else {
         return Vec::new();
     };
-    // Its wait guards, launched while it waited: one may still be on its way out.
+    // Still excluded by pid: a guard whose thread has gone is re-parented to the main one.
     let guards: Vec<Pid> = super::wait_guard::launched()
         .into_iter()
         .filter_map(|p| i32::try_from(p).ok().map(Pid::from_raw))
         .collect();
-    let mut found = Vec::new();
-    for task in tasks.flatten() {
-        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for pid in list
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            let pid = Pid::from_raw(pid);
-            if Some(pid) == keep || guards.contains(&pid) || found.contains(&pid) {
-                continue;
-            }
-            // An exited child (a zombie) is no leftover: it is reaped next.
-            if !zombie(pid) {
-                found.push(pid);
-            }
-        }
-    }
-    found
+    list.split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .map(Pid::from_raw)
+        // An exited child (a zombie) is no leftover: it is reaped next.
+        .filter(|&pid| Some(pid) != keep && !guards.contains(&pid) && !zombie(pid))
+        .collect()
 }
 
 /// The process's state and group, from /proc/PID/stat (after the parenthesised name).
