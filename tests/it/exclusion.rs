@@ -39,6 +39,22 @@ fn next_holder(env: &TestEnv, args: &[&str]) -> Started {
     )
 }
 
+/// Waits for `next` to run and end, then compares its command's first write with the old
+/// command's last one: the lock must not have changed hands before the old command ended.
+fn next_runs_after_the_old_command(env: &TestEnv, mut next: Started) {
+    wait_within("the next holder to run", Duration::from_secs(30), || {
+        next.exited().is_some()
+    });
+    next.finish().assert_success();
+    env.wait_for_file("old-end");
+    let (ended, started) = (stamp(env, "old-end"), stamp(env, "next-start"));
+    assert!(
+        started >= ended,
+        "the next command started {} ms before the killed holder's command ended",
+        (ended - started) / 1_000_000
+    );
+}
+
 /// Sessions of the test's key that wait for a lock, semaphore slots included.
 fn lock_waiters(env: &TestEnv) -> i64 {
     let pattern = format!("pglock:{}@%", env.key());
@@ -61,23 +77,13 @@ fn killed_holder_hands_over_after_its_command(name: &str, args: &[&str], others:
     let mut rest: Vec<Started> = (0..others)
         .map(|i| slow_stopper(&env, args, &format!("other{i}")))
         .collect();
-    let mut next = next_holder(&env, args);
+    let next = next_holder(&env, args);
     wait_until("the next holder to queue", || {
         lock_waiters(&env) >= 1 || env.exists("next-start")
     });
     assert!(!env.exists("next-start"), "the next holder did not wait");
     kill(Pid::from_raw(old.id() as i32), Signal::SIGKILL).unwrap();
-    wait_within("the next holder to run", Duration::from_secs(30), || {
-        next.exited().is_some()
-    });
-    next.finish().assert_success();
-    env.wait_for_file("old-end");
-    let (ended, started) = (stamp(&env, "old-end"), stamp(&env, "next-start"));
-    assert!(
-        started >= ended,
-        "the next command started {} ms before the killed holder's command ended",
-        (ended - started) / 1_000_000
-    );
+    next_runs_after_the_old_command(&env, next);
     old.finish();
     for other in rest.drain(..) {
         other.kill(Signal::SIGTERM);
@@ -122,7 +128,7 @@ fn children(pid: i32) -> Vec<i32> {
 fn a_kill_by_exact_name_leaves_the_switch_to_stop_the_command() {
     let env = TestEnv::new("killbyname");
     let old = slow_stopper(&env, &[], "old");
-    let mut next = next_holder(&env, &[]);
+    let next = next_holder(&env, &[]);
     wait_until("the next holder to queue", || env.waiting() == 1);
     // What `killall -9 pglock` and `pkill -9 -x pglock` do, for this test's holder only: it
     // and its children whose name is exactly "pglock" (the switch was one, before).
@@ -140,17 +146,7 @@ fn a_kill_by_exact_name_leaves_the_switch_to_stop_the_command() {
     }
     // The old command is stopped (by its switch, which outlived the kill) and the next holder
     // runs after it.
-    wait_within("the next holder to run", Duration::from_secs(30), || {
-        next.exited().is_some()
-    });
-    next.finish().assert_success();
-    env.wait_for_file("old-end");
-    let (ended, started) = (stamp(&env, "old-end"), stamp(&env, "next-start"));
-    assert!(
-        started >= ended,
-        "the next command started {} ms before the killed holder's command ended",
-        (ended - started) / 1_000_000
-    );
+    next_runs_after_the_old_command(&env, next);
     old.finish();
 }
 
