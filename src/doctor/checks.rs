@@ -87,9 +87,8 @@ pub fn run(req: &Request, target: &Target) -> Vec<Finding> {
         out.push(ledger(&mut session, table, &facts, limit));
     }
     out.push(clock(&mut session, limit));
-    session.close();
-    // Last: it opens connections of its own, and may leave one cut.
-    out.insert(1, pooler(&opener, req.scope, limit));
+    // Last: it may leave the session cut (a pooler that had no server session to give it).
+    out.insert(1, pooler(&opener, session, req.scope, limit));
     out
 }
 
@@ -151,20 +150,23 @@ fn connection(facts: &Facts, session: &Session, target: &Target) -> Finding {
 /// does: a second client holds a transaction open on the first's server session (a pooler
 /// reuses the one just freed), and the first asks again. Directly or through a session pooler,
 /// the first keeps its own server session; through a transaction pooler it gets another, or
-/// waits for one.
-fn pooler(opener: &Opener, scope: Scope, limit: Duration) -> Finding {
+/// waits for one. The first is the session the other checks used.
+fn pooler(opener: &Opener, mut first: Session, scope: Scope, limit: Duration) -> Finding {
     const C: &str = "pooler";
     let pid = |s: &mut Session, within: Duration| -> Result<String, String> {
         s.query_within("SELECT pg_backend_pid()::text", within)
             .map(|m| crate::pg::session::first_value(&m).unwrap_or_default())
             .map_err(|e| e.to_string())
     };
-    let opened = opener.open().and_then(|a| Ok((a, opener.open()?)));
-    let (mut first, mut second) = match opened {
-        Ok(pair) => pair,
+    let mut second = match opener.open() {
+        Ok(second) => second,
         Err(e) => {
             let fix = "each pglock run needs a connection of its own";
-            return Finding::warn(C, format!("cannot open two connections to look: {e}"), fix);
+            return Finding::warn(
+                C,
+                format!("cannot open a second connection to look: {e}"),
+                fix,
+            );
         }
     };
     let before = pid(&mut first, limit);
