@@ -288,21 +288,16 @@ fn start(
     output: Option<&[std::os::fd::OwnedFd; 2]>,
 ) -> Result<(Running, Option<DeadMan>), Result<Outcome>> {
     let fenced = matches!(opts.fencing, Fencing::Terminate { .. });
-    // Armed during a wait (and still alive: something may have killed it meanwhile), or now.
-    let deadman = deadman.and_then(|mut d| {
-        if d.alive() {
-            return Some(d);
-        }
-        step!("the dead man's switch is gone; arming another");
-        None
-    });
-    let mut deadman = deadman.or_else(|| arm_deadman(opts));
+    let mut deadman = deadman;
     let mut late_once = false;
     let spawned = loop {
-        // A late child announced itself and gave up: its switch may have counted down and gone
-        // away since (no heartbeats while pglock forks again). The next child needs a live one.
-        if late_once && deadman.as_mut().is_some_and(|d| !d.alive()) {
+        // Armed during a wait, or for the child before (a late one may have let its countdown
+        // run out), and still alive: something may have killed it meanwhile. Or armed now.
+        if deadman.as_mut().is_some_and(|d| !d.alive()) {
             step!("the dead man's switch is gone; arming another");
+            deadman = None;
+        }
+        if deadman.is_none() {
             deadman = arm_deadman(opts);
         }
         let line = deadman.as_ref().map(|d| (d.announcer(), d.pid()));
